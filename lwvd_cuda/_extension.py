@@ -1,0 +1,39 @@
+"""Loads the compiled extension (``lwvd_cuda._C``) if it was built, and says what it provides.
+
+``import lwvd_cuda`` must succeed without it: the op then runs ``reference.py`` (and says so).
+Importing ``_C`` runs its static ``TORCH_LIBRARY`` registrations, which define
+``torch.ops.lwvd_cuda.lwvd_fwd`` / ``lwvd_bwd`` and their CPU / CUDA implementations.
+"""
+
+from __future__ import annotations
+
+import torch
+
+try:  # noqa: SIM105 - keep the reason for `why_no_kernels`
+    from . import _C  # noqa: F401
+
+    _LOAD_ERROR = None
+except ImportError as exc:  # not built, or built against another torch
+    _C = None
+    _LOAD_ERROR = f"{type(exc).__name__}: {exc}"
+
+OPS = ("lwvd_fwd", "lwvd_bwd")
+
+
+def is_loaded() -> bool:
+    """True when the compiled extension imported (its op schemas exist)."""
+    return _C is not None
+
+
+def has_kernel(dispatch_key: str) -> bool:
+    """True when both ops have an implementation for ``dispatch_key`` ("CPU" or "CUDA")."""
+    if _C is None:
+        return False
+    return all(
+        torch._C._dispatch_has_kernel_for_dispatch_key(f"lwvd_cuda::{op}", dispatch_key) for op in OPS
+    )
+
+
+def load_error() -> str | None:
+    """Why the extension did not load, or None."""
+    return _LOAD_ERROR

@@ -1,0 +1,156 @@
+"""Build lwvd_cuda._C: the op schemas, the fused CPU kernels and (when possible) the CUDA kernels.
+
+Which extension is built:
+  LWVD_BUILD=auto (default)  CUDA when torch is a CUDA build and nvcc is found, else CPU-only
+  LWVD_BUILD=cuda            CUDA or fail with the reason
+  LWVD_BUILD=cpu             CPU-only CppExtension
+No GPU is needed to build the CUDA extension. torch must already be installed
+(`pip install --no-build-isolation .`): the extension is built against that torch.
+
+Traps handled (see ../shared/GPULESS.md): a wrapper `nvcc` on PATH (CUDA_HOME resolved from
+`nvcc -v`), no visible GPU for arch detection (TORCH_CUDA_ARCH_LIST defaults to 8.0;9.0), torch 2.14
+needing C++20 (we never pass -std), and cusparse/cublas headers living in torch's nvidia wheels.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+from setuptools import find_packages, setup
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_ARCHS = "8.0;9.0"
+
+
+def log(msg: str) -> None:
+    print(f"[lwvd_cuda setup] {msg}", flush=True)
+
+
+def resolve_cuda_home() -> str | None:
+    """The toolkit folder holding bin/nvcc and include/cuda.h, or None."""
+    for var in ("CUDA_HOME", "CUDA_PATH"):
+        home = os.environ.get(var)
+        if home and os.path.exists(os.path.join(home, "bin", "nvcc")):
+            return home
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        return None
+    # The nvcc on PATH may be a wrapper script; nvcc -v prints the real toolkit as `#$ TOP=...`.
+    probe = os.path.join(ROOT, "build", "_probe.cu")
+    os.makedirs(os.path.dirname(probe), exist_ok=True)
+    with open(probe, "w") as fh:
+        fh.write("int main() { return 0; }\n")
+    try:
+        out = subprocess.run([nvcc, "-v", "-E", probe, "-o", os.devnull], capture_output=True, text=True, timeout=120)
+        match = re.search(r"#\$ TOP=(\S+)", out.stdout + out.stderr)
+        if match:
+            home = os.path.realpath(match.group(1))
+            if os.path.exists(os.path.join(home, "include", "cuda.h")):
+                return home
+    except (OSError, subprocess.SubprocessError):
+        pass
+    home = os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))
+    return home if os.path.exists(os.path.join(home, "include", "cuda.h")) else None
+
+
+def nvidia_wheel_includes() -> list[str]:
+    """Header folders of torch's nvidia-* dependency wheels (cusparse.h, cublas_v2.h live there)."""
+    out = []
+    for site in sys.path:
+        for cand in glob.glob(os.path.join(site, "nvidia", "*", "include")):
+            if os.path.exists(os.path.join(cand, "cusparse.h")) or os.path.exists(os.path.join(cand, "cublas_v2.h")):
+                out.append(cand)
+    return sorted(set(out))
+
+
+def choose_mode() -> tuple[str, str | None]:
+    import torch
+
+    want = os.environ.get("LWVD_BUILD", "auto").lower()
+    if want not in ("auto", "cuda", "cpu"):
+        raise SystemExit(f"LWVD_BUILD must be auto, cuda or cpu, got {want!r}")
+    if want == "cpu":
+        return "cpu", None
+    reason = None
+    cuda_home = None
+    if torch.version.cuda is None:
+        reason = f"torch {torch.__version__} is a CPU build"
+    else:
+        cuda_home = resolve_cuda_home()
+        if cuda_home is None:
+            reason = "nvcc / the CUDA toolkit was not found (set CUDA_HOME)"
+    if reason is None:
+        return "cuda", cuda_home
+    if want == "cuda":
+        raise SystemExit(f"LWVD_BUILD=cuda but the CUDA extension cannot be built: {reason}")
+    log(f"building CPU-only: {reason}")
+    return "cpu", None
+
+
+def extensions():
+    mode, cuda_home = choose_mode()
+    if mode == "cuda":
+        os.environ["CUDA_HOME"] = cuda_home
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_ARCHS)
+    # Import after CUDA_HOME is set: torch.utils.cpp_extension reads it at import time.
+    from torch.utils import cpp_extension
+
+    if mode == "cuda":
+        cpp_extension.CUDA_HOME = cuda_home
+    sources = ["csrc/ops.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
+    include_dirs = [os.path.join(ROOT, "csrc")]
+    cxx = ["-O3", "-fno-math-errno"]
+    define_macros = []
+    if mode == "cuda":
+        sources += sorted(glob.glob("csrc/cuda/*.cu"))
+        include_dirs += nvidia_wheel_includes()
+        nvcc = [
+            "-O3",
+            "-lineinfo",
+            # A register spill is a build error: the kernels must fit their launch bounds.
+            "-Xptxas=-v,--warn-on-spills",
+            "--ptxas-options=--warning-as-error",
+        ]
+        define_macros.append(("LWVD_WITH_CUDA", "1"))
+        log(f"building CUDA + CPU extension: CUDA_HOME={cuda_home}, TORCH_CUDA_ARCH_LIST={os.environ['TORCH_CUDA_ARCH_LIST']}")
+        ext = cpp_extension.CUDAExtension(
+            "lwvd_cuda._C",
+            sources,
+            include_dirs=include_dirs,
+            define_macros=define_macros,
+            extra_compile_args={"cxx": cxx, "nvcc": nvcc},
+        )
+    else:
+        log("building CPU-only extension")
+        ext = cpp_extension.CppExtension(
+            "lwvd_cuda._C", sources, include_dirs=include_dirs, define_macros=define_macros, extra_compile_args={"cxx": cxx}
+        )
+    return [ext], cpp_extension.BuildExtension
+
+
+def main():
+    ext_modules, build_ext = extensions()
+    setup(
+        name="lwvd_cuda",
+        version="0.1.0",
+        description="Learnable Wigner-Ville distribution with fused CPU and CUDA kernels",
+        packages=find_packages(include=["lwvd_cuda", "lwvd_cuda.*"]),
+        ext_modules=ext_modules,
+        cmdclass={"build_ext": build_ext.with_options(use_ninja=True)},
+        python_requires=">=3.9",
+        install_requires=["torch", "numpy"],
+        extras_require={
+            "plot": ["matplotlib"],
+            "bench": ["tqdm", "matplotlib", "nnaudio", "tftb"],
+            "test": ["pytest", "hypothesis", "scipy"],
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()
