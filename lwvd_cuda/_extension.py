@@ -9,13 +9,19 @@ from __future__ import annotations
 
 import torch
 
-try:  # noqa: SIM105 - keep the reason for `why_no_kernels`
-    from . import _C  # noqa: F401
+import importlib.util
 
-    _LOAD_ERROR = None
-except ImportError as exc:  # not built, or built against another torch
+if importlib.util.find_spec(f"{__package__}._C") is None:
     _C = None
-    _LOAD_ERROR = f"{type(exc).__name__}: {exc}"
+    _LOAD_ERROR = "lwvd_cuda._C was not built (run `make build` or `pip install --no-build-isolation .`)"
+else:
+    try:
+        from . import _C  # noqa: F401
+
+        _LOAD_ERROR = None
+    except ImportError as exc:  # e.g. built against another torch
+        _C = None
+        _LOAD_ERROR = f"lwvd_cuda._C failed to load: {exc}"
 
 OPS = ("lwvd_fwd", "lwvd_bwd")
 

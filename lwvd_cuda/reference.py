@@ -100,7 +100,7 @@ def smooth(
         if trunc2 is None:
             radius = d_limit
         else:  # |d| / sigma_t <= truncate on the ellipse; +1 guards rounding (the q test decides)
-            radius = min(d_limit, int(math.floor(truncate * float(st))) + 1)
+            radius = min(d_limit, int(math.floor(truncate * float(st.detach()))) + 1)
         d = torch.arange(-radius, radius + 1, device=w.device, dtype=w.dtype)
         a = (d / st)[:, None]
         b = ((nu - c) / sn)[None, :]
