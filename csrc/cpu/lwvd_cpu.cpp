@@ -25,6 +25,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstring>
 #include <cmath>
 #include <cstdint>
 #include <vector>
@@ -44,7 +45,7 @@ constexpr int64_t kChunkElements = 64 * 512;
 constexpr int64_t kMaxChunkPairs = 64;
 // Rows a tile owns (beyond its halo). Larger tiles recompute less halo; smaller ones balance
 // better over threads. With the halo at most half a tile the recomputation stays below 50%.
-constexpr int64_t kTileRows = 2048;
+constexpr int64_t kTileRows = 4096;
 // Memory for tabulated stencils (all filters). Past it a filter computes its weights per row.
 constexpr int64_t kStencilBudgetBytes = int64_t(32) << 20;
 
@@ -59,50 +60,68 @@ int64_t chunk_pairs(int64_t n_fft) {
 }
 
 // ---- Per-filter stencils. ----
+// Every stencil row is a run of kLanes-aligned blocks: runs are padded with zero weights to a
+// multiple of kLanes (shifted left where they would pass the row end), and WVD / A rows are stored
+// with a stride of round_up(n_fft, kLanes) whose extra columns hold zeros. The hot loops are then
+// fixed-width blocks with no scalar tail, accumulated lane-wise across rows and reduced once per
+// (filter, frame, chunk): the per-row overhead, not the arithmetic, was the cost (one ellipse row is
+// ~11 bins at configuration S). The lane count fixes the summation order at compile time.
+constexpr int64_t kLanes = 4;
+inline int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
+
+struct RowInfo {
+  int64_t off;   // into Stencil::w
+  int32_t k0;    // first bin
+  int32_t nblk;  // number of kLanes blocks (0: the ellipse misses every bin at this d)
+};
+
 template <typename scalar_t>
 struct Stencil {
   FilterGeometry<double> g;  // geometry in double: weights are computed in double, stored in scalar_t
   double trunc2 = 0;
-  int64_t n_fft = 0;
+  int64_t n_fft = 0, stride = 0;
   int64_t radius = 0;  // |d| <= radius
   scalar_t norm = 0;
   double norm_d = 0;
+  double sigma_nu = 0;
   bool tabulated = false;
-  std::vector<int64_t> k_lo, len, off;  // per d + radius
-  std::vector<scalar_t> w;              // exp(-q/2) where q <= trunc2, 0 elsewhere
-  std::vector<scalar_t> v;              // nu_k - center, k = 0 .. n_fft-1 (backward moments)
+  std::vector<RowInfo> info;  // per d + radius
+  std::vector<scalar_t> w;    // exp(-q/2) where q <= trunc2, 0 elsewhere (padded runs)
+  std::vector<scalar_t> v;    // nu_k - center for k < n_fft, 0 in the padding (backward moments)
 
-  // Weights of row d into out[0..n_fft): returns the first bin and the run length (trimmed to
-  // non-zero weights; a zero-length run means the ellipse misses every bin at this d).
-  int64_t compute_row(int64_t d, scalar_t* out, int64_t* k0) const {
+  // Weights of row d into out[0 .. stride): returns the padded run (k0, nblk).
+  RowInfo compute_row(int64_t d, scalar_t* out) const {
+    RowInfo ri{0, 0, 0};
     int64_t lo, hi;
     bin_range(g, d, trunc2, n_fft, &lo, &hi);
     int64_t first = -1, last = -2;
     for (int64_t k = lo; k <= hi; ++k) {
       const double q = quad_form(g, static_cast<double>(d), bin_frequency<double>(k, n_fft) - g.center);
-      const double e = q <= trunc2 ? std::exp(-0.5 * q) : 0.0;
-      const scalar_t es = static_cast<scalar_t>(e);
-      out[k - lo] = es;
-      if (es != scalar_t(0)) {
+      const scalar_t e = static_cast<scalar_t>(q <= trunc2 ? std::exp(-0.5 * q) : 0.0);
+      out[k - lo] = e;
+      if (e != scalar_t(0)) {
         if (first < 0) first = k;
         last = k;
       }
     }
-    if (first < 0) { *k0 = 0; return 0; }
-    if (first > lo) std::copy(out + (first - lo), out + (last - lo) + 1, out);
-    *k0 = first;
-    return last - first + 1;
+    if (first < 0) return ri;
+    const int64_t len = last - first + 1, padded = round_up(len, kLanes);
+    const int64_t k0 = std::min(first, stride - padded);
+    std::memmove(out + (first - k0), out + (first - lo), sizeof(scalar_t) * len);
+    std::fill(out, out + (first - k0), scalar_t(0));
+    std::fill(out + (first - k0) + len, out + padded, scalar_t(0));
+    ri.k0 = static_cast<int32_t>(k0);
+    ri.nblk = static_cast<int32_t>(padded / kLanes);
+    return ri;
   }
 
-  // Row d: pointer to its weights (table or scratch of n_fft entries), *k0 and *n set.
-  const scalar_t* row(int64_t d, scalar_t* scratch, int64_t* k0, int64_t* n) const {
+  // Row d: its run and a pointer to its weights (the table, or scratch of `stride` entries).
+  const scalar_t* row(int64_t d, scalar_t* scratch, RowInfo* ri) const {
     if (tabulated) {
-      const int64_t i = d + radius;
-      *k0 = k_lo[i];
-      *n = len[i];
-      return w.data() + off[i];
+      *ri = info[d + radius];
+      return w.data() + ri->off;
     }
-    *n = compute_row(d, scratch, k0);
+    *ri = compute_row(d, scratch);
     return scratch;
   }
 };
@@ -121,6 +140,7 @@ std::vector<Stencil<scalar_t>> make_stencils(const at::Tensor& center, const at:
   const double* psn = sn.data_ptr<double>();
   const double* pr = r.data_ptr<double>();
   const double trunc2 = effective_trunc2<scalar_t>(truncate);
+  const int64_t stride = round_up(n_fft, kLanes);
   std::vector<Stencil<scalar_t>> out(F);
   // Sizes first (cheap: bin_range per d), then which filters fit the budget, in filter order.
   std::vector<int64_t> sizes(F, 0);
@@ -129,147 +149,129 @@ std::vector<Stencil<scalar_t>> make_stencils(const at::Tensor& center, const at:
     s.g = make_filter<double>(pc[f], pst[f], psn[f], pr[f], trunc2, n_fft, d_limit);
     s.trunc2 = trunc2;
     s.n_fft = n_fft;
+    s.stride = stride;
     s.radius = s.g.d_radius;
     s.norm_d = s.g.norm;
+    s.sigma_nu = psn[f];
     s.norm = make_filter<scalar_t>(pc[f], pst[f], psn[f], pr[f], trunc2, n_fft, d_limit).norm;
     int64_t total = 0;
     for (int64_t d = -s.radius; d <= s.radius; ++d) {
       int64_t lo, hi;
       bin_range(s.g, d, trunc2, n_fft, &lo, &hi);
-      if (hi >= lo) total += hi - lo + 1;
+      if (hi >= lo) total += round_up(hi - lo + 1, kLanes);
     }
     sizes[f] = total;
     if (with_v) {
-      s.v.resize(n_fft);
+      s.v.assign(stride, scalar_t(0));
       for (int64_t k = 0; k < n_fft; ++k)
         s.v[k] = static_cast<scalar_t>(bin_frequency<double>(k, n_fft) - s.g.center);
     }
   }
   int64_t used = 0;
   for (int64_t f = 0; f < F; ++f) {
-    const int64_t bytes = sizes[f] * int64_t(sizeof(scalar_t)) + (2 * out[f].radius + 1) * 3 * 8;
+    const int64_t bytes = sizes[f] * int64_t(sizeof(scalar_t)) + (2 * out[f].radius + 1) * int64_t(sizeof(RowInfo));
     if (used + bytes <= kStencilBudgetBytes) {
       out[f].tabulated = true;
       used += bytes;
     }
   }
   at::parallel_for(0, F, 1, [&](int64_t f0, int64_t f1) {
+    std::vector<scalar_t> tmp(stride);
     for (int64_t f = f0; f < f1; ++f) {
       auto& s = out[f];
       if (!s.tabulated) continue;
       const int64_t rows = 2 * s.radius + 1;
-      s.k_lo.resize(rows);
-      s.len.resize(rows);
-      s.off.resize(rows);
+      s.info.resize(rows);
       s.w.resize(std::max<int64_t>(sizes[f], 1));
       int64_t pos = 0;
       for (int64_t i = 0; i < rows; ++i) {
-        int64_t k0;
-        const int64_t n = s.compute_row(i - s.radius, s.w.data() + pos, &k0);
-        s.k_lo[i] = k0;
-        s.len[i] = n;
-        s.off[i] = pos;
-        pos += n;
+        RowInfo ri = s.compute_row(i - s.radius, tmp.data());
+        ri.off = pos;
+        std::copy(tmp.data(), tmp.data() + ri.nblk * kLanes, s.w.data() + pos);
+        s.info[i] = ri;
+        pos += ri.nblk * kLanes;
       }
     }
   });
   return out;
 }
 
-int64_t max_radius(int64_t F, const int64_t* radii) {
-  int64_t r = 0;
-  for (int64_t f = 0; f < F; ++f) r = std::max(r, radii[f]);
-  return r;
-}
-
-// ---- Row kernels. Fixed lane counts: the order of every sum is fixed at compile time. ----
+// ---- Row kernels: fixed-width lane blocks (the compiler maps them to SIMD registers). ----
+// acc[j] += sum_b x[b L + j] * w[b L + j]
 template <typename T>
-inline T dot(const T* __restrict__ a, const T* __restrict__ b, int64_t n) {
-  T s[8] = {T(0), T(0), T(0), T(0), T(0), T(0), T(0), T(0)};
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8)
-    for (int j = 0; j < 8; ++j) s[j] += a[i + j] * b[i + j];
-  T tail = T(0);
-  for (; i < n; ++i) tail += a[i] * b[i];
-  return (((s[0] + s[4]) + (s[1] + s[5])) + ((s[2] + s[6]) + (s[3] + s[7]))) + tail;
+inline void dot_lanes(const T* __restrict__ x, const T* __restrict__ w, int64_t nblk, T* __restrict__ acc) {
+  for (int64_t b = 0; b < nblk; ++b)
+    for (int j = 0; j < kLanes; ++j) acc[j] += x[b * kLanes + j] * w[b * kLanes + j];
 }
-
-// p0 = sum W E, p1 = sum W E v, p2 = sum W E v^2 over one bin run.
 template <typename T>
-inline void dot3(const T* __restrict__ w, const T* __restrict__ e, const T* __restrict__ v, int64_t n, T* p0,
-                 T* p1, T* p2) {
-  T s0[4] = {T(0), T(0), T(0), T(0)}, s1[4] = {T(0), T(0), T(0), T(0)}, s2[4] = {T(0), T(0), T(0), T(0)};
-  int64_t i = 0;
-  for (; i + 4 <= n; i += 4)
-    for (int j = 0; j < 4; ++j) {
-      const T we = w[i + j] * e[i + j];
-      const T wev = we * v[i + j];
-      s0[j] += we;
-      s1[j] += wev;
-      s2[j] += wev * v[i + j];
-    }
-  T t0 = T(0), t1 = T(0), t2 = T(0);
-  for (; i < n; ++i) {
-    const T we = w[i] * e[i];
-    const T wev = we * v[i];
-    t0 += we;
-    t1 += wev;
-    t2 += wev * v[i];
-  }
-  *p0 = ((s0[0] + s0[2]) + (s0[1] + s0[3])) + t0;
-  *p1 = ((s1[0] + s1[2]) + (s1[1] + s1[3])) + t1;
-  *p2 = ((s2[0] + s2[2]) + (s2[1] + s2[3])) + t2;
+inline T reduce_lanes(const T* a) {
+  return (a[0] + a[2]) + (a[1] + a[3]);
 }
 
-// WVD rows [n0, n1) of one signal into wrow ((n1-n0) x M, real), via paired complex FFTs.
-// buf_in / buf_out: (pairs, M) complex scratch tensors.
+// WVD rows [n0, n1) of one signal into wrow ((n1-n0) x stride, real; columns >= n_fft stay 0),
+// two rows per complex FFT. buf_in / buf_out: (pairs, n_fft) complex scratch tensors.
 template <typename scalar_t>
-void wvd_rows(const c10::complex<scalar_t>* z, int64_t N, int64_t n_fft, int64_t n0, int64_t n1,
+void wvd_rows(const c10::complex<scalar_t>* z, int64_t N, int64_t n_fft, int64_t stride, int64_t n0, int64_t n1,
               at::Tensor& buf_in, at::Tensor& buf_out, scalar_t* wrow) {
   using cplx = c10::complex<scalar_t>;
   const int64_t M = n_fft, h = max_lag(n_fft);
   const int64_t rows = n1 - n0, pairs = (rows + 1) / 2;
-  cplx* in = buf_in.data_ptr<cplx>();
+  scalar_t* in = reinterpret_cast<scalar_t*>(buf_in.data_ptr<cplx>());  // interleaved re, im
   for (int64_t p = 0; p < pairs; ++p) {
-    cplx* row = in + p * M;
-    std::fill(row, row + M, cplx(0, 0));
-    for (int which = 0; which < 2; ++which) {
-      const int64_t n = n0 + 2 * p + which;
-      if (n >= n1) break;
-      const int64_t mm = std::min(h, std::min(n, N - 1 - n));
-      // r[m] = z[n+m] conj(z[n-m]); r[-m] = conj(r[m]). Row a goes to the real part, row b to the
-      // imaginary part: row[m] += r_a[m] + i r_b[m].
+    scalar_t* row = in + 2 * p * M;
+    std::fill(row, row + 2 * M, scalar_t(0));
+    // r[m] = z[n+m] conj(z[n-m]) and r[-m] = conj(r[m]) (Hermitian). Row a fills the real part
+    // of the packed row, row b the imaginary part: packed[m] = r_a[m] + i r_b[m].
+    const int64_t na = n0 + 2 * p;
+    {
+      const int64_t mm = std::min(h, std::min(na, N - 1 - na));
       for (int64_t m = 0; m <= mm; ++m) {
-        const cplx zp = z[n + m], zm = z[n - m];
+        const cplx zp = z[na + m], zm = z[na - m];
         const scalar_t rr = zp.real() * zm.real() + zp.imag() * zm.imag();
         const scalar_t ri = zp.imag() * zm.real() - zp.real() * zm.imag();
-        if (which == 0) {
-          row[m] += cplx(rr, ri);
-          if (m > 0) row[M - m] += cplx(rr, -ri);
-        } else {  // i * (rr + i ri) = -ri + i rr ; i * conj = ri + i rr
-          row[m] += cplx(-ri, rr);
-          if (m > 0) row[M - m] += cplx(ri, rr);
+        row[2 * m] = rr;
+        row[2 * m + 1] = ri;
+        if (m > 0) {
+          row[2 * (M - m)] = rr;
+          row[2 * (M - m) + 1] = -ri;
+        }
+      }
+    }
+    const int64_t nb = na + 1;
+    if (nb < n1) {  // i (rr + i ri) = -ri + i rr;  i conj(rr + i ri) = ri + i rr
+      const int64_t mm = std::min(h, std::min(nb, N - 1 - nb));
+      for (int64_t m = 0; m <= mm; ++m) {
+        const cplx zp = z[nb + m], zm = z[nb - m];
+        const scalar_t rr = zp.real() * zm.real() + zp.imag() * zm.imag();
+        const scalar_t ri = zp.imag() * zm.real() - zp.real() * zm.imag();
+        row[2 * m] -= ri;
+        row[2 * m + 1] += rr;
+        if (m > 0) {
+          row[2 * (M - m)] += ri;
+          row[2 * (M - m) + 1] += rr;
         }
       }
     }
   }
   at::Tensor src = buf_in.narrow(0, 0, pairs), dst = buf_out.narrow(0, 0, pairs);
   at::_fft_c2c_out(dst, src, {1}, /*normalization=*/0, /*forward=*/true);
-  const cplx* X = buf_out.data_ptr<cplx>();
+  const scalar_t* X = reinterpret_cast<const scalar_t*>(buf_out.data_ptr<cplx>());
   for (int64_t p = 0; p < pairs; ++p) {
-    const cplx* x = X + p * M;
-    scalar_t* wa = wrow + (2 * p) * M;
-    for (int64_t k = 0; k < M; ++k) wa[k] = scalar_t(2) * x[k].real();
+    const scalar_t* x = X + 2 * p * M;
+    scalar_t* wa = wrow + (2 * p) * stride;
+    for (int64_t k = 0; k < M; ++k) wa[k] = scalar_t(2) * x[2 * k];
+    std::fill(wa + M, wa + stride, scalar_t(0));
     if (2 * p + 1 < rows) {
-      scalar_t* wb = wa + M;
-      for (int64_t k = 0; k < M; ++k) wb[k] = scalar_t(2) * x[k].imag();
+      scalar_t* wb = wa + stride;
+      for (int64_t k = 0; k < M; ++k) wb[k] = scalar_t(2) * x[2 * k + 1];
+      std::fill(wb + M, wb + stride, scalar_t(0));
     }
   }
 }
 
 struct Problem {
-  int64_t B, N, M, hop, T, F, d_limit;
-  int64_t r_max;       // largest stencil radius
+  int64_t B, N, M, stride, hop, T, F, d_limit;
+  int64_t r_max;  // largest stencil radius
   int64_t frames_per_tile, n_frame_tiles;
 };
 
@@ -278,6 +280,7 @@ Problem make_problem(const at::Tensor& z, int64_t F, int64_t n_fft, int64_t hop)
   p.B = z.size(0);
   p.N = z.size(1);
   p.M = n_fft;
+  p.stride = round_up(n_fft, kLanes);
   p.hop = hop;
   p.T = num_frames(p.N, hop);
   p.F = F;
@@ -291,10 +294,17 @@ Problem make_problem(const at::Tensor& z, int64_t F, int64_t n_fft, int64_t hop)
 template <typename scalar_t>
 void finish_problem(Problem& p, const std::vector<Stencil<scalar_t>>& st) {
   for (const auto& s : st) p.r_max = std::max(p.r_max, s.radius);
-  // A tile owns frames_per_tile frames: its own rows ~ frames*hop, its halo 2*r_max.
+  // A tile owns about `own` rows of frames plus a halo of 2 r_max rows it recomputes.
   const int64_t own = std::max(kTileRows, 2 * (2 * p.r_max + 1));
   p.frames_per_tile = std::max<int64_t>(1, std::min(p.T, ceil_div(own, p.hop)));
   p.n_frame_tiles = ceil_div(p.T, p.frames_per_tile);
+}
+
+// Frames t in [t_lo, t_hi] whose filter support [t hop - R, t hop + R] meets rows [n0, n1).
+inline void frames_meeting(int64_t n0, int64_t n1, int64_t R, int64_t hop, int64_t t_lo, int64_t t_hi,
+                           int64_t* ta, int64_t* tb) {
+  *ta = std::max(t_lo, ceil_div(n0 - R, hop));
+  *tb = std::min(t_hi, floor_div(n1 - 1 + R, hop));
 }
 
 // ---- Forward. ----
@@ -312,12 +322,12 @@ at::Tensor forward_impl(const at::Tensor& z_in, const at::Tensor& center, const 
   finish_problem(P, st);
   const cplx* zp = z.data_ptr<cplx>();
   scalar_t* Kp = K.data_ptr<scalar_t>();
-  const int64_t M = P.M, pairs_max = chunk_pairs(M), C = 2 * pairs_max;
+  const int64_t M = P.M, S = P.stride, pairs_max = chunk_pairs(M), C = 2 * pairs_max;
 
   at::parallel_for(0, P.B * P.n_frame_tiles, 1, [&](int64_t task0, int64_t task1) {
     at::Tensor buf_in = at::empty({pairs_max, M}, z.options());
     at::Tensor buf_out = at::empty({pairs_max, M}, z.options());
-    std::vector<scalar_t> wrow(C * M), scratch(M);
+    std::vector<scalar_t> wrow(C * S), scratch(S);
     std::vector<double> acc;
     for (int64_t task = task0; task < task1; ++task) {
       const int64_t b = task / P.n_frame_tiles, tile = task % P.n_frame_tiles;
@@ -329,23 +339,22 @@ at::Tensor forward_impl(const at::Tensor& z_in, const at::Tensor& center, const 
       const int64_t r_hi = std::min(P.N - 1, (t1 - 1) * P.hop + P.r_max);
       for (int64_t n0 = r_lo; n0 <= r_hi; n0 += C) {
         const int64_t n1 = std::min(r_hi + 1, n0 + C);
-        wvd_rows<scalar_t>(zb, P.N, M, n0, n1, buf_in, buf_out, wrow.data());
+        wvd_rows<scalar_t>(zb, P.N, M, S, n0, n1, buf_in, buf_out, wrow.data());
         for (int64_t f = 0; f < P.F; ++f) {
           const auto& s = st[f];
           const int64_t R = s.radius;
-          const int64_t ta = std::max(t0, ceil_div(n0 - R, P.hop));
-          const int64_t tb = std::min(t1 - 1, floor_div(n1 - 1 + R, P.hop));
+          int64_t ta, tb;
+          frames_meeting(n0, n1, R, P.hop, t0, t1 - 1, &ta, &tb);
           for (int64_t t = ta; t <= tb; ++t) {
             const int64_t c0 = t * P.hop;
             const int64_t d_lo = std::max(-R, n0 - c0), d_hi = std::min(R, n1 - 1 - c0);
-            double sum = 0.0;
+            scalar_t lanes[kLanes] = {};
             for (int64_t d = d_lo; d <= d_hi; ++d) {
-              int64_t k0, len;
-              const scalar_t* w = s.row(d, scratch.data(), &k0, &len);
-              if (len == 0) continue;
-              sum += static_cast<double>(dot(wrow.data() + (c0 + d - n0) * M + k0, w, len));
+              RowInfo ri;
+              const scalar_t* w = s.row(d, scratch.data(), &ri);
+              dot_lanes(wrow.data() + (c0 + d - n0) * S + ri.k0, w, ri.nblk, lanes);
             }
-            acc[f * nt + (t - t0)] += sum;
+            acc[f * nt + (t - t0)] += static_cast<double>(reduce_lanes(lanes));
           }
         }
       }
@@ -368,33 +377,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_
   Problem P = make_problem(z, center.size(0), n_fft, hop);
   at::Tensor grad_z = at::zeros_like(z, at::MemoryFormat::Contiguous);
   at::Tensor gtheta = at::zeros({4, P.F}, center.options());
-  if (P.B == 0)
-    return {grad_z, gtheta[0].clone(), gtheta[1].clone(), gtheta[2].clone(), gtheta[3].clone()};
+  if (P.B == 0) return {grad_z, gtheta[0].clone(), gtheta[1].clone(), gtheta[2].clone(), gtheta[3].clone()};
   const auto st = make_stencils<scalar_t>(center, sigma_t, sigma_nu, rho, n_fft, truncate, P.d_limit, true);
   finish_problem(P, st);
   const cplx* zp = z.data_ptr<cplx>();
   const scalar_t* Gp = G.data_ptr<scalar_t>();
-  const int64_t M = P.M, h = max_lag(M), pairs_max = chunk_pairs(M), C = 2 * pairs_max;
+  const int64_t M = P.M, S = P.stride, h = max_lag(M), pairs_max = chunk_pairs(M), C = 2 * pairs_max;
 
-  // Per-filter constants in double.
-  std::vector<double> s_t(P.F), s_n(P.F), rh(P.F);
-  for (int64_t f = 0; f < P.F; ++f) {
-    s_t[f] = st[f].g.sigma_t;
-    s_n[f] = 1.0 / static_cast<double>(st[f].g.inv_sigma_nu);
-    rh[f] = st[f].g.rho;
-  }
-  {  // exact sigma_nu (1/(1/x) may round): read it again
-    const auto sn = sigma_nu.to(at::kDouble).contiguous();
-    for (int64_t f = 0; f < P.F; ++f) s_n[f] = sn.data_ptr<double>()[f];
-  }
-
-  // (1) Parameter gradients: per (item, frame tile) partial sums, reduced below in fixed order.
+  // (1) Parameter gradients. Per (item, frame tile): the six moments of every (f, t) over its
+  // ellipse, turned into sum_t G dK/dtheta; partial sums go to `work`, reduced below in a fixed order.
   std::vector<double> work(P.B * P.n_frame_tiles * P.F * 4, 0.0);
   at::parallel_for(0, P.B * P.n_frame_tiles, 1, [&](int64_t task0, int64_t task1) {
     at::Tensor buf_in = at::empty({pairs_max, M}, z.options());
     at::Tensor buf_out = at::empty({pairs_max, M}, z.options());
-    std::vector<scalar_t> wrow(C * M), scratch(M);
-    std::vector<double> mom;  // (F, nt, 6)
+    std::vector<scalar_t> wrow(C * S), scratch(S);
+    std::vector<double> mom;  // (F, nt, 6): S0, Sd, Sv, Sdd, Sdv, Svv
     for (int64_t task = task0; task < task1; ++task) {
       const int64_t b = task / P.n_frame_tiles, tile = task % P.n_frame_tiles;
       const int64_t t0 = tile * P.frames_per_tile, t1 = std::min(P.T, t0 + P.frames_per_tile);
@@ -405,38 +402,57 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_
       const int64_t r_hi = std::min(P.N - 1, (t1 - 1) * P.hop + P.r_max);
       for (int64_t n0 = r_lo; n0 <= r_hi; n0 += C) {
         const int64_t n1 = std::min(r_hi + 1, n0 + C);
-        wvd_rows<scalar_t>(zb, P.N, M, n0, n1, buf_in, buf_out, wrow.data());
+        wvd_rows<scalar_t>(zb, P.N, M, S, n0, n1, buf_in, buf_out, wrow.data());
         for (int64_t f = 0; f < P.F; ++f) {
           const auto& s = st[f];
           const int64_t R = s.radius;
-          const int64_t ta = std::max(t0, ceil_div(n0 - R, P.hop));
-          const int64_t tb = std::min(t1 - 1, floor_div(n1 - 1 + R, P.hop));
+          int64_t ta, tb;
+          frames_meeting(n0, n1, R, P.hop, t0, t1 - 1, &ta, &tb);
           for (int64_t t = ta; t <= tb; ++t) {
+            if (Gp[(b * P.F + f) * P.T + t] == scalar_t(0)) continue;  // contributes exactly 0
             const int64_t c0 = t * P.hop;
             const int64_t d_lo = std::max(-R, n0 - c0), d_hi = std::min(R, n1 - 1 - c0);
-            double S0 = 0, Sd = 0, Sv = 0, Sdd = 0, Sdv = 0, Svv = 0;
+            scalar_t m0[kLanes] = {}, md[kLanes] = {}, mv[kLanes] = {}, mdd[kLanes] = {}, mdv[kLanes] = {},
+                     mvv[kLanes] = {};
             for (int64_t d = d_lo; d <= d_hi; ++d) {
-              int64_t k0, len;
-              const scalar_t* e = s.row(d, scratch.data(), &k0, &len);
-              if (len == 0) continue;
-              scalar_t p0, p1, p2;
-              dot3(wrow.data() + (c0 + d - n0) * M + k0, e, s.v.data() + k0, len, &p0, &p1, &p2);
-              const double dd = static_cast<double>(d);
-              S0 += p0;
-              Sd += dd * p0;
-              Sdd += dd * dd * p0;
-              Sv += p1;
-              Sdv += dd * p1;
-              Svv += p2;
+              RowInfo ri;
+              const scalar_t* e = s.row(d, scratch.data(), &ri);
+              const scalar_t* x = wrow.data() + (c0 + d - n0) * S + ri.k0;
+              const scalar_t* vv = s.v.data() + ri.k0;
+              scalar_t p0[kLanes] = {}, p1[kLanes] = {}, p2[kLanes] = {};
+              for (int64_t blk = 0; blk < ri.nblk; ++blk)
+                for (int j = 0; j < kLanes; ++j) {
+                  const int64_t i = blk * kLanes + j;
+                  const scalar_t we = x[i] * e[i];
+                  const scalar_t wev = we * vv[i];
+                  p0[j] += we;
+                  p1[j] += wev;
+                  p2[j] += wev * vv[i];
+                }
+              const scalar_t dd = static_cast<scalar_t>(d);
+              for (int j = 0; j < kLanes; ++j) {
+                m0[j] += p0[j];
+                md[j] += dd * p0[j];
+                mdd[j] += dd * (dd * p0[j]);
+                mv[j] += p1[j];
+                mdv[j] += dd * p1[j];
+                mvv[j] += p2[j];
+              }
             }
             double* m = mom.data() + (f * nt + (t - t0)) * 6;
-            m[0] += S0; m[1] += Sd; m[2] += Sv; m[3] += Sdd; m[4] += Sdv; m[5] += Svv;
+            m[0] += reduce_lanes(m0);
+            m[1] += reduce_lanes(md);
+            m[2] += reduce_lanes(mv);
+            m[3] += reduce_lanes(mdd);
+            m[4] += reduce_lanes(mdv);
+            m[5] += reduce_lanes(mvv);
           }
         }
       }
+      // dK/dtheta (docs/design.md), in double, summed over the tile's frames in order.
       double* out = work.data() + (b * P.n_frame_tiles + tile) * P.F * 4;
       for (int64_t f = 0; f < P.F; ++f) {
-        const double stf = s_t[f], snf = s_n[f], r = rh[f], norm = st[f].norm_d;
+        const double stf = st[f].g.sigma_t, snf = st[f].sigma_nu, r = st[f].g.rho, norm = st[f].norm_d;
         const double i1mr2 = 1.0 / (1.0 - r * r);
         double gc = 0, gst = 0, gsn = 0, gr = 0;
         for (int64_t t = t0; t < t1; ++t) {
@@ -471,79 +487,102 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_
       for (int j = 0; j < 4; ++j) gacc[j][f] = static_cast<scalar_t>(tot[f * 4 + j]);
   }
 
-  // (2) grad_z, output-stationary over runs of samples [j0, j1): rows [j0 - h, j1 - 1 + h].
-  //   A[n, k] = sum_{f,t} G[f,t] norm_f E_f(n - t hop, k); Ahat = DFT_k(A) (two real rows per
-  //   complex FFT); grad_z[j] = 4 sum_m z[j - 2m] conj(Ahat[j - m, m]).
+  // (2) grad_z, output-stationary over runs of samples [j0, j1), which need rows [j0 - h, j1 - 1 + h]:
+  //   A[n, k] = sum_{f,t} G[f,t] norm_f E_f(n - t hop, k)   (the forward stencils, transposed)
+  //   Ahat[n, .] = DFT_k A[n, .]                           (two real rows per complex FFT)
+  //   grad_z[j] = 4 sum_m z[j - 2m] conj(Ahat[j - m, m])
+  // A sample tile is at least 4x its halo so that recomputed rows stay below ~25%.
   const int64_t J = std::max(kTileRows, 4 * (2 * h + 1));
   const int64_t n_sample_tiles = ceil_div(P.N, J);
   cplx* gz = grad_z.data_ptr<cplx>();
   at::parallel_for(0, P.B * n_sample_tiles, 1, [&](int64_t task0, int64_t task1) {
     at::Tensor buf_in = at::empty({pairs_max, M}, z.options());
     at::Tensor buf_out = at::empty({pairs_max, M}, z.options());
-    std::vector<scalar_t> arow(C * M), scratch(M);
-    std::vector<cplx> acc;
+    std::vector<scalar_t> arow(C * S), scratch(S), ah_re(2 * h + 1), ah_im(2 * h + 1);
+    std::vector<scalar_t> acc_re, acc_im;
     for (int64_t task = task0; task < task1; ++task) {
       const int64_t b = task / n_sample_tiles, tile = task % n_sample_tiles;
       const int64_t j0 = tile * J, j1 = std::min(P.N, j0 + J);
       const cplx* zb = zp + b * P.N;
       const scalar_t* Gb = Gp + b * P.F * P.T;
-      acc.assign(j1 - j0, cplx(0, 0));
+      acc_re.assign(j1 - j0, scalar_t(0));
+      acc_im.assign(j1 - j0, scalar_t(0));
       const int64_t r_lo = std::max<int64_t>(0, j0 - h), r_hi = std::min(P.N - 1, j1 - 1 + h);
       for (int64_t n0 = r_lo; n0 <= r_hi; n0 += C) {
         const int64_t n1 = std::min(r_hi + 1, n0 + C);
         const int64_t rows = n1 - n0, pairs = (rows + 1) / 2;
-        std::fill(arow.begin(), arow.begin() + ((rows + 1) / 2) * 2 * M, scalar_t(0));
-        for (int64_t f = 0; f < P.F; ++f) {
+        std::fill(arow.begin(), arow.begin() + 2 * pairs * S, scalar_t(0));
+        for (int64_t f = 0; f < P.F; ++f) {  // fixed order: f, then t, then d
           const auto& s = st[f];
           const int64_t R = s.radius;
-          const int64_t ta = std::max<int64_t>(0, ceil_div(n0 - R, P.hop));
-          const int64_t tb = std::min(P.T - 1, floor_div(n1 - 1 + R, P.hop));
+          int64_t ta, tb;
+          frames_meeting(n0, n1, R, P.hop, 0, P.T - 1, &ta, &tb);
           for (int64_t t = ta; t <= tb; ++t) {
             const scalar_t coef = Gb[f * P.T + t] * s.norm;
-            if (coef == scalar_t(0)) continue;
+            if (coef == scalar_t(0)) continue;  // adds exactly 0 (weights are finite)
             const int64_t c0 = t * P.hop;
             const int64_t d_lo = std::max(-R, n0 - c0), d_hi = std::min(R, n1 - 1 - c0);
             for (int64_t d = d_lo; d <= d_hi; ++d) {
-              int64_t k0, len;
-              const scalar_t* e = s.row(d, scratch.data(), &k0, &len);
-              scalar_t* a = arow.data() + (c0 + d - n0) * M + k0;
-              for (int64_t i = 0; i < len; ++i) a[i] += coef * e[i];
+              RowInfo ri;
+              const scalar_t* e = s.row(d, scratch.data(), &ri);
+              scalar_t* a = arow.data() + (c0 + d - n0) * S + ri.k0;
+              for (int64_t i = 0; i < ri.nblk * kLanes; ++i) a[i] += coef * e[i];
             }
           }
         }
-        // Pack A[a] + i A[b], FFT.
-        cplx* in = buf_in.data_ptr<cplx>();
-        for (int64_t p = 0; p < pairs; ++p) {
-          const scalar_t* aa = arow.data() + 2 * p * M;
-          const scalar_t* ab = aa + M;  // zero when 2p+1 == rows (filled above)
-          cplx* row = in + p * M;
-          for (int64_t k = 0; k < M; ++k) row[k] = cplx(aa[k], ab[k]);
+        scalar_t* in = reinterpret_cast<scalar_t*>(buf_in.data_ptr<cplx>());
+        for (int64_t p = 0; p < pairs; ++p) {  // packed row A[a] + i A[b] (A[b] = 0 past the chunk)
+          const scalar_t* aa = arow.data() + 2 * p * S;
+          const scalar_t* ab = aa + S;
+          scalar_t* row = in + 2 * p * M;
+          for (int64_t k = 0; k < M; ++k) {
+            row[2 * k] = aa[k];
+            row[2 * k + 1] = ab[k];
+          }
         }
         at::Tensor src = buf_in.narrow(0, 0, pairs), dst = buf_out.narrow(0, 0, pairs);
         at::_fft_c2c_out(dst, src, {1}, 0, true);
-        const cplx* X = buf_out.data_ptr<cplx>();
+        const scalar_t* X = reinterpret_cast<const scalar_t*>(buf_out.data_ptr<cplx>());
         for (int64_t row = 0; row < rows; ++row) {
           const int64_t n = n0 + row;
-          const cplx* x = X + (row / 2) * M;
-          const bool second = (row % 2) == 1;
           // lags m with j = n + m in [j0, j1) and n - m in [0, N)
           const int64_t m_lo = std::max(-h, std::max(j0 - n, n - (P.N - 1)));
           const int64_t m_hi = std::min(h, std::min(j1 - 1 - n, n));
+          if (m_lo > m_hi) continue;
+          // 2 Ahat[n, m] for m in [0, h] from X[m], X[-m]; Ahat[n, -m] = conj(Ahat[n, m]).
+          const scalar_t* x = X + 2 * (row / 2) * M;
+          scalar_t* are = ah_re.data() + h;
+          scalar_t* aim = ah_im.data() + h;
+          if (row % 2 == 0) {  // Ahat[a, m] = (X[m] + conj(X[-m])) / 2
+            for (int64_t m = 0; m <= h; ++m) {
+              const int64_t im = m == 0 ? 0 : M - m;
+              are[m] = x[2 * m] + x[2 * im];
+              aim[m] = x[2 * m + 1] - x[2 * im + 1];
+            }
+          } else {  // Ahat[b, m] = (X[m] - conj(X[-m])) / (2i)
+            for (int64_t m = 0; m <= h; ++m) {
+              const int64_t im = m == 0 ? 0 : M - m;
+              are[m] = x[2 * m + 1] + x[2 * im + 1];
+              aim[m] = x[2 * im] - x[2 * m];
+            }
+          }
+          for (int64_t m = 1; m <= h; ++m) {
+            are[-m] = are[m];
+            aim[-m] = -aim[m];
+          }
+          // grad_z[n + m] += 4 z[n - m] conj(Ahat[n, m]) = 2 z[n - m] conj(2 Ahat[n, m])
+          const scalar_t* zs = reinterpret_cast<const scalar_t*>(zb + n);
+          scalar_t* gre = acc_re.data() + (n - j0);
+          scalar_t* gim = acc_im.data() + (n - j0);
           for (int64_t m = m_lo; m <= m_hi; ++m) {
-            const int64_t ip = m >= 0 ? m : m + M, im = m > 0 ? M - m : -m;
-            const cplx xp = x[ip], xm = x[im];
-            // 2 * Ahat[n, m]
-            const cplx ah = second ? cplx(xp.imag() + xm.imag(), xm.real() - xp.real())
-                                   : cplx(xp.real() + xm.real(), xp.imag() - xm.imag());
-            const cplx zz = zb[n - m];
-            // 4 z conj(Ahat) = 2 z conj(2 Ahat)
-            const scalar_t re = zz.real() * ah.real() + zz.imag() * ah.imag();
-            const scalar_t imv = zz.imag() * ah.real() - zz.real() * ah.imag();
-            acc[n + m - j0] += cplx(scalar_t(2) * re, scalar_t(2) * imv);
+            const scalar_t zr = zs[-2 * m], zi = zs[-2 * m + 1];
+            gre[m] += scalar_t(2) * (zr * are[m] + zi * aim[m]);
+            gim[m] += scalar_t(2) * (zi * are[m] - zr * aim[m]);
           }
         }
       }
-      std::copy(acc.begin(), acc.end(), gz + b * P.N + j0);
+      cplx* out = gz + b * P.N + j0;
+      for (int64_t j = 0; j < j1 - j0; ++j) out[j] = cplx(acc_re[j], acc_im[j]);
     }
   });
   return {grad_z, gtheta[0].clone(), gtheta[1].clone(), gtheta[2].clone(), gtheta[3].clone()};
