@@ -196,15 +196,56 @@ std::vector<Stencil<scalar_t>> make_stencils(const at::Tensor& center, const at:
   return out;
 }
 
-// ---- Row kernels: fixed-width lane blocks (the compiler maps them to SIMD registers). ----
-// acc[j] += sum_b x[b L + j] * w[b L + j]
+// ---- Row kernels: one kLanes block is one fixed-width vector. ----
+// GCC/Clang vector extensions state the SIMD shape explicitly (SSE2 on baseline x86-64, NEON on
+// arm64; a 4-double vector is split in two by the compiler): the auto-vectoriser left these short
+// loops with aliasing checks and lane shuffles that cost more than the arithmetic. Elsewhere a
+// plain array of kLanes lanes gives the same results (same lane order) more slowly.
+#if defined(__GNUC__) || defined(__clang__)
 template <typename T>
-inline void dot_lanes(const T* __restrict__ x, const T* __restrict__ w, int64_t nblk, T* __restrict__ acc) {
-  for (int64_t b = 0; b < nblk; ++b)
-    for (int j = 0; j < kLanes; ++j) acc[j] += x[b * kLanes + j] * w[b * kLanes + j];
+struct VecOf {
+  typedef T type __attribute__((vector_size(kLanes * sizeof(T))));
+};
+template <typename T>
+using Vec = typename VecOf<T>::type;
+template <typename T>
+inline Vec<T> vzero() {
+  return Vec<T>{} * T(0);
+}
+#else
+template <typename T>
+struct Vec {
+  T v[kLanes];
+  T& operator[](int i) { return v[i]; }
+  T operator[](int i) const { return v[i]; }
+#define LWVD_VOP(op)                                                               \
+  Vec operator op(const Vec& o) const { Vec r; for (int i = 0; i < kLanes; ++i) r.v[i] = v[i] op o.v[i]; return r; } \
+  Vec operator op(T s) const { Vec r; for (int i = 0; i < kLanes; ++i) r.v[i] = v[i] op s; return r; }
+  LWVD_VOP(+)
+  LWVD_VOP(-)
+  LWVD_VOP(*)
+#undef LWVD_VOP
+  Vec& operator+=(const Vec& o) { for (int i = 0; i < kLanes; ++i) v[i] += o.v[i]; return *this; }
+};
+template <typename T>
+inline Vec<T> vzero() {
+  Vec<T> r;
+  for (int i = 0; i < kLanes; ++i) r.v[i] = T(0);
+  return r;
+}
+#endif
+template <typename T>
+inline Vec<T> vload(const T* p) {
+  Vec<T> v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
 }
 template <typename T>
-inline T reduce_lanes(const T* a) {
+inline void vstore(T* p, const Vec<T>& v) {
+  std::memcpy(p, &v, sizeof(v));
+}
+template <typename T>
+inline T vsum(const Vec<T>& a) {
   return (a[0] + a[2]) + (a[1] + a[3]);
 }
 
@@ -348,13 +389,15 @@ at::Tensor forward_impl(const at::Tensor& z_in, const at::Tensor& center, const 
           for (int64_t t = ta; t <= tb; ++t) {
             const int64_t c0 = t * P.hop;
             const int64_t d_lo = std::max(-R, n0 - c0), d_hi = std::min(R, n1 - 1 - c0);
-            scalar_t lanes[kLanes] = {};
+            Vec<scalar_t> lanes = vzero<scalar_t>();
             for (int64_t d = d_lo; d <= d_hi; ++d) {
               RowInfo ri;
               const scalar_t* w = s.row(d, scratch.data(), &ri);
-              dot_lanes(wrow.data() + (c0 + d - n0) * S + ri.k0, w, ri.nblk, lanes);
+              const scalar_t* x = wrow.data() + (c0 + d - n0) * S + ri.k0;
+              for (int64_t blk = 0; blk < ri.nblk; ++blk)
+                lanes += vload(x + blk * kLanes) * vload(w + blk * kLanes);
             }
-            acc[f * nt + (t - t0)] += static_cast<double>(reduce_lanes(lanes));
+            acc[f * nt + (t - t0)] += static_cast<double>(vsum<scalar_t>(lanes));
           }
         }
       }
@@ -412,40 +455,37 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_
             if (Gp[(b * P.F + f) * P.T + t] == scalar_t(0)) continue;  // contributes exactly 0
             const int64_t c0 = t * P.hop;
             const int64_t d_lo = std::max(-R, n0 - c0), d_hi = std::min(R, n1 - 1 - c0);
-            scalar_t m0[kLanes] = {}, md[kLanes] = {}, mv[kLanes] = {}, mdd[kLanes] = {}, mdv[kLanes] = {},
-                     mvv[kLanes] = {};
+            using V = Vec<scalar_t>;
+            V m0 = vzero<scalar_t>(), md = m0, mv = m0, mdd = m0, mdv = m0, mvv = m0;
             for (int64_t d = d_lo; d <= d_hi; ++d) {
               RowInfo ri;
               const scalar_t* e = s.row(d, scratch.data(), &ri);
               const scalar_t* x = wrow.data() + (c0 + d - n0) * S + ri.k0;
               const scalar_t* vv = s.v.data() + ri.k0;
-              scalar_t p0[kLanes] = {}, p1[kLanes] = {}, p2[kLanes] = {};
-              for (int64_t blk = 0; blk < ri.nblk; ++blk)
-                for (int j = 0; j < kLanes; ++j) {
-                  const int64_t i = blk * kLanes + j;
-                  const scalar_t we = x[i] * e[i];
-                  const scalar_t wev = we * vv[i];
-                  p0[j] += we;
-                  p1[j] += wev;
-                  p2[j] += wev * vv[i];
-                }
-              const scalar_t dd = static_cast<scalar_t>(d);
-              for (int j = 0; j < kLanes; ++j) {
-                m0[j] += p0[j];
-                md[j] += dd * p0[j];
-                mdd[j] += dd * (dd * p0[j]);
-                mv[j] += p1[j];
-                mdv[j] += dd * p1[j];
-                mvv[j] += p2[j];
+              V p0 = vzero<scalar_t>(), p1 = p0, p2 = p0;
+              for (int64_t blk = 0; blk < ri.nblk; ++blk) {
+                const V vk = vload(vv + blk * kLanes);
+                const V we = vload(x + blk * kLanes) * vload(e + blk * kLanes);
+                const V wev = we * vk;
+                p0 += we;
+                p1 += wev;
+                p2 += wev * vk;
               }
+              const scalar_t dd = static_cast<scalar_t>(d);
+              m0 += p0;
+              md += p0 * dd;
+              mdd += (p0 * dd) * dd;
+              mv += p1;
+              mdv += p1 * dd;
+              mvv += p2;
             }
             double* m = mom.data() + (f * nt + (t - t0)) * 6;
-            m[0] += reduce_lanes(m0);
-            m[1] += reduce_lanes(md);
-            m[2] += reduce_lanes(mv);
-            m[3] += reduce_lanes(mdd);
-            m[4] += reduce_lanes(mdv);
-            m[5] += reduce_lanes(mvv);
+            m[0] += vsum<scalar_t>(m0);
+            m[1] += vsum<scalar_t>(md);
+            m[2] += vsum<scalar_t>(mv);
+            m[3] += vsum<scalar_t>(mdd);
+            m[4] += vsum<scalar_t>(mdv);
+            m[5] += vsum<scalar_t>(mvv);
           }
         }
       }
@@ -499,7 +539,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_
     at::Tensor buf_in = at::empty({pairs_max, M}, z.options());
     at::Tensor buf_out = at::empty({pairs_max, M}, z.options());
     std::vector<scalar_t> arow(C * S), scratch(S), ah_re(2 * h + 1), ah_im(2 * h + 1);
-    std::vector<scalar_t> acc_re, acc_im;
+    std::vector<scalar_t> acc_re, acc_im, zr_rev, zi_rev;
     for (int64_t task = task0; task < task1; ++task) {
       const int64_t b = task / n_sample_tiles, tile = task % n_sample_tiles;
       const int64_t j0 = tile * J, j1 = std::min(P.N, j0 + J);
@@ -508,6 +548,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_
       acc_re.assign(j1 - j0, scalar_t(0));
       acc_im.assign(j1 - j0, scalar_t(0));
       const int64_t r_lo = std::max<int64_t>(0, j0 - h), r_hi = std::min(P.N - 1, j1 - 1 + h);
+      // z[u] for u in [u_lo, u_hi], reversed and split into re / im: z[n - m] = zrev[u_hi - n + m]
+      // is then read forwards in m, like every other array of the accumulation loop.
+      const int64_t u_lo = std::max<int64_t>(0, r_lo - h), u_hi = std::min(P.N - 1, r_hi + h);
+      zr_rev.resize(u_hi - u_lo + 1);
+      zi_rev.resize(u_hi - u_lo + 1);
+      for (int64_t i = 0; i <= u_hi - u_lo; ++i) {
+        zr_rev[i] = zb[u_hi - i].real();
+        zi_rev[i] = zb[u_hi - i].imag();
+      }
       for (int64_t n0 = r_lo; n0 <= r_hi; n0 += C) {
         const int64_t n1 = std::min(r_hi + 1, n0 + C);
         const int64_t rows = n1 - n0, pairs = (rows + 1) / 2;
@@ -526,7 +575,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_
               RowInfo ri;
               const scalar_t* e = s.row(d, scratch.data(), &ri);
               scalar_t* a = arow.data() + (c0 + d - n0) * S + ri.k0;
-              for (int64_t i = 0; i < ri.nblk * kLanes; ++i) a[i] += coef * e[i];
+              for (int64_t blk = 0; blk < ri.nblk; ++blk)
+                vstore(a + blk * kLanes, vload(a + blk * kLanes) + vload(e + blk * kLanes) * coef);
             }
           }
         }
@@ -571,13 +621,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_
             aim[-m] = -aim[m];
           }
           // grad_z[n + m] += 4 z[n - m] conj(Ahat[n, m]) = 2 z[n - m] conj(2 Ahat[n, m])
-          const scalar_t* zs = reinterpret_cast<const scalar_t*>(zb + n);
-          scalar_t* gre = acc_re.data() + (n - j0);
-          scalar_t* gim = acc_im.data() + (n - j0);
-          for (int64_t m = m_lo; m <= m_hi; ++m) {
-            const scalar_t zr = zs[-2 * m], zi = zs[-2 * m + 1];
-            gre[m] += scalar_t(2) * (zr * are[m] + zi * aim[m]);
-            gim[m] += scalar_t(2) * (zi * are[m] - zr * aim[m]);
+          const int64_t cnt = m_hi - m_lo + 1;
+          const scalar_t* __restrict__ zr = zr_rev.data() + (u_hi - n + m_lo);
+          const scalar_t* __restrict__ zi = zi_rev.data() + (u_hi - n + m_lo);
+          const scalar_t* __restrict__ ar = are + m_lo;
+          const scalar_t* __restrict__ ai = aim + m_lo;
+          scalar_t* __restrict__ gre = acc_re.data() + (n + m_lo - j0);
+          scalar_t* __restrict__ gim = acc_im.data() + (n + m_lo - j0);
+          for (int64_t i = 0; i < cnt; ++i) {
+            gre[i] += scalar_t(2) * (zr[i] * ar[i] + zi[i] * ai[i]);
+            gim[i] += scalar_t(2) * (zi[i] * ar[i] - zr[i] * ai[i]);
           }
         }
       }
