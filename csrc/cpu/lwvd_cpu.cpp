@@ -25,6 +25,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <cmath>
 #include <cstdint>
@@ -46,8 +47,17 @@ constexpr int64_t kMaxChunkPairs = 64;
 // Rows a tile owns (beyond its halo). Larger tiles recompute less halo; smaller ones balance
 // better over threads. With the halo at most half a tile the recomputation stays below 50%.
 constexpr int64_t kTileRows = 4096;
-// Memory for tabulated stencils (all filters). Past it a filter computes its weights per row.
+// Memory for tabulated stencils (all filters). Past it a filter computes its weights per row
+// (exp per term: slower, bounded memory). LWVD_CPU_STENCIL_BUDGET_BYTES overrides it; the tests
+// set it to 0 to exercise the on-the-fly path on small problems.
 constexpr int64_t kStencilBudgetBytes = int64_t(32) << 20;
+int64_t stencil_budget_bytes() {
+  const char* env = std::getenv("LWVD_CPU_STENCIL_BUDGET_BYTES");
+  if (env == nullptr || *env == '\0') return kStencilBudgetBytes;
+  char* end = nullptr;
+  const long long v = std::strtoll(env, &end, 10);
+  return (end != env && v >= 0) ? static_cast<int64_t>(v) : kStencilBudgetBytes;
+}
 
 inline int64_t floor_div(int64_t a, int64_t b) {  // b > 0
   const int64_t q = a / b;
@@ -168,9 +178,10 @@ std::vector<Stencil<scalar_t>> make_stencils(const at::Tensor& center, const at:
     }
   }
   int64_t used = 0;
+  const int64_t budget = stencil_budget_bytes();
   for (int64_t f = 0; f < F; ++f) {
     const int64_t bytes = sizes[f] * int64_t(sizeof(scalar_t)) + (2 * out[f].radius + 1) * int64_t(sizeof(RowInfo));
-    if (used + bytes <= kStencilBudgetBytes) {
+    if (used + bytes <= budget) {
       out[f].tabulated = true;
       used += bytes;
     }
