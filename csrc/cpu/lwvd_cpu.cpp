@@ -10,7 +10,7 @@
 //     or (batch item, run of samples) [grad_z] and recomputes the rows it needs (its halo). No
 //     task writes where another does, so there are no atomics and results do not depend on the
 //     thread count: tile and chunk sizes depend on the problem only, never on get_num_threads().
-//   * Rows are processed in chunks of kChunkPairs * 2: the Hermitian lag products of two rows share
+//   * Rows are processed in chunks of 2 * chunk_pairs(n_fft): the Hermitian lag products of two rows share
 //     one complex FFT (torch's own, MKL/pocketfft, single-threaded inside parallel_for), so
 //     nothing of size B*N*n_fft is ever allocated.
 //   * Each filter's Gaussian weight depends on (d, k) only: it is tabulated once per call as a
@@ -29,6 +29,7 @@
 #include <cstring>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <vector>
 
 #include "kernels/lwvd_math.cuh"
@@ -107,7 +108,12 @@ struct Stencil {
     int64_t first = -1, last = -2;
     for (int64_t k = lo; k <= hi; ++k) {
       const double q = quad_form(g, static_cast<double>(d), bin_frequency<double>(k, n_fft) - g.center);
-      const scalar_t e = static_cast<scalar_t>(q <= trunc2 ? std::exp(-0.5 * q) : 0.0);
+      // Subnormal weights are flushed to 0: they occur only near the "every term" boundary of
+      // effective_trunc2 (truncate=None), change a sum by < 1e-37 relative in float32, and would
+      // put subnormal operands (microcode assists, ~100x slower) in the hot loops.
+      const double ed = q <= trunc2 ? std::exp(-0.5 * q) : 0.0;
+      const scalar_t e = ed >= static_cast<double>(std::numeric_limits<scalar_t>::min()) ? static_cast<scalar_t>(ed)
+                                                                                        : scalar_t(0);
       out[k - lo] = e;
       if (e != scalar_t(0)) {
         if (first < 0) first = k;
@@ -213,6 +219,11 @@ std::vector<Stencil<scalar_t>> make_stencils(const at::Tensor& center, const at:
 // loops with aliasing checks and lane shuffles that cost more than the arithmetic. Elsewhere a
 // plain array of kLanes lanes gives the same results (same lane order) more slowly.
 #if defined(__GNUC__) || defined(__clang__)
+// A 4-double vector is 32 bytes: without -mavx GCC warns that returning one "changes the ABI".
+// These helpers live in an anonymous namespace and are inlined, so no ABI boundary is crossed.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wpsabi"
+#endif
 template <typename T>
 struct VecOf {
   typedef T type __attribute__((vector_size(kLanes * sizeof(T))));
