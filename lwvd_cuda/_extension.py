@@ -31,13 +31,23 @@ def is_loaded() -> bool:
     return _C is not None
 
 
-def has_kernel(dispatch_key: str) -> bool:
-    """True when both ops have an implementation for ``dispatch_key`` ("CPU" or "CUDA")."""
-    if _C is None:
-        return False
-    return all(
+def _probe(dispatch_key: str) -> bool:
+    return _C is not None and all(
         torch._C._dispatch_has_kernel_for_dispatch_key(f"lwvd_cuda::{op}", dispatch_key) for op in OPS
     )
+
+
+# Every implementation registers statically when _C is imported, so the answer is fixed from here
+# on. Caching it as plain Python data also lets torch.compile(fullgraph=True) trace the public op:
+# Dynamo cannot trace the torch._C dispatcher query (a non-Tensor result), but it reads a dict.
+_HAS_KERNEL = {key: _probe(key) for key in ("CPU", "CUDA")}
+
+
+def has_kernel(dispatch_key: str) -> bool:
+    """True when both ops have an implementation for ``dispatch_key`` ("CPU" or "CUDA")."""
+    if dispatch_key not in _HAS_KERNEL:
+        return _probe(dispatch_key)
+    return _HAS_KERNEL[dispatch_key]
 
 
 def load_error() -> str | None:

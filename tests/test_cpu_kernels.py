@@ -1,0 +1,366 @@
+"""The fused CPU kernels (csrc/cpu/lwvd_cpu.cpp) against the float64 reference.
+
+Every comparison is against ``lwvd_cuda.reference`` (straight from the formulas). The kernels share
+the truncation rule with the reference (q <= truncate^2, same geometry header), so they must agree
+to rounding: ``TOLERANCES[float64] = 1e-10`` relative (see ``lwvd_cuda/testing.py`` for why).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import pytest
+import torch
+
+import lwvd_cuda
+from lwvd_cuda import reference
+from lwvd_cuda.testing import TOLERANCES, Case, assert_rel_close, make_filters, make_signal
+
+pytestmark = pytest.mark.skipif(
+    not lwvd_cuda.has_cpu_kernels(),
+    reason="fused CPU kernels not built (build with `LWVD_BUILD=cpu python setup.py build_ext --inplace`)",
+)
+
+F64, F32 = torch.float64, torch.float32
+OP_FWD = torch.ops.lwvd_cuda.lwvd_fwd if lwvd_cuda.has_cpu_kernels() else None
+OP_BWD = torch.ops.lwvd_cuda.lwvd_bwd if lwvd_cuda.has_cpu_kernels() else None
+
+
+def _trunc(truncate):
+    return math.inf if truncate is None else truncate
+
+
+def _ref(z, params, case_or_nfft, hop=None, truncate=4.0):
+    if isinstance(case_or_nfft, Case):
+        c = case_or_nfft
+        return reference.lwvd(z, *params, n_fft=c.n_fft, hop_length=c.hop, truncate=c.truncate)
+    return reference.lwvd(z, *params, n_fft=case_or_nfft, hop_length=hop, truncate=truncate)
+
+
+def _real_view(t):
+    return torch.view_as_real(t) if t.is_complex() else t
+
+
+# ---- Forward, float64, >= 20 configurations. ----
+FORWARD_CASES = [
+    Case((2,), 301, 64, 16, 5),  # odd N
+    Case((3,), 40, 64, 8, 4),  # N < n_fft
+    Case((2,), 50, 32, 100, 3),  # hop > N (one frame)
+    Case((4,), 1, 16, 1, 3),  # N = 1, hop = 1: frames t = 0, 1
+    Case((2,), 1, 8, 5, 2),  # N = 1, hop > N
+    Case((2,), 200, 64, 10, 1),  # F = 1
+    Case((2,), 257, 64, 12, 6, kind="untilted"),
+    Case((2,), 257, 64, 12, 6, kind="narrow"),
+    Case((2,), 300, 64, 25, 4, kind="wide"),
+    Case((1,), 120, 32, 7, 3, kind="wide", truncate=None),
+    Case((2,), 150, 48, 9, 4, truncate=None),
+    Case((2,), 150, 48, 9, 4, kind="narrow", truncate=None),
+    Case((2,), 210, 100, 11, 4),  # n_fft not a power of two (even)
+    Case((2,), 210, 63, 11, 4),  # odd n_fft
+    Case((2,), 60, 1, 3, 3),  # n_fft = 1: lag 0 only
+    Case((2,), 60, 2, 3, 3),  # n_fft = 2: lag 0, index M/2 zero
+    Case((2,), 60, 3, 3, 3),  # n_fft = 3: lags -1..1
+    Case((2,), 90, 5, 4, 3, kind="wide"),
+    Case((1,), 1000, 128, 64, 8, seed=3),
+    Case((2,), 77, 16, 77, 2, truncate=2.0),  # hop = N: two frames
+    Case((3,), 513, 256, 128, 5, kind="mixed", truncate=1.0, seed=5),
+    Case((2,), 64, 64, 1, 3, seed=7),  # hop = 1
+]
+
+
+@pytest.mark.parametrize("case", FORWARD_CASES, ids=lambda c: f"B{c.batch}-N{c.n}-M{c.n_fft}-h{c.hop}-F{c.f}-{c.kind}-tr{c.truncate}")
+def test_forward_matches_reference_float64(case):
+    z, params = case.inputs(F64)
+    got = OP_FWD(z, *params, case.n_fft, case.hop, _trunc(case.truncate))
+    assert got.dtype == F64 and got.shape == (z.shape[0], case.f, 1 + case.n // case.hop)
+    assert_rel_close(got, _ref(z, params, case), TOLERANCES[F64], f"forward {case}")
+
+
+def test_forward_multidim_batch_and_noncontiguous_through_public_api():
+    case = Case((2, 3), 181, 32, 9, 4)
+    z, params = case.inputs(F64)
+    assert lwvd_cuda.backend_for(z, case.n_fft)[0] == "kernels"
+    got = lwvd_cuda.lwvd(z, *params, n_fft=case.n_fft, hop_length=case.hop)
+    assert got.shape == (2, 3, 4, 1 + 181 // 9)
+    assert_rel_close(got, _ref(z, params, case), TOLERANCES[F64], "multi-dim batch")
+    # Non-contiguous z made by slicing (every other sample, and a transposed batch).
+    wide = make_signal((3, 2), 2 * 181, seed=4)
+    zs = wide[..., ::2].transpose(0, 1)
+    assert not zs.is_contiguous()
+    got = lwvd_cuda.lwvd(zs, *params, n_fft=case.n_fft, hop_length=case.hop)
+    assert_rel_close(got, _ref(zs.contiguous(), params, case), TOLERANCES[F64], "non-contiguous z")
+    # The op itself also accepts a non-contiguous (B, N) z.
+    z2 = wide[..., ::2].reshape(-1, 181)
+    assert not z2.is_contiguous()
+    got = OP_FWD(z2, *params, case.n_fft, case.hop, 4.0)
+    assert_rel_close(got, _ref(z2.contiguous(), params, case), TOLERANCES[F64], "op, strided z")
+
+
+def test_on_the_fly_stencils_match(monkeypatch):
+    """With no stencil memory every filter computes its weights per row: same results."""
+    case = Case((2,), 200, 64, 10, 4, kind="wide")
+    z, params = case.inputs(F64)
+    tab = OP_FWD(z, *params, case.n_fft, case.hop, 4.0)
+    g = torch.randn_like(tab)
+    gtab = OP_BWD(g, z, *params, case.n_fft, case.hop, 4.0)
+    monkeypatch.setenv("LWVD_CPU_STENCIL_BUDGET_BYTES", "0")
+    fly = OP_FWD(z, *params, case.n_fft, case.hop, 4.0)
+    gfly = OP_BWD(g, z, *params, case.n_fft, case.hop, 4.0)
+    # Same weights, same order of every sum: bitwise equal.
+    assert torch.equal(tab, fly)
+    for a, b in zip(gtab, gfly):
+        assert torch.equal(a, b)
+    assert_rel_close(fly, _ref(z, params, case), TOLERANCES[F64], "on-the-fly stencils")
+
+
+def test_long_signal_64bit_offsets():
+    """N ~ 1e6: offsets b*N + n and (row * stride) run past 2^31 only in 64 bits; cheap settings."""
+    n = (1 << 20) + 3
+    z = make_signal((2,), n, seed=1)
+    params = make_filters(2, n_fft=4, seed=2)
+    got = OP_FWD(z, *params, 4, 4096, 4.0)
+    # The reference's smoothing unfolds windows per frame; compare every frame.
+    assert_rel_close(got, _ref(z, params, 4, 4096), TOLERANCES[F64], "N = 2^20 + 3")
+
+
+# ---- float32 ----
+@pytest.mark.parametrize(
+    "case",
+    [Case((2,), 400, 64, 16, 6), Case((2,), 300, 48, 10, 4, kind="wide"), Case((2,), 257, 128, 32, 5, truncate=None)],
+)
+def test_float32_matches_float64_reference(case):
+    # float32 kernels against the float64 oracle: eps32 = 6e-8 grown by the length-M FFT and sums of
+    # ~1e3-1e4 weighted terms; TOLERANCES[float32] = 1e-4 bounds that and still catches a wrong term
+    # (one missing ellipse row is ~1e-2). The stencil weights are computed in double, so the
+    # truncation test matches the float64 reference's.
+    z64, params64 = case.inputs(F64)
+    z32, params32 = z64.to(torch.complex64), [p.float() for p in params64]
+    got = OP_FWD(z32, *params32, case.n_fft, case.hop, _trunc(case.truncate))
+    assert got.dtype == F32
+    assert_rel_close(got, _ref(z64, params64, case), TOLERANCES[F32], f"float32 forward {case}")
+    g = torch.randn(got.shape, dtype=F64, generator=torch.Generator().manual_seed(0))
+    grads = OP_BWD(g.float(), z32, *params32, case.n_fft, case.hop, _trunc(case.truncate))
+    expect = _reference_grads(z64, params64, case.n_fft, case.hop, case.truncate, g)
+    for name, a, b in zip(("z", "center", "sigma_t", "sigma_nu", "rho"), grads, expect):
+        assert a.dtype == (torch.complex64 if name == "z" else F32)
+        assert_rel_close(_real_view(a), _real_view(b), TOLERANCES[F32], f"float32 grad_{name} {case}")
+
+
+# ---- Backward ----
+def _reference_grads(z, params, n_fft, hop, truncate, g):
+    zz = z.detach().clone().requires_grad_(True)
+    pp = [p.detach().clone().requires_grad_(True) for p in params]
+    out = reference.lwvd(zz, *pp, n_fft=n_fft, hop_length=hop, truncate=truncate)
+    return torch.autograd.grad(out, [zz, *pp], g)
+
+
+BACKWARD_CASES = [
+    Case((2,), 301, 64, 16, 5),
+    Case((2,), 40, 64, 8, 3),
+    Case((2,), 50, 32, 100, 3),
+    Case((3,), 1, 16, 1, 2),
+    Case((2,), 150, 63, 9, 4, kind="narrow"),
+    Case((1,), 200, 32, 12, 3, kind="wide", truncate=None),
+    Case((2,), 120, 100, 7, 4, kind="untilted"),
+    Case((2,), 60, 3, 3, 3),
+    Case((2,), 60, 2, 5, 2),
+    Case((1,), 90, 1, 4, 2),
+]
+
+
+@pytest.mark.parametrize("case", BACKWARD_CASES, ids=lambda c: f"N{c.n}-M{c.n_fft}-h{c.hop}-{c.kind}-tr{c.truncate}")
+def test_backward_matches_reference_autograd_float64(case):
+    z, params = case.inputs(F64)
+    g = torch.randn(z.shape[0], case.f, 1 + case.n // case.hop, dtype=F64, generator=torch.Generator().manual_seed(1))
+    got = OP_BWD(g, z, *params, case.n_fft, case.hop, _trunc(case.truncate))
+    expect = _reference_grads(z, params, case.n_fft, case.hop, case.truncate, g)
+    for name, a, b in zip(("z", "center", "sigma_t", "sigma_nu", "rho"), got, expect):
+        assert a.shape == b.shape and a.dtype == b.dtype, name
+        assert_rel_close(_real_view(a), _real_view(b), TOLERANCES[F64], f"grad_{name} {case}")
+
+
+def test_autograd_through_public_api_uses_kernels():
+    case = Case((2, 2), 90, 32, 8, 3)
+    z, params = case.inputs(F64)
+    zz = z.clone().requires_grad_(True)
+    pp = [p.clone().requires_grad_(True) for p in params]
+    out = lwvd_cuda.lwvd(zz, *pp, n_fft=case.n_fft, hop_length=case.hop)
+    assert out.grad_fn is not None
+    g = torch.randn_like(out)
+    got = torch.autograd.grad(out, [zz, *pp], g)
+    expect = _reference_grads(z, params, case.n_fft, case.hop, 4.0, g)
+    for a, b in zip(got, expect):
+        assert_rel_close(_real_view(a), _real_view(b), TOLERANCES[F64], "public API grads")
+
+
+@pytest.mark.parametrize("n,n_fft,hop,kind", [(11, 8, 3, "mixed"), (9, 5, 4, "narrow"), (7, 4, 2, "untilted")])
+def test_gradcheck_kernels(n, n_fft, hop, kind):
+    # truncate=None: the truncation boundary is not differentiated (docs/design.md), so finite
+    # differences only agree with the analytic gradient when no term sits on it.
+    z = make_signal((2,), n, seed=n).requires_grad_(True)
+    params = [p.requires_grad_(True) for p in make_filters(2, n_fft=n_fft, seed=n_fft, kind=kind)]
+
+    def fn(z, c, st, sn, r):
+        return OP_FWD(z, c, st, sn, r, n_fft, hop, math.inf)
+
+    assert torch.autograd.gradcheck(fn, (z, *params), eps=1e-6, atol=1e-8, rtol=1e-6)
+
+
+# ---- torch.library / torch.compile ----
+def test_opcheck():
+    case = Case((2,), 37, 16, 5, 3)
+    z, params = case.inputs(F64)
+    torch.library.opcheck(OP_FWD, (z, *params, case.n_fft, case.hop, 4.0))
+    zz = z.clone().requires_grad_(True)
+    pp = [p.clone().requires_grad_(True) for p in params]
+    torch.library.opcheck(OP_FWD, (zz, *pp, case.n_fft, case.hop, math.inf))  # autograd registration too
+    g = torch.randn(2, 3, 1 + 37 // 5, dtype=F64)
+    torch.library.opcheck(OP_BWD, (g, z, *params, case.n_fft, case.hop, 4.0))
+
+
+def test_torch_compile_fullgraph():
+    case = Case((2,), 64, 16, 8, 3)
+    z, params = case.inputs(F64)
+
+    @torch.compile(fullgraph=True, backend="aot_eager")
+    def f(z, c, st, sn, r):
+        return OP_FWD(z, c, st, sn, r, 16, 8, 4.0).square().sum(dim=-1)
+
+    pp = [p.clone().requires_grad_(True) for p in params]
+    out = f(z, *pp)
+    expect = _ref(z, params, case).square().sum(dim=-1)
+    assert_rel_close(out, expect, TOLERANCES[F64], "compiled")
+    out.sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in pp)
+
+
+def test_torch_compile_module():
+    torch.manual_seed(0)
+    layer = lwvd_cuda.LWVD(sample_rate=8000, n_filters=4, n_fft=32, hop_length=16, f_min=100.0, f_max=3000.0).double()
+    x = torch.randn(2, 200, dtype=F64)
+    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
+    assert_rel_close(compiled(x), layer(x), TOLERANCES[F64], "compiled LWVD module")
+
+
+# ---- Determinism ----
+def test_deterministic_and_thread_count_independent():
+    case = Case((3,), 5000, 64, 16, 6, kind="mixed", seed=11)
+    z, params = case.inputs(F32)
+    old = torch.get_num_threads()
+    try:
+        runs = []
+        for threads in (old, old, 1):
+            torch.set_num_threads(threads)
+            k = OP_FWD(z, *params, case.n_fft, case.hop, 4.0)
+            g = torch.linspace(-1, 1, k.numel(), dtype=k.dtype).reshape(k.shape)
+            runs.append((k, OP_BWD(g, z, *params, case.n_fft, case.hop, 4.0)))
+    finally:
+        torch.set_num_threads(old)
+    k0, g0 = runs[0]
+    for k, g in runs[1:]:
+        assert torch.equal(k, k0)
+        for a, b in zip(g, g0):
+            assert torch.equal(a, b)
+
+
+# ---- Extreme but valid inputs (SPEC §5) ----
+def test_silent_input_and_extreme_spreads_are_finite():
+    n, n_fft, hop = 300, 32, 10
+    params = (
+        torch.tensor([0.1, 0.25, 0.4], dtype=F64),
+        torch.tensor([1e-3, 5.0, 1e5], dtype=F64),  # tiny, normal, huge time spread
+        torch.tensor([1e4, 1e-6, 0.01], dtype=F64),  # huge, tiny, normal frequency spread
+        torch.tensor([0.0, 0.95, -0.95], dtype=F64),
+    )
+    for z in (torch.zeros(2, n, dtype=torch.complex128), make_signal((2,), n, seed=2)):
+        k = OP_FWD(z, *params, n_fft, hop, 4.0)
+        assert torch.isfinite(k).all()
+        grads = OP_BWD(torch.ones_like(k), z, *params, n_fft, hop, 4.0)
+        assert all(torch.isfinite(_real_view(g)).all() for g in grads)
+        assert_rel_close(k, _ref(z, params, n_fft, hop), TOLERANCES[F64], "extreme spreads")
+    assert torch.equal(OP_FWD(torch.zeros(2, n, dtype=torch.complex128), *params, n_fft, hop, 4.0), torch.zeros(2, 3, 31, dtype=F64))
+
+
+def test_nan_stays_in_its_batch_item():
+    case = Case((3,), 400, 32, 10, 4)
+    z, params = case.inputs(F64)
+    clean = OP_FWD(z, *params, case.n_fft, case.hop, 4.0)
+    z[1, 200] = complex(float("nan"), 0.0)
+    k = OP_FWD(z, *params, case.n_fft, case.hop, 4.0)
+    assert torch.isnan(k[1]).any()
+    assert torch.equal(k[0], clean[0]) and torch.equal(k[2], clean[2])
+    grads = OP_BWD(torch.ones_like(k), z, *params, case.n_fft, case.hop, 4.0)
+    gz = torch.view_as_real(grads[0])
+    assert torch.isfinite(gz[0]).all() and torch.isfinite(gz[2]).all()
+
+
+# ---- Bad input straight to the op ----
+def _good():
+    z = make_signal((2,), 50, seed=0)
+    return [z, *make_filters(3, n_fft=16, seed=1), 16, 5, 4.0]
+
+
+@pytest.mark.parametrize(
+    "edit,exc,word",
+    [
+        (lambda a: a.__setitem__(0, a[0].real), TypeError, "z"),
+        (lambda a: a.__setitem__(0, a[0].to(torch.complex64)), TypeError, "center"),
+        (lambda a: a.__setitem__(0, a[0][0]), ValueError, "z"),
+        (lambda a: a.__setitem__(0, a[0][:, :0]), ValueError, "N"),
+        (lambda a: a.__setitem__(2, a[2].float()), TypeError, "sigma_t"),
+        (lambda a: a.__setitem__(3, a[3][:2]), ValueError, "sigma_nu"),
+        (lambda a: a.__setitem__(1, a[1].reshape(3, 1)), ValueError, "center"),
+        (lambda a: a.__setitem__(2, -a[2]), ValueError, "sigma_t"),
+        (lambda a: a.__setitem__(3, torch.zeros_like(a[3])), ValueError, "sigma_nu"),
+        (lambda a: a.__setitem__(4, torch.ones_like(a[4])), ValueError, "rho"),
+        (lambda a: a.__setitem__(1, a[1] * float("nan")), ValueError, "center"),
+        (lambda a: a.__setitem__(5, 0), ValueError, "n_fft"),
+        (lambda a: a.__setitem__(6, 0), ValueError, "hop_length"),
+        (lambda a: a.__setitem__(7, -1.0), ValueError, "truncate"),
+        (lambda a: a.__setitem__(7, float("nan")), ValueError, "truncate"),
+    ],
+)
+def test_bad_input_raises_naming_the_argument(edit, exc, word):
+    args = _good()
+    edit(args)
+    with pytest.raises(exc, match=word):
+        OP_FWD(*args)
+
+
+def test_bad_grad_raises():
+    args = _good()
+    k = OP_FWD(*args)
+    with pytest.raises(ValueError, match="grad_out"):
+        OP_BWD(k[:, :2], *args)
+    with pytest.raises(TypeError, match="grad_out"):
+        OP_BWD(k.float(), *args)
+
+
+# ---- Randomised sweep ----
+hypothesis = pytest.importorskip("hypothesis")
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=15, deadline=None, derandomize=True)
+@given(
+    b=st.integers(1, 3),
+    n=st.integers(1, 160),
+    n_fft=st.integers(1, 70),
+    hop=st.integers(1, 60),
+    f=st.integers(1, 4),
+    kind=st.sampled_from(["mixed", "untilted", "narrow", "wide"]),
+    truncate=st.sampled_from([None, 0.5, 2.0, 4.0]),
+    seed=st.integers(0, 1000),
+)
+def test_randomized_sweep(b, n, n_fft, hop, f, kind, truncate, seed):
+    case = Case((b,), n, n_fft, hop, f, kind=kind, truncate=truncate, seed=seed)
+    z, params = case.inputs(F64)
+    got = OP_FWD(z, *params, n_fft, hop, _trunc(truncate))
+    assert_rel_close(got, _ref(z, params, case), TOLERANCES[F64], f"sweep forward {case}")
+    g = torch.randn(got.shape, dtype=F64, generator=torch.Generator().manual_seed(seed))
+    grads = OP_BWD(g, z, *params, n_fft, hop, _trunc(truncate))
+    expect = _reference_grads(z, params, n_fft, hop, truncate, g)
+    for name, a, e in zip(("z", "center", "sigma_t", "sigma_nu", "rho"), grads, expect):
+        assert_rel_close(_real_view(a), _real_view(e), TOLERANCES[F64], f"sweep grad_{name} {case}")
