@@ -144,6 +144,13 @@ def lwvd(
         float32 otherwise. Differentiable in ``z`` and the four parameter tensors.
     """
     z = _check_signal(z)
+    # The op computes in float32/float64 whatever autocast says (SPEC §3): without this the
+    # reference path's einsum would run in bfloat16/float16 under torch.autocast.
+    with torch.autocast("cuda" if z.device.type == "cuda" else "cpu", enabled=False):
+        return _lwvd(z, center, sigma_t, sigma_nu, rho, n_fft=n_fft, hop_length=hop_length, truncate=truncate)
+
+
+def _lwvd(z, center, sigma_t, sigma_nu, rho, *, n_fft, hop_length, truncate):
     n_fft = _check_int("n_fft", n_fft)
     hop_length = _check_int("hop_length", hop_length)
     truncate = _check_truncate(truncate)
