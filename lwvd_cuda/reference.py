@@ -118,10 +118,10 @@ def smooth(
             k0, k1 = 0, n_fft
         weight = weight[:, k0:k1]
         norm = (1.0 / (2 * n_fft)) / (2.0 * math.pi * st * sn * torch.sqrt(1.0 - r * r))
-        # Rows t*hop + d for d in [-radius, radius]: pad so every frame's window exists.
+        # Rows t*hop + d for d in [-radius, radius]: pad so every frame's window exists ((T-1)*hop <= N).
         wk = w[:, :, k0:k1]
         padded = torch.cat(
-            [wk.new_zeros(bsz, radius, k1 - k0), wk, wk.new_zeros(bsz, radius + hop_length, k1 - k0)], dim=1
+            [wk.new_zeros(bsz, radius, k1 - k0), wk, wk.new_zeros(bsz, radius + 1, k1 - k0)], dim=1
         )
         frames = []
         per_frame = max(1, bsz * (2 * radius + 1) * (k1 - k0))
