@@ -10,9 +10,10 @@
 //     or (batch item, run of samples) [grad_z] and recomputes the rows it needs (its halo). No
 //     task writes where another does, so there are no atomics and results do not depend on the
 //     thread count: tile and chunk sizes depend on the problem only, never on get_num_threads().
-//   * Rows are processed in chunks of 2 * chunk_pairs(n_fft): the Hermitian lag products of two rows share
-//     one complex FFT (torch's own, MKL/pocketfft, single-threaded inside parallel_for), so
-//     nothing of size B*N*n_fft is ever allocated.
+//   * Rows are processed in chunks of 2 * chunk_pairs(n_fft): the Hermitian lag products of two
+//     rows share one complex FFT (our radix-2 FFT for power-of-two n_fft, at::_fft_c2c_out
+//     otherwise), so nothing of size B*N*n_fft is ever allocated.
+//   * Needs -fopenmp (setup.py): without it at::parallel_for silently runs serially.
 //   * Each filter's Gaussian weight depends on (d, k) only: it is tabulated once per call as a
 //     ragged stencil (one contiguous bin run per d) shared read-only by every task; the hot loops
 //     are dot products / axpys of W (or A) row segments with stencil rows. A filter whose stencil
@@ -272,14 +273,14 @@ inline T vsum(const Vec<T>& a) {
 }
 
 // ---- Row FFTs. ----
-// Why not at::fft inside parallel_for: each ATen (MKL) FFT call builds and commits a new DFTI
-// descriptor, and with two worker threads calling it concurrently the per-call cost exploded
-// (configuration S forward: 0.15 s CPU on 1 thread, 1.5-4 s on 2 threads; fewer, larger calls
-// shrank the gap, so it is per call, not per point). For power-of-two n_fft (the common case) the
-// kernels therefore use this plan: bit-reversed input slots, radix-2 stages on split re/im rows
-// (unit-stride inner loops the compiler vectorises), twiddles computed in double once per call and
-// shared read-only. Deterministic by construction. Other lengths still go through at::_fft_c2c_out
-// (any length; correct, slower when threads contend).
+// For power-of-two n_fft (the common case) the kernels use this plan: bit-reversed input slots
+// (the lag products are written straight into them), a radix-4 first pass then radix-2 stages on
+// split re/im rows (unit-stride inner loops the compiler vectorises), twiddles computed in double
+// once per call and shared read-only. Why not ATen's FFT per chunk: each call builds and commits
+// an MKL descriptor, and (in a build that lacked -fopenmp) concurrent calls cost ~10x more on two
+// threads; with -fopenmp it behaves, and is about as fast as this one on this machine (see
+// docs/cpu_kernels.md). This one keeps the same arithmetic whatever FFT backend torch was built
+// with, and no per-call setup. Other lengths go through at::_fft_c2c_out (any length).
 template <typename T>
 struct FFTPlan {
   int64_t n = 1;
