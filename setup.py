@@ -105,6 +105,16 @@ def extensions():
     sources = ["csrc/ops.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
     include_dirs = [os.path.join(ROOT, "csrc")]
     cxx = ["-O3", "-fno-math-errno"]
+    link = []
+    # at::parallel_for is an inline template: it runs in parallel only in a translation unit
+    # compiled with OpenMP (_OPENMP defined), otherwise it silently runs the whole range on one
+    # thread. torch's Linux wheels use libgomp (bundled as libgomp.so.1, the soname the compiler's
+    # -fopenmp links against, so one OpenMP runtime is loaded).
+    import torch
+
+    if sys.platform.startswith("linux") and torch.backends.openmp.is_available():
+        cxx.append("-fopenmp")
+        link.append("-fopenmp")
     define_macros = []
     if mode == "cuda":
         sources += sorted(glob.glob("csrc/cuda/*.cu"))
@@ -124,11 +134,17 @@ def extensions():
             include_dirs=include_dirs,
             define_macros=define_macros,
             extra_compile_args={"cxx": cxx, "nvcc": nvcc},
+            extra_link_args=link,
         )
     else:
         log("building CPU-only extension")
         ext = cpp_extension.CppExtension(
-            "lwvd_cuda._C", sources, include_dirs=include_dirs, define_macros=define_macros, extra_compile_args={"cxx": cxx}
+            "lwvd_cuda._C",
+            sources,
+            include_dirs=include_dirs,
+            define_macros=define_macros,
+            extra_compile_args={"cxx": cxx},
+            extra_link_args=link,
         )
     return [ext], cpp_extension.BuildExtension
 

@@ -10,9 +10,10 @@
 //     or (batch item, run of samples) [grad_z] and recomputes the rows it needs (its halo). No
 //     task writes where another does, so there are no atomics and results do not depend on the
 //     thread count: tile and chunk sizes depend on the problem only, never on get_num_threads().
-//   * Rows are processed in chunks of 2 * chunk_pairs(n_fft): the Hermitian lag products of two rows share
-//     one complex FFT (torch's own, MKL/pocketfft, single-threaded inside parallel_for), so
-//     nothing of size B*N*n_fft is ever allocated.
+//   * Rows are processed in chunks of 2 * chunk_pairs(n_fft): the Hermitian lag products of two
+//     rows share one complex FFT (our radix-2 FFT for power-of-two n_fft, at::_fft_c2c_out
+//     otherwise), so nothing of size B*N*n_fft is ever allocated.
+//   * Needs -fopenmp (setup.py): without it at::parallel_for silently runs serially.
 //   * Each filter's Gaussian weight depends on (d, k) only: it is tabulated once per call as a
 //     ragged stencil (one contiguous bin run per d) shared read-only by every task; the hot loops
 //     are dot products / axpys of W (or A) row segments with stencil rows. A filter whose stencil
@@ -271,18 +272,144 @@ inline T vsum(const Vec<T>& a) {
   return (a[0] + a[2]) + (a[1] + a[3]);
 }
 
+// ---- Row FFTs. ----
+// For power-of-two n_fft (the common case) the kernels use this plan: bit-reversed input slots
+// (the lag products are written straight into them), a radix-4 first pass then radix-2 stages on
+// split re/im rows (unit-stride inner loops the compiler vectorises), twiddles computed in double
+// once per call and shared read-only. Why not ATen's FFT per chunk: each call builds and commits
+// an MKL descriptor, and (in a build that lacked -fopenmp) concurrent calls cost ~10x more on two
+// threads; with -fopenmp it behaves, and is about as fast as this one on this machine (see
+// docs/cpu_kernels.md). This one keeps the same arithmetic whatever FFT backend torch was built
+// with, and no per-call setup. Other lengths go through at::_fft_c2c_out (any length).
+template <typename T>
+struct FFTPlan {
+  int64_t n = 1;
+  bool pow2 = true;
+  std::vector<int64_t> rev;  // input index -> slot (bit reversal)
+  std::vector<T> tw_re, tw_im;  // stage with half-size hs uses [hs - 1, 2 hs - 1): exp(-i pi j / hs)
+
+  explicit FFTPlan(int64_t n_fft) : n(n_fft) {
+    pow2 = (n & (n - 1)) == 0;
+    if (!pow2) return;
+    int bits = 0;
+    while ((int64_t(1) << bits) < n) ++bits;
+    rev.resize(n);
+    for (int64_t i = 0; i < n; ++i) {
+      int64_t r = 0;
+      for (int b = 0; b < bits; ++b) r |= ((i >> b) & 1) << (bits - 1 - b);
+      rev[i] = r;
+    }
+    tw_re.resize(std::max<int64_t>(n - 1, 1));
+    tw_im.resize(std::max<int64_t>(n - 1, 1));
+    const double pi = 3.14159265358979323846264338327950288;
+    for (int64_t hs = 1; hs < n; hs *= 2)
+      for (int64_t j = 0; j < hs; ++j) {
+        tw_re[hs - 1 + j] = static_cast<T>(std::cos(pi * static_cast<double>(j) / static_cast<double>(hs)));
+        tw_im[hs - 1 + j] = static_cast<T>(-std::sin(pi * static_cast<double>(j) / static_cast<double>(hs)));
+      }
+  }
+};
+
+// A task's batch of rows: split re / im arrays, (rows, n). Fill input index i at slot(i), run(),
+// then re(p)[k] + i im(p)[k] is the forward DFT X[k] = sum_i x[i] exp(-2 pi i k i / n).
+template <typename T>
+class RowFFT {
+ public:
+  RowFFT(const FFTPlan<T>& plan, int64_t max_rows, const at::TensorOptions& complex_opts)
+      : plan_(plan), n_(plan.n), re_(max_rows * plan.n), im_(max_rows * plan.n) {
+    if (!plan.pow2) {
+      in_ = at::empty({max_rows, n_}, complex_opts);
+      out_ = at::empty({max_rows, n_}, complex_opts);
+    }
+  }
+  T* re(int64_t p) { return re_.data() + p * n_; }
+  T* im(int64_t p) { return im_.data() + p * n_; }
+  int64_t slot(int64_t i) const { return plan_.pow2 ? plan_.rev[i] : i; }
+
+  void run(int64_t rows) {
+    if (plan_.pow2) {
+      for (int64_t p = 0; p < rows; ++p) radix2(re(p), im(p));
+      return;
+    }
+    using cplx = c10::complex<T>;
+    cplx* in = in_.data_ptr<cplx>();
+    for (int64_t i = 0; i < rows * n_; ++i) in[i] = cplx(re_[i], im_[i]);
+    at::Tensor src = in_.narrow(0, 0, rows), dst = out_.narrow(0, 0, rows);
+    at::_fft_c2c_out(dst, src, {1}, /*normalization=*/0, /*forward=*/true);
+    const cplx* out = out_.data_ptr<cplx>();
+    for (int64_t i = 0; i < rows * n_; ++i) {
+      re_[i] = out[i].real();
+      im_[i] = out[i].imag();
+    }
+  }
+
+ private:
+  void radix2(T* __restrict__ xr, T* __restrict__ xi) const {
+    const int64_t n = n_;
+    if (n == 2) {
+      const T ar = xr[0], ai = xi[0], br = xr[1], bi = xi[1];
+      xr[0] = ar + br;
+      xi[0] = ai + bi;
+      xr[1] = ar - br;
+      xi[1] = ai - bi;
+      return;
+    }
+    // Stages hs = 1 and hs = 2 fused into one radix-4 pass: their twiddles are 1 and -i, exact
+    // (the generic loop would multiply by cos(pi/2) = 6e-17), and it saves a pass over the row.
+    for (int64_t b = 0; b + 4 <= n; b += 4) {
+      const T a0r = xr[b] + xr[b + 1], a0i = xi[b] + xi[b + 1];
+      const T a1r = xr[b] - xr[b + 1], a1i = xi[b] - xi[b + 1];
+      const T a2r = xr[b + 2] + xr[b + 3], a2i = xi[b + 2] + xi[b + 3];
+      const T a3r = xr[b + 2] - xr[b + 3], a3i = xi[b + 2] - xi[b + 3];
+      xr[b] = a0r + a2r;
+      xi[b] = a0i + a2i;
+      xr[b + 2] = a0r - a2r;
+      xi[b + 2] = a0i - a2i;
+      // -i * a3 = (a3i, -a3r)
+      xr[b + 1] = a1r + a3i;
+      xi[b + 1] = a1i - a3r;
+      xr[b + 3] = a1r - a3i;
+      xi[b + 3] = a1i + a3r;
+    }
+    for (int64_t hs = 4; hs < n; hs *= 2) {
+      const T* __restrict__ wr = plan_.tw_re.data() + (hs - 1);
+      const T* __restrict__ wi = plan_.tw_im.data() + (hs - 1);
+      for (int64_t base = 0; base < n; base += 2 * hs) {
+        T* __restrict__ ar = xr + base;
+        T* __restrict__ ai = xi + base;
+        T* __restrict__ br = xr + base + hs;
+        T* __restrict__ bi = xi + base + hs;
+        for (int64_t j = 0; j < hs; ++j) {
+          const T tr = br[j] * wr[j] - bi[j] * wi[j];
+          const T ti = br[j] * wi[j] + bi[j] * wr[j];
+          br[j] = ar[j] - tr;
+          bi[j] = ai[j] - ti;
+          ar[j] = ar[j] + tr;
+          ai[j] = ai[j] + ti;
+        }
+      }
+    }
+  }
+
+  const FFTPlan<T>& plan_;
+  int64_t n_;
+  std::vector<T> re_, im_;
+  at::Tensor in_, out_;
+};
+
 // WVD rows [n0, n1) of one signal into wrow ((n1-n0) x stride, real; columns >= n_fft stay 0),
-// two rows per complex FFT. buf_in / buf_out: (pairs, n_fft) complex scratch tensors.
+// two rows per complex FFT.
 template <typename scalar_t>
 void wvd_rows(const c10::complex<scalar_t>* z, int64_t N, int64_t n_fft, int64_t stride, int64_t n0, int64_t n1,
-              at::Tensor& buf_in, at::Tensor& buf_out, scalar_t* wrow) {
+              RowFFT<scalar_t>& fft, scalar_t* wrow) {
   using cplx = c10::complex<scalar_t>;
   const int64_t M = n_fft, h = max_lag(n_fft);
   const int64_t rows = n1 - n0, pairs = (rows + 1) / 2;
-  scalar_t* in = reinterpret_cast<scalar_t*>(buf_in.data_ptr<cplx>());  // interleaved re, im
   for (int64_t p = 0; p < pairs; ++p) {
-    scalar_t* row = in + 2 * p * M;
-    std::fill(row, row + 2 * M, scalar_t(0));
+    scalar_t* xr = fft.re(p);
+    scalar_t* xi = fft.im(p);
+    std::fill(xr, xr + M, scalar_t(0));
+    std::fill(xi, xi + M, scalar_t(0));
     // r[m] = z[n+m] conj(z[n-m]) and r[-m] = conj(r[m]) (Hermitian). Row a fills the real part
     // of the packed row, row b the imaginary part: packed[m] = r_a[m] + i r_b[m].
     const int64_t na = n0 + 2 * p;
@@ -292,11 +419,13 @@ void wvd_rows(const c10::complex<scalar_t>* z, int64_t N, int64_t n_fft, int64_t
         const cplx zp = z[na + m], zm = z[na - m];
         const scalar_t rr = zp.real() * zm.real() + zp.imag() * zm.imag();
         const scalar_t ri = zp.imag() * zm.real() - zp.real() * zm.imag();
-        row[2 * m] = rr;
-        row[2 * m + 1] = ri;
+        const int64_t s0 = fft.slot(m);
+        xr[s0] = rr;
+        xi[s0] = ri;
         if (m > 0) {
-          row[2 * (M - m)] = rr;
-          row[2 * (M - m) + 1] = -ri;
+          const int64_t s1 = fft.slot(M - m);
+          xr[s1] = rr;
+          xi[s1] = -ri;
         }
       }
     }
@@ -307,26 +436,27 @@ void wvd_rows(const c10::complex<scalar_t>* z, int64_t N, int64_t n_fft, int64_t
         const cplx zp = z[nb + m], zm = z[nb - m];
         const scalar_t rr = zp.real() * zm.real() + zp.imag() * zm.imag();
         const scalar_t ri = zp.imag() * zm.real() - zp.real() * zm.imag();
-        row[2 * m] -= ri;
-        row[2 * m + 1] += rr;
+        const int64_t s0 = fft.slot(m);
+        xr[s0] -= ri;
+        xi[s0] += rr;
         if (m > 0) {
-          row[2 * (M - m)] += ri;
-          row[2 * (M - m) + 1] += rr;
+          const int64_t s1 = fft.slot(M - m);
+          xr[s1] += ri;
+          xi[s1] += rr;
         }
       }
     }
   }
-  at::Tensor src = buf_in.narrow(0, 0, pairs), dst = buf_out.narrow(0, 0, pairs);
-  at::_fft_c2c_out(dst, src, {1}, /*normalization=*/0, /*forward=*/true);
-  const scalar_t* X = reinterpret_cast<const scalar_t*>(buf_out.data_ptr<cplx>());
+  fft.run(pairs);
   for (int64_t p = 0; p < pairs; ++p) {
-    const scalar_t* x = X + 2 * p * M;
+    const scalar_t* xr = fft.re(p);
+    const scalar_t* xi = fft.im(p);
     scalar_t* wa = wrow + (2 * p) * stride;
-    for (int64_t k = 0; k < M; ++k) wa[k] = scalar_t(2) * x[2 * k];
+    for (int64_t k = 0; k < M; ++k) wa[k] = scalar_t(2) * xr[k];
     std::fill(wa + M, wa + stride, scalar_t(0));
     if (2 * p + 1 < rows) {
       scalar_t* wb = wa + stride;
-      for (int64_t k = 0; k < M; ++k) wb[k] = scalar_t(2) * x[2 * k + 1];
+      for (int64_t k = 0; k < M; ++k) wb[k] = scalar_t(2) * xi[k];
       std::fill(wb + M, wb + stride, scalar_t(0));
     }
   }
@@ -386,10 +516,10 @@ at::Tensor forward_impl(const at::Tensor& z_in, const at::Tensor& center, const 
   const cplx* zp = z.data_ptr<cplx>();
   scalar_t* Kp = K.data_ptr<scalar_t>();
   const int64_t M = P.M, S = P.stride, pairs_max = chunk_pairs(M), C = 2 * pairs_max;
+  const FFTPlan<scalar_t> plan(M);
 
   at::parallel_for(0, P.B * P.n_frame_tiles, 1, [&](int64_t task0, int64_t task1) {
-    at::Tensor buf_in = at::empty({pairs_max, M}, z.options());
-    at::Tensor buf_out = at::empty({pairs_max, M}, z.options());
+    RowFFT<scalar_t> fft(plan, pairs_max, z.options());
     std::vector<scalar_t> wrow(C * S), scratch(S);
     std::vector<double> acc;
     for (int64_t task = task0; task < task1; ++task) {
@@ -402,7 +532,7 @@ at::Tensor forward_impl(const at::Tensor& z_in, const at::Tensor& center, const 
       const int64_t r_hi = std::min(P.N - 1, (t1 - 1) * P.hop + P.r_max);
       for (int64_t n0 = r_lo; n0 <= r_hi; n0 += C) {
         const int64_t n1 = std::min(r_hi + 1, n0 + C);
-        wvd_rows<scalar_t>(zb, P.N, M, S, n0, n1, buf_in, buf_out, wrow.data());
+        wvd_rows<scalar_t>(zb, P.N, M, S, n0, n1, fft, wrow.data());
         for (int64_t f = 0; f < P.F; ++f) {
           const auto& s = st[f];
           const int64_t R = s.radius;
@@ -448,13 +578,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_
   const cplx* zp = z.data_ptr<cplx>();
   const scalar_t* Gp = G.data_ptr<scalar_t>();
   const int64_t M = P.M, S = P.stride, h = max_lag(M), pairs_max = chunk_pairs(M), C = 2 * pairs_max;
+  const FFTPlan<scalar_t> plan(M);
 
   // (1) Parameter gradients. Per (item, frame tile): the six moments of every (f, t) over its
   // ellipse, turned into sum_t G dK/dtheta; partial sums go to `work`, reduced below in a fixed order.
   std::vector<double> work(P.B * P.n_frame_tiles * P.F * 4, 0.0);
   at::parallel_for(0, P.B * P.n_frame_tiles, 1, [&](int64_t task0, int64_t task1) {
-    at::Tensor buf_in = at::empty({pairs_max, M}, z.options());
-    at::Tensor buf_out = at::empty({pairs_max, M}, z.options());
+    RowFFT<scalar_t> fft(plan, pairs_max, z.options());
     std::vector<scalar_t> wrow(C * S), scratch(S);
     std::vector<double> mom;  // (F, nt, 6): S0, Sd, Sv, Sdd, Sdv, Svv
     for (int64_t task = task0; task < task1; ++task) {
@@ -467,7 +597,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_
       const int64_t r_hi = std::min(P.N - 1, (t1 - 1) * P.hop + P.r_max);
       for (int64_t n0 = r_lo; n0 <= r_hi; n0 += C) {
         const int64_t n1 = std::min(r_hi + 1, n0 + C);
-        wvd_rows<scalar_t>(zb, P.N, M, S, n0, n1, buf_in, buf_out, wrow.data());
+        wvd_rows<scalar_t>(zb, P.N, M, S, n0, n1, fft, wrow.data());
         for (int64_t f = 0; f < P.F; ++f) {
           const auto& s = st[f];
           const int64_t R = s.radius;
@@ -558,8 +688,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_
   const int64_t n_sample_tiles = ceil_div(P.N, J);
   cplx* gz = grad_z.data_ptr<cplx>();
   at::parallel_for(0, P.B * n_sample_tiles, 1, [&](int64_t task0, int64_t task1) {
-    at::Tensor buf_in = at::empty({pairs_max, M}, z.options());
-    at::Tensor buf_out = at::empty({pairs_max, M}, z.options());
+    RowFFT<scalar_t> fft(plan, pairs_max, z.options());
     std::vector<scalar_t> arow(C * S), scratch(S), ah_re(2 * h + 1), ah_im(2 * h + 1);
     std::vector<scalar_t> acc_re, acc_im, zr_rev, zi_rev;
     for (int64_t task = task0; task < task1; ++task) {
@@ -602,19 +731,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_
             }
           }
         }
-        scalar_t* in = reinterpret_cast<scalar_t*>(buf_in.data_ptr<cplx>());
         for (int64_t p = 0; p < pairs; ++p) {  // packed row A[a] + i A[b] (A[b] = 0 past the chunk)
           const scalar_t* aa = arow.data() + 2 * p * S;
           const scalar_t* ab = aa + S;
-          scalar_t* row = in + 2 * p * M;
+          scalar_t* xr = fft.re(p);
+          scalar_t* xi = fft.im(p);
           for (int64_t k = 0; k < M; ++k) {
-            row[2 * k] = aa[k];
-            row[2 * k + 1] = ab[k];
+            const int64_t sk = fft.slot(k);
+            xr[sk] = aa[k];
+            xi[sk] = ab[k];
           }
         }
-        at::Tensor src = buf_in.narrow(0, 0, pairs), dst = buf_out.narrow(0, 0, pairs);
-        at::_fft_c2c_out(dst, src, {1}, 0, true);
-        const scalar_t* X = reinterpret_cast<const scalar_t*>(buf_out.data_ptr<cplx>());
+        fft.run(pairs);
         for (int64_t row = 0; row < rows; ++row) {
           const int64_t n = n0 + row;
           // lags m with j = n + m in [j0, j1) and n - m in [0, N)
@@ -622,20 +750,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_
           const int64_t m_hi = std::min(h, std::min(j1 - 1 - n, n));
           if (m_lo > m_hi) continue;
           // 2 Ahat[n, m] for m in [0, h] from X[m], X[-m]; Ahat[n, -m] = conj(Ahat[n, m]).
-          const scalar_t* x = X + 2 * (row / 2) * M;
+          const scalar_t* xr = fft.re(row / 2);
+          const scalar_t* xi = fft.im(row / 2);
           scalar_t* are = ah_re.data() + h;
           scalar_t* aim = ah_im.data() + h;
           if (row % 2 == 0) {  // Ahat[a, m] = (X[m] + conj(X[-m])) / 2
             for (int64_t m = 0; m <= h; ++m) {
               const int64_t im = m == 0 ? 0 : M - m;
-              are[m] = x[2 * m] + x[2 * im];
-              aim[m] = x[2 * m + 1] - x[2 * im + 1];
+              are[m] = xr[m] + xr[im];
+              aim[m] = xi[m] - xi[im];
             }
           } else {  // Ahat[b, m] = (X[m] - conj(X[-m])) / (2i)
             for (int64_t m = 0; m <= h; ++m) {
               const int64_t im = m == 0 ? 0 : M - m;
-              are[m] = x[2 * m + 1] + x[2 * im + 1];
-              aim[m] = x[2 * im] - x[2 * m];
+              are[m] = xi[m] + xi[im];
+              aim[m] = xr[im] - xr[m];
             }
           }
           for (int64_t m = 1; m <= h; ++m) {
