@@ -109,12 +109,14 @@ def builds(tmp_path_factory, request):
     yield Builds(root)
     if TIMINGS:
         (root / "timings.json").write_text(json.dumps(TIMINGS, indent=2))
+        lines = ["", "CUDA emulation timings (CPU only, no GPU involved; wall seconds summed per part):"]
+        lines += [f"  {key:<28s} {TIMINGS[key]:7.2f} s" for key in sorted(TIMINGS)]
         reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-        if reporter is not None:
-            reporter.write_line("")
-            reporter.write_line("CUDA emulation timings (CPU only; wall seconds, summed per part):")
-            for key in sorted(TIMINGS):
-                reporter.write_line(f"  {key:<28s} {TIMINGS[key]:7.2f} s")
+        capture = request.config.pluginmanager.get_plugin("capturemanager")
+        if reporter is not None and capture is not None:
+            with capture.global_and_fixture_disabled():  # session teardown runs under output capture
+                for line in lines:
+                    reporter.write_line(line)
 
 
 def run(exe: Path, *args, sanitizer: str = "plain", part: str = "", env: dict | None = None, timeout: float = 300):
@@ -147,7 +149,7 @@ TOYS = EMU_DIR / "toy_kernels.cuh"
 
 @pytest.mark.parametrize("name", ["barrier", "shuffle", "reduce", "fft"])
 def test_emulator_toy_kernel_answers(builds, name):
-    proc = run(builds.get("selftest"), name, part="selftest plain")
+    proc = run(builds.get("driver"), "--selftest", name, part="selftest plain")
     assert proc.returncode == 0 and f"PASS {name}" in proc.stdout, proc.stdout + proc.stderr
 
 
@@ -162,7 +164,7 @@ def test_emulator_toy_kernel_answers(builds, name):
     ],
 )
 def test_emulator_aborts_on_misuse(builds, name, message):
-    proc = run(builds.get("selftest"), name, part="selftest plain")
+    proc = run(builds.get("driver"), "--selftest", name, part="selftest plain")
     assert proc.returncode != 0, f"{name}: the emulator accepted a malformed kernel\n{proc.stdout}"
     assert message in proc.stderr, proc.stderr
     assert "toy_kernels.cuh:" in proc.stderr, "the message must name the kernel source line"
@@ -172,7 +174,8 @@ def test_emulator_watchdog_ends_a_deadlock(builds):
     # Half the block waits at __syncthreads, the other half waits for a flag set after it: a hang on
     # any GPU. With a 1 s watchdog the run must end with a message, not hang the test session.
     t0 = time.perf_counter()
-    proc = run(builds.get("selftest"), "deadlock", env={"LWVD_EMU_WATCHDOG_S": "1"}, timeout=60, part="selftest plain")
+    proc = run(builds.get("driver"), "--selftest", "deadlock", env={"LWVD_EMU_WATCHDOG_S": "1"}, timeout=60,
+               part="selftest plain")
     elapsed = time.perf_counter() - t0
     assert proc.returncode != 0
     assert "WATCHDOG" in proc.stderr and "32 of 64 threads arrived" in proc.stderr, proc.stderr
@@ -180,17 +183,16 @@ def test_emulator_watchdog_ends_a_deadlock(builds):
 
 
 def test_emulator_tsan_clean_on_toy_kernels(builds):
-    exe = builds.get("selftest", "tsan")
+    exe = builds.get("driver", "tsan")
     for name in ["barrier", "shuffle", "reduce", "fft"]:
-        proc = run(exe, name, sanitizer="tsan", part="tsan toys")
+        proc = run(exe, "--selftest", name, sanitizer="tsan", part="tsan toys")
         assert proc.returncode == 0 and "ThreadSanitizer" not in proc.stderr, proc.stderr[-4000:]
 
 
 def test_tsan_reports_planted_race_in_toy_kernel(builds):
     # block_sum_kernel without the barrier between the shared fill and the tree: thread t reads
     # s[t + stride] that thread t + stride may not have written yet. TSan must point at the line.
-    exe = builds.get("selftest", "tsan", defines=("TOY_PLANT_RACE",))
-    proc = run(exe, "reduce", sanitizer="tsan", part="tsan toys")
+    proc = run(builds.get("driver", "tsan"), "--selftest", "reduce_race", sanitizer="tsan", part="tsan toys")
     line = marker_line(TOYS, "planted race: reads")
     assert proc.returncode != 0
     assert "ThreadSanitizer: data race" in proc.stderr, proc.stderr[-4000:]
@@ -198,15 +200,14 @@ def test_tsan_reports_planted_race_in_toy_kernel(builds):
 
 
 def test_emulator_asan_clean_on_toy_kernels(builds):
-    exe = builds.get("selftest", "asan")
+    exe = builds.get("driver", "asan")
     for name in ["barrier", "shuffle", "reduce", "fft"]:
-        proc = run(exe, name, sanitizer="asan", part="asan toys")
+        proc = run(exe, "--selftest", name, sanitizer="asan", part="asan toys")
         assert proc.returncode == 0 and "ERROR: AddressSanitizer" not in proc.stderr, proc.stderr[-4000:]
 
 
 def test_asan_reports_planted_smem_overflow_in_toy_kernel(builds):
-    exe = builds.get("selftest", "asan", defines=("TOY_PLANT_OOB",))
-    proc = run(exe, "fft", sanitizer="asan", part="asan toys")
+    proc = run(builds.get("driver", "asan"), "--selftest", "fft_oob", sanitizer="asan", part="asan toys")
     fill_line = marker_line(TOYS, "buf[i] = i < n ? xb[r]")
     assert proc.returncode != 0
     assert "heap-buffer-overflow" in proc.stderr and "0 bytes to the right of 1024-byte region" in proc.stderr, (
@@ -251,7 +252,9 @@ CASES = [
     EmuCase(1, 20, 16, 50, 2, "mixed", 4.0, seed=9),       # hop > N: one frame
     EmuCase(3, 40, 32, 6, 33, "mixed", 4.0, seed=10),      # F = 33: not a multiple of any warp/tile count
     EmuCase(1, 70, 128, 10, 3, "untilted", 4.0, seed=11),  # larger n_fft (7 FFT stages)
+    EmuCase(2, 1100, 4, 50, 2, "mixed", 4.0, seed=13),     # N > grad_z tile (1024): several grad_z tiles
 ]
+MULTI_TILE_CASE = CASES[-1]
 
 
 class Problem:
@@ -317,6 +320,15 @@ def check_against_reference(problem: Problem, tol: float) -> None:
         assert_rel_close(a, e, tol, f"{problem.case} grad {name}")
 
 
+def launches(proc) -> list[tuple[int, int, int]]:
+    """(grid.x, threads per block, dynamic smem bytes) of every launch, in order."""
+    out = []
+    for m in re.finditer(r"^LAUNCH grid (\d+) (\d+) (\d+) block (\d+) (\d+) (\d+) smem (\d+)$", proc.stdout, re.M):
+        g = [int(x) for x in m.groups()]
+        out.append((g[0] * g[1] * g[2], g[3] * g[4] * g[5], g[6]))
+    return out
+
+
 def driver_ok(proc) -> None:
     assert proc.returncode == 0, f"driver failed (rc {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
 
@@ -327,8 +339,17 @@ def test_real_kernels_float64_match_reference(builds, tmp_path, case):
     # float64 tolerance 1e-10 (TOLERANCES): summation order and FFT rounding differ from the
     # reference's, at ~1e-14; any wrong or missing term is orders of magnitude larger.
     p = Problem(case, torch.float64, tmp_path)
-    driver_ok(p.run(builds.get("driver"), part="real kernels plain"))
+    proc = p.run(builds.get("driver"), part="real kernels plain")
+    driver_ok(proc)
     check_against_reference(p, TOLERANCES[torch.float64])
+    if case in (CASES[5], CASES[6], MULTI_TILE_CASE):
+        # Several output tiles per signal really happened: the row kernels got more blocks than B
+        # (plan order, lwvd_plan.cuh: fwd prepare, smooth; bwd prepare, moments, param_grad, grad_z).
+        grid = launches(proc)
+        assert len(grid) == 6, grid
+        assert grid[1][0] >= 2 * case.b and grid[3][0] == grid[1][0], grid
+        if case is MULTI_TILE_CASE:
+            assert grid[5][0] >= 2 * case.b, f"grad_z should have several tiles per signal: {grid}"
 
 
 @needs_plan
@@ -368,9 +389,10 @@ def test_tsan_clean_on_real_kernels(builds, tmp_path):
     check_against_reference(p, TOLERANCES[torch.float64])
 
 
-def _copy_kernels_without_barrier(dst: Path, header: str, pattern: str) -> tuple[Path, int]:
+def _copy_kernels_without_barrier(dst: Path, header: str, pattern: str) -> tuple[Path, int, int, int]:
     """Copy csrc/kernels to ``dst`` and delete the last ``__syncthreads();`` in the body of the
-    function of ``header`` whose signature matches ``pattern``. Returns (dir, removed line)."""
+    function of ``header`` whose signature matches ``pattern``.
+    Returns (dir, removed line, first and last line of the function), 1-based."""
     shutil.copytree(KERNEL_DIR, dst)
     path = dst / header
     lines = path.read_text().splitlines(keepends=True)
@@ -387,22 +409,26 @@ def _copy_kernels_without_barrier(dst: Path, header: str, pattern: str) -> tuple
     removed = hits[-1]
     lines[removed] = lines[removed].replace("__syncthreads();", "/* planted: barrier removed */")
     path.write_text("".join(lines))
-    return dst, removed + 1
+    return dst, removed + 1, start + 1, end + 1
 
 
 @needs_plan
 def test_tsan_reports_barrier_removed_from_real_fft(builds, tmp_path):
     # Without the barrier that ends each FFT stage, stage s+1 reads elements another thread is still
     # writing in stage s. This is the check that a clean TSan run of the real kernels means something.
-    kdir, line = _copy_kernels_without_barrier(tmp_path / "kernels", "fft.cuh", r"void block_fft_rows\(")
+    kdir, line, first, last = _copy_kernels_without_barrier(tmp_path / "kernels", "fft.cuh",
+                                                            r"void block_fft_rows\(")
     exe = builds.get("driver", "tsan", kernel_dir=kdir, tag="nobarrier")
     p = Problem(SAN_CASE, torch.float64, tmp_path / "run")
     proc = p.run(exe, mode="fwd", sanitizer="tsan", part="tsan real kernels")
     assert "ThreadSanitizer: data race" in proc.stderr, (
         f"TSan missed the barrier removed at fft.cuh:{line}\n{proc.stderr[-4000:]}"
     )
-    # Both racing accesses are butterfly loads/stores of block_fft_rows.
-    assert re.search(rf"{re.escape(str(kdir / 'fft.cuh'))}:\d+", proc.stderr), proc.stderr[-4000:]
+    # The racing accesses are butterfly loads/stores inside block_fft_rows (top frames of the report).
+    racing = [int(x) for x in re.findall(rf"#0 [^\n]*{re.escape(str(kdir / 'fft.cuh'))}:(\d+)", proc.stderr)]
+    assert racing and all(first <= r <= last for r in racing), (
+        f"race reported outside block_fft_rows (lines {first}-{last}): {racing}\n{proc.stderr[-4000:]}"
+    )
 
 
 @needs_plan

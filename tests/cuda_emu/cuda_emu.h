@@ -222,15 +222,24 @@ struct Warp {
   Barrier bar;
   uint32_t lanes = 0;                 // lanes that exist (blockDim not a multiple of 32: last warp short)
   std::atomic<uint32_t> exited{0};    // lanes that have returned from the kernel in this block
-  uint64_t value[32];                 // exchange buffer (bits of the shuffled value)
-  Site site[32];
-  unsigned mask[32];
+  // Exchange buffers, double-buffered by the parity of the lane's exchange count: one warp barrier
+  // per exchange suffices, because a lane can only come back to buffer p after the next exchange's
+  // barrier, which every lane reaches after it has finished reading buffer p.
+  uint64_t value[2][32];
+  Site site[2][32];
+  uint32_t seq[32];                   // per lane (lane-owned): exchanges done in this block
+  uint32_t gone[2];                   // exited lanes when exchange (parity p) completed
 };
 
 struct LaunchStats {
   uint64_t launches = 0, blocks = 0, block_barriers = 0, warp_exchanges = 0;
   size_t max_dynamic_smem = 0;
   unsigned max_threads = 0;
+  struct Entry {
+    dim3 grid, block;
+    size_t smem;
+  };
+  std::vector<Entry> log;  // every launch, in order
 };
 inline LaunchStats& stats() {
   static LaunchStats s;
@@ -311,12 +320,9 @@ inline void block_barrier_complete(Launch& L) {
 // ---------------------------------------------------------------------------------------------
 // Warp exchange: shuffles, votes, __syncwarp
 // ---------------------------------------------------------------------------------------------
-inline void warp_barrier(Launch& L, Warp& w) {
-  w.bar.arrive_and_wait([&L] { L.progress.fetch_add(1, std::memory_order_relaxed); }, L.waiting);
-}
 
-// Publishes `bits` from this lane, waits for the warp, checks the exchange is well formed, and
-// returns the lane's view of the buffer via `read` (called between the two warp barriers).
+// Publishes `bits` from this lane, waits for the warp, checks that the exchange is well formed, and
+// returns read(buffer, lane).
 template <class Read>
 inline auto warp_exchange(const char* what, const char* file, int line, unsigned mask, uint64_t bits, Read&& read) {
   Launch& L = *current();
@@ -328,32 +334,38 @@ inline auto warp_exchange(const char* what, const char* file, int line, unsigned
     fail("%s at %s:%d with mask 0x%08x in %s: only the full mask 0xffffffff is emulated "
          "(partial warps are not supported)", what, file, line, mask, who);
   }
-  w.value[lane] = bits;
-  w.site[lane] = Site{file, line};
-  w.mask[lane] = mask;
+  const uint32_t p = w.seq[lane]++ & 1u;
+  w.value[p][lane] = bits;
+  w.site[p][lane] = Site{file, line};
   L.wait_file[tid].store(file, std::memory_order_relaxed);
   L.wait_line[tid].store(line, std::memory_order_relaxed);
-  warp_barrier(L, w);
+  // Lanes that exited before this exchange completed: recorded by the completing thread, because
+  // with one barrier per exchange a fast lane may exit right after it while others still check.
+  w.bar.arrive_and_wait(
+      [&L, &w, p] {
+        w.gone[p] = w.exited.load(std::memory_order_relaxed);
+        L.progress.fetch_add(1, std::memory_order_relaxed);
+      },
+      L.waiting);
   if (w.lanes != 32) {
     describe_thread(tid, who, sizeof who);
     fail("%s at %s:%d in %s: mask 0xffffffff names lanes %u..31, which do not exist "
          "(blockDim %u not a multiple of 32)", what, file, line, who, w.lanes, L.nthreads);
   }
-  const uint32_t gone = w.exited.load(std::memory_order_relaxed);
+  const uint32_t gone = w.gone[p];
   if (gone) {
     describe_thread(tid, who, sizeof who);
     fail("%s at %s:%d in %s: mask 0xffffffff names lanes that have exited (exited-lane bits 0x%08x)",
          what, file, line, who, gone);
   }
   for (uint32_t l = 0; l < 32; ++l) {
-    if (!same_site(w.site[l], w.site[lane])) {
+    if (!same_site(w.site[p][l], w.site[p][lane])) {
       describe_thread(tid, who, sizeof who);
       fail("%s: lanes of one warp arrived from different call sites: lane %u at %s:%d, lane %u at %s:%d (%s)",
-           what, lane, file, line, l, w.site[l].file, w.site[l].line, who);
+           what, lane, file, line, l, w.site[p][l].file, w.site[p][l].line, who);
     }
   }
-  auto result = read(w, lane);
-  warp_barrier(L, w);  // nobody overwrites the buffer before every lane has read it
+  auto result = read(w.value[p], lane);
   L.wait_file[tid].store(nullptr, std::memory_order_relaxed);
   if (lane == 0) L.n_warp_exchanges.fetch_add(1, std::memory_order_relaxed);
   return result;
@@ -381,7 +393,7 @@ template <class T>
 inline T shfl(Shfl kind, const char* name, const char* file, int line, unsigned mask, T v, int arg, int width) {
   if (width <= 0 || width > 32 || (width & (width - 1)))
     fail("%s at %s:%d: width %d is not a power of two in [1, 32]", name, file, line, width);
-  return warp_exchange(name, file, line, mask, to_bits(v), [&](Warp& w, uint32_t lane) {
+  return warp_exchange(name, file, line, mask, to_bits(v), [&](const uint64_t* value, uint32_t lane) {
     const int base = static_cast<int>(lane) & ~(width - 1);
     int src;
     switch (kind) {
@@ -390,20 +402,20 @@ inline T shfl(Shfl kind, const char* name, const char* file, int line, unsigned 
       case Shfl::down: src = static_cast<int>(lane) + arg; if (src >= base + width) src = static_cast<int>(lane); break;
       default: src = static_cast<int>(lane) ^ arg; if (src >= base + width) src = static_cast<int>(lane); break;
     }
-    return from_bits<T>(w.value[src]);
+    return from_bits<T>(value[src]);
   });
 }
 
 inline unsigned ballot(const char* file, int line, unsigned mask, int pred) {
-  return warp_exchange("__ballot_sync", file, line, mask, pred ? 1u : 0u, [](Warp& w, uint32_t) {
+  return warp_exchange("__ballot_sync", file, line, mask, pred ? 1u : 0u, [](const uint64_t* value, uint32_t) {
     unsigned r = 0;
-    for (uint32_t l = 0; l < 32; ++l) r |= static_cast<unsigned>(w.value[l] & 1u) << l;
+    for (uint32_t l = 0; l < 32; ++l) r |= static_cast<unsigned>(value[l] & 1u) << l;
     return r;
   });
 }
 
 inline void syncwarp(const char* file, int line, unsigned mask) {
-  warp_exchange("__syncwarp", file, line, mask, 0, [](Warp&, uint32_t) { return 0; });
+  warp_exchange("__syncwarp", file, line, mask, 0, [](const uint64_t*, uint32_t) { return 0; });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -437,6 +449,7 @@ inline void prepare_block(Launch& L) {
   for (auto& w : L.warps) {
     w->bar.reset(w->lanes);
     w->exited.store(0, std::memory_order_relaxed);
+    std::fill(std::begin(w->seq), std::end(w->seq), 0u);
   }
   if (L.smem_bytes) std::memset(L.smem, 0xFF, L.smem_bytes);
 }
@@ -458,6 +471,7 @@ inline void run_grid(dim3 grid, dim3 block, size_t smem_bytes, const std::functi
   st.blocks += nblocks;
   st.max_dynamic_smem = std::max(st.max_dynamic_smem, smem_bytes);
   st.max_threads = std::max(st.max_threads, static_cast<unsigned>(nthreads));
+  st.log.push_back(LaunchStats::Entry{grid, block, smem_bytes});
   if (nblocks == 0) return;  // CUDA rejects an empty grid; the plans never launch one
 
   auto L = std::make_unique<Launch>();
