@@ -25,6 +25,16 @@
   T* name = reinterpret_cast<T*>(lwvd_dyn_smem)
 #endif
 
+// Keeps a loop rolled. The block-strided loops (FFT stages, row building, the grad_z gather) have
+// a compile-time stride; unrolled, they multiply the live registers, and with bin_range's slow-path
+// calls in the same kernel ptxas then spills. Rolled they cost nothing measurable: each trip already
+// does several shared-memory accesses.
+#if defined(__CUDACC__)
+#define LWVD_NO_UNROLL _Pragma("unroll 1")
+#else
+#define LWVD_NO_UNROLL
+#endif
+
 namespace lwvd {
 
 // Every full-warp shuffle uses this mask: all 32 lanes are active at every shuffle (blockDim.x is

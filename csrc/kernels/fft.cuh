@@ -15,15 +15,19 @@
 
 namespace lwvd {
 
-template <typename scalar_t>
+// kBlockThreads must equal blockDim.x: a compile-time stride lets the compiler count loop trips
+// without dividing by blockDim (that quotient, live across the kernel, is what ptxas spilled).
+template <int kBlockThreads, typename scalar_t>
 __device__ __forceinline__ void block_fft_rows(cplx<scalar_t>* x, int rows, int log2n,
                                                const cplx<scalar_t>* __restrict__ tw) {
   const int half_n = 1 << (log2n - 1);
   const int total = rows * half_n;  // butterflies per stage
+  LWVD_NO_UNROLL
   for (int s = 1; s <= log2n; ++s) {
     const int half = 1 << (s - 1);
     const int tw_shift = log2n - s;
-    for (int i = static_cast<int>(threadIdx.x); i < total; i += static_cast<int>(blockDim.x)) {
+    LWVD_NO_UNROLL
+    for (int i = static_cast<int>(threadIdx.x); i < total; i += kBlockThreads) {
       const int row = i >> (log2n - 1);
       const int bf = i & (half_n - 1);
       const int j = bf & (half - 1);

@@ -68,7 +68,7 @@ __global__ void __launch_bounds__(config::kReduceThreads) lwvd_param_grad_kernel
     acc[1] += G * dst;
     acc[2] += G * dsn;
     acc[3] += G * drho;
-    t += blockDim.x;
+    t += config::kReduceThreads;
     while (t >= a.n_frames && b < a.batch) { t -= a.n_frames; ++b; }
   }
   for (int i = 0; i < 4; ++i) red[i][tid] = acc[i];
@@ -119,7 +119,7 @@ __global__ void __launch_bounds__(config::kThreads) lwvd_grad_z_kernel(const Gra
   const int64_t passes = div_small(row_hi - row_lo + rows_per_pass, rows_per_pass);
   const int n = 1 << a.log2_fft;
   const int tid = static_cast<int>(threadIdx.x);
-  const int nthreads = static_cast<int>(blockDim.x);
+  const int nthreads = config::kThreads;  // == blockDim.x (the plan launches that)
   const int warp = tid / kWarpSize, lane = tid % kWarpSize, nwarps = nthreads / kWarpSize;
   const int64_t radius = *a.max_radius;
   const scalar_t trunc2 = static_cast<scalar_t>(a.trunc2);
@@ -130,11 +130,13 @@ __global__ void __launch_bounds__(config::kThreads) lwvd_grad_z_kernel(const Gra
 
   // Thread tid owns the samples j0 + tid + i*nthreads of the tile; it zeroes them here and is their
   // only writer afterwards.
+  LWVD_NO_UNROLL
   for (int64_t j = j0 + tid; j <= j1; j += nthreads) gz[j] = cplx<scalar_t>{0, 0};
 
   for (int64_t pass = 0; pass < passes; ++pass) {
     const int64_t r0 = row_lo + pass * rows_per_pass;
     const int64_t pass_hi = imin(row_hi, r0 + rows_per_pass - 1);
+    LWVD_NO_UNROLL
     for (int i = tid; i < a.complex_rows * n; i += nthreads) rows[i] = cplx<scalar_t>{0, 0};
     __syncthreads();
 
@@ -159,29 +161,49 @@ __global__ void __launch_bounds__(config::kThreads) lwvd_grad_z_kernel(const Gra
       for (int64_t t = t_lo; t <= t_hi; ++t) {
         const int64_t d = s - t * a.hop;
         const scalar_t ds = static_cast<scalar_t>(d);
-        for (int64_t f = 0; f < a.n_filters; ++f) {
-          const FilterGeometry<scalar_t> g = a.geom[f];
-          if (d > g.d_radius || -d > g.d_radius) continue;
-          const scalar_t gw = Gb[f * a.n_frames + t] * g.norm;
-          int64_t k_lo, k_hi;
-          bin_range(g, d, a.trunc2, a.n_fft, &k_lo, &k_hi);
-          const int64_t first = k_lo + ((lane - (k_lo & (kWarpSize - 1))) & (kWarpSize - 1));
-          for (int64_t k = first; k <= k_hi; k += kWarpSize) {
-            const scalar_t v = static_cast<scalar_t>(k) * inv_two_m - g.center;
-            const scalar_t q = quad_form(g, ds, v);
-            if (q <= trunc2) row[2 * bit_reverse(static_cast<int>(k), a.log2_fft)] += gw * lwvd_exp(scalar_t(-0.5) * q);
+        // Filters in chunks of 32: lane i computes filter f0 + i's bin range and weight, then the warp
+        // walks the chunk, taking each range by shuffle. bin_range's double division and sqrt have
+        // out-of-line slow paths in SASS; calling them here, where the bin loop's state is not live,
+        // keeps the kernel free of register spills.
+        for (int64_t f0 = 0; f0 < a.n_filters; f0 += kWarpSize) {
+          int lo = 1, hi = 0;
+          scalar_t gw = 0;
+          if (f0 + lane < a.n_filters) {
+            const FilterGeometry<scalar_t>& g = a.geom[f0 + lane];
+            if (d <= g.d_radius && -d <= g.d_radius) {
+              int64_t k_lo, k_hi;
+              bin_range(g, d, a.trunc2, a.n_fft, &k_lo, &k_hi);
+              lo = static_cast<int>(k_lo);
+              hi = static_cast<int>(k_hi);
+              gw = Gb[(f0 + lane) * a.n_frames + t] * g.norm;
+            }
+          }
+          const int chunk = static_cast<int>(imin(kWarpSize, a.n_filters - f0));
+          for (int i = 0; i < chunk; ++i) {  // warp-uniform trip count: full-mask shuffles
+            const int k_lo = __shfl_sync(kFullMask, lo, i);
+            const int k_hi = __shfl_sync(kFullMask, hi, i);
+            const scalar_t w = __shfl_sync(kFullMask, gw, i);
+            if (k_lo > k_hi) continue;
+            const FilterGeometry<scalar_t>& g = a.geom[f0 + i];
+            const int first = k_lo + ((lane - (k_lo & (kWarpSize - 1))) & (kWarpSize - 1));
+            for (int k = first; k <= k_hi; k += kWarpSize) {
+              const scalar_t v = static_cast<scalar_t>(k) * inv_two_m - g.center;
+              const scalar_t q = quad_form(g, ds, v);
+              if (q <= trunc2) row[2 * bit_reverse(k, a.log2_fft)] += w * lwvd_exp(scalar_t(-0.5) * q);
+            }
           }
         }
       }
     }
     __syncthreads();
-    block_fft_rows(rows, a.complex_rows, a.log2_fft, a.twiddles);  // ends with __syncthreads
+    block_fft_rows<config::kThreads>(rows, a.complex_rows, a.log2_fft, a.twiddles);  // ends with __syncthreads
 
     // Samples reached by this pass: j in [r0 - h, pass_hi + h] within the tile; same owner map.
     const int64_t jw_lo = imax(j0, r0 - h), jw_hi = imin(j1, pass_hi + h);
     // first j >= jw_lo with (j - j0) = tid (mod nthreads); offsets within a tile fit in 32 bits
     const int off = static_cast<int>(jw_lo - j0);
     const int jj0 = off <= tid ? tid : tid + ((off - tid + nthreads - 1) / nthreads) * nthreads;
+    LWVD_NO_UNROLL
     for (int64_t j = j0 + jj0; j <= jw_hi; j += nthreads) {
       const int64_t s_lo = imax(r0, j - h), s_hi = imin(pass_hi, j + h);
       scalar_t accr = 0, acci = 0;

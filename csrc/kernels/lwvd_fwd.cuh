@@ -77,13 +77,14 @@ __global__ void __launch_bounds__(config::kPrepThreads) lwvd_prepare_kernel(cons
 // rows[c] (c < complex_rows) receives, bit-reversed, the lag row of samples a = r0 + 2c and b = a+1:
 //   x[m mod M] = r_a[m] + i r_b[m],  r_n[m] = z[n+m] conj(z[n-m]),  |m| <= M/2 - 1, x[M/2] = 0,
 // with z = 0 outside [0, N). Its DFT is R_a + i R_b with R_a, R_b real (Hermitian rows).
-template <typename scalar_t>
+template <int kBlockThreads, typename scalar_t>
 __device__ __forceinline__ void build_lag_rows(cplx<scalar_t>* rows, int complex_rows, int log2n,
                                                const cplx<scalar_t>* __restrict__ zb, int64_t n_samples,
                                                int64_t r0) {
   const int n = 1 << log2n;
   const int total = complex_rows * n;
-  for (int i = static_cast<int>(threadIdx.x); i < total; i += static_cast<int>(blockDim.x)) {
+  LWVD_NO_UNROLL
+  for (int i = static_cast<int>(threadIdx.x); i < total; i += kBlockThreads) {
     const int c = i >> log2n;
     const int j = i & (n - 1);
     const int64_t m = j < n / 2 ? j : j - n;  // j == n/2 is the unused lag M/2
@@ -148,14 +149,11 @@ __global__ void __launch_bounds__(config::kThreads) lwvd_smooth_kernel(const Smo
   const int64_t row_lo = imax(0, t0 * a.hop - radius);
   const int64_t row_hi = imin(a.n_samples - 1, t_last * a.hop + radius);
   const int rows_per_pass = 2 * a.complex_rows;
-  // At least one pass, so that every output of the tile is written even when no row is in reach.
-  // (row counts of a tile are below 2^31: the plan checks TT*hop + 2R)
-  const int64_t passes = row_hi >= row_lo ? div_small(row_hi - row_lo + rows_per_pass, rows_per_pass) : 1;
   const cplx<scalar_t>* zb = a.z + b * a.n_samples;
   const int n = 1 << a.log2_fft;
   const int warp = static_cast<int>(threadIdx.x) / kWarpSize;
   const int lane = static_cast<int>(threadIdx.x) % kWarpSize;
-  const int nwarps = static_cast<int>(blockDim.x) / kWarpSize;
+  const int nwarps = config::kWarps;  // blockDim.x == config::kThreads (the plan launches that)
   const scalar_t trunc2 = static_cast<scalar_t>(a.trunc2);
   const int pairs = static_cast<int>(a.n_filters) * tt_count;
   // bin_frequency(k) = k / (2M); 2M is a power of two, so k * (1 / 2M) is the same number, bit for
@@ -163,33 +161,66 @@ __global__ void __launch_bounds__(config::kThreads) lwvd_smooth_kernel(const Smo
   // (taken from the host: a division here would be a SASS subroutine call)
   const scalar_t inv_two_m = static_cast<scalar_t>(a.inv_two_m);
 
-  for (int64_t pass = 0; pass < passes; ++pass) {
-    const int64_t r0 = row_lo + pass * rows_per_pass;
+  // Passes start at r0 = row_lo, row_lo + 2*CR, ...; at least one pass runs, so that every output of
+  // the tile is written even when no row is in reach (row_hi < row_lo). Few loop-carried values:
+  // every register live across the bin_range slow-path calls is one that ptxas may have to spill.
+  for (int64_t r0 = row_lo;; r0 += rows_per_pass) {
+    const bool first = r0 == row_lo;
+    const bool last = r0 + rows_per_pass > row_hi;
     const int64_t pass_hi = imin(row_hi, r0 + rows_per_pass - 1);
-    build_lag_rows(rows, a.complex_rows, a.log2_fft, zb, a.n_samples, r0);
+    build_lag_rows<config::kThreads>(rows, a.complex_rows, a.log2_fft, zb, a.n_samples, r0);
     __syncthreads();
-    block_fft_rows(rows, a.complex_rows, a.log2_fft, a.twiddles);  // ends with __syncthreads
+    block_fft_rows<config::kThreads>(rows, a.complex_rows, a.log2_fft, a.twiddles);  // ends with __syncthreads
 
     // Pairs are warp-uniform: all 32 lanes run the same loop trips, so the shuffles see full warps.
+    // Pair p = f * TT + tt, visited as p = warp, warp + nwarps, ...; (f, tt) is advanced without a
+    // division (one that stays live across the loop is what ptxas spilled).
+    int f_cur = 0, tt_cur = warp;
+    while (tt_cur >= tt_count) { tt_cur -= tt_count; ++f_cur; }
     for (int p = warp; p < pairs; p += nwarps) {
-      const int64_t f = p / tt_count;
-      const int64_t t = t0 + p % tt_count;
+      const int64_t f = f_cur;
+      const int64_t t = t0 + tt_cur;
+      tt_cur += nwarps;
+      while (tt_cur >= tt_count) { tt_cur -= tt_count; ++f_cur; }
       if (t >= a.n_frames) continue;
-      const FilterGeometry<scalar_t> g = a.geom[f];
+      const FilterGeometry<scalar_t>& g = a.geom[f];
       const int64_t c = t * a.hop;
       const int64_t n_a = imax(r0, c - g.d_radius);
       const int64_t n_b = imin(pass_hi, c + g.d_radius);
+      // Bin ranges of the pair's rows in this pass (at most 2*kMaxComplexRows = 64 rows), one or two
+      // per lane, computed before the accumulation loop: bin_range's double division and sqrt have
+      // out-of-line slow paths in SASS, and keeping those calls out of the loop that holds the
+      // accumulators is what keeps every kernel free of register spills.
+      static_assert(2 * config::kMaxComplexRows <= 2 * kWarpSize, "two rows per lane at most");
+      int lo0 = 1, hi0 = 0, lo1 = 1, hi1 = 0;
+      {
+        int64_t k_lo, k_hi;
+        if (n_a + lane <= n_b) {
+          bin_range(g, n_a + lane - c, a.trunc2, a.n_fft, &k_lo, &k_hi);
+          lo0 = static_cast<int>(k_lo);
+          hi0 = static_cast<int>(k_hi);
+        }
+        if (n_a + lane + kWarpSize <= n_b) {
+          bin_range(g, n_a + lane + kWarpSize - c, a.trunc2, a.n_fft, &k_lo, &k_hi);
+          lo1 = static_cast<int>(k_lo);
+          hi1 = static_cast<int>(k_hi);
+        }
+      }
       scalar_t acc[kAcc];
       for (int i = 0; i < kAcc; ++i) acc[i] = 0;
       for (int64_t s = n_a; s <= n_b; ++s) {
+        const int idx = static_cast<int>(s - n_a);  // warp-uniform: full-mask shuffles are safe
+        const int src = idx & (kWarpSize - 1);
+        const int lo_a = __shfl_sync(kFullMask, lo0, src), hi_a = __shfl_sync(kFullMask, hi0, src);
+        const int lo_b = __shfl_sync(kFullMask, lo1, src), hi_b = __shfl_sync(kFullMask, hi1, src);
+        const int k_lo = idx < kWarpSize ? lo_a : lo_b;
+        const int k_hi = idx < kWarpSize ? hi_a : hi_b;
         const int64_t d = s - c;
-        int64_t k_lo, k_hi;
-        bin_range(g, d, a.trunc2, a.n_fft, &k_lo, &k_hi);
         const int r = static_cast<int>(s - r0);
         const cplx<scalar_t>* row = rows + (r >> 1) * n;
         const bool odd = (r & 1) != 0;
         const scalar_t ds = static_cast<scalar_t>(d);
-        for (int64_t k = k_lo + lane; k <= k_hi; k += kWarpSize) {
+        for (int k = k_lo + lane; k <= k_hi; k += kWarpSize) {
           const scalar_t v = static_cast<scalar_t>(k) * inv_two_m - g.center;
           const scalar_t q = quad_form(g, ds, v);
           if (q <= trunc2) {
@@ -212,15 +243,16 @@ __global__ void __launch_bounds__(config::kThreads) lwvd_smooth_kernel(const Smo
         const int64_t o = (b * a.n_filters + f) * a.n_frames + t;
         if (kMoments) {
           scalar_t* dst = a.out + o * config::kMoments;
-          for (int i = 0; i < kAcc; ++i) dst[i] = pass == 0 ? acc[i] : dst[i] + acc[i];
+          for (int i = 0; i < kAcc; ++i) dst[i] = first ? acc[i] : dst[i] + acc[i];
         } else {
-          scalar_t v = pass == 0 ? acc[0] : a.out[o] + acc[0];
-          if (pass == passes - 1) v *= g.norm;
+          scalar_t v = first ? acc[0] : a.out[o] + acc[0];
+          if (last) v *= g.norm;
           a.out[o] = v;
         }
       }
     }
     __syncthreads();  // the next pass overwrites the rows
+    if (last) break;
   }
 }
 
