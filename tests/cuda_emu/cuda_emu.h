@@ -7,9 +7,11 @@
 //
 // Execution model (why it is faithful enough to find real bugs):
 //  * One std::thread per CUDA thread of a block, created once per launch. The workers walk the
-//    blocks in order, and every worker finishes block b before any starts block b+1 (an
+//    blocks one after another, and every worker finishes a block before any starts the next (an
 //    inter-block barrier). Blocks therefore never overlap, so a function-local `static` is exactly
-//    one block's __shared__ (`__shared__` is defined as `static`).
+//    one block's __shared__ (`__shared__` is defined as `static`). The block order is forward by
+//    default; LWVD_EMU_BLOCK_ORDER=reverse|shuffle[:seed] changes it, so a test can show that the
+//    result does not depend on it (blocks of a real grid run in any order, concurrently).
 //  * Dynamic shared memory (only through LWVD_DYNAMIC_SMEM) is a heap buffer of exactly the
 //    launch's byte count, filled with 0xFF bytes (a NaN in float and double) before every block:
 //    AddressSanitizer reports any access past its end, and a read of a never-written element
@@ -54,6 +56,7 @@
 #include <tuple>
 #include <type_traits>
 #include <utility>
+#include <string>
 #include <vector>
 
 // ---------------------------------------------------------------------------------------------
@@ -258,7 +261,8 @@ struct Launch {
   std::vector<std::atomic<int>> wait_line;
   std::vector<Site> bar_site;           // per thread: call site of its current __syncthreads
   std::vector<uint8_t> bar_in;          // per thread: 1 while it is at the block barrier
-  uint32_t cur_block = 0;               // written by the inter-block completer only
+  uint32_t cur_block = 0;               // position in `order`; written by the inter-block completer only
+  std::vector<uint32_t> order;          // linear block indices in the order they run
   std::atomic<uint64_t> progress{0};
   std::atomic<int> waiting{0};
   std::atomic<uint64_t> n_block_barriers{0}, n_warp_exchanges{0};
@@ -273,7 +277,7 @@ inline thread_local uint32_t t_tid = 0;  // linear thread index in the block
 inline void describe_thread(uint32_t tid, char* buf, size_t n) {
   const Launch& L = *current();
   const unsigned x = tid % L.block.x, y = (tid / L.block.x) % L.block.y, z = tid / (L.block.x * L.block.y);
-  const unsigned b = L.cur_block;
+  const unsigned b = L.cur_block < L.nblocks ? L.order[L.cur_block] : 0;
   std::snprintf(buf, n, "block (%u,%u,%u) thread (%u,%u,%u)", b % L.grid.x, (b / L.grid.x) % L.grid.y,
                 b / (L.grid.x * L.grid.y), x, y, z);
 }
@@ -434,6 +438,32 @@ inline unsigned char* dynamic_smem() { return current()->smem; }
 // ---------------------------------------------------------------------------------------------
 // Grid execution
 // ---------------------------------------------------------------------------------------------
+// LWVD_EMU_BLOCK_ORDER = forward (default) | reverse | shuffle[:seed]. Blocks of a real grid run
+// in any order and concurrently; a kernel whose result depends on the order (two blocks writing
+// one output, a block reading another's output) gives different bits under another order.
+inline std::vector<uint32_t> block_order(uint32_t nblocks) {
+  std::vector<uint32_t> order(nblocks);
+  for (uint32_t i = 0; i < nblocks; ++i) order[i] = i;
+  const char* s = std::getenv("LWVD_EMU_BLOCK_ORDER");
+  const std::string mode = s ? s : "forward";
+  if (mode == "reverse") {
+    std::reverse(order.begin(), order.end());
+  } else if (mode.rfind("shuffle", 0) == 0) {
+    uint64_t state = mode.size() > 8 ? std::strtoull(mode.c_str() + 8, nullptr, 10) : 1;
+    for (uint32_t i = nblocks; i > 1; --i) {  // Fisher-Yates with splitmix64: same order everywhere
+      state += 0x9e3779b97f4a7c15ull;
+      uint64_t z = state;
+      z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+      z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+      z ^= z >> 31;
+      std::swap(order[i - 1], order[z % i]);
+    }
+  } else if (mode != "forward") {
+    fail("LWVD_EMU_BLOCK_ORDER=%s: expected forward, reverse or shuffle[:seed]", mode.c_str());
+  }
+  return order;
+}
+
 inline double watchdog_seconds() {
   const char* s = std::getenv("LWVD_EMU_WATCHDOG_S");
   const double v = s ? std::atof(s) : 120.0;
@@ -480,6 +510,7 @@ inline void run_grid(dim3 grid, dim3 block, size_t smem_bytes, const std::functi
   L->nthreads = static_cast<uint32_t>(nthreads);
   L->nblocks = static_cast<uint32_t>(nblocks);
   L->smem_bytes = smem_bytes;
+  L->order = block_order(L->nblocks);
   // Exactly smem_bytes: one byte more and AddressSanitizer would miss an off-by-one.
   std::unique_ptr<unsigned char[]> smem(new unsigned char[smem_bytes ? smem_bytes : 1]);
   L->smem = smem_bytes ? smem.get() : nullptr;
@@ -503,8 +534,8 @@ inline void run_grid(dim3 grid, dim3 block, size_t smem_bytes, const std::functi
     t_tid = tid;
     threadIdx = uint3{tid % l.block.x, (tid / l.block.x) % l.block.y, tid / (l.block.x * l.block.y)};
     for (;;) {
-      const uint32_t b = l.cur_block;  // ordered by the grid barrier (or thread creation)
-      if (b >= l.nblocks) break;
+      if (l.cur_block >= l.nblocks) break;  // cur_block: ordered by the grid barrier (or thread creation)
+      const uint32_t b = l.order[l.cur_block];
       blockIdx = uint3{b % l.grid.x, (b / l.grid.x) % l.grid.y, b / (l.grid.x * l.grid.y)};
       body();
       // This thread has returned from the kernel: it stops counting at block and warp barriers.

@@ -129,6 +129,15 @@ inline int test_fft(bool plant_oob) {
   return check(err / scale < 1e-13, "fft", buf);
 }
 
+// Prints which block ran last (pytest compares it across LWVD_EMU_BLOCK_ORDER settings).
+inline int test_last_block() {
+  lwvd_emu::Launcher L;
+  int out = -1;
+  L.launch(last_block_kernel, dim3(16), dim3(32), 0, &out);
+  std::printf("PASS last_block %d\n", out);
+  return 0;
+}
+
 inline int test_abort(const std::string& name) {
   lwvd_emu::Launcher L;
   std::vector<int> out(64, 0);
@@ -152,6 +161,7 @@ inline int run(const std::string& name) {
   if (name == "reduce") return test_reduce(false);
   if (name == "reduce_race") return test_reduce(true);
   if (name == "fft") return test_fft(false);
+  if (name == "last_block") return test_last_block();
   if (name == "fft_oob") return test_fft(true);
   return test_abort(name);
 }

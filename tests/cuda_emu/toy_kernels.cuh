@@ -107,6 +107,12 @@ __global__ void barrier_kernel(int* __restrict__ out, int rounds) {
   out[blk * n + tid] = errors * 1000000 + blk;
 }
 
+// Every block writes one shared output: the last block to run wins. Order-dependent on purpose, to
+// show that LWVD_EMU_BLOCK_ORDER changes the order blocks run in.
+__global__ void last_block_kernel(int* out) {
+  if (threadIdx.x == 0) out[0] = static_cast<int>(blockIdx.x);
+}
+
 // ---- kernels that must make the emulator abort ------------------------------------------------
 __global__ void partial_mask_kernel(int* out) {
   out[threadIdx.x] = __shfl_sync(0x0000ffffu, static_cast<int>(threadIdx.x), 0);
