@@ -135,7 +135,7 @@ struct Site {
   int line;
 };
 inline bool same_site(const Site& a, const Site& b) {
-  return a.line == b.line && (a.file == b.file || std::strcmp(a.file, b.file) == 0);
+  return a.line == b.line && (a.file == b.file || (a.file && b.file && std::strcmp(a.file, b.file) == 0));
 }
 
 [[noreturn]] inline void fail(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -541,7 +541,12 @@ inline void run_grid(dim3 grid, dim3 block, size_t smem_bytes, const std::functi
       // This thread has returned from the kernel: it stops counting at block and warp barriers.
       Warp& w = *l.warps[tid / 32];
       w.exited.fetch_or(1u << (tid % 32), std::memory_order_relaxed);
-      w.bar.drop([&l] { l.progress.fetch_add(1, std::memory_order_relaxed); });
+      w.bar.drop([&l, &w] {
+        // This exit completes an exchange the other lanes wait in: they must see it as exited. Both
+        // parities: nobody still reads the other one (every waiting lane finished the previous exchange).
+        w.gone[0] = w.gone[1] = w.exited.load(std::memory_order_relaxed);
+        l.progress.fetch_add(1, std::memory_order_relaxed);
+      });
       l.block_bar.drop([&l] { block_barrier_complete(l); });
       l.progress.fetch_add(1, std::memory_order_relaxed);
       // Every thread of block b is done before block b+1 starts.

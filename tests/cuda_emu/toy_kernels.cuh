@@ -118,8 +118,15 @@ __global__ void partial_mask_kernel(int* out) {
   out[threadIdx.x] = __shfl_sync(0x0000ffffu, static_cast<int>(threadIdx.x), 0);
 }
 
+// Lanes 0..3 leave; lanes 4..31 then shuffle with a full mask. Emulated, the leaving lanes linger
+// first, so that their exit (not the last shuffling lane) is what completes the warp exchange.
 __global__ void exited_lane_kernel(int* out) {
-  if ((threadIdx.x & 31) < 4) return;
+  if ((threadIdx.x & 31) < 4) {
+#ifdef LWVD_CUDA_EMULATION
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+#endif
+    return;
+  }
   out[threadIdx.x] = __shfl_xor_sync(0xffffffffu, static_cast<int>(threadIdx.x), 1);
 }
 
