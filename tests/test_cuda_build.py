@@ -166,3 +166,40 @@ def test_real_cuda_rejects_unsupported_n_fft():
     z, params = Case((1,), 50, 16, 5, 2).inputs(torch.float32, device="cuda")
     with pytest.raises(ValueError, match="n_fft"):
         torch.ops.lwvd_cuda.lwvd_fwd(z, *params, 24, 5, 4.0)
+
+
+# ------------------------------------------------------------------------------------------------
+# Large n_fft through the CPU emulator (tests/cuda_emu, helper branch cuda-harness): the cases of
+# test_cuda_emulation.py stop at n_fft = 128; these cover 1 and 2 complex rows per pass (n_fft 8192
+# and 1024 in the launch config), i.e. many passes per tile, 10-13 FFT stages and the >48 KiB
+# dynamic shared memory of n_fft = 8192. Tolerances: lwvd_cuda.testing.TOLERANCES (see there).
+
+_EMU = os.path.join(ROOT, "tests", "test_cuda_emulation.py")
+LARGE_FFT_CASES = [
+    ((1, 40, 1024, 10, 2, "mixed", 4.0, 21), torch.float64),
+    ((1, 24, 8192, 8, 2, "wide", 4.0, 22), torch.float32),
+    ((1, 30, 8192, 10, 2, "untilted", None, 23), torch.float64),
+]
+
+
+@pytest.fixture(scope="module")
+def emu(tmp_path_factory):
+    """(harness module, driver executable), built once for this module."""
+    if not os.path.exists(_EMU):
+        pytest.skip("the CUDA emulation harness (tests/cuda_emu) is not in this tree")
+    if shutil.which("g++") is None:
+        pytest.skip("no g++ for the CUDA emulation harness")
+    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    harness = pytest.importorskip("test_cuda_emulation")
+    return harness, harness.Builds(tmp_path_factory.mktemp("emu_build")).get("driver")
+
+
+@pytest.mark.filterwarnings("ignore:Converting a tensor with requires_grad=True to a scalar")
+@pytest.mark.parametrize("spec,dtype", LARGE_FFT_CASES, ids=lambda v: str(v))
+def test_emulated_kernels_large_n_fft(emu, tmp_path, spec, dtype):
+    harness, driver = emu
+    b, n, n_fft, hop, f, kind, truncate, seed = spec
+    case = harness.EmuCase(b, n, n_fft, hop, f, kind, truncate, seed=seed)
+    problem = harness.Problem(case, dtype, tmp_path / "run")
+    harness.driver_ok(problem.run(driver))
+    harness.check_against_reference(problem, TOLERANCES[dtype])
