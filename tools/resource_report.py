@@ -85,7 +85,8 @@ def _readable(mangled: str) -> tuple[str, str, int]:
 
 
 def compile_and_parse(nvcc: str, arch: int) -> list[dict]:
-    cmd = [nvcc, "-std=c++20", f"-arch=sm_{arch}", "-O3", "-Xptxas", "-v", "-I", os.path.join(ROOT, "csrc"),
+    # The flags of the extension build (setup.py / torch) that matter to code generation.
+    cmd = [nvcc, "-std=c++20", f"-arch=sm_{arch}", "-O3", "--expt-relaxed-constexpr", "-Xptxas", "-v", "-I", os.path.join(ROOT, "csrc"),
            "-c", SOURCE, "-o", os.devnull]
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode != 0:
