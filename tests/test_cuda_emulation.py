@@ -95,7 +95,7 @@ class Builds:
         # The kernel directory (or a planted-bug copy of it) comes before the project's include path.
         cmd += [f"-I{kernel_dir or KERNEL_DIR}", f"-I{ROOT / 'csrc'}", str(EMU_DIR / f"{program}.cpp"), "-o", str(exe)]
         t0 = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
         _timed(f"build {sanitizer}", time.perf_counter() - t0)
         if proc.returncode != 0:
             raise AssertionError(f"building {name} failed:\n{' '.join(cmd)}\n{proc.stderr[-6000:]}")
