@@ -454,22 +454,31 @@ def _copy_kernels_without_barrier(dst: Path, header: str, pattern: str) -> tuple
     return dst, removed + 1, start + 1, end + 1
 
 
+# (header, function signature pattern, plan mode that runs it). The last __syncthreads of each:
+#   block_fft_rows: the barrier ending each FFT stage; without it stage s+1 reads elements another
+#     thread is still writing in stage s;
+#   lwvd_param_grad_kernel: the barrier of its shared-memory tree reduction (backward).
+PLANTED_BARRIERS = [
+    ("fft.cuh", r"void block_fft_rows\(", "fwd"),
+    ("lwvd_bwd.cuh", r"void .*lwvd_param_grad_kernel\(", "bwd"),
+]
+
+
 @needs_plan
-def test_tsan_reports_barrier_removed_from_real_fft(builds, tmp_path):
-    # Without the barrier that ends each FFT stage, stage s+1 reads elements another thread is still
-    # writing in stage s. This is the check that a clean TSan run of the real kernels means something.
-    kdir, line, first, last = _copy_kernels_without_barrier(tmp_path / "kernels", "fft.cuh",
-                                                            r"void block_fft_rows\(")
-    exe = builds.get("driver", "tsan", kernel_dir=kdir, tag="nobarrier")
+@pytest.mark.parametrize("header, pattern, mode", PLANTED_BARRIERS, ids=[h for h, _, _ in PLANTED_BARRIERS])
+def test_tsan_reports_barrier_removed_from_real_kernel(builds, tmp_path, header, pattern, mode):
+    # The check that a clean TSan run of the real kernels means something.
+    kdir, line, first, last = _copy_kernels_without_barrier(tmp_path / "kernels", header, pattern)
+    exe = builds.get("driver", "tsan", kernel_dir=kdir, tag=f"nobarrier_{header.split('.')[0]}")
     p = Problem(SAN_CASE, torch.float64, tmp_path / "run")
-    proc = p.run(exe, mode="fwd", sanitizer="tsan", part="tsan real kernels")
+    proc = p.run(exe, mode=mode, sanitizer="tsan", part="tsan planted barrier")
     assert "ThreadSanitizer: data race" in proc.stderr, (
-        f"TSan missed the barrier removed at fft.cuh:{line}\n{proc.stderr[-4000:]}"
+        f"TSan missed the barrier removed at {header}:{line}\n{proc.stderr[-4000:]}"
     )
-    # The racing accesses are butterfly loads/stores inside block_fft_rows (top frames of the report).
-    racing = [int(x) for x in re.findall(rf"#0 [^\n]*{re.escape(str(kdir / 'fft.cuh'))}:(\d+)", proc.stderr)]
+    # The racing accesses (top frames of each report) lie inside the function that lost its barrier.
+    racing = [int(x) for x in re.findall(rf"#0 [^\n]*{re.escape(str(kdir / header))}:(\d+)", proc.stderr)]
     assert racing and all(first <= r <= last for r in racing), (
-        f"race reported outside block_fft_rows (lines {first}-{last}): {racing}\n{proc.stderr[-4000:]}"
+        f"race reported outside lines {first}-{last} of {header}: {racing}\n{proc.stderr[-4000:]}"
     )
 
 
