@@ -68,7 +68,7 @@ def launch_config(path: str = LAUNCH_CONFIG) -> dict:
         return int(eval(m.group(1).replace("std::size_t", ""), {}))  # e.g. "40 * 1024"
 
     return dict(threads=const("kThreads"), rows_smem_budget=const("kRowsSmemBudget"),
-                max_complex_rows=const("kMaxComplexRows"), max_frames_per_block=const("kMaxFramesPerBlock"),
+                max_complex_rows=const("kMaxComplexRows"), max_frames_per_block=const("kMaxFramesPerBlock"), min_blocks=const("kMinBlocks"),
                 min_grad_tile=const("kMinGradTile"))
 
 
@@ -76,8 +76,32 @@ def _complex_rows(cfg, n_fft, scalar_bytes):
     return int(min(max(cfg["rows_smem_budget"] // (n_fft * 2 * scalar_bytes), 1), cfg["max_complex_rows"]))
 
 
-def _frames_per_block(cfg, n_fft, hop):
-    return int(min(max(-(-2 * n_fft // hop), 1), cfg["max_frames_per_block"]))
+def _fill(cfg, blocks):
+    return 1.0 if blocks >= cfg["min_blocks"] else blocks / cfg["min_blocks"]
+
+
+def _frames_per_block(cfg, n_fft, hop, batch, frames):
+    """launch_config.h frames_per_block (same rule: minimise recompute / fill, R assumed n_fft/2)."""
+    start = max(min(-(-2 * n_fft // hop), cfg["max_frames_per_block"]), 1)
+    best, best_cost = start, None
+    for tt in range(start, 0, -1):
+        rows = float(tt * hop)
+        cost = (rows + n_fft) / rows / _fill(cfg, batch * -(-frames // tt))
+        if best_cost is None or cost < best_cost:
+            best, best_cost = tt, cost
+    return best
+
+
+def _grad_tile(cfg, n_fft, batch, n_samples):
+    """launch_config.h grad_tile (same rule)."""
+    j = max(cfg["min_grad_tile"], 2 * n_fft)
+    best, best_cost = j, None
+    while j >= cfg["threads"]:
+        cost = (j + n_fft) / j / _fill(cfg, batch * -(-n_samples // j))
+        if best_cost is None or cost < best_cost:
+            best, best_cost = j, cost
+        j //= 2
+    return best
 
 
 def _effective_trunc2(truncate, scalar_bytes):
@@ -143,7 +167,7 @@ def predict(
     log2n = int(math.log2(n_fft))
 
     # Forward / moments kernel: rows each frame tile recomputes, rounded up to whole passes.
-    tt = _frames_per_block(cfg, n_fft, hop)
+    tt = _frames_per_block(cfg, n_fft, hop, batch, frames)
     tiles = -(-frames // tt)
     fwd_rows = 0
     for tile in range(tiles):
@@ -170,7 +194,7 @@ def predict(
     )
 
     # Backward: moments pass (same rows) + parameter reduction + grad_z tiles.
-    tile_j = max(cfg["min_grad_tile"], 2 * n_fft)
+    tile_j = _grad_tile(cfg, n_fft, batch, n_samples)
     gz_rows = 0
     for j0 in range(0, n_samples, tile_j):
         j1 = min(n_samples - 1, j0 + tile_j - 1)
@@ -179,32 +203,63 @@ def predict(
     gz_rows *= batch
     gz_complex = gz_rows / 2
     gather_terms = batch * n_samples * (2 * h + 1)  # upper bound: |m| <= h, clipped at the edges
+    gz_fft = gz_complex * (n_fft // 2) * log2n * FLOPS_BUTTERFLY
+    waste = 1 / lane_efficiency - 1
+    kernels = {
+        "moments": dict(flops=fft_flops + lag_flops + terms * FLOPS_MOMENTS, extra=terms * FLOPS_MOMENTS * waste,
+                        dram=batch * n_samples * 2 * s + batch * f * frames * 6 * s,
+                        smem=smem_fft + smem_rows + terms * 5 * s, blocks=batch * tiles),
+        "param_grad": dict(flops=batch * f * frames * 40, extra=0.0, dram=batch * f * frames * 7 * s, smem=0.0,
+                           blocks=f),
+        "grad_z": dict(flops=gz_fft + terms * FLOPS_SMOOTH + gather_terms * FLOPS_GATHER,
+                       extra=terms * FLOPS_SMOOTH * waste,
+                       dram=2 * batch * n_samples * 2 * s + batch * f * frames * s,
+                       smem=gz_complex * (n_fft // 2) * log2n * 4 * 2 * s + gather_terms * 2 * 2 * s + terms * 2 * s,
+                       blocks=batch * -(-n_samples // tile_j)),
+    }
     bwd = dict(
         flops=dict(
-            fft=fft_flops + gz_complex * (n_fft // 2) * log2n * FLOPS_BUTTERFLY,
+            fft=fft_flops + gz_fft,
             lag_products=lag_flops,
             moments=terms * FLOPS_MOMENTS,
             grad_z_scatter=terms * FLOPS_SMOOTH,
             grad_z_gather=gather_terms * FLOPS_GATHER,
             param_reduce=batch * f * frames * 40,
         ),
-        dram_bytes=2 * batch * n_samples * 2 * s + batch * f * frames * s * (1 + 2 * 6) + 8 * f * s,
-        smem_bytes=smem_fft + smem_rows + terms * 5 * s
-        + gz_complex * (n_fft // 2) * log2n * 4 * 2 * s + gather_terms * 2 * 2 * s + terms * 2 * s,
+        dram_bytes=sum(k["dram"] for k in kernels.values()),
+        smem_bytes=sum(k["smem"] for k in kernels.values()),
         rows_recomputed_factor=(fwd_rows + gz_rows) / max(1, batch * n_samples),
-        blocks=batch * tiles + f + batch * -(-n_samples // tile_j),
-        issued_flops_extra=terms * (FLOPS_MOMENTS + FLOPS_SMOOTH) * (1 / lane_efficiency - 1),
+        blocks=sum(k["blocks"] for k in kernels.values()),
+        issued_flops_extra=sum(k["extra"] for k in kernels.values()),
     )
     peak = device["fp64_flops"] if s == 8 else device["fp32_flops"]
-    for part in (fwd, bwd):
-        total = float(sum(part["flops"].values()))
-        part["flops_total"] = total
-        bounds = dict(compute=(total + part["issued_flops_extra"]) / peak, dram=part["dram_bytes"] / device["hbm_bytes_per_s"],
-                      smem=part["smem_bytes"] / device["smem_bytes_per_s"])
-        part["predicted_bounds_s"] = bounds
-        part["sm_fill"] = min(1.0, part["blocks"] / device["sms"])
-        part["predicted_s"] = max(bounds.values()) / part["sm_fill"]
-        part["predicted_limiter"] = max(bounds, key=bounds.get)
+
+    def kernel_time(flops, extra, dram, smem, blocks):
+        bounds = dict(compute=(flops + extra) / peak, dram=dram / device["hbm_bytes_per_s"],
+                      smem=smem / device["smem_bytes_per_s"])
+        fill = min(1.0, blocks / device["sms"])
+        return bounds, fill, max(bounds.values()) / fill
+
+    # Forward: one kernel (prepare is one tiny block). Backward: the kernels run one after another, so
+    # their predicted times add, each with its own SM fill.
+    fwd_kernels = {"smooth": dict(flops=float(sum(fwd["flops"].values())), extra=fwd["issued_flops_extra"],
+                                  dram=fwd["dram_bytes"], smem=fwd["smem_bytes"], blocks=fwd["blocks"])}
+    for part, ks in ((fwd, fwd_kernels), (bwd, kernels)):
+        part["flops_total"] = float(sum(part["flops"].values()))
+        part["kernels"] = {}
+        total_bounds = dict(compute=0.0, dram=0.0, smem=0.0)
+        total = 0.0
+        for name, k in ks.items():
+            bounds, fill, t = kernel_time(k["flops"], k["extra"], k["dram"], k["smem"], k["blocks"])
+            part["kernels"][name] = dict(blocks=k["blocks"], sm_fill=fill, predicted_s=t,
+                                         predicted_limiter=max(bounds, key=bounds.get))
+            for key in total_bounds:
+                total_bounds[key] += bounds[key]
+            total += t
+        part["predicted_bounds_s"] = total_bounds
+        part["predicted_s"] = total
+        part["sm_fill"] = min(k["sm_fill"] for k in part["kernels"].values())
+        part["predicted_limiter"] = max(total_bounds, key=total_bounds.get)
     return dict(
         config=dict(batch=batch, n_samples=n_samples, n_fft=n_fft, hop=hop, n_filters=f, truncate=truncate,
                     dtype=dtype, frames=frames),
@@ -239,9 +294,10 @@ def format_prediction(p: dict) -> str:
             f"{name}: {e['flops_total'] / 1e9:.2f} GFLOP ({parts}); DRAM {e['dram_bytes'] / 1e6:.2f} MB; "
             f"smem {e['smem_bytes'] / 1e9:.2f} GB; rows recomputed x{e['rows_recomputed_factor']:.2f}; "
             f"{e['blocks']} blocks")
+        per_kernel = ", ".join(f"{k} {v['predicted_s'] * 1e3:.3f} ms ({v['blocks']} blocks, fill {v['sm_fill']:.2f}, "
+                               f"{v['predicted_limiter']})" for k, v in e["kernels"].items())
         lines.append(
-            f"  predicted {e['predicted_s'] * 1e3:.3f} ms ({e['predicted_limiter']}-bound, SM fill "
-            f"{e['sm_fill']:.2f}; compute "
+            f"  predicted {e['predicted_s'] * 1e3:.3f} ms [{per_kernel}]; summed bounds: compute "
             f"{b['compute'] * 1e3:.3f} ms, DRAM {b['dram'] * 1e3:.3f} ms, smem {b['smem'] * 1e3:.3f} ms)")
     return "\n".join(lines)
 

@@ -169,13 +169,18 @@ def test_real_cuda_rejects_unsupported_n_fft():
 
 
 # ------------------------------------------------------------------------------------------------
-# Large n_fft through the CPU emulator (tests/cuda_emu, helper branch cuda-harness): the cases of
-# test_cuda_emulation.py stop at n_fft = 128; these cover 1 and 2 complex rows per pass (n_fft 8192
-# and 1024 in the launch config), i.e. many passes per tile, 10-13 FFT stages and the >48 KiB
-# dynamic shared memory of n_fft = 8192. Tolerances: lwvd_cuda.testing.TOLERANCES (see there).
+# More launch geometries through the CPU emulator (tests/cuda_emu, helper branch cuda-harness). The
+# cases of test_cuda_emulation.py are small (B*T < 132: one frame per block under the SM-fill rule)
+# and stop at n_fft = 128; these add multi-frame tiles, a halved grad_z tile, and 1-2 complex rows
+# per pass (n_fft 8192 and 1024): many passes per tile, 10-13 FFT stages, > 48 KiB of dynamic shared
+# memory. Tolerances: lwvd_cuda.testing.TOLERANCES (see there).
 
 _EMU = os.path.join(ROOT, "tests", "test_cuda_emulation.py")
 LARGE_FFT_CASES = [
+    # B*T = 402 frames: the SM-fill rule of launch_config.h picks 3 frames per block (multi-frame tiles)
+    ((2, 200, 8, 1, 3, "mixed", 4.0, 24), torch.float64),
+    # N = 600, B = 1: the grad_z tile is halved to 256 samples (3 tiles, one sample per thread)
+    ((1, 600, 16, 50, 2, "mixed", 4.0, 25), torch.float64),
     ((1, 40, 1024, 10, 2, "mixed", 4.0, 21), torch.float64),
     ((1, 24, 8192, 8, 2, "wide", 4.0, 22), torch.float32),
     ((1, 30, 8192, 10, 2, "untilted", None, 23), torch.float64),

@@ -50,24 +50,53 @@ inline std::size_t rows_smem_bytes(int complex_rows, int64_t n_fft, std::size_t 
   return static_cast<std::size_t>(complex_rows) * static_cast<std::size_t>(n_fft) * 2 * scalar_bytes;
 }
 
-// Frames per block of the forward / moments kernel. A block recomputes the WVD rows of its frames
-// plus a halo of the largest filter radius R on each side, so the FFT work is multiplied by
-// (frames*hop + 2R) / (frames*hop). Filters that resolve bins have R up to about n_fft/2, so we aim at
-// frames*hop ~ 2*n_fft (recompute <= 1.5x at R = n_fft/2), capped so that a block's (filter, frame)
-// pair list stays short and the grid keeps several blocks per batch item.
-constexpr int64_t kMaxFramesPerBlock = 64;
-inline int64_t frames_per_block(int64_t n_fft, int64_t hop) {
-  int64_t tt = (2 * n_fft + hop - 1) / hop;
-  if (tt < 1) tt = 1;
-  if (tt > kMaxFramesPerBlock) tt = kMaxFramesPerBlock;
-  return tt;
+// Grids smaller than one wave leave SMs idle; tiles smaller than the halo recompute more rows. The
+// tile choices below minimise  recompute(tile) / fill(blocks)  with fill = min(1, blocks / kMinBlocks):
+// the FFT work of the whole grid, stretched by the idle SMs. One wave on the largest target: an H100
+// SXM has 132 SMs (an A100 108). benchmarks/cost_model.py mirrors these rules.
+constexpr int64_t kMinBlocks = 132;
+inline double grid_fill(int64_t blocks) {
+  return blocks >= kMinBlocks ? 1.0 : static_cast<double>(blocks) / static_cast<double>(kMinBlocks);
 }
 
-// Output samples per block of the grad_z kernel. The block recomputes the A rows within h = n_fft/2
-// of its tile, so the FFT work is multiplied by (J + n_fft) / J: J = 2*n_fft bounds that by 1.5x; the
-// floor of 1024 keeps blocks busy for small n_fft.
+// Frames per block TT of the forward / moments kernel. A block recomputes the WVD rows of its frames
+// plus a halo of the largest filter radius R on each side: recompute = (TT*hop + 2R) / (TT*hop). R is
+// only known on the device; filters that resolve bins have R up to about n_fft/2, so the rule assumes
+// R = n_fft/2. Start from TT*hop ~ 2*n_fft (recompute <= 1.5x), cap the pair list per block at 64
+// frames, and go down while recompute/fill improves. At configuration S (B=4, T=101, n_fft=512,
+// hop=160): TT = 3, 136 blocks, instead of 7 and 60 blocks on 132 SMs.
+constexpr int64_t kMaxFramesPerBlock = 64;
+inline int64_t frames_per_block(int64_t n_fft, int64_t hop, int64_t batch, int64_t frames) {
+  int64_t start = (2 * n_fft + hop - 1) / hop;
+  if (start > kMaxFramesPerBlock) start = kMaxFramesPerBlock;
+  if (start < 1) start = 1;
+  int64_t best = start;
+  double best_cost = 0.0;
+  for (int64_t tt = start; tt >= 1; --tt) {
+    const double rows = static_cast<double>(tt * hop);
+    const int64_t blocks = batch * ((frames + tt - 1) / tt);
+    const double cost = (rows + static_cast<double>(n_fft)) / rows / grid_fill(blocks);
+    if (tt == start || cost < best_cost) { best = tt; best_cost = cost; }
+  }
+  return best;
+}
+
+// Output samples per block J of the grad_z kernel. The block recomputes the A rows within
+// h = n_fft/2 of its tile: recompute = (J + n_fft) / J. Start from J = max(1024, 2*n_fft) (<= 1.5x),
+// and halve (never below kThreads, so every thread owns a sample) while recompute/fill improves.
+// At configuration S: J = 512, 128 blocks (1024 would give 64 blocks; 256, 3x recompute).
 constexpr int64_t kMinGradTile = 1024;
-inline int64_t grad_tile(int64_t n_fft) { return 2 * n_fft > kMinGradTile ? 2 * n_fft : kMinGradTile; }
+inline int64_t grad_tile(int64_t n_fft, int64_t batch, int64_t n_samples) {
+  int64_t j = 2 * n_fft > kMinGradTile ? 2 * n_fft : kMinGradTile;
+  int64_t best = j;
+  double best_cost = 0.0;
+  for (bool first = true; j >= kThreads; j /= 2, first = false) {
+    const int64_t blocks = batch * ((n_samples + j - 1) / j);
+    const double cost = static_cast<double>(j + n_fft) / static_cast<double>(j) / grid_fill(blocks);
+    if (first || cost < best_cost) { best = j; best_cost = cost; }
+  }
+  return best;
+}
 
 // The six per-(b, f, t) moments S0, Sd, Sv, Sdd, Sdv, Svv of the backward (docs/design.md).
 constexpr int kMoments = 6;

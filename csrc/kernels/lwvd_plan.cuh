@@ -136,7 +136,7 @@ void smooth(Launcher& L, const Prepared<scalar_t>& pr, const scalar_t* z, scalar
   a.n_frames = num_frames(n_samples, hop);
   a.hop = hop;
   a.n_fft = n_fft;
-  a.frames_per_block = config::frames_per_block(n_fft, hop);
+  a.frames_per_block = config::frames_per_block(n_fft, hop, batch, a.n_frames);
   a.tiles_per_item = ceil_div(a.n_frames, a.frames_per_block);
   a.log2_fft = ilog2(n_fft);
   a.complex_rows = config::complex_rows_per_pass(n_fft, sizeof(scalar_t));
@@ -197,7 +197,7 @@ void run_backward(Launcher& L, const BwdProblem<scalar_t>& p) {
   a.n_frames = frames;
   a.hop = p.hop;
   a.n_fft = p.n_fft;
-  a.tile = config::grad_tile(p.n_fft);
+  a.tile = config::grad_tile(p.n_fft, p.batch, p.n_samples);
   a.tiles_per_item = ceil_div(p.n_samples, a.tile);
   a.log2_fft = ilog2(p.n_fft);
   a.complex_rows = config::complex_rows_per_pass(p.n_fft, sizeof(scalar_t));
