@@ -1,0 +1,130 @@
+// lwvd_cuda.cu — CUDA implementations of torch.ops.lwvd_cuda.lwvd_fwd / lwvd_bwd.
+//
+// The kernels and the sequence of launches are torch-free (csrc/kernels/lwvd_plan.cuh); this file
+// only checks arguments (lwvd.h), makes inputs contiguous, allocates outputs and workspaces, and
+// provides the Launcher the plan calls: launches on the current stream with a launch check, the
+// shared-memory opt-in above 48 KiB, and zero-filled workspaces from the caching allocator.
+//
+//   lwvd_fwd(z (B, N) complex64|complex128, center, sigma_t, sigma_nu, rho (F,) real,
+//            n_fft, hop_length, truncate) -> K (B, F, T) real
+//   lwvd_bwd(grad_K (B, F, T), z, center, sigma_t, sigma_nu, rho, n_fft, hop_length, truncate)
+//            -> (grad_z (B, N) complex, grad_center, grad_sigma_t, grad_sigma_nu, grad_rho (F,))
+// n_fft must be a power of two in [4, 8192] (lwvd_cuda.functional routes other sizes to the
+// reference before calling the op); float32 and float64 (complex64 / complex128 z).
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include <tuple>
+#include <utility>
+#include <vector>
+
+#include "kernels/lwvd_plan.cuh"
+#include "lwvd.h"
+
+namespace lwvd {
+namespace {
+
+class CudaLauncher {
+ public:
+  explicit CudaLauncher(const at::Tensor& like)
+      : stream_(at::cuda::getCurrentCUDAStream()), options_(like.options().dtype(at::kByte)) {}
+
+  template <typename... KArgs, typename... Args>
+  void launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, std::size_t smem_bytes, Args... args) {
+    if (smem_bytes > 48 * 1024) {
+      // Above the default 48 KiB a kernel must opt in; the device may not have that much at all
+      // (n_fft = 8192 in float64 needs 128 KiB: sm_80 / sm_90 have it, sm_86 / sm_89 do not).
+      int device = 0, optin = 0;
+      C10_CUDA_CHECK(cudaGetDevice(&device));
+      C10_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+      TORCH_CHECK_VALUE(smem_bytes <= static_cast<std::size_t>(optin), "lwvd (CUDA): n_fft needs ", smem_bytes,
+                        " bytes of shared memory per block but this device allows ", optin,
+                        "; use a smaller n_fft, float32, or the CPU");
+      C10_CUDA_CHECK(cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel),
+                                          cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                          static_cast<int>(smem_bytes)));
+    }
+    kernel<<<grid, block, smem_bytes, stream_>>>(args...);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+
+  // Zero-filled, from the caching allocator, alive until the launcher (the op call) ends; the
+  // allocator's stream semantics keep it valid for the kernels queued on this stream.
+  void* workspace(std::size_t bytes) {
+    buffers_.push_back(at::zeros({static_cast<int64_t>(bytes > 0 ? bytes : 1)}, options_));
+    return buffers_.back().data_ptr();
+  }
+
+ private:
+  cudaStream_t stream_;
+  at::TensorOptions options_;
+  std::vector<at::Tensor> buffers_;
+};
+
+void check_fft_size(int64_t n_fft) {
+  TORCH_CHECK_VALUE(is_supported_fft(n_fft),
+                    "lwvd (CUDA): n_fft must be a power of two in [4, 8192] (radix-2 FFT in shared memory), got ",
+                    n_fft, "; lwvd_cuda.lwvd routes other sizes to the reference");
+}
+
+at::Tensor lwvd_fwd_cuda(const at::Tensor& z_in, const at::Tensor& center, const at::Tensor& sigma_t,
+                         const at::Tensor& sigma_nu, const at::Tensor& rho, int64_t n_fft, int64_t hop_length,
+                         double truncate) {
+  check_args(z_in, center, sigma_t, sigma_nu, rho, n_fft, hop_length, truncate);
+  check_fft_size(n_fft);
+  TORCH_CHECK_VALUE(z_in.is_cuda(), "lwvd (CUDA): z must be a CUDA tensor");
+  const c10::cuda::CUDAGuard guard(z_in.device());
+  const at::Tensor z = at::view_as_real(z_in.contiguous());
+  const at::Tensor c = center.contiguous(), st = sigma_t.contiguous(), sn = sigma_nu.contiguous(),
+                   r = rho.contiguous();
+  const int64_t B = z_in.size(0), N = z_in.size(1), F = center.size(0);
+  at::Tensor out = at::empty({B, F, num_frames(N, hop_length)}, c.options());
+  AT_DISPATCH_FLOATING_TYPES(c.scalar_type(), "lwvd_fwd_cuda", [&] {
+    CudaLauncher L(z);
+    FwdProblem<scalar_t> p{z.const_data_ptr<scalar_t>(), c.const_data_ptr<scalar_t>(), st.const_data_ptr<scalar_t>(),
+                           sn.const_data_ptr<scalar_t>(), r.const_data_ptr<scalar_t>(), out.data_ptr<scalar_t>(),
+                           B, N, F, n_fft, hop_length, truncate};
+    run_forward(L, p);
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lwvd_bwd_cuda(
+    const at::Tensor& grad_in, const at::Tensor& z_in, const at::Tensor& center, const at::Tensor& sigma_t,
+    const at::Tensor& sigma_nu, const at::Tensor& rho, int64_t n_fft, int64_t hop_length, double truncate) {
+  check_args(z_in, center, sigma_t, sigma_nu, rho, n_fft, hop_length, truncate);
+  check_grad(grad_in, z_in, center.size(0), hop_length);
+  check_fft_size(n_fft);
+  TORCH_CHECK_VALUE(z_in.is_cuda(), "lwvd (CUDA): z must be a CUDA tensor");
+  const c10::cuda::CUDAGuard guard(z_in.device());
+  const at::Tensor z = at::view_as_real(z_in.contiguous());
+  const at::Tensor g = grad_in.contiguous();
+  const at::Tensor c = center.contiguous(), st = sigma_t.contiguous(), sn = sigma_nu.contiguous(),
+                   r = rho.contiguous();
+  const int64_t B = z_in.size(0), N = z_in.size(1), F = center.size(0);
+  at::Tensor grad_z = at::empty({B, N}, z_in.options().memory_format(at::MemoryFormat::Contiguous));
+  at::Tensor grad_z_real = at::view_as_real(grad_z);
+  at::Tensor gc = at::empty({F}, c.options()), gst = at::empty({F}, c.options()), gsn = at::empty({F}, c.options()),
+             gr = at::empty({F}, c.options());
+  AT_DISPATCH_FLOATING_TYPES(c.scalar_type(), "lwvd_bwd_cuda", [&] {
+    CudaLauncher L(z);
+    BwdProblem<scalar_t> p{g.const_data_ptr<scalar_t>(),  z.const_data_ptr<scalar_t>(),  c.const_data_ptr<scalar_t>(),
+                           st.const_data_ptr<scalar_t>(), sn.const_data_ptr<scalar_t>(), r.const_data_ptr<scalar_t>(),
+                           grad_z_real.data_ptr<scalar_t>(), gc.data_ptr<scalar_t>(), gst.data_ptr<scalar_t>(),
+                           gsn.data_ptr<scalar_t>(), gr.data_ptr<scalar_t>(), B, N, F, n_fft, hop_length, truncate};
+    run_backward(L, p);
+  });
+  return {grad_z, gc, gst, gsn, gr};
+}
+
+}  // namespace
+}  // namespace lwvd
+
+TORCH_LIBRARY_IMPL(lwvd_cuda, CUDA, m) {
+  m.impl("lwvd_fwd", &lwvd::lwvd_fwd_cuda);
+  m.impl("lwvd_bwd", &lwvd::lwvd_bwd_cuda);
+}

@@ -1,0 +1,236 @@
+// lwvd_bwd.cuh — backward kernels (docs/design.md, "Backward").
+//
+// Shapes (contiguous, 64-bit indexing):
+//   grad_out (B, F, T)     scalar_t   G = dL/dK
+//   moments  (B, F, T, 6)  scalar_t   raw S0, Sd, Sv, Sdd, Sdv, Svv (lwvd_smooth_kernel<.., true>)
+//   grad_*   (F,)          scalar_t   parameter gradients
+//   z, grad_z (B, N, 2)    scalar_t   complex as interleaved (re, im)
+//
+// Parameter gradients: one block per filter reduces G[b,f,t] * dK[b,f,t]/dtheta over (b, t) with a
+// fixed thread->index map and a fixed shared-memory tree: deterministic, no float atomics.
+//
+// grad_z: a block owns samples [j0, j0 + J) of one batch item (output-stationary) and walks the rows
+// n within h = M/2 - 1 of them in passes of 2*CR rows. A pass builds A[n, k] = sum_{f,t} G norm E
+// (two real rows per complex row, bit-reversed), FFTs it, recovers Ahat of both rows from X[m] and
+// X[-m], and each thread adds 4 * z[2n - j] * conj(Ahat[n, j - n]) to the samples j it owns. The
+// thread that owns j is the only writer of grad_z[j]: no atomics, bitwise reproducible.
+#pragma once
+
+#include "cuda_compat.cuh"
+#include "fft.cuh"
+#include "launch_config.h"
+#include "lwvd_math.cuh"
+
+namespace lwvd {
+
+template <typename scalar_t>
+struct ParamGradArgs {
+  const scalar_t* grad_out;               // (B, F, T)
+  const scalar_t* moments;                // (B, F, T, 6)
+  const FilterGeometry<scalar_t>* geom;   // (F,)
+  const scalar_t* sigma_t;                // (F,)
+  const scalar_t* sigma_nu;               // (F,)
+  scalar_t* grad_center;                  // (F,) out
+  scalar_t* grad_sigma_t;
+  scalar_t* grad_sigma_nu;
+  scalar_t* grad_rho;
+  int64_t batch, n_filters, n_frames;
+};
+
+// grid.x = F, block = kReduceThreads.
+template <typename scalar_t>
+__global__ void __launch_bounds__(config::kReduceThreads) lwvd_param_grad_kernel(const ParamGradArgs<scalar_t> a) {
+  __shared__ scalar_t red[4][config::kReduceThreads];
+  const int64_t f = blockIdx.x;
+  const int tid = static_cast<int>(threadIdx.x);
+  const FilterGeometry<scalar_t> g = a.geom[f];
+  const scalar_t st = a.sigma_t[f], sn = a.sigma_nu[f], r = g.rho, inv = g.inv_1mr2, norm = g.norm;
+  // Reciprocals once per filter: the loop below then has no division (a SASS subroutine call).
+  const scalar_t ist = scalar_t(1) / st, isn = scalar_t(1) / sn;
+  const scalar_t ist2 = ist * ist, isn2 = isn * isn, istsn = ist * isn;
+  scalar_t acc[4] = {0, 0, 0, 0};
+  // Thread tid visits flat indices i = tid, tid + blockDim, ... of (b, t), kept as a (b, t) pair
+  // advanced without dividing.
+  int64_t b = 0, t = tid;
+  while (t >= a.n_frames && b < a.batch) { t -= a.n_frames; ++b; }
+  for (; b < a.batch;) {
+    const int64_t o = (b * a.n_filters + f) * a.n_frames + t;
+    const scalar_t G = a.grad_out[o];
+    const scalar_t* m = a.moments + o * config::kMoments;
+    const scalar_t S0 = m[0], Sd = m[1], Sv = m[2], Sdd = m[3], Sdv = m[4], Svv = m[5];
+    const scalar_t K = norm * S0;
+    const scalar_t Sq = (Sdd * ist2 - scalar_t(2) * r * Sdv * istsn + Svv * isn2) * inv;
+    const scalar_t dc = norm * (Sv * isn2 - r * Sd * istsn) * inv;
+    const scalar_t dst = -K * ist + norm * (Sdd * ist2 * ist - r * Sdv * ist * istsn) * inv;
+    const scalar_t dsn = -K * isn + norm * (Svv * isn2 * isn - r * Sdv * istsn * isn) * inv;
+    const scalar_t drho = r * K * inv + norm * (Sdv * istsn - r * Sq) * inv;
+    acc[0] += G * dc;
+    acc[1] += G * dst;
+    acc[2] += G * dsn;
+    acc[3] += G * drho;
+    t += config::kReduceThreads;
+    while (t >= a.n_frames && b < a.batch) { t -= a.n_frames; ++b; }
+  }
+  for (int i = 0; i < 4; ++i) red[i][tid] = acc[i];
+  __syncthreads();
+  for (int s = config::kReduceThreads / 2; s > 0; s >>= 1) {
+    if (tid < s)
+      for (int i = 0; i < 4; ++i) red[i][tid] += red[i][tid + s];
+    __syncthreads();
+  }
+  if (tid == 0) {
+    a.grad_center[f] = red[0][0];
+    a.grad_sigma_t[f] = red[1][0];
+    a.grad_sigma_nu[f] = red[2][0];
+    a.grad_rho[f] = red[3][0];
+  }
+}
+
+template <typename scalar_t>
+struct GradZArgs {
+  const cplx<scalar_t>* z;                   // (B, N)
+  const scalar_t* grad_out;                  // (B, F, T)
+  const FilterGeometry<scalar_t>* geom;      // (F,)
+  const int64_t* max_radius;                 // (1,)
+  const cplx<scalar_t>* twiddles;            // (M/2,)
+  cplx<scalar_t>* grad_z;                    // (B, N) out
+  int64_t n_samples, n_filters, n_frames, hop, n_fft;
+  int64_t tile, tiles_per_item;              // grid.x = B * tiles_per_item
+  int log2_fft;
+  int complex_rows;
+  double trunc2;
+  double inv_two_m;                          // 1 / (2 n_fft), exact, set on the host
+  double inv_hop;                            // 1 / hop (an estimate; corrected exactly in integers)
+};
+
+template <typename scalar_t>
+__global__ void __launch_bounds__(config::kThreads) lwvd_grad_z_kernel(const GradZArgs<scalar_t> a) {
+  LWVD_DYNAMIC_SMEM(cplx<scalar_t>, rows);
+  const unsigned tiles = static_cast<unsigned>(a.tiles_per_item);  // 32-bit: see lwvd_smooth_kernel
+  const int64_t b = blockIdx.x / tiles;
+  const int64_t j0 = static_cast<int64_t>(blockIdx.x % tiles) * a.tile;
+  const scalar_t inv_two_m = static_cast<scalar_t>(a.inv_two_m);  // k * (1/2M) == k / 2M: 2M = 2^k
+  const int64_t j1 = imin(a.n_samples - 1, j0 + a.tile - 1);  // last owned sample
+  const int64_t h = max_lag(a.n_fft);
+  const int64_t row_lo = imax(0, j0 - h);
+  const int64_t row_hi = imin(a.n_samples - 1, j1 + h);
+  const int rows_per_pass = 2 * a.complex_rows;
+  // >= 1 since j0 <= j1; the row count J + 2h is far below 2^31
+  const int64_t passes = div_small(row_hi - row_lo + rows_per_pass, rows_per_pass);
+  const int n = 1 << a.log2_fft;
+  const int tid = static_cast<int>(threadIdx.x);
+  const int nthreads = config::kThreads;  // == blockDim.x (the plan launches that)
+  const int warp = tid / kWarpSize, lane = tid % kWarpSize, nwarps = nthreads / kWarpSize;
+  const int64_t radius = *a.max_radius;
+  const scalar_t trunc2 = static_cast<scalar_t>(a.trunc2);
+  const double inv_hop = a.inv_hop;
+  const cplx<scalar_t>* zb = a.z + b * a.n_samples;
+  cplx<scalar_t>* gz = a.grad_z + b * a.n_samples;
+  const scalar_t* Gb = a.grad_out + b * a.n_filters * a.n_frames;
+
+  // Thread tid owns the samples j0 + tid + i*nthreads of the tile; it zeroes them here and is their
+  // only writer afterwards.
+  LWVD_NO_UNROLL
+  for (int64_t j = j0 + tid; j <= j1; j += nthreads) gz[j] = cplx<scalar_t>{0, 0};
+
+  for (int64_t pass = 0; pass < passes; ++pass) {
+    const int64_t r0 = row_lo + pass * rows_per_pass;
+    const int64_t pass_hi = imin(row_hi, r0 + rows_per_pass - 1);
+    LWVD_NO_UNROLL
+    for (int i = tid; i < a.complex_rows * n; i += nthreads) rows[i] = cplx<scalar_t>{0, 0};
+    __syncthreads();
+
+    // A rows: warp w builds real rows w, w + nwarps, ...; within a row, lane L alone writes the bins
+    // k = L (mod 32), so no two lanes ever touch the same element (no __syncwarp needed).
+    for (int r = warp; r < rows_per_pass; r += nwarps) {
+      const int64_t s = r0 + r;
+      if (s > pass_hi) continue;
+      scalar_t* row = reinterpret_cast<scalar_t*>(rows + (r >> 1) * n) + (r & 1);  // re or im part
+      // Frames with |s - t*hop| <= radius. The quotient is estimated with a reciprocal and corrected
+      // exactly in integers (a 64-bit division is a SASS subroutine call that makes ptxas spill).
+      int64_t t_lo = 0;
+      if (s - radius > 0) {
+        t_lo = static_cast<int64_t>(static_cast<double>(s - radius) * inv_hop);
+        while (t_lo * a.hop < s - radius) ++t_lo;
+        while (t_lo > 0 && (t_lo - 1) * a.hop >= s - radius) --t_lo;
+      }
+      int64_t t_hi = static_cast<int64_t>(static_cast<double>(s + radius) * inv_hop);
+      while ((t_hi + 1) * a.hop <= s + radius) ++t_hi;
+      while (t_hi > 0 && t_hi * a.hop > s + radius) --t_hi;
+      t_hi = imin(a.n_frames - 1, t_hi);
+      for (int64_t t = t_lo; t <= t_hi; ++t) {
+        const int64_t d = s - t * a.hop;
+        const scalar_t ds = static_cast<scalar_t>(d);
+        // Filters in chunks of 32: lane i computes filter f0 + i's bin range and weight, then the warp
+        // walks the chunk, taking each range by shuffle. bin_range's double division and sqrt have
+        // out-of-line slow paths in SASS; calling them here, where the bin loop's state is not live,
+        // keeps the kernel free of register spills.
+        for (int64_t f0 = 0; f0 < a.n_filters; f0 += kWarpSize) {
+          int lo = 1, hi = 0;
+          scalar_t gw = 0;
+          if (f0 + lane < a.n_filters) {
+            const FilterGeometry<scalar_t>& g = a.geom[f0 + lane];
+            if (d <= g.d_radius && -d <= g.d_radius) {
+              int64_t k_lo, k_hi;
+              bin_range(g, d, a.trunc2, a.n_fft, &k_lo, &k_hi);
+              lo = static_cast<int>(k_lo);
+              hi = static_cast<int>(k_hi);
+              gw = Gb[(f0 + lane) * a.n_frames + t] * g.norm;
+            }
+          }
+          const int chunk = static_cast<int>(imin(kWarpSize, a.n_filters - f0));
+          for (int i = 0; i < chunk; ++i) {  // warp-uniform trip count: full-mask shuffles
+            const int k_lo = __shfl_sync(kFullMask, lo, i);
+            const int k_hi = __shfl_sync(kFullMask, hi, i);
+            const scalar_t w = __shfl_sync(kFullMask, gw, i);
+            if (k_lo > k_hi) continue;
+            const FilterGeometry<scalar_t>& g = a.geom[f0 + i];
+            const int first = k_lo + ((lane - (k_lo & (kWarpSize - 1))) & (kWarpSize - 1));
+            for (int k = first; k <= k_hi; k += kWarpSize) {
+              const scalar_t v = static_cast<scalar_t>(k) * inv_two_m - g.center;
+              const scalar_t q = quad_form(g, ds, v);
+              if (q <= trunc2) row[2 * bit_reverse(k, a.log2_fft)] += w * lwvd_exp(scalar_t(-0.5) * q);
+            }
+          }
+        }
+      }
+    }
+    __syncthreads();
+    block_fft_rows<config::kThreads>(rows, a.complex_rows, a.log2_fft, a.twiddles);  // ends with __syncthreads
+
+    // Samples reached by this pass: j in [r0 - h, pass_hi + h] within the tile; same owner map.
+    const int64_t jw_lo = imax(j0, r0 - h), jw_hi = imin(j1, pass_hi + h);
+    // first j >= jw_lo with (j - j0) = tid (mod nthreads); offsets within a tile fit in 32 bits
+    const int off = static_cast<int>(jw_lo - j0);
+    const int jj0 = off <= tid ? tid : tid + ((off - tid + nthreads - 1) / nthreads) * nthreads;
+    LWVD_NO_UNROLL
+    for (int64_t j = j0 + jj0; j <= jw_hi; j += nthreads) {
+      const int64_t s_lo = imax(r0, j - h), s_hi = imin(pass_hi, j + h);
+      scalar_t accr = 0, acci = 0;
+      for (int64_t s = s_lo; s <= s_hi; ++s) {
+        const int64_t m = j - s;
+        const int64_t zi = 2 * s - j;
+        if (zi < 0 || zi >= a.n_samples) continue;
+        const int r = static_cast<int>(s - r0);
+        const cplx<scalar_t>* X = rows + (r >> 1) * n;
+        const cplx<scalar_t> xp = X[m & (n - 1)], xm = X[(-m) & (n - 1)];
+        scalar_t ar, ai;  // Ahat[s, m]
+        if ((r & 1) == 0) {  // (X[m] + conj(X[-m])) / 2
+          ar = scalar_t(0.5) * (xp.re + xm.re);
+          ai = scalar_t(0.5) * (xp.im - xm.im);
+        } else {             // (X[m] - conj(X[-m])) / (2i)
+          ar = scalar_t(0.5) * (xp.im + xm.im);
+          ai = scalar_t(-0.5) * (xp.re - xm.re);
+        }
+        const cplx<scalar_t> zz = zb[zi];
+        accr += zz.re * ar + zz.im * ai;  // z * conj(Ahat)
+        acci += zz.im * ar - zz.re * ai;
+      }
+      const cplx<scalar_t> old = gz[j];
+      gz[j] = cplx<scalar_t>{old.re + scalar_t(4) * accr, old.im + scalar_t(4) * acci};
+    }
+    __syncthreads();  // the next pass overwrites the rows
+  }
+}
+
+}  // namespace lwvd

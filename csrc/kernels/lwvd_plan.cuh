@@ -1,0 +1,213 @@
+// lwvd_plan.cuh — the host-side sequence of launches of the CUDA kernels, torch-free.
+//
+// USAGE (the CUDA launcher in csrc/cuda/lwvd_cuda.cu and the CPU emulator of the test harness both
+// do exactly this):
+//
+//   #include "kernels/lwvd_plan.cuh"      // after the emulator header when emulating
+//   struct MyLauncher {
+//     // Launch kernel(args...) on grid x block threads with `smem_bytes` of dynamic shared memory.
+//     template <typename... KArgs, typename... Args>
+//     void launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, std::size_t smem_bytes, Args... args);
+//     // A zero-filled device buffer of `bytes` (16-byte aligned) that lives until the plan returns.
+//     void* workspace(std::size_t bytes);
+//   };
+//   lwvd::FwdProblem<float> p{z, center, sigma_t, sigma_nu, rho, out, B, N, F, n_fft, hop, truncate};
+//   lwvd::run_forward(L, p);              // out (B, F, T) = K
+//   lwvd::BwdProblem<float> q{...};       // see the struct below
+//   lwvd::run_backward(L, q);             // grad_z (B, N, 2) and the four (F,) parameter gradients
+//
+// All pointers are device pointers to contiguous memory; complex tensors are interleaved (re, im)
+// pairs (torch.view_as_real). Preconditions (checked by lwvd::check_args / check_grad on the torch
+// side, and by check_problem below): B >= 0, N >= 1, F >= 1, hop >= 1, n_fft a power of two in
+// [4, 8192], truncate > 0 (+inf = every term), parameters finite with sigma > 0 and |rho| < 1.
+// The kernels take every grid dimension on x (B * tiles), so y/z limits never bind.
+//
+// Launch sequence:
+//   forward : prepare (1 block) -> smooth<false> (B * ceil(T / TT) blocks)
+//   backward: prepare -> smooth<true> (moments to a workspace) -> param_grad (F blocks)
+//             -> grad_z (B * ceil(N / J) blocks)
+// Every tile / block / shared-memory choice is in launch_config.h.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+#include "cuda_compat.cuh"
+#include "launch_config.h"
+#include "lwvd_bwd.cuh"
+#include "lwvd_fwd.cuh"
+#include "lwvd_math.cuh"
+
+namespace lwvd {
+
+template <typename scalar_t>
+struct FwdProblem {
+  const scalar_t* z;         // (B, N, 2)
+  const scalar_t* center;    // (F,) cycles/sample
+  const scalar_t* sigma_t;   // (F,) samples
+  const scalar_t* sigma_nu;  // (F,) cycles/sample
+  const scalar_t* rho;       // (F,)
+  scalar_t* out;             // (B, F, T), T = 1 + N / hop
+  int64_t batch, n_samples, n_filters, n_fft, hop;
+  double truncate;           // > 0; +inf = every term
+};
+
+template <typename scalar_t>
+struct BwdProblem {
+  const scalar_t* grad_out;  // (B, F, T)
+  const scalar_t* z;         // (B, N, 2)
+  const scalar_t* center;
+  const scalar_t* sigma_t;
+  const scalar_t* sigma_nu;
+  const scalar_t* rho;
+  scalar_t* grad_z;          // (B, N, 2)
+  scalar_t* grad_center;     // (F,)
+  scalar_t* grad_sigma_t;
+  scalar_t* grad_sigma_nu;
+  scalar_t* grad_rho;
+  int64_t batch, n_samples, n_filters, n_fft, hop;
+  double truncate;
+};
+
+// Largest n_fft of the shared-memory FFT (lwvd_cuda.functional.CUDA_N_FFT_SIZES).
+constexpr int64_t kMaxFft = 8192;
+constexpr int64_t kMinFft = 4;
+
+inline bool is_supported_fft(int64_t n_fft) {
+  return n_fft >= kMinFft && n_fft <= kMaxFft && (n_fft & (n_fft - 1)) == 0;
+}
+
+// Last line of defence for callers that bypass lwvd::check_args (the emulator tests): the plan
+// never launches on sizes its index arithmetic does not cover.
+inline void check_problem(int64_t batch, int64_t n_samples, int64_t n_filters, int64_t n_fft, int64_t hop,
+                          double truncate) {
+  if (batch < 0) throw std::invalid_argument("lwvd plan: batch must be >= 0, got " + std::to_string(batch));
+  if (n_samples < 1) throw std::invalid_argument("lwvd plan: N must be >= 1, got " + std::to_string(n_samples));
+  if (n_filters < 1) throw std::invalid_argument("lwvd plan: F must be >= 1, got " + std::to_string(n_filters));
+  if (hop < 1) throw std::invalid_argument("lwvd plan: hop_length must be >= 1, got " + std::to_string(hop));
+  if (!is_supported_fft(n_fft))
+    throw std::invalid_argument("lwvd plan: n_fft must be a power of two in [4, 8192], got " + std::to_string(n_fft));
+  if (!(truncate > 0.0)) throw std::invalid_argument("lwvd plan: truncate must be > 0");
+}
+
+namespace detail {
+
+template <typename scalar_t>
+struct Prepared {
+  FilterGeometry<scalar_t>* geom;
+  cplx<scalar_t>* twiddles;
+  int64_t* max_radius;
+  double trunc2;
+};
+
+inline std::size_t align16(std::size_t x) { return (x + 15) & ~std::size_t{15}; }
+
+template <class Launcher, typename scalar_t>
+Prepared<scalar_t> prepare(Launcher& L, const scalar_t* center, const scalar_t* sigma_t, const scalar_t* sigma_nu,
+                           const scalar_t* rho, int64_t n_samples, int64_t n_filters, int64_t n_fft, int64_t hop,
+                           double truncate) {
+  Prepared<scalar_t> pr;
+  pr.geom = static_cast<FilterGeometry<scalar_t>*>(
+      L.workspace(align16(sizeof(FilterGeometry<scalar_t>) * static_cast<std::size_t>(n_filters))));
+  pr.twiddles = static_cast<cplx<scalar_t>*>(
+      L.workspace(align16(sizeof(cplx<scalar_t>) * static_cast<std::size_t>(n_fft / 2))));
+  pr.max_radius = static_cast<int64_t*>(L.workspace(16));
+  pr.trunc2 = effective_trunc2<scalar_t>(truncate);
+  const int64_t frames = num_frames(n_samples, hop);
+  PrepareArgs<scalar_t> a{center, sigma_t, sigma_nu, rho, pr.geom, pr.twiddles, pr.max_radius,
+                          n_filters, n_fft, n_samples - 1 + (frames - 1) * hop, pr.trunc2};
+  L.launch(lwvd_prepare_kernel<scalar_t>, dim3(1), dim3(config::kPrepThreads), 0, a);
+  return pr;
+}
+
+template <class Launcher, typename scalar_t, bool kMoments>
+void smooth(Launcher& L, const Prepared<scalar_t>& pr, const scalar_t* z, scalar_t* out, int64_t batch,
+            int64_t n_samples, int64_t n_filters, int64_t n_fft, int64_t hop) {
+  SmoothArgs<scalar_t> a;
+  a.z = reinterpret_cast<const cplx<scalar_t>*>(z);
+  a.geom = pr.geom;
+  a.max_radius = pr.max_radius;
+  a.twiddles = pr.twiddles;
+  a.out = out;
+  a.n_samples = n_samples;
+  a.n_filters = n_filters;
+  a.n_frames = num_frames(n_samples, hop);
+  a.hop = hop;
+  a.n_fft = n_fft;
+  a.frames_per_block = config::frames_per_block(n_fft, hop, batch, a.n_frames);
+  a.tiles_per_item = ceil_div(a.n_frames, a.frames_per_block);
+  a.log2_fft = ilog2(n_fft);
+  a.complex_rows = config::complex_rows_per_pass(n_fft, sizeof(scalar_t));
+  a.trunc2 = pr.trunc2;
+  a.inv_two_m = 1.0 / (2.0 * static_cast<double>(n_fft));
+  // Per-block row counts (TT*hop + 2R) use 32-bit arithmetic in the kernel.
+  if (a.frames_per_block * hop + 2 * (n_samples - 1 + (a.n_frames - 1) * hop) + 2 * n_fft > INT32_MAX ||
+      n_filters * a.frames_per_block > INT32_MAX)
+    throw std::invalid_argument("lwvd plan: signal too long or too many filters for 32-bit per-block counts");
+  const int64_t blocks = batch * a.tiles_per_item;
+  if (blocks > INT32_MAX) throw std::invalid_argument("lwvd plan: too many blocks (B * tiles > 2^31 - 1)");
+  const std::size_t smem = config::rows_smem_bytes(a.complex_rows, n_fft, sizeof(scalar_t));
+  L.launch(lwvd_smooth_kernel<scalar_t, kMoments>, dim3(static_cast<unsigned>(blocks)), dim3(config::kThreads), smem,
+           a);
+}
+
+}  // namespace detail
+
+template <class Launcher, typename scalar_t>
+void run_forward(Launcher& L, const FwdProblem<scalar_t>& p) {
+  check_problem(p.batch, p.n_samples, p.n_filters, p.n_fft, p.hop, p.truncate);
+  if (p.batch == 0) return;  // a zero-block grid is not a valid launch; the output is empty
+  const auto pr = detail::prepare(L, p.center, p.sigma_t, p.sigma_nu, p.rho, p.n_samples, p.n_filters, p.n_fft,
+                                  p.hop, p.truncate);
+  detail::smooth<Launcher, scalar_t, false>(L, pr, p.z, p.out, p.batch, p.n_samples, p.n_filters, p.n_fft, p.hop);
+}
+
+template <class Launcher, typename scalar_t>
+void run_backward(Launcher& L, const BwdProblem<scalar_t>& p) {
+  check_problem(p.batch, p.n_samples, p.n_filters, p.n_fft, p.hop, p.truncate);
+  const int64_t frames = num_frames(p.n_samples, p.hop);
+  const auto pr = detail::prepare(L, p.center, p.sigma_t, p.sigma_nu, p.rho, p.n_samples, p.n_filters, p.n_fft,
+                                  p.hop, p.truncate);
+  scalar_t* moments = nullptr;
+  if (p.batch > 0) {
+    moments = static_cast<scalar_t*>(L.workspace(detail::align16(
+        sizeof(scalar_t) * config::kMoments * static_cast<std::size_t>(p.batch * p.n_filters * frames))));
+    detail::smooth<Launcher, scalar_t, true>(L, pr, p.z, moments, p.batch, p.n_samples, p.n_filters, p.n_fft, p.hop);
+  }
+  // With B = 0 the parameter gradients are sums over nothing: the kernel still runs (F blocks) and
+  // writes zeros, reading no moments.
+  ParamGradArgs<scalar_t> g{p.grad_out, moments, pr.geom, p.sigma_t, p.sigma_nu, p.grad_center, p.grad_sigma_t,
+                            p.grad_sigma_nu, p.grad_rho, p.batch, p.n_filters, frames};
+  if (p.n_filters > INT32_MAX) throw std::invalid_argument("lwvd plan: too many filters");
+  L.launch(lwvd_param_grad_kernel<scalar_t>, dim3(static_cast<unsigned>(p.n_filters)), dim3(config::kReduceThreads),
+           0, g);
+  if (p.batch == 0) return;
+
+  GradZArgs<scalar_t> a;
+  a.z = reinterpret_cast<const cplx<scalar_t>*>(p.z);
+  a.grad_out = p.grad_out;
+  a.geom = pr.geom;
+  a.max_radius = pr.max_radius;
+  a.twiddles = pr.twiddles;
+  a.grad_z = reinterpret_cast<cplx<scalar_t>*>(p.grad_z);
+  a.n_samples = p.n_samples;
+  a.n_filters = p.n_filters;
+  a.n_frames = frames;
+  a.hop = p.hop;
+  a.n_fft = p.n_fft;
+  a.tile = config::grad_tile(p.n_fft, p.batch, p.n_samples);
+  a.tiles_per_item = ceil_div(p.n_samples, a.tile);
+  a.log2_fft = ilog2(p.n_fft);
+  a.complex_rows = config::complex_rows_per_pass(p.n_fft, sizeof(scalar_t));
+  a.trunc2 = pr.trunc2;
+  a.inv_two_m = 1.0 / (2.0 * static_cast<double>(p.n_fft));
+  a.inv_hop = 1.0 / static_cast<double>(p.hop);
+  const int64_t blocks = p.batch * a.tiles_per_item;
+  if (blocks > INT32_MAX) throw std::invalid_argument("lwvd plan: too many blocks (B * tiles > 2^31 - 1)");
+  const std::size_t smem = config::rows_smem_bytes(a.complex_rows, p.n_fft, sizeof(scalar_t));
+  L.launch(lwvd_grad_z_kernel<scalar_t>, dim3(static_cast<unsigned>(blocks)), dim3(config::kThreads), smem, a);
+}
+
+}  // namespace lwvd

@@ -1,0 +1,503 @@
+"""The CUDA kernel SOURCE, executed on the CPU by the project's emulator (tests/cuda_emu/).
+
+No GPU exists on the machines of this project, so nothing here says anything about timing or about
+what the compiled SASS does on silicon. What it does check, on the same kernel source nvcc compiles:
+
+* answers: forward and backward of ``csrc/kernels/lwvd_plan.cuh`` (the launch sequence the CUDA
+  extension runs) against ``lwvd_cuda.reference`` and its autograd gradients, float64 and float32;
+* determinism: two runs are bitwise equal;
+* races: a ThreadSanitizer build of the real kernels is clean, and the same build reports a
+  ``__syncthreads`` removed from a copy of the real FFT (so a clean report means something);
+* memory: an AddressSanitizer(+UBSan) build is clean, and reports a dynamic shared-memory buffer
+  one element short;
+* the emulator itself, on toy kernels whose answers the host computes another way: barriers,
+  shuffles (xor/down/idx with widths), votes, a shared-memory FFT, and the aborts on misuse
+  (partial masks, exited or missing lanes, divergent call sites, a deadlock ended by the watchdog).
+
+Binaries are built once per session with the system g++ (C++20, no torch: seconds each), lazily, so
+a ``-k`` selection builds only what it runs. Timings of the build, sanitizer and emulation parts are
+printed at the end of the session (and kept in ``timings.json`` of the build directory).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lwvd_cuda import reference
+from lwvd_cuda.testing import TOLERANCES, Case, assert_rel_close
+
+ROOT = Path(__file__).resolve().parents[1]
+EMU_DIR = ROOT / "tests" / "cuda_emu"
+KERNEL_DIR = ROOT / "csrc" / "kernels"
+PLAN_HEADER = KERNEL_DIR / "lwvd_plan.cuh"
+CXX = shutil.which(os.environ.get("CXX", "g++"))
+
+pytestmark = [
+    pytest.mark.skipif(CXX is None, reason="no g++ on the PATH: the CUDA emulation harness builds C++20 test programs with it"),
+    # reference.lwvd reads float(sigma_t) of a leaf that requires grad (radius bookkeeping only).
+    pytest.mark.filterwarnings("ignore:Converting a tensor with requires_grad=True to a scalar"),
+]
+needs_plan = pytest.mark.skipif(
+    not PLAN_HEADER.exists(), reason=f"{PLAN_HEADER.relative_to(ROOT)} (the CUDA launch sequence) is not in this tree"
+)
+
+BASE_FLAGS = ["-std=c++20", "-pthread", "-O1", "-g", "-fno-omit-frame-pointer"]
+SANITIZERS = {
+    "plain": [],
+    "tsan": ["-fsanitize=thread"],
+    "asan": ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined"],
+}
+SAN_ENV = {
+    # exitcode: a report makes the run fail even when the program itself succeeded.
+    "TSAN_OPTIONS": "halt_on_error=0:exitcode=66:report_signal_unsafe=0",
+    # Leak checking needs ptrace, often unavailable in containers, and leaks are not what we test.
+    "ASAN_OPTIONS": "detect_leaks=0:exitcode=67",
+    "UBSAN_OPTIONS": "print_stacktrace=1:halt_on_error=1",
+}
+
+TIMINGS: dict[str, float] = {}
+
+
+def _timed(key: str, seconds: float) -> None:
+    TIMINGS[key] = TIMINGS.get(key, 0.0) + seconds
+
+
+# ---------------------------------------------------------------------------------------------
+# Building and running
+# ---------------------------------------------------------------------------------------------
+class Builds:
+    """Lazily built test programs, one per (program, sanitizer, planted-bug variant)."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self._cache: dict[tuple, Path] = {}
+
+    def get(self, program: str, sanitizer: str = "plain", defines: tuple = (), kernel_dir: Path | None = None,
+            tag: str = "") -> Path:
+        key = (program, sanitizer, defines, str(kernel_dir), tag)
+        if key in self._cache:
+            return self._cache[key]
+        name = "_".join(filter(None, [program, sanitizer, tag] + [d.lower() for d in defines]))
+        exe = self.root / name
+        cmd = [CXX, *BASE_FLAGS, *SANITIZERS[sanitizer], *[f"-D{d}" for d in defines], f"-I{EMU_DIR}"]
+        # The kernel directory (or a planted-bug copy of it) comes before the project's include path.
+        cmd += [f"-I{kernel_dir or KERNEL_DIR}", f"-I{ROOT / 'csrc'}", str(EMU_DIR / f"{program}.cpp"), "-o", str(exe)]
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+        _timed(f"build {sanitizer}", time.perf_counter() - t0)
+        if proc.returncode != 0:
+            raise AssertionError(f"building {name} failed:\n{' '.join(cmd)}\n{proc.stderr[-6000:]}")
+        self._cache[key] = exe
+        return exe
+
+
+@pytest.fixture(scope="session")
+def builds(tmp_path_factory, request):
+    root = tmp_path_factory.mktemp("cuda_emu_build")
+    yield Builds(root)
+    if TIMINGS:
+        (root / "timings.json").write_text(json.dumps(TIMINGS, indent=2))
+        lines = ["", "CUDA emulation timings (CPU only, no GPU involved; wall seconds summed per part):"]
+        lines += [f"  {key:<28s} {TIMINGS[key]:7.2f} s" for key in sorted(TIMINGS)]
+        reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+        capture = request.config.pluginmanager.get_plugin("capturemanager")
+        if reporter is not None and capture is not None:
+            with capture.global_and_fixture_disabled():  # session teardown runs under output capture
+                for line in lines:
+                    reporter.write_line(line)
+
+
+def run(exe: Path, *args, sanitizer: str = "plain", part: str = "", env: dict | None = None, timeout: float = 300):
+    """Run a test program; under ThreadSanitizer retry with ASLR off if its shadow mapping fails."""
+    full_env = dict(os.environ, **SAN_ENV, **(env or {}))
+    cmd = [str(exe), *map(str, args)]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=full_env, timeout=timeout)
+    if sanitizer == "tsan" and "unexpected memory mapping" in proc.stderr and shutil.which("setarch"):
+        # Kernels with high mmap randomisation break TSan's fixed shadow layout; setarch -R fixes it.
+        proc = subprocess.run(["setarch", os.uname().machine, "-R", *cmd], capture_output=True, text=True,
+                              env=full_env, timeout=timeout)
+    _timed(part or f"run {sanitizer}", time.perf_counter() - t0)
+    return proc
+
+
+def marker_line(path: Path, marker: str) -> int:
+    """1-based line of the first line of ``path`` containing ``marker``."""
+    for i, line in enumerate(path.read_text().splitlines(), 1):
+        if marker in line:
+            return i
+    raise AssertionError(f"{marker!r} not found in {path}")
+
+
+# ---------------------------------------------------------------------------------------------
+# The emulator on toy kernels
+# ---------------------------------------------------------------------------------------------
+TOYS = EMU_DIR / "toy_kernels.cuh"
+
+
+@pytest.mark.parametrize("name", ["barrier", "shuffle", "reduce", "fft"])
+def test_emulator_toy_kernel_answers(builds, name):
+    proc = run(builds.get("driver"), "--selftest", name, part="selftest plain")
+    assert proc.returncode == 0 and f"PASS {name}" in proc.stdout, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("partial_mask", "only the full mask 0xffffffff is emulated"),
+        ("exited_lane", "names lanes that have exited"),
+        ("shuffle_sites", "lanes of one warp arrived from different call sites"),
+        ("barrier_sites", "met at __syncthreads() from different call sites"),
+        ("short_warp", "which do not exist"),
+    ],
+)
+def test_emulator_aborts_on_misuse(builds, name, message):
+    proc = run(builds.get("driver"), "--selftest", name, part="selftest plain")
+    assert proc.returncode != 0, f"{name}: the emulator accepted a malformed kernel\n{proc.stdout}"
+    assert message in proc.stderr, proc.stderr
+    assert "toy_kernels.cuh:" in proc.stderr, "the message must name the kernel source line"
+
+
+def test_emulator_watchdog_ends_a_deadlock(builds):
+    # Half the block waits at __syncthreads, the other half waits for a flag set after it: a hang on
+    # any GPU. With a 1 s watchdog the run must end with a message, not hang the test session.
+    t0 = time.perf_counter()
+    proc = run(builds.get("driver"), "--selftest", "deadlock", env={"LWVD_EMU_WATCHDOG_S": "1"}, timeout=60,
+               part="selftest plain")
+    elapsed = time.perf_counter() - t0
+    assert proc.returncode != 0
+    assert "WATCHDOG" in proc.stderr and "32 of 64 threads arrived" in proc.stderr, proc.stderr
+    assert elapsed < 30.0
+
+
+def test_emulator_block_order_switch_takes_effect(builds):
+    # The block-order test of the real kernels below means something only if the order changes.
+    last = {}
+    for order in ["forward", "reverse", "shuffle:7"]:
+        proc = run(builds.get("driver"), "--selftest", "last_block", env={"LWVD_EMU_BLOCK_ORDER": order},
+                   part="selftest plain")
+        assert proc.returncode == 0, proc.stderr
+        last[order] = int(proc.stdout.split()[-1])
+    assert last["forward"] == 15 and last["reverse"] == 0 and 0 <= last["shuffle:7"] < 16, last
+
+
+def test_emulator_tsan_clean_on_toy_kernels(builds):
+    exe = builds.get("driver", "tsan")
+    for name in ["barrier", "shuffle", "reduce", "fft"]:
+        proc = run(exe, "--selftest", name, sanitizer="tsan", part="tsan toys")
+        assert proc.returncode == 0 and "ThreadSanitizer" not in proc.stderr, proc.stderr[-4000:]
+
+
+def test_tsan_reports_planted_race_in_toy_kernel(builds):
+    # block_sum_kernel without the barrier between the shared fill and the tree: thread t reads
+    # s[t + stride] that thread t + stride may not have written yet. TSan must point at the line.
+    proc = run(builds.get("driver", "tsan"), "--selftest", "reduce_race", sanitizer="tsan", part="tsan toys")
+    line = marker_line(TOYS, "planted race: reads")
+    assert proc.returncode != 0
+    assert "ThreadSanitizer: data race" in proc.stderr, proc.stderr[-4000:]
+    assert f"toy_kernels.cuh:{line}" in proc.stderr, proc.stderr[-4000:]
+
+
+def test_emulator_asan_clean_on_toy_kernels(builds):
+    exe = builds.get("driver", "asan")
+    for name in ["barrier", "shuffle", "reduce", "fft"]:
+        proc = run(exe, "--selftest", name, sanitizer="asan", part="asan toys")
+        assert proc.returncode == 0 and "ERROR: AddressSanitizer" not in proc.stderr, proc.stderr[-4000:]
+
+
+def test_asan_reports_planted_smem_overflow_in_toy_kernel(builds):
+    proc = run(builds.get("driver", "asan"), "--selftest", "fft_oob", sanitizer="asan", part="asan toys")
+    fill_line = marker_line(TOYS, "buf[i] = i < n ? xb[r]")
+    assert proc.returncode != 0
+    assert "heap-buffer-overflow" in proc.stderr and "0 bytes to the right of 1024-byte region" in proc.stderr, (
+        proc.stderr[-4000:]
+    )
+    assert f"toy_kernels.cuh:{fill_line}" in proc.stderr, proc.stderr[-4000:]
+
+
+# ---------------------------------------------------------------------------------------------
+# The real kernels through csrc/kernels/lwvd_plan.cuh
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class EmuCase:
+    b: int
+    n: int
+    n_fft: int
+    hop: int
+    f: int
+    kind: str = "mixed"
+    truncate: float | None = 4.0
+    seed: int = 0
+
+    def inputs(self, dtype):
+        return Case((self.b,), self.n, self.n_fft, self.hop, self.f, self.kind, self.truncate, self.seed).inputs(dtype)
+
+    def __str__(self):
+        t = "None" if self.truncate is None else f"{self.truncate:g}"
+        return f"B{self.b}-N{self.n}-M{self.n_fft}-hop{self.hop}-F{self.f}-{self.kind}-trunc{t}"
+
+
+# Small enough for the emulator, chosen for coverage. Cost is dominated by warp exchanges (every
+# shuffle is a barrier of 32 OS threads, ~0.1-0.3 ms on 2 cores) and block barriers (~0.3-0.5 ms).
+CASES = [
+    EmuCase(1, 37, 16, 5, 3),                              # odd N, hop not dividing N
+    EmuCase(2, 11, 32, 3, 2),                              # N < n_fft: every lag row touches both edges
+    EmuCase(1, 24, 16, 4, 2, "untilted", None),            # truncate=None: every term (exp underflow bound)
+    EmuCase(1, 50, 8, 7, 5, "narrow", 4.0, seed=3),        # below the Heisenberg box, tiny ellipses
+    EmuCase(1, 45, 16, 9, 3, "wide", 4.0, seed=4),         # radius beyond N: the whole signal per frame
+    EmuCase(2, 45, 8, 3, 3, "mixed", 3.0, seed=5),         # several frame tiles per signal (T=16, 6 per tile)
+    EmuCase(1, 40, 4, 1, 2, "mixed", 4.0, seed=6),         # smallest n_fft, hop 1: T = N + 1, 6 tiles
+    EmuCase(1, 33, 64, 16, 2, "mixed", None, seed=7),      # N < n_fft with every term
+    EmuCase(1, 1, 16, 1, 2, "mixed", 4.0, seed=8),         # N = 1
+    EmuCase(1, 20, 16, 50, 2, "mixed", 4.0, seed=9),       # hop > N: one frame
+    EmuCase(1, 12, 16, 6, 33, "mixed", 4.0, seed=10),      # F = 33: not a multiple of any warp/tile count
+    EmuCase(1, 70, 128, 10, 3, "untilted", 4.0, seed=11),  # larger n_fft (7 FFT stages)
+    EmuCase(2, 1100, 4, 50, 2, "mixed", 4.0, seed=13),     # N > grad_z tile (1024): several grad_z tiles
+]
+MULTI_TILE_CASE = CASES[-1]
+
+
+class Problem:
+    """Writes one problem for tests/cuda_emu/driver.cpp, runs it, reads the results back."""
+
+    def __init__(self, case: EmuCase, dtype: torch.dtype, workdir: Path, seed: int = 0):
+        self.case, self.dtype, self.dir = case, dtype, workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.z, self.params = case.inputs(dtype)
+        self.t = reference.num_frames(case.n, case.hop)
+        g = torch.Generator().manual_seed(1000 + seed)
+        self.grad_out = torch.randn(case.b, case.f, self.t, generator=g, dtype=torch.float64).to(dtype)
+        np_dtype = np.float64 if dtype == torch.float64 else np.float32
+        torch.view_as_real(self.z).numpy().astype(np_dtype).tofile(workdir / "z.bin")
+        for name, p in zip(("center", "sigma_t", "sigma_nu", "rho"), self.params):
+            p.numpy().astype(np_dtype).tofile(workdir / f"{name}.bin")
+        self.grad_out.numpy().astype(np_dtype).tofile(workdir / "grad_out.bin")
+        self.np_dtype = np_dtype
+
+    def write_spec(self, mode: str) -> None:
+        c = self.case
+        truncate = "inf" if c.truncate is None else repr(float(c.truncate))
+        dt = "f64" if self.dtype == torch.float64 else "f32"
+        lines = [f"mode {mode}", f"dtype {dt}", f"B {c.b}", f"N {c.n}", f"n_fft {c.n_fft}", f"hop {c.hop}",
+                 f"F {c.f}", f"truncate {truncate}"]
+        (self.dir / "problem.txt").write_text("\n".join(lines) + "\n")
+
+    def run(self, exe: Path, mode: str = "both", sanitizer: str = "plain", part: str = "", env=None):
+        self.write_spec(mode)
+        for f in self.dir.glob("out_*.bin"):
+            f.unlink()
+        return run(exe, self.dir, sanitizer=sanitizer, part=part or f"real kernels {sanitizer}", env=env)
+
+    def read(self, name: str, shape) -> torch.Tensor:
+        data = np.fromfile(self.dir / f"out_{name}.bin", dtype=self.np_dtype)
+        assert data.size == math.prod(shape), f"out_{name}.bin: {data.size} values, expected {math.prod(shape)}"
+        return torch.from_numpy(data.reshape(shape).copy())
+
+    def outputs(self):
+        c = self.case
+        k = self.read("forward", (c.b, c.f, self.t))
+        gz = torch.view_as_complex(self.read("grad_z", (c.b, c.n, 2)))
+        gp = [self.read(f"grad_{n}", (c.f,)) for n in ("center", "sigma_t", "sigma_nu", "rho")]
+        return k, gz, gp
+
+    def expected(self):
+        """Reference forward and autograd gradients, in float64 from the (possibly float32) inputs."""
+        c = self.case
+        z = self.z.to(torch.complex128).detach().requires_grad_(True)
+        params = [p.to(torch.float64).detach().requires_grad_(True) for p in self.params]
+        k = reference.lwvd(z, *params, n_fft=c.n_fft, hop_length=c.hop, truncate=c.truncate)
+        grads = torch.autograd.grad(k, [z, *params], grad_outputs=self.grad_out.to(torch.float64))
+        return k.detach(), grads[0], list(grads[1:])
+
+
+def check_against_reference(problem: Problem, tol: float) -> None:
+    k, gz, gp = problem.outputs()
+    k_ref, gz_ref, gp_ref = problem.expected()
+    assert_rel_close(k, k_ref, tol, f"{problem.case} forward")
+    # As real (B, N, 2) pairs: both parts of the complex gradient are compared.
+    assert_rel_close(torch.view_as_real(gz), torch.view_as_real(gz_ref), tol, f"{problem.case} grad z")
+    for name, a, e in zip(("center", "sigma_t", "sigma_nu", "rho"), gp, gp_ref):
+        assert_rel_close(a, e, tol, f"{problem.case} grad {name}")
+
+
+def launches(proc) -> list[tuple[int, int, int]]:
+    """(grid.x, threads per block, dynamic smem bytes) of every launch, in order."""
+    out = []
+    for m in re.finditer(r"^LAUNCH grid (\d+) (\d+) (\d+) block (\d+) (\d+) (\d+) smem (\d+)$", proc.stdout, re.M):
+        g = [int(x) for x in m.groups()]
+        out.append((g[0] * g[1] * g[2], g[3] * g[4] * g[5], g[6]))
+    return out
+
+
+def driver_ok(proc) -> None:
+    assert proc.returncode == 0, f"driver failed (rc {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+
+
+@needs_plan
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_real_kernels_float64_match_reference(builds, tmp_path, case):
+    # float64 tolerance 1e-10 (TOLERANCES): summation order and FFT rounding differ from the
+    # reference's, at ~1e-14; any wrong or missing term is orders of magnitude larger.
+    p = Problem(case, torch.float64, tmp_path)
+    proc = p.run(builds.get("driver"), part="real kernels plain")
+    driver_ok(proc)
+    check_against_reference(p, TOLERANCES[torch.float64])
+    if case in (CASES[5], CASES[6], MULTI_TILE_CASE):
+        # Several output tiles per signal really happened: the row kernels got more blocks than B
+        # (plan order, lwvd_plan.cuh: fwd prepare, smooth; bwd prepare, moments, param_grad, grad_z).
+        grid = launches(proc)
+        assert len(grid) == 6, grid
+        assert grid[1][0] >= 2 * case.b and grid[3][0] == grid[1][0], grid
+        if case is MULTI_TILE_CASE:
+            assert grid[5][0] >= 2 * case.b, f"grad_z should have several tiles per signal: {grid}"
+
+
+@needs_plan
+@pytest.mark.parametrize("case", [CASES[0], CASES[2], CASES[5], CASES[10]], ids=str)
+def test_real_kernels_float32_match_reference(builds, tmp_path, case):
+    # float32 kernels against the float64 reference evaluated on the same (float32-rounded) inputs:
+    # only the kernels' float32 arithmetic is measured. TOLERANCES[float32] = 1e-4 allows the
+    # ~1e2-1e3 eps growth of an FFT of log2(M) stages and sums of ~1e4 terms (see testing.py).
+    p = Problem(case, torch.float32, tmp_path)
+    driver_ok(p.run(builds.get("driver"), part="real kernels plain"))
+    check_against_reference(p, TOLERANCES[torch.float32])
+
+
+@needs_plan
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+def test_real_kernels_deterministic(builds, tmp_path, dtype):
+    p = Problem(CASES[5], dtype, tmp_path)
+    exe = builds.get("driver")
+    names = ["forward", "grad_z", "grad_center", "grad_sigma_t", "grad_sigma_nu", "grad_rho"]
+    runs = []
+    for _ in range(2):
+        driver_ok(p.run(exe, part="real kernels plain"))
+        runs.append({n: (tmp_path / f"out_{n}.bin").read_bytes() for n in names})
+    for n in names:
+        assert runs[0][n] == runs[1][n], f"{n}: two runs differ bitwise"
+
+
+@needs_plan
+def test_real_kernels_independent_of_block_order(builds, tmp_path):
+    # Blocks never overlap in the emulator, so TSan cannot see inter-block races; what it can check is
+    # that the grid's result does not depend on the order blocks run in (as on a GPU, where they run
+    # in any order and concurrently): reversed and shuffled orders must give the same bits. The case
+    # has several blocks in every launch but the one-block prepare kernel.
+    p = Problem(MULTI_TILE_CASE, torch.float64, tmp_path)
+    exe = builds.get("driver")
+    names = ["forward", "grad_z", "grad_center", "grad_sigma_t", "grad_sigma_nu", "grad_rho"]
+    results = {}
+    for order in ["forward", "reverse", "shuffle:7"]:
+        driver_ok(p.run(exe, part="real kernels plain", env={"LWVD_EMU_BLOCK_ORDER": order}))
+        results[order] = {n: (tmp_path / f"out_{n}.bin").read_bytes() for n in names}
+    for order in ["reverse", "shuffle:7"]:
+        for n in names:
+            assert results[order][n] == results["forward"][n], f"{n}: block order {order} changes the result"
+
+
+@needs_plan
+def test_plan_rejects_unsupported_n_fft(builds, tmp_path):
+    # The plan's own last line of defence (the torch side routes such n_fft elsewhere): a clear error,
+    # no launch.
+    p = Problem(EmuCase(1, 10, 16, 2, 2), torch.float64, tmp_path)
+    p.case = EmuCase(1, 10, 12, 2, 2)
+    proc = p.run(builds.get("driver"), part="real kernels plain")
+    assert proc.returncode != 0 and "n_fft" in proc.stderr and "LAUNCH" not in proc.stdout, proc.stderr
+
+
+SAN_CASE = EmuCase(1, 21, 16, 5, 3, "mixed", 4.0, seed=12)  # small: TSan costs 3-10x
+
+
+@needs_plan
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+def test_tsan_clean_on_real_kernels(builds, tmp_path, dtype):
+    # Forward and backward (every kernel of the plan), both instantiations.
+    p = Problem(SAN_CASE, dtype, tmp_path)
+    proc = p.run(builds.get("driver", "tsan"), sanitizer="tsan", part="tsan real kernels")
+    assert "ThreadSanitizer" not in proc.stderr, proc.stderr[-8000:]
+    driver_ok(proc)
+    check_against_reference(p, TOLERANCES[dtype])
+
+
+def _copy_kernels_without_barrier(dst: Path, header: str, pattern: str) -> tuple[Path, int, int, int]:
+    """Copy csrc/kernels to ``dst`` and delete the last ``__syncthreads();`` in the body of the
+    function of ``header`` whose signature matches ``pattern``.
+    Returns (dir, removed line, first and last line of the function), 1-based."""
+    shutil.copytree(KERNEL_DIR, dst)
+    path = dst / header
+    lines = path.read_text().splitlines(keepends=True)
+    start = next(i for i, l in enumerate(lines) if re.search(pattern, l))
+    depth, end = 0, None
+    for i in range(start, len(lines)):
+        depth += lines[i].count("{") - lines[i].count("}")
+        if depth == 0 and "}" in lines[i] and i > start:
+            end = i
+            break
+    assert end is not None, f"could not find the end of {pattern} in {header}"
+    hits = [i for i in range(start, end) if "__syncthreads();" in lines[i]]
+    assert hits, f"no __syncthreads() in {pattern} of {header}"
+    removed = hits[-1]
+    lines[removed] = lines[removed].replace("__syncthreads();", "/* planted: barrier removed */")
+    path.write_text("".join(lines))
+    return dst, removed + 1, start + 1, end + 1
+
+
+# (header, function signature pattern, plan mode that runs it). The last __syncthreads of each:
+#   block_fft_rows: the barrier ending each FFT stage; without it stage s+1 reads elements another
+#     thread is still writing in stage s;
+#   lwvd_param_grad_kernel: the barrier of its shared-memory tree reduction (backward).
+PLANTED_BARRIERS = [
+    ("fft.cuh", r"void block_fft_rows\(", "fwd"),
+    ("lwvd_bwd.cuh", r"void .*lwvd_param_grad_kernel\(", "bwd"),
+]
+
+
+@needs_plan
+@pytest.mark.parametrize("header, pattern, mode", PLANTED_BARRIERS, ids=[h for h, _, _ in PLANTED_BARRIERS])
+def test_tsan_reports_barrier_removed_from_real_kernel(builds, tmp_path, header, pattern, mode):
+    # The check that a clean TSan run of the real kernels means something.
+    kdir, line, first, last = _copy_kernels_without_barrier(tmp_path / "kernels", header, pattern)
+    exe = builds.get("driver", "tsan", kernel_dir=kdir, tag=f"nobarrier_{header.split('.')[0]}")
+    p = Problem(SAN_CASE, torch.float64, tmp_path / "run")
+    proc = p.run(exe, mode=mode, sanitizer="tsan", part="tsan planted barrier")
+    assert "ThreadSanitizer: data race" in proc.stderr, (
+        f"TSan missed the barrier removed at {header}:{line}\n{proc.stderr[-4000:]}"
+    )
+    # The racing accesses (top frames of each report) lie inside the function that lost its barrier.
+    racing = [int(x) for x in re.findall(rf"#0 [^\n]*{re.escape(str(kdir / header))}:(\d+)", proc.stderr)]
+    assert racing and all(first <= r <= last for r in racing), (
+        f"race reported outside lines {first}-{last} of {header}: {racing}\n{proc.stderr[-4000:]}"
+    )
+
+
+@needs_plan
+def test_asan_clean_on_real_kernels(builds, tmp_path):
+    p = Problem(SAN_CASE, torch.float64, tmp_path)
+    proc = p.run(builds.get("driver", "asan"), sanitizer="asan", part="asan real kernels")
+    assert "ERROR: AddressSanitizer" not in proc.stderr and "runtime error" not in proc.stderr, proc.stderr[-8000:]
+    driver_ok(proc)
+    check_against_reference(p, TOLERANCES[torch.float64])
+
+
+@needs_plan
+def test_asan_reports_dynamic_smem_one_element_short(builds, tmp_path):
+    # The driver's launcher hands the kernels a dynamic shared-memory buffer 16 bytes (one complex
+    # double) shorter than the plan asked for: the off-by-one a wrong size formula would make.
+    p = Problem(SAN_CASE, torch.float64, tmp_path)
+    proc = p.run(builds.get("driver", "asan"), mode="fwd", sanitizer="asan", part="asan real kernels",
+                 env={"LWVD_EMU_SMEM_SHRINK": "16"})
+    assert proc.returncode != 0
+    assert "heap-buffer-overflow" in proc.stderr, proc.stderr[-4000:]
+    assert re.search(r"csrc/kernels/\w+\.cuh:\d+", proc.stderr), "the report must name the kernel source line"
