@@ -93,12 +93,13 @@ class BenchConfig:
         return replace(self, batch=batch, n=n, name=name or f"B={batch},N={n}")
 
 
-def standard_config(*, batch: int = 4, n: int = 16000, tilted: bool = False, name: Optional[str] = None) -> BenchConfig:
+def standard_config(*, batch: int = 4, n: int = 16000, tilted: bool = False, n_filters: int = 80,
+                    name: Optional[str] = None) -> BenchConfig:
     """Configuration S (or its tilted variant, rho = +-0.5 alternating), optionally resized."""
     default = "S_tilted" if tilted else "S"
-    if (batch, n) != (4, 16000):
-        default += f"(B={batch},N={n})"
-    return BenchConfig(name=name or default, batch=batch, n=n, tilt=0.5 if tilted else 0.0)
+    if (batch, n, n_filters) != (4, 16000, 80):
+        default += f"(B={batch},N={n}" + (f",F={n_filters})" if n_filters != 80 else ")")
+    return BenchConfig(name=name or default, batch=batch, n=n, n_filters=n_filters, tilt=0.5 if tilted else 0.0)
 
 
 def mel_centers(n_filters: int, f_min: float, f_max: float, sample_rate: float) -> torch.Tensor:

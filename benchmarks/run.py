@@ -63,6 +63,9 @@ def parse_args(argv=None):
                    help="skip the tilted (rho = +-0.5) configuration")
     p.add_argument("--skip-naive-above", dest="naive_max", type=int, default=None,
                    help="run the naive entry only where B*N <= this (default: always, once at S)")
+    p.add_argument("--n-filters", dest="n_filters", type=int, default=80, help="filters F (default 80)")
+    p.add_argument("--grad-check-n", dest="grad_check_n", type=int, help="N of the gradient check (B=1)")
+    p.add_argument("--stft-check-n", dest="stft_check_n", type=int, help="N of the spectrogram-identity check (B=1)")
     p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
     p.add_argument("--out", default="results", help="results directory (default results/)")
     p.add_argument("--quick", action="store_true", help="about a minute: smaller sizes, fewer repeats")
@@ -74,6 +77,8 @@ def parse_args(argv=None):
             setattr(args, k, v)
     if args.repeats < 1 or args.warmup < 0 or args.budget <= 0:
         p.error("--repeats must be >= 1, --warmup >= 0, --budget > 0")
+    if args.n_filters < 1 or args.grad_check_n < 1 or args.stft_check_n < 1:
+        p.error("--n-filters, --grad-check-n and --stft-check-n must be >= 1")
     args.size_list = _parse_sizes(p, args.sizes)
     args.n_values = [] if args.n_list.strip().lower() == "none" else _parse_ints(p, "--n-list", args.n_list)
     return args
@@ -217,9 +222,10 @@ class Runner:
     def main_tasks(self):
         tasks = []
         for b, n in self.args.size_list:
-            configs = [R.standard_config(batch=b, n=n)]
+            nf = self.args.n_filters
+            configs = [R.standard_config(batch=b, n=n, n_filters=nf)]
             if self.args.tilted:
-                configs.append(R.standard_config(batch=b, n=n, tilted=True))
+                configs.append(R.standard_config(batch=b, n=n, n_filters=nf, tilted=True))
             for cfg in configs:
                 for e in self.entries:
                     if cfg.tilt and "tilted" not in e.tags:
@@ -228,7 +234,7 @@ class Runner:
                         continue  # its cost does not depend on the tilt worth a minute here
                     tasks.append(("main", cfg, e))
         for n in self.args.n_values:
-            cfg = R.standard_config(batch=1, n=n, name=f"scaling N={n}")
+            cfg = R.standard_config(batch=1, n=n, n_filters=self.args.n_filters, name=f"scaling N={n}")
             for e in self.entries:
                 if e.scaling and e.mode == "fwd":
                     tasks.append(("scaling", cfg, e))
@@ -339,7 +345,8 @@ class Runner:
     def grad_check(self):
         """Max relative gradient error (over z and the four parameters) against float64, on GRAD_CHECK."""
         self.grad_errors = {}
-        cfg = R.standard_config(batch=GRAD_CHECK_BATCH, n=self.args.grad_check_n, name="grad-check")
+        cfg = R.standard_config(batch=GRAD_CHECK_BATCH, n=self.args.grad_check_n, n_filters=self.args.n_filters,
+                                name="grad-check")
         inputs = R.build_inputs(cfg, dtype=self.dtype, device=self.device)
         leaves64 = [inputs.z64.clone().requires_grad_(True)] + [p.clone().requires_grad_(True) for p in inputs.params64]
         out64 = reference.lwvd(*leaves64, n_fft=cfg.n_fft, hop_length=cfg.hop, truncate=cfg.truncate)
@@ -433,7 +440,8 @@ def markdown(env: dict, runner: Runner, notes: list[str]) -> str:
             configs.append(r["config"])
     for c in configs:
         rows = [r for r in runner.rows if r["config"] == c]
-        label = R.standard_config(batch=rows[0]["batch"], n=rows[0]["n"], tilted=bool(rows[0]["tilt"])).label()
+        label = R.standard_config(batch=rows[0]["batch"], n=rows[0]["n"], tilted=bool(rows[0]["tilt"]),
+                                  n_filters=runner.args.n_filters).label()
         lines += [f"## {label}", "",
                   "| entry | mode | backend | time | [q1, q3] | n | ratio | peak mem | GFLOP/s | error |",
                   "|---|---|---|---:|---|---:|---:|---:|---:|---:|"]
@@ -537,7 +545,7 @@ def run_device(args, device: str) -> dict:
         for r in runner.rows:
             if r["entry"] == "lwvd" and r["status"] == "ok":
                 try:
-                    cfg = R.standard_config(batch=r["batch"], n=r["n"], tilted=bool(r["tilt"]))
+                    cfg = R.standard_config(batch=r["batch"], n=r["n"], tilted=bool(r["tilt"]), n_filters=args.n_filters)
                     r["cuda_predicted_s"] = float(cost_fn(cfg=cfg, params=R.config_filters(cfg), backward=r["mode"] == "fwd+bwd"))
                 except Exception as exc:  # noqa: BLE001
                     r["cuda_predicted_s"] = None
