@@ -445,9 +445,12 @@ def markdown(env: dict, runner: Runner, notes: list[str]) -> str:
         lines += [f"## {label}", "",
                   "| entry | mode | backend | time | [q1, q3] | n | ratio | peak mem | GFLOP/s | error |",
                   "|---|---|---|---:|---|---:|---:|---:|---:|---:|"]
+        if any(r.get("cuda_predicted_s") for r in rows):
+            lines[-2] = lines[-2].replace(" error |", " error | CUDA model |")
+            lines[-1] += "---:|"
         for r in rows:
             if r["status"] != "ok":
-                lines.append(f"| {r['entry']} | {r['mode']} | — | — | {r['status']} | | | | | |")
+                lines.append(f"| {r['entry']} | {r['mode']} | {r['status']} | — | | | | | | |")
                 continue
             err = r.get("grad_rel_err") if r["mode"] == "fwd+bwd" else r.get("rel_err")
             gf = f"{r['gflops_per_s']:.2f}" if "gflops_per_s" in r else "—"
@@ -455,7 +458,8 @@ def markdown(env: dict, runner: Runner, notes: list[str]) -> str:
             lines.append(
                 f"| {r['entry']} | {r['mode']} | {r['backend']} | {_fmt_time(r['median_s'])} | "
                 f"[{_fmt_time(r['q1_s'])}, {_fmt_time(r['q3_s'])}] | {r['repeats']} | {ratio} | "
-                f"{_fmt_bytes(r['peak_bytes'])} | {gf} | {_fmt_err(err)} |")
+                f"{_fmt_bytes(r['peak_bytes'])} | {gf} | {_fmt_err(err)} |"
+                + (f" {_fmt_time(r.get('cuda_predicted_s'))} |" if any(x.get("cuda_predicted_s") for x in rows) else ""))
         lines.append("")
         row_notes = sorted({f"`{r['entry']}`: {r['note']}" for r in rows if r.get("note")}
                            | {f"`{r['entry']}[{r['mode']}]`: {r['timing_note']}" for r in rows if r.get("timing_note")})
@@ -511,11 +515,15 @@ def plot(runner: Runner, path: Path, env: dict) -> Optional[str]:
         ax_t.loglog(ref_n, [1e-4 * n / ref_n[0] for n in ref_n], "k:", lw=0.8, label="slope 1 (guide)")
     hw = env["gpu_model"] if env["device"] == "cuda" else f"CPU: {env['cpu_model']}, {env['torch_threads']} threads"
     ax_t.set(xlabel="N (samples), B=1", ylabel="time per forward call (s)", title=f"time — {hw}")
-    ax_m.set(xlabel="N (samples), B=1", ylabel="peak memory growth (MiB, floor 1)", title=f"memory — {env['memory_measure'][:40]}…")
+    what = "torch.cuda peak allocated" if env["device"] == "cuda" else "peak RSS growth of one call"
+    ax_m.set(xlabel="N (samples), B=1", ylabel="peak memory growth (MiB, floor 1)", title=f"memory — {what}")
     for ax in (ax_t, ax_m):
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle(f"lwvd_cuda scaling on {env['device']} (n_fft=512, hop=160, F=80, {env['dtype']}) — {env['date_utc']}", fontsize=10)
+    load = env.get("load_average_at_start")
+    load = f", load avg {load[0]:.1f} at start" if load and env["device"] == "cpu" else ""
+    fig.suptitle(f"lwvd_cuda scaling on {env['device']} (n_fft=512, hop=160, F={runner.args.n_filters}, {env['dtype']}{load}) "
+                 f"— {env['date_utc']}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
