@@ -140,6 +140,7 @@ class Timing:
             "first_call_s": self.first_call_s,
             "peak_bytes": self.peak_bytes,
             "timing_note": self.note,
+            "samples_s": list(self.samples),
         }
 
 

@@ -187,16 +187,23 @@ def environment(device: str, args) -> dict:
 
 
 def _cost_model_column():
-    """The CUDA cost model of ``benchmarks/cost_model.py`` when present (written with the CUDA
-    kernels); returns (callable or None, note)."""
+    """``predict`` of ``benchmarks/cost_model.py`` (written with the CUDA kernels: a roofline
+    PREDICTION of the CUDA kernels' time on an H100 from published peaks, never a measurement) when
+    it is in this checkout; returns (callable or None, note)."""
     try:
         cm = importlib.import_module("benchmarks.cost_model")
-    except ImportError:
-        return None, "no CUDA prediction column: benchmarks/cost_model.py is not in this checkout"
-    fn = getattr(cm, "predict", None)
-    if fn is None:
-        return None, "benchmarks/cost_model.py has no predict(); no CUDA prediction column"
-    return fn, f"CUDA prediction from benchmarks/cost_model.py ({getattr(cm, 'DEVICE', 'model device')})"
+        fn = cm.predict
+    except (ImportError, AttributeError) as exc:
+        return None, f"no H100-prediction column: benchmarks/cost_model.py not usable here ({type(exc).__name__}: {exc})"
+
+    def predict(cfg: R.BenchConfig, dtype: str, backward: bool) -> float:
+        _, st, sn, rho = R.config_filters(cfg)
+        p = fn(cfg.batch, cfg.n, cfg.n_fft, cfg.hop, st.numpy(), sn.numpy(), rho.numpy(), n_filters=cfg.n_filters,
+               truncate=cfg.truncate, dtype=dtype)
+        return p["forward"]["predicted_s"] + (p["backward"]["predicted_s"] if backward else 0.0)
+
+    return predict, ("'H100 model' column: the CUDA kernels' time PREDICTED by benchmarks/cost_model.py (roofline from "
+                     "H100 SXM published peaks, a lower bound) - not a measurement, no GPU ran")
 
 
 # --------------------------------------------------------------------------------------------
@@ -249,7 +256,7 @@ class Runner:
 
     def _run(self):
         tasks = self.main_tasks()
-        bar = tqdm(total=len(tasks) + 2, desc=f"bench {self.device}", unit="task", dynamic_ncols=True) if tqdm else None
+        bar = tqdm(total=len(tasks) + 2, desc=f"bench {self.device}", unit="task", dynamic_ncols=True, mininterval=1.0) if tqdm else None
         inputs_cache: dict = {}
         last_point: dict = {}  # scaling: entry key -> (n, seconds)
         for kind, cfg, entry in tasks:
@@ -446,7 +453,7 @@ def markdown(env: dict, runner: Runner, notes: list[str]) -> str:
                   "| entry | mode | backend | time | [q1, q3] | n | ratio | peak mem | GFLOP/s | error |",
                   "|---|---|---|---:|---|---:|---:|---:|---:|---:|"]
         if any(r.get("cuda_predicted_s") for r in rows):
-            lines[-2] = lines[-2].replace(" error |", " error | CUDA model |")
+            lines[-2] = lines[-2].replace(" error |", " error | H100 model |")
             lines[-1] += "---:|"
         for r in rows:
             if r["status"] != "ok":
@@ -554,10 +561,11 @@ def run_device(args, device: str) -> dict:
             if r["entry"] == "lwvd" and r["status"] == "ok":
                 try:
                     cfg = R.standard_config(batch=r["batch"], n=r["n"], tilted=bool(r["tilt"]), n_filters=args.n_filters)
-                    r["cuda_predicted_s"] = float(cost_fn(cfg=cfg, params=R.config_filters(cfg), backward=r["mode"] == "fwd+bwd"))
-                except Exception as exc:  # noqa: BLE001
-                    r["cuda_predicted_s"] = None
-                    notes.append(f"cost_model.predict failed: {type(exc).__name__}: {exc}")
+                    r["cuda_predicted_s"] = float(cost_fn(cfg, args.dtype, backward=r["mode"] == "fwd+bwd"))
+                except Exception as exc:  # noqa: BLE001 - e.g. launch_config.h missing from this checkout
+                    notes[1] = f"no H100-prediction column: cost_model.predict failed ({type(exc).__name__}: {exc})"
+                    for row in runner.rows:
+                        row.pop("cuda_predicted_s", None)
                     break
     if device == "cpu" and args.device == "auto" and not torch.cuda.is_available():
         notes.append("CUDA: not timed — torch.cuda.is_available() is False on this machine (no GPU). "
