@@ -38,7 +38,7 @@ except ImportError:  # the suite must still run without the progress bar
 GRAD_CHECK_BATCH = 1
 
 DEFAULTS = dict(sizes="4x16000", n_list="1000,10000,100000,1000000", repeats=7, warmup=2, budget=6.0,
-                max_point_s=15.0, tilted=True, stft_check_n=2000, grad_check_n=1600)
+                max_point_s=30.0, tilted=True, stft_check_n=2000, grad_check_n=1600)
 QUICK = dict(sizes="1x4000", n_list="1000,10000,100000", repeats=3, warmup=1, budget=2.0,
              max_point_s=3.0, tilted=False, stft_check_n=1200, grad_check_n=800)
 
