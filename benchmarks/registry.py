@@ -535,7 +535,7 @@ def _build_entries() -> list[Entry]:
     )
     entries.append(Entry(
         "naive", "fwd", "naive PyTorch from the formulas: full (B, N, n_fft) lag tensor, torch.fft, dense conv1d per filter",
-        _prepare_naive, flops=_lwvd_flops, est_bytes=lambda cfg: _wvd_bytes(cfg, 7.0),
+        _prepare_naive, flops=_lwvd_flops, est_bytes=lambda cfg: _wvd_bytes(cfg, 10.0),  # 1.34 GiB seen at S
     ))
     entries.append(Entry(
         "fft_floor", "fwd", "bare torch.fft.fft of a (B*N, n_fft) complex tensor: the FFT floor of the exact algorithm",
