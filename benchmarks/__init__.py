@@ -1,0 +1,1 @@
+"""lwvd_cuda benchmark suite: ``python -m benchmarks.run`` (see benchmarks/README.md)."""

@@ -1,0 +1,575 @@
+"""Benchmark registry: configurations, input builders and entries.
+
+Every entry runs on the inputs that :func:`build_inputs` makes from a :class:`BenchConfig`
+(the signal comes from ``lwvd_cuda.testing.make_signal``, the same factory the tests use), so all
+rows of one table see the same signal and filters.
+
+The standard configuration **S** (SPEC §3, ``PEERS.md``): ``B = 4`` signals of ``N = 16000`` samples
+(1 s at 16 kHz), ``n_fft = 512``, ``hop = 160``, ``F = 80`` filters with HTK-mel-spaced centres over
+``[0, 8000]`` Hz and the widths that make the layer a power spectrogram with a Gaussian window of
+standard deviation ``s = 0.025 * 16000 / 6`` samples (a 25 ms window spanning +-3 std):
+``sigma_t = s / sqrt(2)``, ``sigma_nu = 1 / (2 sqrt(2) pi s)``, ``rho = 0``. The tilted variant sets
+``rho = +0.5, -0.5, +0.5, ...`` (alternating), which turns every ellipse and so changes the kernels'
+work per filter.
+
+An entry's ``prepare(cfg, inputs, device, dtype)`` returns a :class:`Prepared` whose ``fn()`` is
+what is timed; construction work (building layers, windows, lag tensors' index arrays) stays out.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from dataclasses import dataclass, field, replace
+from typing import Callable, Optional
+
+import torch
+
+import lwvd_cuda
+from lwvd_cuda import reference, testing
+from lwvd_cuda.modules import hz_to_mel, mel_to_hz
+
+__all__ = [
+    "BenchConfig",
+    "Inputs",
+    "Prepared",
+    "Entry",
+    "standard_config",
+    "mel_centers",
+    "build_inputs",
+    "naive_lwvd",
+    "lwvd_model_flops",
+    "stft_agreement",
+    "ENTRIES",
+    "get_entries",
+]
+
+
+# --------------------------------------------------------------------------------------------
+# Configurations and inputs
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """One benchmark configuration (units: samples, Hz where named so)."""
+
+    name: str
+    batch: int = 4
+    n: int = 16000
+    n_fft: int = 512
+    hop: int = 160
+    n_filters: int = 80
+    sample_rate: float = 16000.0
+    window_seconds: float = 0.025
+    f_min: float = 0.0
+    f_max: float = 8000.0
+    tilt: float = 0.0  # |rho|, alternating sign over the filters
+    truncate: Optional[float] = 4.0
+    seed: int = 0
+
+    @property
+    def window_std(self) -> float:
+        """s: standard deviation in samples of the equivalent spectrogram's Gaussian window."""
+        return self.window_seconds * self.sample_rate / 6.0
+
+    @property
+    def sigma_t(self) -> float:
+        return self.window_std / math.sqrt(2.0)
+
+    @property
+    def sigma_nu(self) -> float:
+        return 1.0 / (2.0 * math.sqrt(2.0) * math.pi * self.window_std)
+
+    @property
+    def frames(self) -> int:
+        return reference.num_frames(self.n, self.hop)
+
+    def label(self) -> str:
+        rho = f", rho=+-{self.tilt:g}" if self.tilt else ""
+        return f"{self.name}: B={self.batch}, N={self.n}, n_fft={self.n_fft}, hop={self.hop}, F={self.n_filters}{rho}"
+
+    def with_size(self, batch: int, n: int, name: Optional[str] = None) -> "BenchConfig":
+        return replace(self, batch=batch, n=n, name=name or f"B={batch},N={n}")
+
+
+def standard_config(*, batch: int = 4, n: int = 16000, tilted: bool = False, n_filters: int = 80,
+                    name: Optional[str] = None) -> BenchConfig:
+    """Configuration S (or its tilted variant, rho = +-0.5 alternating), optionally resized."""
+    default = "S_tilted" if tilted else "S"
+    if (batch, n, n_filters) != (4, 16000, 80):
+        default += f"(B={batch},N={n}" + (f",F={n_filters})" if n_filters != 80 else ")")
+    return BenchConfig(name=name or default, batch=batch, n=n, n_filters=n_filters, tilt=0.5 if tilted else 0.0)
+
+
+def mel_centers(n_filters: int, f_min: float, f_max: float, sample_rate: float) -> torch.Tensor:
+    """HTK-mel-spaced centres in cycles/sample (float64), at the midpoints of ``n_filters`` equal
+    mel cells of ``[f_min, f_max]`` - the grid ``lwvd_cuda.LWVD(init="mel")`` starts from, so no
+    centre sits on 0 or on Nyquist."""
+    lo, hi = hz_to_mel(f_min), hz_to_mel(f_max)
+    u = (torch.arange(n_filters, dtype=torch.float64) + 0.5) / n_filters
+    hz = torch.tensor([mel_to_hz(lo + (hi - lo) * x) for x in u.tolist()], dtype=torch.float64)
+    return hz / sample_rate
+
+
+def config_filters(cfg: BenchConfig) -> tuple[torch.Tensor, ...]:
+    """(center, sigma_t, sigma_nu, rho), float64 ``(F,)``: mel centres, spectrogram widths, tilt."""
+    centers = mel_centers(cfg.n_filters, cfg.f_min, cfg.f_max, cfg.sample_rate)
+    center, sigma_t, sigma_nu, rho = testing.spectrogram_filters(centers, cfg.window_std)
+    if cfg.tilt:
+        sign = torch.where(torch.arange(cfg.n_filters) % 2 == 0, 1.0, -1.0).to(torch.float64)
+        rho = cfg.tilt * sign
+    return center, sigma_t, sigma_nu, rho
+
+
+@dataclass
+class Inputs:
+    """The tensors every entry of one configuration shares, on one device.
+
+    ``z``: analytic signal ``(B, N)`` in the compute dtype; ``x = z.real`` the real signal (for
+    front ends that take audio); ``params``: the four ``(F,)`` filter tensors in the compute dtype;
+    ``z64`` / ``params64``: the same in float64 (the oracle's inputs); ``grad_out``: a fixed random
+    ``(B, F, T)`` cotangent for the forward+backward entries.
+    """
+
+    cfg: BenchConfig
+    z: torch.Tensor
+    x: torch.Tensor
+    params: tuple
+    z64: torch.Tensor
+    params64: tuple
+    grad_out: torch.Tensor
+
+
+def build_inputs(cfg: BenchConfig, *, dtype=torch.float32, device="cpu") -> Inputs:
+    """Inputs for ``cfg``: a noisy chirp per signal (``testing.make_signal``) and the config's filters."""
+    z64 = testing.make_signal((cfg.batch,), cfg.n, dtype=torch.float64, seed=cfg.seed)
+    params64 = config_filters(cfg)
+    cdt = torch.complex128 if dtype == torch.float64 else torch.complex64
+    z = z64.to(cdt)
+    g = torch.Generator().manual_seed(cfg.seed + 7)
+    grad_out = torch.randn(cfg.batch, cfg.n_filters, cfg.frames, generator=g, dtype=torch.float64)
+    return Inputs(
+        cfg=cfg,
+        z=z.to(device),
+        x=z.real.contiguous().to(device),
+        params=tuple(p.to(dtype=dtype, device=device) for p in params64),
+        z64=z64.to(device),
+        params64=tuple(p.to(device) for p in params64),
+        grad_out=grad_out.to(dtype=dtype, device=device),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Naive implementation and FLOP models
+# --------------------------------------------------------------------------------------------
+
+
+def naive_lwvd(z, center, sigma_t, sigma_nu, rho, *, n_fft, hop_length, truncate=4.0):
+    """What a user writes from the formulas of SPEC §1: the whole ``(B, N, n_fft)`` lag tensor, one
+    ``torch.fft.fft``, then per filter a dense Gaussian over *all* ``n_fft`` bins and the filter's
+    full time support, applied to the whole WVD plane as a strided ``conv1d`` (the frequency axis as
+    input channels). It computes the same numbers as the operator (same truncation rule), so its
+    error against the float64 reference is a correctness check too."""
+    bsz, n = z.shape
+    m_half = (n_fft - 1) // 2
+    zp = torch.nn.functional.pad(z, (m_half, m_half))
+    nn = torch.arange(n, device=z.device)[:, None]
+    m = torch.arange(-m_half, m_half + 1, device=z.device)[None, :]
+    lag = z.new_zeros(bsz, n, n_fft)
+    lag[:, :, torch.remainder(m[0], n_fft)] = zp[:, nn + m + m_half] * zp[:, nn - m + m_half].conj()
+    w = 2.0 * torch.fft.fft(lag, dim=-1).real  # (B, N, M): the full WVD
+    del lag
+    wt = w.transpose(1, 2)  # (B, M, N): bins as channels
+    t_count = reference.num_frames(n, hop_length)
+    nu = torch.arange(n_fft, device=z.device, dtype=w.dtype) / (2 * n_fft)
+    d_limit = n - 1 + (t_count - 1) * hop_length
+    out = []
+    for f in range(center.shape[0]):
+        c, st, sn, r = center[f], sigma_t[f], sigma_nu[f], rho[f]
+        radius = d_limit if truncate is None else min(d_limit, int(math.floor(truncate * float(st))) + 1)
+        d = torch.arange(-radius, radius + 1, device=z.device, dtype=w.dtype)
+        a, b = (d / st)[None, :], ((nu - c) / sn)[:, None]
+        q = (a * a - 2.0 * r * a * b + b * b) / (1.0 - r * r)
+        kern = torch.exp(-0.5 * q)
+        if truncate is not None:
+            kern = kern * (q <= truncate * truncate)
+        kern = kern * ((1.0 / (2 * n_fft)) / (2.0 * math.pi * st * sn * torch.sqrt(1.0 - r * r)))
+        padded = torch.nn.functional.pad(wt, (radius, radius + hop_length))
+        y = torch.nn.functional.conv1d(padded, kern[None], stride=hop_length)  # (B, 1, >= T)
+        out.append(y[:, 0, :t_count])
+    return torch.stack(out, dim=1)
+
+
+def _fft_flops(length: int) -> float:
+    """The usual 5 L log2 L real FLOPs of a complex FFT of length L."""
+    return 5.0 * length * math.log2(max(length, 2))
+
+
+def ellipse_terms(cfg: BenchConfig, params64) -> float:
+    """Lattice points (d, k) inside the truncation ellipses, summed over filters: area
+    ``pi truncate^2 sigma_t sigma_nu sqrt(1 - rho^2)`` in samples x cycles/sample, times ``2 M``
+    bins per cycle/sample (clipped to the ``n_fft`` bins for very wide filters)."""
+    if cfg.truncate is None:
+        return float(cfg.n_filters) * cfg.n * cfg.n_fft
+    _, st, sn, r = (p.double().cpu() for p in params64)
+    area = math.pi * cfg.truncate**2 * st * sn * torch.sqrt(1 - r * r) * (2 * cfg.n_fft)
+    return float(torch.clamp(area, max=(2 * cfg.truncate * st + 1) * cfg.n_fft).sum())
+
+
+def lwvd_model_flops(cfg: BenchConfig, params64) -> float:
+    """Useful work of the exact operator (forward): per sample ``n_fft/2`` complex lag products
+    (6 FLOPs each) and one complex FFT of length ``n_fft``; per frame and filter 2 FLOPs per
+    ellipse term. Used as one numerator for every entry that computes the LWVD, so their FLOP/s
+    columns compare like with like."""
+    per_sample = 6.0 * (cfg.n_fft // 2) + _fft_flops(cfg.n_fft)
+    return cfg.batch * (cfg.n * per_sample + 2.0 * cfg.frames * ellipse_terms(cfg, params64))
+
+
+# --------------------------------------------------------------------------------------------
+# Spectrogram identity check (SPEC §1): LWVD with spectrogram widths vs torch.stft
+# --------------------------------------------------------------------------------------------
+
+
+def gaussian_window(n_fft: int, s: float, *, dtype=torch.float64, device="cpu") -> torch.Tensor:
+    """Unit-energy Gaussian of std ``s`` samples, centred on index ``n_fft // 2`` (where
+    ``torch.stft(center=True)`` puts the frame centre)."""
+    j = torch.arange(n_fft, dtype=torch.float64) - n_fft // 2
+    g = torch.exp(-0.5 * (j / s) ** 2)
+    return (g / g.norm()).to(dtype=dtype, device=device)
+
+
+def stft_power(z: torch.Tensor, n_fft: int, hop: int, s: float) -> torch.Tensor:
+    """``|STFT|^2`` of a complex ``(B, N)`` signal with the Gaussian window (zero padding, so
+    ``z = 0`` outside ``[0, N)`` as in the operator): ``(B, n_fft, T)``, bin ``k`` at ``k / n_fft``
+    cycles/sample."""
+    win = gaussian_window(n_fft, s, dtype=z.real.dtype, device=z.device)
+    spec = torch.stft(z, n_fft, hop_length=hop, window=win, center=True, pad_mode="constant",
+                      onesided=False, return_complex=True)
+    return spec.real.square() + spec.imag.square()
+
+
+def stft_agreement(dtype=torch.float32, device="cpu", *, n: int = 4000, n_filters: int = 8) -> dict:
+    """Max relative difference between ``lwvd_cuda.lwvd`` with spectrogram widths (rho = 0,
+    ``truncate=None``, centres on STFT bins) and ``|torch.stft|^2`` with the Gaussian window, on
+    frames at least ``n_fft/2`` from either end. One signal of ``n`` samples and ``n_filters``
+    filters keep it cheap: with ``truncate=None`` every filter covers the whole plane.
+
+    Two STFTs are compared: the benchmark's own grid (window of ``n_fft`` samples, so the Gaussian is
+    cut at +-n_fft/2 = +-3.8 std at S, which alone costs about 2e-4) and the same centres from a
+    window of ``2 n_fft`` samples (cut at +-7.7 std), which isolates the identity itself."""
+    cfg = standard_config(batch=1, n=n, name="stft-check")
+    cfg = replace(cfg, n_filters=n_filters, truncate=None)
+    z64 = testing.make_signal((1,), n, dtype=torch.float64, seed=cfg.seed).to(device)
+    bins = torch.linspace(16, cfg.n_fft // 2 - 16, n_filters).round().long()
+    center = bins.double() / cfg.n_fft  # STFT bin k is k / n_fft cycles/sample
+    p64 = [p.to(device) for p in testing.spectrogram_filters(center, cfg.window_std)]
+    truth_same = stft_power(z64, cfg.n_fft, cfg.hop, cfg.window_std)[:, bins.to(device), :]
+    truth_long = stft_power(z64, 2 * cfg.n_fft, cfg.hop, cfg.window_std)[:, 2 * bins.to(device), :]
+    t = torch.arange(cfg.frames, device=device) * cfg.hop
+    inner = (t >= cfg.n_fft // 2) & (t <= n - cfg.n_fft // 2)
+    cdt = torch.complex128 if dtype == torch.float64 else torch.complex64
+    zc = z64.to(cdt)
+    out = lwvd_cuda.lwvd(zc, *[p.to(dtype) for p in p64], n_fft=cfg.n_fft, hop_length=cfg.hop, truncate=None)
+    return {
+        "config": f"B=1, N={n}, F={n_filters} centres on STFT bins {bins.tolist()}, rho=0, truncate=None, "
+                  f"{int(inner.sum())} frames at least n_fft/2 from the ends; truth |torch.stft|^2 in float64",
+        "dtype": str(dtype).replace("torch.", ""),
+        "backend": lwvd_cuda.backend_for(zc, cfg.n_fft)[0],
+        "rel_err_window_n_fft": testing.rel_err(out[..., inner], truth_same[..., inner]),
+        "rel_err_window_2n_fft": testing.rel_err(out[..., inner], truth_long[..., inner]),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Entries
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Prepared:
+    """What an entry's ``prepare`` returns: ``fn()`` is timed; it returns the forward output
+    (a tensor to compare with the reference, or None) - for "fwd+bwd" the gradients are computed
+    inside ``fn`` too. ``backend`` names what actually ran; ``note`` anything a reader must know."""
+
+    fn: Callable[[], object]
+    backend: str = ""
+    note: str = ""
+    output_comparable: bool = False  # fn()'s output is the LWVD (B, F, T): compare with float64
+    grad_fn: Optional[Callable[[], tuple]] = None  # returns gradients for the error check
+
+
+@dataclass
+class Entry:
+    """A benchmark row factory.
+
+    name/mode: the row's label ("fwd" or "fwd+bwd"). ``prepare`` raises ``Unavailable`` (with the
+    reason) when the entry cannot run here. ``flops(cfg, params64)`` the FLOP count of one call (None:
+    unknown). ``est_bytes(cfg)`` a rough peak working set, to skip sizes that would not fit.
+    ``scaling``: part of the N-scaling plot. ``cpu_only``: NumPy and similar.
+    """
+
+    name: str
+    mode: str
+    description: str
+    prepare: Callable[..., Prepared]
+    flops: Optional[Callable[[BenchConfig, tuple], Optional[float]]] = None
+    est_bytes: Callable[[BenchConfig], float] = lambda cfg: 0.0
+    scaling: bool = False
+    peer: bool = False
+    cpu_only: bool = False
+    tags: tuple = field(default_factory=tuple)
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}[{self.mode}]"
+
+
+class Unavailable(RuntimeError):
+    """An entry cannot run in this environment; the message says why (it goes into the table)."""
+
+
+def _grad_closure(fn_fwd, inputs: Inputs, tensors: list):
+    """A closure running forward + backward with the fixed cotangent; returns (out, grads)."""
+    grad_out = inputs.grad_out
+
+    def run():
+        out = fn_fwd(*tensors)
+        grads = torch.autograd.grad(out, tensors, grad_out)
+        return out.detach(), grads
+
+    return run
+
+
+def _leaf(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().clone().requires_grad_(True)
+
+
+def _op_entry(name: str, op, backend_of, description: str, **kw):
+    """fwd and fwd+bwd entries for an operator with the signature of ``lwvd_cuda.lwvd``."""
+
+    def prepare_fwd(cfg, inputs, device, dtype):
+        z, params = inputs.z, inputs.params
+        backend, note = backend_of(z, cfg)
+
+        def fn():
+            with torch.no_grad():
+                return op(z, *params, n_fft=cfg.n_fft, hop_length=cfg.hop, truncate=cfg.truncate)
+
+        return Prepared(fn, backend=backend, note=note, output_comparable=True)
+
+    def prepare_bwd(cfg, inputs, device, dtype):
+        backend, note = backend_of(inputs.z, cfg)
+        tensors = [_leaf(inputs.z)] + [_leaf(p) for p in inputs.params]
+        run = _grad_closure(
+            lambda z, *p: op(z, *p, n_fft=cfg.n_fft, hop_length=cfg.hop, truncate=cfg.truncate), inputs, tensors
+        )
+
+        def fn():
+            return run()[0]
+
+        return Prepared(fn, backend=backend, note=note, output_comparable=True, grad_fn=lambda: run()[1])
+
+    return [
+        Entry(name, "fwd", description, prepare_fwd, **kw),
+        Entry(name, "fwd+bwd", description, prepare_bwd, **{k: v for k, v in kw.items() if k != "flops"}),
+    ]
+
+
+def _lwvd_backend(z, cfg):
+    backend, reason = lwvd_cuda.backend_for(z, cfg.n_fft)
+    if backend == "kernels":
+        return f"fused {z.device.type.upper()} kernels", ""
+    return "reference (fallback)", f"lwvd_cuda.lwvd ran the pure-PyTorch reference: {reason}"
+
+
+def _wvd_bytes(cfg: BenchConfig, factor: float) -> float:
+    """``factor`` x the size of a float32 (B, N, n_fft) plane."""
+    return factor * cfg.batch * cfg.n * cfg.n_fft * 4.0
+
+
+def _lwvd_bytes(cfg: BenchConfig) -> float:
+    """The fused kernels keep nothing (B, N, n_fft)-sized; the reference fallback holds the WVD."""
+    if lwvd_cuda.has_cpu_kernels() or lwvd_cuda.has_cuda_kernels():
+        return 64.0 * cfg.batch * cfg.n * 8
+    return _wvd_bytes(cfg, 3.0)
+
+
+def _lwvd_flops(cfg, params64):
+    return lwvd_model_flops(cfg, params64)
+
+
+def _prepare_naive(cfg, inputs, device, dtype):
+    z, params = inputs.z, inputs.params
+
+    def fn():
+        with torch.no_grad():
+            return naive_lwvd(z, *params, n_fft=cfg.n_fft, hop_length=cfg.hop, truncate=cfg.truncate)
+
+    return Prepared(fn, backend="torch (full lag tensor + conv1d per filter)", output_comparable=True)
+
+
+def _prepare_fft_floor(cfg, inputs, device, dtype):
+    cdt = torch.complex128 if dtype == torch.float64 else torch.complex64
+    g = torch.Generator().manual_seed(1)
+    rows = torch.randn(cfg.batch * cfg.n, cfg.n_fft, 2, generator=g, dtype=torch.float32)
+    rows = torch.view_as_complex(rows).to(dtype=cdt, device=device)
+
+    def fn():
+        return torch.fft.fft(rows, dim=-1)
+
+    return Prepared(fn, backend="torch.fft", note="input (B*N, n_fft) prebuilt: the lag products are not counted")
+
+
+def _prepare_stft(mode):
+    def prepare(cfg, inputs, device, dtype):
+        win = gaussian_window(cfg.n_fft, cfg.window_std, dtype=inputs.x.dtype, device=device)
+        x = _leaf(inputs.z) if mode == "fwd+bwd" else inputs.z
+
+        def power():
+            spec = torch.stft(x, cfg.n_fft, hop_length=cfg.hop, window=win, center=True, pad_mode="constant",
+                              onesided=False, return_complex=True)
+            return spec.real.square() + spec.imag.square()
+
+        if mode == "fwd":
+            def fn():
+                with torch.no_grad():
+                    return power()
+        else:
+            def fn():
+                out = power()
+                torch.autograd.grad(out, [x], torch.ones_like(out))
+                return out
+        return Prepared(fn, backend="torch.stft", note="complex analytic input, two-sided, Gaussian window std s")
+
+    return prepare
+
+
+def _stft_flops(cfg, params64):
+    return cfg.batch * cfg.frames * (_fft_flops(cfg.n_fft) + 8.0 * cfg.n_fft)
+
+
+def _import(module: str, pip_name: str):
+    try:
+        return importlib.import_module(module)
+    except Exception as exc:  # ImportError, or a broken install raising anything else
+        raise Unavailable(f"not run: import {module} failed ({type(exc).__name__}: {exc}); "
+                          f"`pip install {pip_name}` (make bench tries it, log in results/peers_install.log)") from exc
+
+
+def _prepare_nnaudio(kind, mode):
+    def prepare(cfg, inputs, device, dtype):
+        features = _import("nnAudio.features", "nnaudio")
+        if dtype != torch.float32:
+            raise Unavailable("not run: nnAudio layers are float32")
+        if kind == "stft":
+            layer = features.STFT(n_fft=cfg.n_fft, hop_length=cfg.hop, sr=int(cfg.sample_rate), output_format="Magnitude",
+                                  verbose=False, trainable=mode == "fwd+bwd")
+        else:
+            layer = features.MelSpectrogram(sr=int(cfg.sample_rate), n_fft=cfg.n_fft, hop_length=cfg.hop, n_mels=cfg.n_filters,
+                                            fmin=cfg.f_min, fmax=cfg.f_max, trainable_mel=True, trainable_STFT=True,
+                                            verbose=False)
+        layer = layer.to(device)
+        x = inputs.x
+        if mode == "fwd":
+            def fn():
+                with torch.no_grad():
+                    return layer(x)
+        else:
+            xs = _leaf(x)
+            wrt = [xs] + [p for p in layer.parameters() if p.requires_grad]
+
+            def fn():
+                out = layer(xs)
+                torch.autograd.grad(out, wrt, torch.ones_like(out))
+                return out
+        return Prepared(fn, backend=f"nnAudio {getattr(importlib.import_module('nnAudio'), '__version__', '')}".strip(),
+                        note="real input x = Re z; reflect padding (nnAudio default)")
+
+    return prepare
+
+
+def _prepare_tftb(cfg, inputs, device, dtype):
+    if device != "cpu":
+        raise Unavailable("not run: tftb is NumPy (CPU only)")
+    processing = _import("tftb.processing", "--no-deps tftb")
+    import numpy as np
+
+    sig = inputs.z64[0].cpu().numpy()  # one signal, complex128 (tftb works in float64)
+    stamps = np.arange(0, cfg.n, cfg.hop)  # t*hop < N: tftb takes in-signal timestamps only
+    # Time-smoothing window: the filters' time Gaussian (std sigma_t) over +-4 std; lag window over
+    # the full n_fft lag range - the shapes PEERS.md measured (about 381 and 511 taps at S).
+    half_t = int(math.ceil(4 * cfg.sigma_t))
+    jt = np.arange(-half_t, half_t + 1)
+    twin = np.exp(-0.5 * (jt / cfg.sigma_t) ** 2)
+    jf = np.arange(-(cfg.n_fft // 2 - 1), cfg.n_fft // 2)
+    fwin = np.exp(-0.5 * (jf / (cfg.n_fft / 6.0)) ** 2)
+
+    def fn():
+        return processing.smoothed_pseudo_wigner_ville(sig, timestamps=stamps, freq_bins=cfg.n_fft,
+                                                       twindow=twin, fwindow=fwin)
+
+    return Prepared(fn, backend="tftb (NumPy, float64)",
+                    note=f"ONE signal (not B={cfg.batch}), {len(stamps)} frames, fixed separable SPWVD (rho=0 only), "
+                         f"windows of {len(twin)} and {len(fwin)} taps; timing only")
+
+
+def _prepare_leaf(cfg, inputs, device, dtype):
+    raise Unavailable(
+        "not run: SpeechBrain's LEAF needs torchaudio at import, whose wheels pin torch 2.9.1 - it must be "
+        "timed in its own environment (torch 2.9.1 + torchaudio 2.9.*) in a separate process; not done here"
+    )
+
+
+def _build_entries() -> list[Entry]:
+    entries: list[Entry] = []
+    entries += _op_entry(
+        "lwvd", lwvd_cuda.lwvd, _lwvd_backend,
+        "lwvd_cuda.lwvd: the fused kernels of the device (or the reference when none are compiled)",
+        flops=_lwvd_flops, est_bytes=_lwvd_bytes, scaling=True, tags=("tilted",),
+    )
+    entries += _op_entry(
+        "reference", reference.lwvd, lambda z, cfg: ("torch (reference.py)", ""),
+        "lwvd_cuda.reference.lwvd in the run dtype: chunked lag products, smoothing over each ellipse's box",
+        flops=_lwvd_flops, est_bytes=lambda cfg: _wvd_bytes(cfg, 3.0), scaling=True, tags=("tilted",),
+    )
+    entries.append(Entry(
+        "naive", "fwd", "naive PyTorch from the formulas: full (B, N, n_fft) lag tensor, torch.fft, dense conv1d per filter",
+        _prepare_naive, flops=_lwvd_flops, est_bytes=lambda cfg: _wvd_bytes(cfg, 10.0),  # 1.34 GiB seen at S
+    ))
+    entries.append(Entry(
+        "fft_floor", "fwd", "bare torch.fft.fft of a (B*N, n_fft) complex tensor: the FFT floor of the exact algorithm",
+        _prepare_fft_floor, flops=lambda cfg, p: cfg.batch * cfg.n * _fft_flops(cfg.n_fft),
+        est_bytes=lambda cfg: _wvd_bytes(cfg, 4.0), scaling=True,
+    ))
+    for mode in ("fwd", "fwd+bwd"):
+        entries.append(Entry(
+            "stft_spectrogram", mode, "torch.stft, Gaussian window of std s, hop 160, power |.|^2 (one FFT per hop)",
+            _prepare_stft(mode), flops=_stft_flops if mode == "fwd" else None,
+            est_bytes=lambda cfg: 16.0 * cfg.batch * cfg.frames * cfg.n_fft * 4, scaling=mode == "fwd",
+        ))
+    for mode in ("fwd", "fwd+bwd"):
+        entries.append(Entry("nnaudio_stft", mode, "nnAudio features.STFT (conv1d STFT, magnitude)",
+                             _prepare_nnaudio("stft", mode), peer=True))
+        entries.append(Entry("nnaudio_mel", mode, "nnAudio features.MelSpectrogram(trainable_mel, trainable_STFT), 80 mels",
+                             _prepare_nnaudio("mel", mode), peer=True))
+    entries.append(Entry("tftb_spwvd", "fwd", "tftb smoothed_pseudo_wigner_ville, one signal, NumPy",
+                         _prepare_tftb, peer=True, cpu_only=True))
+    entries.append(Entry("speechbrain_leaf", "fwd", "SpeechBrain LEAF (learnable Gabor front end)",
+                         _prepare_leaf, peer=True))
+    return entries
+
+
+ENTRIES: list[Entry] = _build_entries()
+
+
+def get_entries(selection: Optional[str] = None) -> list[Entry]:
+    """Entries whose name (or ``name[mode]`` key) is in the comma-separated ``selection`` (all if None)."""
+    if not selection:
+        return list(ENTRIES)
+    wanted = [s.strip() for s in selection.split(",") if s.strip()]
+    known = {e.name for e in ENTRIES} | {e.key for e in ENTRIES}
+    unknown = [w for w in wanted if w not in known]
+    if unknown:
+        raise ValueError(f"--entries: unknown {unknown}; known: {sorted({e.name for e in ENTRIES})}")
+    return [e for e in ENTRIES if e.name in wanted or e.key in wanted]
