@@ -11,7 +11,7 @@ matplotlib is imported inside the functions, so ``import lwvd_cuda`` never needs
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 
@@ -40,30 +40,54 @@ def filter_ellipses(module, n_sigma: float = 1.0, n_points: int = 100) -> torch.
     return torch.stack([t, f], dim=-1)
 
 
-def plot_filters(module, ax=None, n_sigma: float = 1.0, title: Optional[str] = None, colorbar: bool = True):
+def plot_filters(
+    module,
+    ax=None,
+    n_sigma: float = 1.0,
+    title: Optional[str] = None,
+    colorbar: bool = True,
+    relative: bool = False,
+    chirp_rates: Optional[Sequence[float]] = None,
+):
     """Draw every filter of ``module`` as its ``n_sigma`` ellipse (default 1 std; use
     ``module.truncate`` for the truncation ellipse) at time offset 0 and its centre frequency.
 
     A tilted ellipse follows a chirp: rising to the right (``rho > 0``) for up-sweeps. The colour is
-    the area ratio ``sigma_t sigma_nu sqrt(1 - rho^2) / (1/(4 pi))`` on a log scale centred on 1.
-    Returns the matplotlib ``Axes``.
+    the area ratio ``sigma_t sigma_nu sqrt(1 - rho^2) / (1/(4 pi))`` on a log scale centred on 1
+    (blue: sub-Heisenberg; grey: a spectrogram / chirplet window; red: smoother).
+
+    ``relative=True`` draws every ellipse around its own centre (frequency offset in Hz on the y
+    axis): tilts of a few Hz per ms are invisible on a 0..Nyquist axis but clear there.
+    ``chirp_rates`` (Hz/s) adds dashed reference lines ``f = rate * t`` through the centres
+    (e.g. the sweep rates in the data, to compare the learned tilts with). Returns the ``Axes``.
     """
     import matplotlib.pyplot as plt
-    from matplotlib import colors, cm
+    from matplotlib import cm, colors
 
     if ax is None:
         _, ax = plt.subplots(figsize=(5, 4))
     outline = filter_ellipses(module, n_sigma)
+    if relative:
+        outline[..., 1] -= module.center_hz.detach().double().cpu()[:, None]
     ratio = module.area_ratio.detach().double().cpu()
     span = max(2.0, float(torch.exp(torch.log(ratio).abs().max())))
     norm = colors.LogNorm(vmin=1.0 / span, vmax=span)
     cmap = plt.get_cmap("coolwarm")
-    for i in range(outline.shape[0]):
+    order = torch.argsort(ratio, descending=True)  # small (sharp) ellipses drawn last, on top
+    for i in order.tolist():
         col = cmap(norm(float(ratio[i])))
-        ax.fill(outline[i, :, 0] * 1e3, outline[i, :, 1], facecolor=col, alpha=0.35, edgecolor=col, linewidth=1.2)
+        ax.fill(outline[i, :, 0] * 1e3, outline[i, :, 1], facecolor=col, alpha=0.3 if relative else 0.4, edgecolor=col, linewidth=1.2)
+    if chirp_rates is not None:
+        t_max = float(outline[..., 0].abs().max())
+        tt = torch.tensor([-t_max, t_max], dtype=torch.float64)
+        centres = [0.0] if relative else module.center_hz.detach().double().cpu().tolist()
+        for rate in chirp_rates:
+            for c in centres:
+                ax.plot((tt * 1e3).tolist(), (c + rate * tt).tolist(), "--", color="0.3", linewidth=0.8)
     ax.set_xlabel("time offset from the frame centre (ms)")
-    ax.set_ylabel("frequency (Hz)")
-    ax.set_ylim(0, module.sample_rate / 2)
+    ax.set_ylabel("frequency offset from the centre (Hz)" if relative else "frequency (Hz)")
+    if not relative:
+        ax.set_ylim(0, module.sample_rate / 2)
     ax.set_title(title if title is not None else f"{outline.shape[0]} filters, {n_sigma:g}-sigma ellipses")
     if colorbar:
         plt.colorbar(cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, label="area / Heisenberg bound")
