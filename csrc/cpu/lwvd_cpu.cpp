@@ -1,0 +1,670 @@
+// lwvd_cpu.cpp — fused CPU kernels of torch.ops.lwvd_cuda.lwvd_fwd / lwvd_bwd.
+//
+// Shapes and dtypes (the op contract, lwvd.h):
+//   z        complex64 | complex128 (B, N)         center, sigma_t, sigma_nu, rho: real (F,)
+//   K        real (B, F, T), T = 1 + N / hop
+//   lwvd_bwd -> grad_z (B, N) complex, grad_center/sigma_t/sigma_nu/rho (F,)
+//
+// Algorithm (docs/design.md, docs/cpu_kernels.md):
+//   * Output-stationary tiles: a task owns (batch item, run of frames) [forward, parameter grads]
+//     or (batch item, run of samples) [grad_z] and recomputes the rows it needs (its halo). No
+//     task writes where another does, so there are no atomics and results do not depend on the
+//     thread count: tile and chunk sizes depend on the problem only, never on get_num_threads().
+//   * Rows are processed in chunks of kChunkPairs * 2: the Hermitian lag products of two rows share
+//     one complex FFT (torch's own, MKL/pocketfft, single-threaded inside parallel_for), so
+//     nothing of size B*N*n_fft is ever allocated.
+//   * Each filter's Gaussian weight depends on (d, k) only: it is tabulated once per call as a
+//     ragged stencil (one contiguous bin run per d) shared read-only by every task; the hot loops
+//     are dot products / axpys of W (or A) row segments with stencil rows. A filter whose stencil
+//     would overflow kStencilBudgetBytes computes its rows on the fly instead (bounded memory).
+//   * Sums over a frame's ellipse run in a fixed order (rows ascending, bins ascending in fixed
+//     lanes); parameter gradients are reduced through a per-tile workspace in a fixed order.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <c10/util/complex.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstring>
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#include "kernels/lwvd_math.cuh"
+#include "lwvd.h"
+
+namespace lwvd {
+namespace cpu {
+namespace {
+
+// ---- Tiling constants (problem-dependent only; see docs/cpu_kernels.md for the measurements). ----
+// Complex FFT rows per call (each holds two real rows). 64 rows of 512 points is 256 KiB in
+// complex64: cache resident, and large enough that the per-call FFT overhead is amortised
+// (1 thread, 32000 rows of 512: 73 ms at 16 rows per call, 55 ms at 64, 50 ms at 128).
+constexpr int64_t kChunkElements = 64 * 512;
+constexpr int64_t kMaxChunkPairs = 64;
+// Rows a tile owns (beyond its halo). Larger tiles recompute less halo; smaller ones balance
+// better over threads. With the halo at most half a tile the recomputation stays below 50%.
+constexpr int64_t kTileRows = 4096;
+// Memory for tabulated stencils (all filters). Past it a filter computes its weights per row.
+constexpr int64_t kStencilBudgetBytes = int64_t(32) << 20;
+
+inline int64_t floor_div(int64_t a, int64_t b) {  // b > 0
+  const int64_t q = a / b;
+  return (a % b != 0 && a < 0) ? q - 1 : q;
+}
+inline int64_t ceil_div(int64_t a, int64_t b) { return -floor_div(-a, b); }
+
+int64_t chunk_pairs(int64_t n_fft) {
+  return std::max<int64_t>(1, std::min<int64_t>(kMaxChunkPairs, kChunkElements / n_fft));
+}
+
+// ---- Per-filter stencils. ----
+// Every stencil row is a run of kLanes-aligned blocks: runs are padded with zero weights to a
+// multiple of kLanes (shifted left where they would pass the row end), and WVD / A rows are stored
+// with a stride of round_up(n_fft, kLanes) whose extra columns hold zeros. The hot loops are then
+// fixed-width blocks with no scalar tail, accumulated lane-wise across rows and reduced once per
+// (filter, frame, chunk): the per-row overhead, not the arithmetic, was the cost (one ellipse row is
+// ~11 bins at configuration S). The lane count fixes the summation order at compile time.
+constexpr int64_t kLanes = 4;
+inline int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
+
+struct RowInfo {
+  int64_t off;   // into Stencil::w
+  int32_t k0;    // first bin
+  int32_t nblk;  // number of kLanes blocks (0: the ellipse misses every bin at this d)
+};
+
+template <typename scalar_t>
+struct Stencil {
+  FilterGeometry<double> g;  // geometry in double: weights are computed in double, stored in scalar_t
+  double trunc2 = 0;
+  int64_t n_fft = 0, stride = 0;
+  int64_t radius = 0;  // |d| <= radius
+  scalar_t norm = 0;
+  double norm_d = 0;
+  double sigma_nu = 0;
+  bool tabulated = false;
+  std::vector<RowInfo> info;  // per d + radius
+  std::vector<scalar_t> w;    // exp(-q/2) where q <= trunc2, 0 elsewhere (padded runs)
+  std::vector<scalar_t> v;    // nu_k - center for k < n_fft, 0 in the padding (backward moments)
+
+  // Weights of row d into out[0 .. stride): returns the padded run (k0, nblk).
+  RowInfo compute_row(int64_t d, scalar_t* out) const {
+    RowInfo ri{0, 0, 0};
+    int64_t lo, hi;
+    bin_range(g, d, trunc2, n_fft, &lo, &hi);
+    int64_t first = -1, last = -2;
+    for (int64_t k = lo; k <= hi; ++k) {
+      const double q = quad_form(g, static_cast<double>(d), bin_frequency<double>(k, n_fft) - g.center);
+      const scalar_t e = static_cast<scalar_t>(q <= trunc2 ? std::exp(-0.5 * q) : 0.0);
+      out[k - lo] = e;
+      if (e != scalar_t(0)) {
+        if (first < 0) first = k;
+        last = k;
+      }
+    }
+    if (first < 0) return ri;
+    const int64_t len = last - first + 1, padded = round_up(len, kLanes);
+    const int64_t k0 = std::min(first, stride - padded);
+    std::memmove(out + (first - k0), out + (first - lo), sizeof(scalar_t) * len);
+    std::fill(out, out + (first - k0), scalar_t(0));
+    std::fill(out + (first - k0) + len, out + padded, scalar_t(0));
+    ri.k0 = static_cast<int32_t>(k0);
+    ri.nblk = static_cast<int32_t>(padded / kLanes);
+    return ri;
+  }
+
+  // Row d: its run and a pointer to its weights (the table, or scratch of `stride` entries).
+  const scalar_t* row(int64_t d, scalar_t* scratch, RowInfo* ri) const {
+    if (tabulated) {
+      *ri = info[d + radius];
+      return w.data() + ri->off;
+    }
+    *ri = compute_row(d, scratch);
+    return scratch;
+  }
+};
+
+template <typename scalar_t>
+std::vector<Stencil<scalar_t>> make_stencils(const at::Tensor& center, const at::Tensor& sigma_t,
+                                             const at::Tensor& sigma_nu, const at::Tensor& rho, int64_t n_fft,
+                                             double truncate, int64_t d_limit, bool with_v) {
+  const int64_t F = center.size(0);
+  const auto c = center.to(at::kDouble).contiguous();
+  const auto st = sigma_t.to(at::kDouble).contiguous();
+  const auto sn = sigma_nu.to(at::kDouble).contiguous();
+  const auto r = rho.to(at::kDouble).contiguous();
+  const double* pc = c.data_ptr<double>();
+  const double* pst = st.data_ptr<double>();
+  const double* psn = sn.data_ptr<double>();
+  const double* pr = r.data_ptr<double>();
+  const double trunc2 = effective_trunc2<scalar_t>(truncate);
+  const int64_t stride = round_up(n_fft, kLanes);
+  std::vector<Stencil<scalar_t>> out(F);
+  // Sizes first (cheap: bin_range per d), then which filters fit the budget, in filter order.
+  std::vector<int64_t> sizes(F, 0);
+  for (int64_t f = 0; f < F; ++f) {
+    auto& s = out[f];
+    s.g = make_filter<double>(pc[f], pst[f], psn[f], pr[f], trunc2, n_fft, d_limit);
+    s.trunc2 = trunc2;
+    s.n_fft = n_fft;
+    s.stride = stride;
+    s.radius = s.g.d_radius;
+    s.norm_d = s.g.norm;
+    s.sigma_nu = psn[f];
+    s.norm = make_filter<scalar_t>(pc[f], pst[f], psn[f], pr[f], trunc2, n_fft, d_limit).norm;
+    int64_t total = 0;
+    for (int64_t d = -s.radius; d <= s.radius; ++d) {
+      int64_t lo, hi;
+      bin_range(s.g, d, trunc2, n_fft, &lo, &hi);
+      if (hi >= lo) total += round_up(hi - lo + 1, kLanes);
+    }
+    sizes[f] = total;
+    if (with_v) {
+      s.v.assign(stride, scalar_t(0));
+      for (int64_t k = 0; k < n_fft; ++k)
+        s.v[k] = static_cast<scalar_t>(bin_frequency<double>(k, n_fft) - s.g.center);
+    }
+  }
+  int64_t used = 0;
+  for (int64_t f = 0; f < F; ++f) {
+    const int64_t bytes = sizes[f] * int64_t(sizeof(scalar_t)) + (2 * out[f].radius + 1) * int64_t(sizeof(RowInfo));
+    if (used + bytes <= kStencilBudgetBytes) {
+      out[f].tabulated = true;
+      used += bytes;
+    }
+  }
+  at::parallel_for(0, F, 1, [&](int64_t f0, int64_t f1) {
+    std::vector<scalar_t> tmp(stride);
+    for (int64_t f = f0; f < f1; ++f) {
+      auto& s = out[f];
+      if (!s.tabulated) continue;
+      const int64_t rows = 2 * s.radius + 1;
+      s.info.resize(rows);
+      s.w.resize(std::max<int64_t>(sizes[f], 1));
+      int64_t pos = 0;
+      for (int64_t i = 0; i < rows; ++i) {
+        RowInfo ri = s.compute_row(i - s.radius, tmp.data());
+        ri.off = pos;
+        std::copy(tmp.data(), tmp.data() + ri.nblk * kLanes, s.w.data() + pos);
+        s.info[i] = ri;
+        pos += ri.nblk * kLanes;
+      }
+    }
+  });
+  return out;
+}
+
+// ---- Row kernels: one kLanes block is one fixed-width vector. ----
+// GCC/Clang vector extensions state the SIMD shape explicitly (SSE2 on baseline x86-64, NEON on
+// arm64; a 4-double vector is split in two by the compiler): the auto-vectoriser left these short
+// loops with aliasing checks and lane shuffles that cost more than the arithmetic. Elsewhere a
+// plain array of kLanes lanes gives the same results (same lane order) more slowly.
+#if defined(__GNUC__) || defined(__clang__)
+template <typename T>
+struct VecOf {
+  typedef T type __attribute__((vector_size(kLanes * sizeof(T))));
+};
+template <typename T>
+using Vec = typename VecOf<T>::type;
+template <typename T>
+inline Vec<T> vzero() {
+  return Vec<T>{} * T(0);
+}
+#else
+template <typename T>
+struct Vec {
+  T v[kLanes];
+  T& operator[](int i) { return v[i]; }
+  T operator[](int i) const { return v[i]; }
+#define LWVD_VOP(op)                                                               \
+  Vec operator op(const Vec& o) const { Vec r; for (int i = 0; i < kLanes; ++i) r.v[i] = v[i] op o.v[i]; return r; } \
+  Vec operator op(T s) const { Vec r; for (int i = 0; i < kLanes; ++i) r.v[i] = v[i] op s; return r; }
+  LWVD_VOP(+)
+  LWVD_VOP(-)
+  LWVD_VOP(*)
+#undef LWVD_VOP
+  Vec& operator+=(const Vec& o) { for (int i = 0; i < kLanes; ++i) v[i] += o.v[i]; return *this; }
+};
+template <typename T>
+inline Vec<T> vzero() {
+  Vec<T> r;
+  for (int i = 0; i < kLanes; ++i) r.v[i] = T(0);
+  return r;
+}
+#endif
+template <typename T>
+inline Vec<T> vload(const T* p) {
+  Vec<T> v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+template <typename T>
+inline void vstore(T* p, const Vec<T>& v) {
+  std::memcpy(p, &v, sizeof(v));
+}
+template <typename T>
+inline T vsum(const Vec<T>& a) {
+  return (a[0] + a[2]) + (a[1] + a[3]);
+}
+
+// WVD rows [n0, n1) of one signal into wrow ((n1-n0) x stride, real; columns >= n_fft stay 0),
+// two rows per complex FFT. buf_in / buf_out: (pairs, n_fft) complex scratch tensors.
+template <typename scalar_t>
+void wvd_rows(const c10::complex<scalar_t>* z, int64_t N, int64_t n_fft, int64_t stride, int64_t n0, int64_t n1,
+              at::Tensor& buf_in, at::Tensor& buf_out, scalar_t* wrow) {
+  using cplx = c10::complex<scalar_t>;
+  const int64_t M = n_fft, h = max_lag(n_fft);
+  const int64_t rows = n1 - n0, pairs = (rows + 1) / 2;
+  scalar_t* in = reinterpret_cast<scalar_t*>(buf_in.data_ptr<cplx>());  // interleaved re, im
+  for (int64_t p = 0; p < pairs; ++p) {
+    scalar_t* row = in + 2 * p * M;
+    std::fill(row, row + 2 * M, scalar_t(0));
+    // r[m] = z[n+m] conj(z[n-m]) and r[-m] = conj(r[m]) (Hermitian). Row a fills the real part
+    // of the packed row, row b the imaginary part: packed[m] = r_a[m] + i r_b[m].
+    const int64_t na = n0 + 2 * p;
+    {
+      const int64_t mm = std::min(h, std::min(na, N - 1 - na));
+      for (int64_t m = 0; m <= mm; ++m) {
+        const cplx zp = z[na + m], zm = z[na - m];
+        const scalar_t rr = zp.real() * zm.real() + zp.imag() * zm.imag();
+        const scalar_t ri = zp.imag() * zm.real() - zp.real() * zm.imag();
+        row[2 * m] = rr;
+        row[2 * m + 1] = ri;
+        if (m > 0) {
+          row[2 * (M - m)] = rr;
+          row[2 * (M - m) + 1] = -ri;
+        }
+      }
+    }
+    const int64_t nb = na + 1;
+    if (nb < n1) {  // i (rr + i ri) = -ri + i rr;  i conj(rr + i ri) = ri + i rr
+      const int64_t mm = std::min(h, std::min(nb, N - 1 - nb));
+      for (int64_t m = 0; m <= mm; ++m) {
+        const cplx zp = z[nb + m], zm = z[nb - m];
+        const scalar_t rr = zp.real() * zm.real() + zp.imag() * zm.imag();
+        const scalar_t ri = zp.imag() * zm.real() - zp.real() * zm.imag();
+        row[2 * m] -= ri;
+        row[2 * m + 1] += rr;
+        if (m > 0) {
+          row[2 * (M - m)] += ri;
+          row[2 * (M - m) + 1] += rr;
+        }
+      }
+    }
+  }
+  at::Tensor src = buf_in.narrow(0, 0, pairs), dst = buf_out.narrow(0, 0, pairs);
+  at::_fft_c2c_out(dst, src, {1}, /*normalization=*/0, /*forward=*/true);
+  const scalar_t* X = reinterpret_cast<const scalar_t*>(buf_out.data_ptr<cplx>());
+  for (int64_t p = 0; p < pairs; ++p) {
+    const scalar_t* x = X + 2 * p * M;
+    scalar_t* wa = wrow + (2 * p) * stride;
+    for (int64_t k = 0; k < M; ++k) wa[k] = scalar_t(2) * x[2 * k];
+    std::fill(wa + M, wa + stride, scalar_t(0));
+    if (2 * p + 1 < rows) {
+      scalar_t* wb = wa + stride;
+      for (int64_t k = 0; k < M; ++k) wb[k] = scalar_t(2) * x[2 * k + 1];
+      std::fill(wb + M, wb + stride, scalar_t(0));
+    }
+  }
+}
+
+struct Problem {
+  int64_t B, N, M, stride, hop, T, F, d_limit;
+  int64_t r_max;  // largest stencil radius
+  int64_t frames_per_tile, n_frame_tiles;
+};
+
+Problem make_problem(const at::Tensor& z, int64_t F, int64_t n_fft, int64_t hop) {
+  Problem p;
+  p.B = z.size(0);
+  p.N = z.size(1);
+  p.M = n_fft;
+  p.stride = round_up(n_fft, kLanes);
+  p.hop = hop;
+  p.T = num_frames(p.N, hop);
+  p.F = F;
+  p.d_limit = p.N - 1 + (p.T - 1) * hop;
+  p.r_max = 0;
+  p.frames_per_tile = 1;
+  p.n_frame_tiles = 0;
+  return p;
+}
+
+template <typename scalar_t>
+void finish_problem(Problem& p, const std::vector<Stencil<scalar_t>>& st) {
+  for (const auto& s : st) p.r_max = std::max(p.r_max, s.radius);
+  // A tile owns about `own` rows of frames plus a halo of 2 r_max rows it recomputes.
+  const int64_t own = std::max(kTileRows, 2 * (2 * p.r_max + 1));
+  p.frames_per_tile = std::max<int64_t>(1, std::min(p.T, ceil_div(own, p.hop)));
+  p.n_frame_tiles = ceil_div(p.T, p.frames_per_tile);
+}
+
+// Frames t in [t_lo, t_hi] whose filter support [t hop - R, t hop + R] meets rows [n0, n1).
+inline void frames_meeting(int64_t n0, int64_t n1, int64_t R, int64_t hop, int64_t t_lo, int64_t t_hi,
+                           int64_t* ta, int64_t* tb) {
+  *ta = std::max(t_lo, ceil_div(n0 - R, hop));
+  *tb = std::min(t_hi, floor_div(n1 - 1 + R, hop));
+}
+
+// ---- Forward. ----
+template <typename scalar_t>
+at::Tensor forward_impl(const at::Tensor& z_in, const at::Tensor& center, const at::Tensor& sigma_t,
+                        const at::Tensor& sigma_nu, const at::Tensor& rho, int64_t n_fft, int64_t hop,
+                        double truncate) {
+  using cplx = c10::complex<scalar_t>;
+  const at::Tensor z = z_in.contiguous();
+  Problem P = make_problem(z, center.size(0), n_fft, hop);
+  const auto real_opts = z.options().dtype(c10::toRealValueType(z.scalar_type()));
+  at::Tensor K = at::zeros({P.B, P.F, P.T}, real_opts);
+  if (P.B == 0) return K;
+  const auto st = make_stencils<scalar_t>(center, sigma_t, sigma_nu, rho, n_fft, truncate, P.d_limit, false);
+  finish_problem(P, st);
+  const cplx* zp = z.data_ptr<cplx>();
+  scalar_t* Kp = K.data_ptr<scalar_t>();
+  const int64_t M = P.M, S = P.stride, pairs_max = chunk_pairs(M), C = 2 * pairs_max;
+
+  at::parallel_for(0, P.B * P.n_frame_tiles, 1, [&](int64_t task0, int64_t task1) {
+    at::Tensor buf_in = at::empty({pairs_max, M}, z.options());
+    at::Tensor buf_out = at::empty({pairs_max, M}, z.options());
+    std::vector<scalar_t> wrow(C * S), scratch(S);
+    std::vector<double> acc;
+    for (int64_t task = task0; task < task1; ++task) {
+      const int64_t b = task / P.n_frame_tiles, tile = task % P.n_frame_tiles;
+      const int64_t t0 = tile * P.frames_per_tile, t1 = std::min(P.T, t0 + P.frames_per_tile);
+      const int64_t nt = t1 - t0;
+      const cplx* zb = zp + b * P.N;
+      acc.assign(P.F * nt, 0.0);
+      const int64_t r_lo = std::max<int64_t>(0, t0 * P.hop - P.r_max);
+      const int64_t r_hi = std::min(P.N - 1, (t1 - 1) * P.hop + P.r_max);
+      for (int64_t n0 = r_lo; n0 <= r_hi; n0 += C) {
+        const int64_t n1 = std::min(r_hi + 1, n0 + C);
+        wvd_rows<scalar_t>(zb, P.N, M, S, n0, n1, buf_in, buf_out, wrow.data());
+        for (int64_t f = 0; f < P.F; ++f) {
+          const auto& s = st[f];
+          const int64_t R = s.radius;
+          int64_t ta, tb;
+          frames_meeting(n0, n1, R, P.hop, t0, t1 - 1, &ta, &tb);
+          for (int64_t t = ta; t <= tb; ++t) {
+            const int64_t c0 = t * P.hop;
+            const int64_t d_lo = std::max(-R, n0 - c0), d_hi = std::min(R, n1 - 1 - c0);
+            Vec<scalar_t> lanes = vzero<scalar_t>();
+            for (int64_t d = d_lo; d <= d_hi; ++d) {
+              RowInfo ri;
+              const scalar_t* w = s.row(d, scratch.data(), &ri);
+              const scalar_t* x = wrow.data() + (c0 + d - n0) * S + ri.k0;
+              for (int64_t blk = 0; blk < ri.nblk; ++blk)
+                lanes += vload(x + blk * kLanes) * vload(w + blk * kLanes);
+            }
+            acc[f * nt + (t - t0)] += static_cast<double>(vsum<scalar_t>(lanes));
+          }
+        }
+      }
+      for (int64_t f = 0; f < P.F; ++f)
+        for (int64_t t = t0; t < t1; ++t)
+          Kp[(b * P.F + f) * P.T + t] = static_cast<scalar_t>(st[f].norm_d * acc[f * nt + (t - t0)]);
+    }
+  });
+  return K;
+}
+
+// ---- Backward. ----
+template <typename scalar_t>
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_impl(
+    const at::Tensor& grad_in, const at::Tensor& z_in, const at::Tensor& center, const at::Tensor& sigma_t,
+    const at::Tensor& sigma_nu, const at::Tensor& rho, int64_t n_fft, int64_t hop, double truncate) {
+  using cplx = c10::complex<scalar_t>;
+  const at::Tensor z = z_in.contiguous();
+  const at::Tensor G = grad_in.contiguous();
+  Problem P = make_problem(z, center.size(0), n_fft, hop);
+  at::Tensor grad_z = at::zeros_like(z, at::MemoryFormat::Contiguous);
+  at::Tensor gtheta = at::zeros({4, P.F}, center.options());
+  if (P.B == 0) return {grad_z, gtheta[0].clone(), gtheta[1].clone(), gtheta[2].clone(), gtheta[3].clone()};
+  const auto st = make_stencils<scalar_t>(center, sigma_t, sigma_nu, rho, n_fft, truncate, P.d_limit, true);
+  finish_problem(P, st);
+  const cplx* zp = z.data_ptr<cplx>();
+  const scalar_t* Gp = G.data_ptr<scalar_t>();
+  const int64_t M = P.M, S = P.stride, h = max_lag(M), pairs_max = chunk_pairs(M), C = 2 * pairs_max;
+
+  // (1) Parameter gradients. Per (item, frame tile): the six moments of every (f, t) over its
+  // ellipse, turned into sum_t G dK/dtheta; partial sums go to `work`, reduced below in a fixed order.
+  std::vector<double> work(P.B * P.n_frame_tiles * P.F * 4, 0.0);
+  at::parallel_for(0, P.B * P.n_frame_tiles, 1, [&](int64_t task0, int64_t task1) {
+    at::Tensor buf_in = at::empty({pairs_max, M}, z.options());
+    at::Tensor buf_out = at::empty({pairs_max, M}, z.options());
+    std::vector<scalar_t> wrow(C * S), scratch(S);
+    std::vector<double> mom;  // (F, nt, 6): S0, Sd, Sv, Sdd, Sdv, Svv
+    for (int64_t task = task0; task < task1; ++task) {
+      const int64_t b = task / P.n_frame_tiles, tile = task % P.n_frame_tiles;
+      const int64_t t0 = tile * P.frames_per_tile, t1 = std::min(P.T, t0 + P.frames_per_tile);
+      const int64_t nt = t1 - t0;
+      const cplx* zb = zp + b * P.N;
+      mom.assign(P.F * nt * 6, 0.0);
+      const int64_t r_lo = std::max<int64_t>(0, t0 * P.hop - P.r_max);
+      const int64_t r_hi = std::min(P.N - 1, (t1 - 1) * P.hop + P.r_max);
+      for (int64_t n0 = r_lo; n0 <= r_hi; n0 += C) {
+        const int64_t n1 = std::min(r_hi + 1, n0 + C);
+        wvd_rows<scalar_t>(zb, P.N, M, S, n0, n1, buf_in, buf_out, wrow.data());
+        for (int64_t f = 0; f < P.F; ++f) {
+          const auto& s = st[f];
+          const int64_t R = s.radius;
+          int64_t ta, tb;
+          frames_meeting(n0, n1, R, P.hop, t0, t1 - 1, &ta, &tb);
+          for (int64_t t = ta; t <= tb; ++t) {
+            if (Gp[(b * P.F + f) * P.T + t] == scalar_t(0)) continue;  // contributes exactly 0
+            const int64_t c0 = t * P.hop;
+            const int64_t d_lo = std::max(-R, n0 - c0), d_hi = std::min(R, n1 - 1 - c0);
+            using V = Vec<scalar_t>;
+            V m0 = vzero<scalar_t>(), md = m0, mv = m0, mdd = m0, mdv = m0, mvv = m0;
+            for (int64_t d = d_lo; d <= d_hi; ++d) {
+              RowInfo ri;
+              const scalar_t* e = s.row(d, scratch.data(), &ri);
+              const scalar_t* x = wrow.data() + (c0 + d - n0) * S + ri.k0;
+              const scalar_t* vv = s.v.data() + ri.k0;
+              V p0 = vzero<scalar_t>(), p1 = p0, p2 = p0;
+              for (int64_t blk = 0; blk < ri.nblk; ++blk) {
+                const V vk = vload(vv + blk * kLanes);
+                const V we = vload(x + blk * kLanes) * vload(e + blk * kLanes);
+                const V wev = we * vk;
+                p0 += we;
+                p1 += wev;
+                p2 += wev * vk;
+              }
+              const scalar_t dd = static_cast<scalar_t>(d);
+              m0 += p0;
+              md += p0 * dd;
+              mdd += (p0 * dd) * dd;
+              mv += p1;
+              mdv += p1 * dd;
+              mvv += p2;
+            }
+            double* m = mom.data() + (f * nt + (t - t0)) * 6;
+            m[0] += vsum<scalar_t>(m0);
+            m[1] += vsum<scalar_t>(md);
+            m[2] += vsum<scalar_t>(mv);
+            m[3] += vsum<scalar_t>(mdd);
+            m[4] += vsum<scalar_t>(mdv);
+            m[5] += vsum<scalar_t>(mvv);
+          }
+        }
+      }
+      // dK/dtheta (docs/design.md), in double, summed over the tile's frames in order.
+      double* out = work.data() + (b * P.n_frame_tiles + tile) * P.F * 4;
+      for (int64_t f = 0; f < P.F; ++f) {
+        const double stf = st[f].g.sigma_t, snf = st[f].sigma_nu, r = st[f].g.rho, norm = st[f].norm_d;
+        const double i1mr2 = 1.0 / (1.0 - r * r);
+        double gc = 0, gst = 0, gsn = 0, gr = 0;
+        for (int64_t t = t0; t < t1; ++t) {
+          const double g = static_cast<double>(Gp[(b * P.F + f) * P.T + t]);
+          if (g == 0.0) continue;
+          const double* m = mom.data() + (f * nt + (t - t0)) * 6;
+          const double S0 = m[0], Sd = m[1], Sv = m[2], Sdd = m[3], Sdv = m[4], Svv = m[5];
+          const double K = norm * S0;
+          const double Sq = (Sdd / (stf * stf) - 2.0 * r * Sdv / (stf * snf) + Svv / (snf * snf)) * i1mr2;
+          const double dc = norm * (Sv / (snf * snf) - r * Sd / (stf * snf)) * i1mr2;
+          const double dst = -K / stf + norm * (Sdd / (stf * stf * stf) - r * Sdv / (stf * stf * snf)) * i1mr2;
+          const double dsn = -K / snf + norm * (Svv / (snf * snf * snf) - r * Sdv / (stf * snf * snf)) * i1mr2;
+          const double dr = r * K * i1mr2 + norm * (Sdv / (stf * snf) - r * Sq) * i1mr2;
+          gc += g * dc;
+          gst += g * dst;
+          gsn += g * dsn;
+          gr += g * dr;
+        }
+        out[f * 4 + 0] = gc;
+        out[f * 4 + 1] = gst;
+        out[f * 4 + 2] = gsn;
+        out[f * 4 + 3] = gr;
+      }
+    }
+  });
+  {
+    std::vector<double> tot(P.F * 4, 0.0);
+    for (int64_t i = 0; i < P.B * P.n_frame_tiles; ++i)
+      for (int64_t j = 0; j < P.F * 4; ++j) tot[j] += work[i * P.F * 4 + j];
+    auto gacc = gtheta.accessor<scalar_t, 2>();
+    for (int64_t f = 0; f < P.F; ++f)
+      for (int j = 0; j < 4; ++j) gacc[j][f] = static_cast<scalar_t>(tot[f * 4 + j]);
+  }
+
+  // (2) grad_z, output-stationary over runs of samples [j0, j1), which need rows [j0 - h, j1 - 1 + h]:
+  //   A[n, k] = sum_{f,t} G[f,t] norm_f E_f(n - t hop, k)   (the forward stencils, transposed)
+  //   Ahat[n, .] = DFT_k A[n, .]                           (two real rows per complex FFT)
+  //   grad_z[j] = 4 sum_m z[j - 2m] conj(Ahat[j - m, m])
+  // A sample tile is at least 4x its halo so that recomputed rows stay below ~25%.
+  const int64_t J = std::max(kTileRows, 4 * (2 * h + 1));
+  const int64_t n_sample_tiles = ceil_div(P.N, J);
+  cplx* gz = grad_z.data_ptr<cplx>();
+  at::parallel_for(0, P.B * n_sample_tiles, 1, [&](int64_t task0, int64_t task1) {
+    at::Tensor buf_in = at::empty({pairs_max, M}, z.options());
+    at::Tensor buf_out = at::empty({pairs_max, M}, z.options());
+    std::vector<scalar_t> arow(C * S), scratch(S), ah_re(2 * h + 1), ah_im(2 * h + 1);
+    std::vector<scalar_t> acc_re, acc_im, zr_rev, zi_rev;
+    for (int64_t task = task0; task < task1; ++task) {
+      const int64_t b = task / n_sample_tiles, tile = task % n_sample_tiles;
+      const int64_t j0 = tile * J, j1 = std::min(P.N, j0 + J);
+      const cplx* zb = zp + b * P.N;
+      const scalar_t* Gb = Gp + b * P.F * P.T;
+      acc_re.assign(j1 - j0, scalar_t(0));
+      acc_im.assign(j1 - j0, scalar_t(0));
+      const int64_t r_lo = std::max<int64_t>(0, j0 - h), r_hi = std::min(P.N - 1, j1 - 1 + h);
+      // z[u] for u in [u_lo, u_hi], reversed and split into re / im: z[n - m] = zrev[u_hi - n + m]
+      // is then read forwards in m, like every other array of the accumulation loop.
+      const int64_t u_lo = std::max<int64_t>(0, r_lo - h), u_hi = std::min(P.N - 1, r_hi + h);
+      zr_rev.resize(u_hi - u_lo + 1);
+      zi_rev.resize(u_hi - u_lo + 1);
+      for (int64_t i = 0; i <= u_hi - u_lo; ++i) {
+        zr_rev[i] = zb[u_hi - i].real();
+        zi_rev[i] = zb[u_hi - i].imag();
+      }
+      for (int64_t n0 = r_lo; n0 <= r_hi; n0 += C) {
+        const int64_t n1 = std::min(r_hi + 1, n0 + C);
+        const int64_t rows = n1 - n0, pairs = (rows + 1) / 2;
+        std::fill(arow.begin(), arow.begin() + 2 * pairs * S, scalar_t(0));
+        for (int64_t f = 0; f < P.F; ++f) {  // fixed order: f, then t, then d
+          const auto& s = st[f];
+          const int64_t R = s.radius;
+          int64_t ta, tb;
+          frames_meeting(n0, n1, R, P.hop, 0, P.T - 1, &ta, &tb);
+          for (int64_t t = ta; t <= tb; ++t) {
+            const scalar_t coef = Gb[f * P.T + t] * s.norm;
+            if (coef == scalar_t(0)) continue;  // adds exactly 0 (weights are finite)
+            const int64_t c0 = t * P.hop;
+            const int64_t d_lo = std::max(-R, n0 - c0), d_hi = std::min(R, n1 - 1 - c0);
+            for (int64_t d = d_lo; d <= d_hi; ++d) {
+              RowInfo ri;
+              const scalar_t* e = s.row(d, scratch.data(), &ri);
+              scalar_t* a = arow.data() + (c0 + d - n0) * S + ri.k0;
+              for (int64_t blk = 0; blk < ri.nblk; ++blk)
+                vstore(a + blk * kLanes, vload(a + blk * kLanes) + vload(e + blk * kLanes) * coef);
+            }
+          }
+        }
+        scalar_t* in = reinterpret_cast<scalar_t*>(buf_in.data_ptr<cplx>());
+        for (int64_t p = 0; p < pairs; ++p) {  // packed row A[a] + i A[b] (A[b] = 0 past the chunk)
+          const scalar_t* aa = arow.data() + 2 * p * S;
+          const scalar_t* ab = aa + S;
+          scalar_t* row = in + 2 * p * M;
+          for (int64_t k = 0; k < M; ++k) {
+            row[2 * k] = aa[k];
+            row[2 * k + 1] = ab[k];
+          }
+        }
+        at::Tensor src = buf_in.narrow(0, 0, pairs), dst = buf_out.narrow(0, 0, pairs);
+        at::_fft_c2c_out(dst, src, {1}, 0, true);
+        const scalar_t* X = reinterpret_cast<const scalar_t*>(buf_out.data_ptr<cplx>());
+        for (int64_t row = 0; row < rows; ++row) {
+          const int64_t n = n0 + row;
+          // lags m with j = n + m in [j0, j1) and n - m in [0, N)
+          const int64_t m_lo = std::max(-h, std::max(j0 - n, n - (P.N - 1)));
+          const int64_t m_hi = std::min(h, std::min(j1 - 1 - n, n));
+          if (m_lo > m_hi) continue;
+          // 2 Ahat[n, m] for m in [0, h] from X[m], X[-m]; Ahat[n, -m] = conj(Ahat[n, m]).
+          const scalar_t* x = X + 2 * (row / 2) * M;
+          scalar_t* are = ah_re.data() + h;
+          scalar_t* aim = ah_im.data() + h;
+          if (row % 2 == 0) {  // Ahat[a, m] = (X[m] + conj(X[-m])) / 2
+            for (int64_t m = 0; m <= h; ++m) {
+              const int64_t im = m == 0 ? 0 : M - m;
+              are[m] = x[2 * m] + x[2 * im];
+              aim[m] = x[2 * m + 1] - x[2 * im + 1];
+            }
+          } else {  // Ahat[b, m] = (X[m] - conj(X[-m])) / (2i)
+            for (int64_t m = 0; m <= h; ++m) {
+              const int64_t im = m == 0 ? 0 : M - m;
+              are[m] = x[2 * m + 1] + x[2 * im + 1];
+              aim[m] = x[2 * im] - x[2 * m];
+            }
+          }
+          for (int64_t m = 1; m <= h; ++m) {
+            are[-m] = are[m];
+            aim[-m] = -aim[m];
+          }
+          // grad_z[n + m] += 4 z[n - m] conj(Ahat[n, m]) = 2 z[n - m] conj(2 Ahat[n, m])
+          const int64_t cnt = m_hi - m_lo + 1;
+          const scalar_t* __restrict__ zr = zr_rev.data() + (u_hi - n + m_lo);
+          const scalar_t* __restrict__ zi = zi_rev.data() + (u_hi - n + m_lo);
+          const scalar_t* __restrict__ ar = are + m_lo;
+          const scalar_t* __restrict__ ai = aim + m_lo;
+          scalar_t* __restrict__ gre = acc_re.data() + (n + m_lo - j0);
+          scalar_t* __restrict__ gim = acc_im.data() + (n + m_lo - j0);
+          for (int64_t i = 0; i < cnt; ++i) {
+            gre[i] += scalar_t(2) * (zr[i] * ar[i] + zi[i] * ai[i]);
+            gim[i] += scalar_t(2) * (zi[i] * ar[i] - zr[i] * ai[i]);
+          }
+        }
+      }
+      cplx* out = gz + b * P.N + j0;
+      for (int64_t j = 0; j < j1 - j0; ++j) out[j] = cplx(acc_re[j], acc_im[j]);
+    }
+  });
+  return {grad_z, gtheta[0].clone(), gtheta[1].clone(), gtheta[2].clone(), gtheta[3].clone()};
+}
+
+at::Tensor lwvd_fwd_cpu(const at::Tensor& z, const at::Tensor& center, const at::Tensor& sigma_t,
+                        const at::Tensor& sigma_nu, const at::Tensor& rho, int64_t n_fft, int64_t hop_length,
+                        double truncate) {
+  check_args(z, center, sigma_t, sigma_nu, rho, n_fft, hop_length, truncate);
+  if (z.scalar_type() == at::kComplexDouble)
+    return forward_impl<double>(z, center, sigma_t, sigma_nu, rho, n_fft, hop_length, truncate);
+  return forward_impl<float>(z, center, sigma_t, sigma_nu, rho, n_fft, hop_length, truncate);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lwvd_bwd_cpu(
+    const at::Tensor& grad_out, const at::Tensor& z, const at::Tensor& center, const at::Tensor& sigma_t,
+    const at::Tensor& sigma_nu, const at::Tensor& rho, int64_t n_fft, int64_t hop_length, double truncate) {
+  check_args(z, center, sigma_t, sigma_nu, rho, n_fft, hop_length, truncate);
+  check_grad(grad_out, z, center.size(0), hop_length);
+  if (z.scalar_type() == at::kComplexDouble)
+    return backward_impl<double>(grad_out, z, center, sigma_t, sigma_nu, rho, n_fft, hop_length, truncate);
+  return backward_impl<float>(grad_out, z, center, sigma_t, sigma_nu, rho, n_fft, hop_length, truncate);
+}
+
+}  // namespace
+}  // namespace cpu
+}  // namespace lwvd
+
+TORCH_LIBRARY_IMPL(lwvd_cuda, CPU, m) {
+  m.impl("lwvd_fwd", &lwvd::cpu::lwvd_fwd_cpu);
+  m.impl("lwvd_bwd", &lwvd::cpu::lwvd_bwd_cpu);
+}
