@@ -213,7 +213,7 @@ def main() -> None:
     ax.set_ylabel("learned ridge slope (kHz/s)")
     ax.set_title("chirp rate each filter follows\n(dashed: the sweep rates in the data)")
     path = os.path.join(args.out, "chirp_filters.png")
-    fig.savefig(path, dpi=80)
+    fig.savefig(path, dpi=72)
     print(f"saved {os.path.normpath(path)}")
 
 
