@@ -152,9 +152,14 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--test", type=int, default=300, help="test clips")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--threads", type=int, default=1,
+        help="torch threads (default 1: on a machine whose cores are shared, OpenMP threads that spin at "
+        "barriers slow the fused kernels down many times; raise it on an idle machine)",
+    )
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "docs", "images"))
     args = parser.parse_args()
-    torch.set_num_threads(min(2, torch.get_num_threads()))
+    torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", message="lwvd_cuda: running the pure-PyTorch reference")
     warnings.filterwarnings("ignore", message="Converting a tensor with requires_grad=True to a scalar")
     backend, why = lwvd_cuda.backend_for(torch.zeros(1, dtype=torch.complex64), 128)

@@ -247,3 +247,22 @@ def test_nan_in_one_item_stays_in_that_item():
     x_bad.requires_grad_(True)
     (g,) = torch.autograd.grad(layer(x_bad)[0].sum(), [x_bad])
     assert torch.isfinite(g[0]).all() and torch.isfinite(g[2]).all()
+
+
+def test_example_runs(tmp_path):
+    # The worked example, a few steps: it must run end to end (train both front ends, print the
+    # table, save the figure). Accuracy is not asserted at this size.
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    script = os.path.join(root, "examples", "chirp_classification.py")
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    res = subprocess.run(
+        [sys.executable, script, "--steps", "2", "--batch", "8", "--test", "20", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=300, env=env,
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "learned LWVD:" in res.stdout and "chirp Hz/s" in res.stdout
+    if "matplotlib not installed" not in res.stdout:
+        assert (tmp_path / "chirp_filters.png").stat().st_size > 1000
