@@ -21,9 +21,12 @@ TOLERANCES = {torch.float64: 1e-10, torch.float32: 1e-4}
 
 def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
     """max |actual - expected| / max |expected| (0 when both are all zero)."""
-    actual, expected = actual.detach().to(torch.float64), expected.detach().to(torch.float64)
+    actual, expected = actual.detach(), expected.detach()
+    # Complex first: .to(float64) of a complex tensor would silently drop the imaginary part.
     if actual.is_complex() or expected.is_complex():
         actual, expected = torch.view_as_real(actual.to(torch.complex128)), torch.view_as_real(expected.to(torch.complex128))
+    else:
+        actual, expected = actual.to(torch.float64), expected.to(torch.float64)
     scale = expected.abs().max().item() if expected.numel() else 0.0
     diff = (actual - expected).abs().max().item() if expected.numel() else 0.0
     if scale == 0.0:

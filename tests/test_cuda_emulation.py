@@ -95,7 +95,7 @@ class Builds:
         # The kernel directory (or a planted-bug copy of it) comes before the project's include path.
         cmd += [f"-I{kernel_dir or KERNEL_DIR}", f"-I{ROOT / 'csrc'}", str(EMU_DIR / f"{program}.cpp"), "-o", str(exe)]
         t0 = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
         _timed(f"build {sanitizer}", time.perf_counter() - t0)
         if proc.returncode != 0:
             raise AssertionError(f"building {name} failed:\n{' '.join(cmd)}\n{proc.stderr[-6000:]}")
@@ -109,12 +109,14 @@ def builds(tmp_path_factory, request):
     yield Builds(root)
     if TIMINGS:
         (root / "timings.json").write_text(json.dumps(TIMINGS, indent=2))
+        lines = ["", "CUDA emulation timings (CPU only, no GPU involved; wall seconds summed per part):"]
+        lines += [f"  {key:<28s} {TIMINGS[key]:7.2f} s" for key in sorted(TIMINGS)]
         reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-        if reporter is not None:
-            reporter.write_line("")
-            reporter.write_line("CUDA emulation timings (CPU only; wall seconds, summed per part):")
-            for key in sorted(TIMINGS):
-                reporter.write_line(f"  {key:<28s} {TIMINGS[key]:7.2f} s")
+        capture = request.config.pluginmanager.get_plugin("capturemanager")
+        if reporter is not None and capture is not None:
+            with capture.global_and_fixture_disabled():  # session teardown runs under output capture
+                for line in lines:
+                    reporter.write_line(line)
 
 
 def run(exe: Path, *args, sanitizer: str = "plain", part: str = "", env: dict | None = None, timeout: float = 300):
@@ -147,7 +149,7 @@ TOYS = EMU_DIR / "toy_kernels.cuh"
 
 @pytest.mark.parametrize("name", ["barrier", "shuffle", "reduce", "fft"])
 def test_emulator_toy_kernel_answers(builds, name):
-    proc = run(builds.get("selftest"), name, part="selftest plain")
+    proc = run(builds.get("driver"), "--selftest", name, part="selftest plain")
     assert proc.returncode == 0 and f"PASS {name}" in proc.stdout, proc.stdout + proc.stderr
 
 
@@ -162,7 +164,7 @@ def test_emulator_toy_kernel_answers(builds, name):
     ],
 )
 def test_emulator_aborts_on_misuse(builds, name, message):
-    proc = run(builds.get("selftest"), name, part="selftest plain")
+    proc = run(builds.get("driver"), "--selftest", name, part="selftest plain")
     assert proc.returncode != 0, f"{name}: the emulator accepted a malformed kernel\n{proc.stdout}"
     assert message in proc.stderr, proc.stderr
     assert "toy_kernels.cuh:" in proc.stderr, "the message must name the kernel source line"
@@ -172,25 +174,36 @@ def test_emulator_watchdog_ends_a_deadlock(builds):
     # Half the block waits at __syncthreads, the other half waits for a flag set after it: a hang on
     # any GPU. With a 1 s watchdog the run must end with a message, not hang the test session.
     t0 = time.perf_counter()
-    proc = run(builds.get("selftest"), "deadlock", env={"LWVD_EMU_WATCHDOG_S": "1"}, timeout=60, part="selftest plain")
+    proc = run(builds.get("driver"), "--selftest", "deadlock", env={"LWVD_EMU_WATCHDOG_S": "1"}, timeout=60,
+               part="selftest plain")
     elapsed = time.perf_counter() - t0
     assert proc.returncode != 0
     assert "WATCHDOG" in proc.stderr and "32 of 64 threads arrived" in proc.stderr, proc.stderr
     assert elapsed < 30.0
 
 
+def test_emulator_block_order_switch_takes_effect(builds):
+    # The block-order test of the real kernels below means something only if the order changes.
+    last = {}
+    for order in ["forward", "reverse", "shuffle:7"]:
+        proc = run(builds.get("driver"), "--selftest", "last_block", env={"LWVD_EMU_BLOCK_ORDER": order},
+                   part="selftest plain")
+        assert proc.returncode == 0, proc.stderr
+        last[order] = int(proc.stdout.split()[-1])
+    assert last["forward"] == 15 and last["reverse"] == 0 and 0 <= last["shuffle:7"] < 16, last
+
+
 def test_emulator_tsan_clean_on_toy_kernels(builds):
-    exe = builds.get("selftest", "tsan")
+    exe = builds.get("driver", "tsan")
     for name in ["barrier", "shuffle", "reduce", "fft"]:
-        proc = run(exe, name, sanitizer="tsan", part="tsan toys")
+        proc = run(exe, "--selftest", name, sanitizer="tsan", part="tsan toys")
         assert proc.returncode == 0 and "ThreadSanitizer" not in proc.stderr, proc.stderr[-4000:]
 
 
 def test_tsan_reports_planted_race_in_toy_kernel(builds):
     # block_sum_kernel without the barrier between the shared fill and the tree: thread t reads
     # s[t + stride] that thread t + stride may not have written yet. TSan must point at the line.
-    exe = builds.get("selftest", "tsan", defines=("TOY_PLANT_RACE",))
-    proc = run(exe, "reduce", sanitizer="tsan", part="tsan toys")
+    proc = run(builds.get("driver", "tsan"), "--selftest", "reduce_race", sanitizer="tsan", part="tsan toys")
     line = marker_line(TOYS, "planted race: reads")
     assert proc.returncode != 0
     assert "ThreadSanitizer: data race" in proc.stderr, proc.stderr[-4000:]
@@ -198,15 +211,14 @@ def test_tsan_reports_planted_race_in_toy_kernel(builds):
 
 
 def test_emulator_asan_clean_on_toy_kernels(builds):
-    exe = builds.get("selftest", "asan")
+    exe = builds.get("driver", "asan")
     for name in ["barrier", "shuffle", "reduce", "fft"]:
-        proc = run(exe, name, sanitizer="asan", part="asan toys")
+        proc = run(exe, "--selftest", name, sanitizer="asan", part="asan toys")
         assert proc.returncode == 0 and "ERROR: AddressSanitizer" not in proc.stderr, proc.stderr[-4000:]
 
 
 def test_asan_reports_planted_smem_overflow_in_toy_kernel(builds):
-    exe = builds.get("selftest", "asan", defines=("TOY_PLANT_OOB",))
-    proc = run(exe, "fft", sanitizer="asan", part="asan toys")
+    proc = run(builds.get("driver", "asan"), "--selftest", "fft_oob", sanitizer="asan", part="asan toys")
     fill_line = marker_line(TOYS, "buf[i] = i < n ? xb[r]")
     assert proc.returncode != 0
     assert "heap-buffer-overflow" in proc.stderr and "0 bytes to the right of 1024-byte region" in proc.stderr, (
@@ -237,21 +249,24 @@ class EmuCase:
         return f"B{self.b}-N{self.n}-M{self.n_fft}-hop{self.hop}-F{self.f}-{self.kind}-trunc{t}"
 
 
-# Small enough for the emulator (a barrier of 256 threads costs ~0.3-0.5 ms), chosen for coverage:
+# Small enough for the emulator, chosen for coverage. Cost is dominated by warp exchanges (every
+# shuffle is a barrier of 32 OS threads, ~0.1-0.3 ms on 2 cores) and block barriers (~0.3-0.5 ms).
 CASES = [
     EmuCase(1, 37, 16, 5, 3),                              # odd N, hop not dividing N
     EmuCase(2, 11, 32, 3, 2),                              # N < n_fft: every lag row touches both edges
-    EmuCase(1, 64, 16, 4, 4, "untilted", None),            # truncate=None: every term (exp underflow bound)
+    EmuCase(1, 24, 16, 4, 2, "untilted", None),            # truncate=None: every term (exp underflow bound)
     EmuCase(1, 50, 8, 7, 5, "narrow", 4.0, seed=3),        # below the Heisenberg box, tiny ellipses
     EmuCase(1, 45, 16, 9, 3, "wide", 4.0, seed=4),         # radius beyond N: the whole signal per frame
-    EmuCase(2, 97, 16, 2, 7, "mixed", 3.0, seed=5),        # many frames: several frame tiles per signal
-    EmuCase(1, 130, 4, 1, 3, "mixed", 4.0, seed=6),        # smallest n_fft, hop 1: many tiles, T = N + 1
+    EmuCase(2, 45, 8, 3, 3, "mixed", 3.0, seed=5),         # several frame tiles per signal (T=16, 6 per tile)
+    EmuCase(1, 40, 4, 1, 2, "mixed", 4.0, seed=6),         # smallest n_fft, hop 1: T = N + 1, 6 tiles
     EmuCase(1, 33, 64, 16, 2, "mixed", None, seed=7),      # N < n_fft with every term
     EmuCase(1, 1, 16, 1, 2, "mixed", 4.0, seed=8),         # N = 1
     EmuCase(1, 20, 16, 50, 2, "mixed", 4.0, seed=9),       # hop > N: one frame
-    EmuCase(3, 40, 32, 6, 33, "mixed", 4.0, seed=10),      # F = 33: not a multiple of any warp/tile count
+    EmuCase(1, 12, 16, 6, 33, "mixed", 4.0, seed=10),      # F = 33: not a multiple of any warp/tile count
     EmuCase(1, 70, 128, 10, 3, "untilted", 4.0, seed=11),  # larger n_fft (7 FFT stages)
+    EmuCase(2, 1100, 4, 50, 2, "mixed", 4.0, seed=13),     # N > grad_z tile (1024): several grad_z tiles
 ]
+MULTI_TILE_CASE = CASES[-1]
 
 
 class Problem:
@@ -317,6 +332,15 @@ def check_against_reference(problem: Problem, tol: float) -> None:
         assert_rel_close(a, e, tol, f"{problem.case} grad {name}")
 
 
+def launches(proc) -> list[tuple[int, int, int]]:
+    """(grid.x, threads per block, dynamic smem bytes) of every launch, in order."""
+    out = []
+    for m in re.finditer(r"^LAUNCH grid (\d+) (\d+) (\d+) block (\d+) (\d+) (\d+) smem (\d+)$", proc.stdout, re.M):
+        g = [int(x) for x in m.groups()]
+        out.append((g[0] * g[1] * g[2], g[3] * g[4] * g[5], g[6]))
+    return out
+
+
 def driver_ok(proc) -> None:
     assert proc.returncode == 0, f"driver failed (rc {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
 
@@ -327,8 +351,17 @@ def test_real_kernels_float64_match_reference(builds, tmp_path, case):
     # float64 tolerance 1e-10 (TOLERANCES): summation order and FFT rounding differ from the
     # reference's, at ~1e-14; any wrong or missing term is orders of magnitude larger.
     p = Problem(case, torch.float64, tmp_path)
-    driver_ok(p.run(builds.get("driver"), part="real kernels plain"))
+    proc = p.run(builds.get("driver"), part="real kernels plain")
+    driver_ok(proc)
     check_against_reference(p, TOLERANCES[torch.float64])
+    if case in (CASES[5], CASES[6], MULTI_TILE_CASE):
+        # Several output tiles per signal really happened: the row kernels got more blocks than B
+        # (plan order, lwvd_plan.cuh: fwd prepare, smooth; bwd prepare, moments, param_grad, grad_z).
+        grid = launches(proc)
+        assert len(grid) == 6, grid
+        assert grid[1][0] >= 2 * case.b and grid[3][0] == grid[1][0], grid
+        if case is MULTI_TILE_CASE:
+            assert grid[5][0] >= 2 * case.b, f"grad_z should have several tiles per signal: {grid}"
 
 
 @needs_plan
@@ -356,21 +389,52 @@ def test_real_kernels_deterministic(builds, tmp_path, dtype):
         assert runs[0][n] == runs[1][n], f"{n}: two runs differ bitwise"
 
 
+@needs_plan
+def test_real_kernels_independent_of_block_order(builds, tmp_path):
+    # Blocks never overlap in the emulator, so TSan cannot see inter-block races; what it can check is
+    # that the grid's result does not depend on the order blocks run in (as on a GPU, where they run
+    # in any order and concurrently): reversed and shuffled orders must give the same bits. The case
+    # has several blocks in every launch but the one-block prepare kernel.
+    p = Problem(MULTI_TILE_CASE, torch.float64, tmp_path)
+    exe = builds.get("driver")
+    names = ["forward", "grad_z", "grad_center", "grad_sigma_t", "grad_sigma_nu", "grad_rho"]
+    results = {}
+    for order in ["forward", "reverse", "shuffle:7"]:
+        driver_ok(p.run(exe, part="real kernels plain", env={"LWVD_EMU_BLOCK_ORDER": order}))
+        results[order] = {n: (tmp_path / f"out_{n}.bin").read_bytes() for n in names}
+    for order in ["reverse", "shuffle:7"]:
+        for n in names:
+            assert results[order][n] == results["forward"][n], f"{n}: block order {order} changes the result"
+
+
+@needs_plan
+def test_plan_rejects_unsupported_n_fft(builds, tmp_path):
+    # The plan's own last line of defence (the torch side routes such n_fft elsewhere): a clear error,
+    # no launch.
+    p = Problem(EmuCase(1, 10, 16, 2, 2), torch.float64, tmp_path)
+    p.case = EmuCase(1, 10, 12, 2, 2)
+    proc = p.run(builds.get("driver"), part="real kernels plain")
+    assert proc.returncode != 0 and "n_fft" in proc.stderr and "LAUNCH" not in proc.stdout, proc.stderr
+
+
 SAN_CASE = EmuCase(1, 21, 16, 5, 3, "mixed", 4.0, seed=12)  # small: TSan costs 3-10x
 
 
 @needs_plan
-def test_tsan_clean_on_real_kernels(builds, tmp_path):
-    p = Problem(SAN_CASE, torch.float64, tmp_path)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+def test_tsan_clean_on_real_kernels(builds, tmp_path, dtype):
+    # Forward and backward (every kernel of the plan), both instantiations.
+    p = Problem(SAN_CASE, dtype, tmp_path)
     proc = p.run(builds.get("driver", "tsan"), sanitizer="tsan", part="tsan real kernels")
     assert "ThreadSanitizer" not in proc.stderr, proc.stderr[-8000:]
     driver_ok(proc)
-    check_against_reference(p, TOLERANCES[torch.float64])
+    check_against_reference(p, TOLERANCES[dtype])
 
 
-def _copy_kernels_without_barrier(dst: Path, header: str, pattern: str) -> tuple[Path, int]:
+def _copy_kernels_without_barrier(dst: Path, header: str, pattern: str) -> tuple[Path, int, int, int]:
     """Copy csrc/kernels to ``dst`` and delete the last ``__syncthreads();`` in the body of the
-    function of ``header`` whose signature matches ``pattern``. Returns (dir, removed line)."""
+    function of ``header`` whose signature matches ``pattern``.
+    Returns (dir, removed line, first and last line of the function), 1-based."""
     shutil.copytree(KERNEL_DIR, dst)
     path = dst / header
     lines = path.read_text().splitlines(keepends=True)
@@ -387,22 +451,35 @@ def _copy_kernels_without_barrier(dst: Path, header: str, pattern: str) -> tuple
     removed = hits[-1]
     lines[removed] = lines[removed].replace("__syncthreads();", "/* planted: barrier removed */")
     path.write_text("".join(lines))
-    return dst, removed + 1
+    return dst, removed + 1, start + 1, end + 1
+
+
+# (header, function signature pattern, plan mode that runs it). The last __syncthreads of each:
+#   block_fft_rows: the barrier ending each FFT stage; without it stage s+1 reads elements another
+#     thread is still writing in stage s;
+#   lwvd_param_grad_kernel: the barrier of its shared-memory tree reduction (backward).
+PLANTED_BARRIERS = [
+    ("fft.cuh", r"void block_fft_rows\(", "fwd"),
+    ("lwvd_bwd.cuh", r"void .*lwvd_param_grad_kernel\(", "bwd"),
+]
 
 
 @needs_plan
-def test_tsan_reports_barrier_removed_from_real_fft(builds, tmp_path):
-    # Without the barrier that ends each FFT stage, stage s+1 reads elements another thread is still
-    # writing in stage s. This is the check that a clean TSan run of the real kernels means something.
-    kdir, line = _copy_kernels_without_barrier(tmp_path / "kernels", "fft.cuh", r"void block_fft_rows\(")
-    exe = builds.get("driver", "tsan", kernel_dir=kdir, tag="nobarrier")
+@pytest.mark.parametrize("header, pattern, mode", PLANTED_BARRIERS, ids=[h for h, _, _ in PLANTED_BARRIERS])
+def test_tsan_reports_barrier_removed_from_real_kernel(builds, tmp_path, header, pattern, mode):
+    # The check that a clean TSan run of the real kernels means something.
+    kdir, line, first, last = _copy_kernels_without_barrier(tmp_path / "kernels", header, pattern)
+    exe = builds.get("driver", "tsan", kernel_dir=kdir, tag=f"nobarrier_{header.split('.')[0]}")
     p = Problem(SAN_CASE, torch.float64, tmp_path / "run")
-    proc = p.run(exe, mode="fwd", sanitizer="tsan", part="tsan real kernels")
+    proc = p.run(exe, mode=mode, sanitizer="tsan", part="tsan planted barrier")
     assert "ThreadSanitizer: data race" in proc.stderr, (
-        f"TSan missed the barrier removed at fft.cuh:{line}\n{proc.stderr[-4000:]}"
+        f"TSan missed the barrier removed at {header}:{line}\n{proc.stderr[-4000:]}"
     )
-    # Both racing accesses are butterfly loads/stores of block_fft_rows.
-    assert re.search(rf"{re.escape(str(kdir / 'fft.cuh'))}:\d+", proc.stderr), proc.stderr[-4000:]
+    # The racing accesses (top frames of each report) lie inside the function that lost its barrier.
+    racing = [int(x) for x in re.findall(rf"#0 [^\n]*{re.escape(str(kdir / header))}:(\d+)", proc.stderr)]
+    assert racing and all(first <= r <= last for r in racing), (
+        f"race reported outside lines {first}-{last} of {header}: {racing}\n{proc.stderr[-4000:]}"
+    )
 
 
 @needs_plan

@@ -7,9 +7,11 @@
 //
 // Execution model (why it is faithful enough to find real bugs):
 //  * One std::thread per CUDA thread of a block, created once per launch. The workers walk the
-//    blocks in order, and every worker finishes block b before any starts block b+1 (an
+//    blocks one after another, and every worker finishes a block before any starts the next (an
 //    inter-block barrier). Blocks therefore never overlap, so a function-local `static` is exactly
-//    one block's __shared__ (`__shared__` is defined as `static`).
+//    one block's __shared__ (`__shared__` is defined as `static`). The block order is forward by
+//    default; LWVD_EMU_BLOCK_ORDER=reverse|shuffle[:seed] changes it, so a test can show that the
+//    result does not depend on it (blocks of a real grid run in any order, concurrently).
 //  * Dynamic shared memory (only through LWVD_DYNAMIC_SMEM) is a heap buffer of exactly the
 //    launch's byte count, filled with 0xFF bytes (a NaN in float and double) before every block:
 //    AddressSanitizer reports any access past its end, and a read of a never-written element
@@ -54,6 +56,7 @@
 #include <tuple>
 #include <type_traits>
 #include <utility>
+#include <string>
 #include <vector>
 
 // ---------------------------------------------------------------------------------------------
@@ -132,7 +135,7 @@ struct Site {
   int line;
 };
 inline bool same_site(const Site& a, const Site& b) {
-  return a.line == b.line && (a.file == b.file || std::strcmp(a.file, b.file) == 0);
+  return a.line == b.line && (a.file == b.file || (a.file && b.file && std::strcmp(a.file, b.file) == 0));
 }
 
 [[noreturn]] inline void fail(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -222,15 +225,24 @@ struct Warp {
   Barrier bar;
   uint32_t lanes = 0;                 // lanes that exist (blockDim not a multiple of 32: last warp short)
   std::atomic<uint32_t> exited{0};    // lanes that have returned from the kernel in this block
-  uint64_t value[32];                 // exchange buffer (bits of the shuffled value)
-  Site site[32];
-  unsigned mask[32];
+  // Exchange buffers, double-buffered by the parity of the lane's exchange count: one warp barrier
+  // per exchange suffices, because a lane can only come back to buffer p after the next exchange's
+  // barrier, which every lane reaches after it has finished reading buffer p.
+  uint64_t value[2][32];
+  Site site[2][32];
+  uint32_t seq[32];                   // per lane (lane-owned): exchanges done in this block
+  uint32_t gone[2];                   // exited lanes when exchange (parity p) completed
 };
 
 struct LaunchStats {
   uint64_t launches = 0, blocks = 0, block_barriers = 0, warp_exchanges = 0;
   size_t max_dynamic_smem = 0;
   unsigned max_threads = 0;
+  struct Entry {
+    dim3 grid, block;
+    size_t smem;
+  };
+  std::vector<Entry> log;  // every launch, in order
 };
 inline LaunchStats& stats() {
   static LaunchStats s;
@@ -249,7 +261,8 @@ struct Launch {
   std::vector<std::atomic<int>> wait_line;
   std::vector<Site> bar_site;           // per thread: call site of its current __syncthreads
   std::vector<uint8_t> bar_in;          // per thread: 1 while it is at the block barrier
-  uint32_t cur_block = 0;               // written by the inter-block completer only
+  uint32_t cur_block = 0;               // position in `order`; written by the inter-block completer only
+  std::vector<uint32_t> order;          // linear block indices in the order they run
   std::atomic<uint64_t> progress{0};
   std::atomic<int> waiting{0};
   std::atomic<uint64_t> n_block_barriers{0}, n_warp_exchanges{0};
@@ -264,7 +277,7 @@ inline thread_local uint32_t t_tid = 0;  // linear thread index in the block
 inline void describe_thread(uint32_t tid, char* buf, size_t n) {
   const Launch& L = *current();
   const unsigned x = tid % L.block.x, y = (tid / L.block.x) % L.block.y, z = tid / (L.block.x * L.block.y);
-  const unsigned b = L.cur_block;
+  const unsigned b = L.cur_block < L.nblocks ? L.order[L.cur_block] : 0;
   std::snprintf(buf, n, "block (%u,%u,%u) thread (%u,%u,%u)", b % L.grid.x, (b / L.grid.x) % L.grid.y,
                 b / (L.grid.x * L.grid.y), x, y, z);
 }
@@ -311,12 +324,9 @@ inline void block_barrier_complete(Launch& L) {
 // ---------------------------------------------------------------------------------------------
 // Warp exchange: shuffles, votes, __syncwarp
 // ---------------------------------------------------------------------------------------------
-inline void warp_barrier(Launch& L, Warp& w) {
-  w.bar.arrive_and_wait([&L] { L.progress.fetch_add(1, std::memory_order_relaxed); }, L.waiting);
-}
 
-// Publishes `bits` from this lane, waits for the warp, checks the exchange is well formed, and
-// returns the lane's view of the buffer via `read` (called between the two warp barriers).
+// Publishes `bits` from this lane, waits for the warp, checks that the exchange is well formed, and
+// returns read(buffer, lane).
 template <class Read>
 inline auto warp_exchange(const char* what, const char* file, int line, unsigned mask, uint64_t bits, Read&& read) {
   Launch& L = *current();
@@ -328,32 +338,38 @@ inline auto warp_exchange(const char* what, const char* file, int line, unsigned
     fail("%s at %s:%d with mask 0x%08x in %s: only the full mask 0xffffffff is emulated "
          "(partial warps are not supported)", what, file, line, mask, who);
   }
-  w.value[lane] = bits;
-  w.site[lane] = Site{file, line};
-  w.mask[lane] = mask;
+  const uint32_t p = w.seq[lane]++ & 1u;
+  w.value[p][lane] = bits;
+  w.site[p][lane] = Site{file, line};
   L.wait_file[tid].store(file, std::memory_order_relaxed);
   L.wait_line[tid].store(line, std::memory_order_relaxed);
-  warp_barrier(L, w);
+  // Lanes that exited before this exchange completed: recorded by the completing thread, because
+  // with one barrier per exchange a fast lane may exit right after it while others still check.
+  w.bar.arrive_and_wait(
+      [&L, &w, p] {
+        w.gone[p] = w.exited.load(std::memory_order_relaxed);
+        L.progress.fetch_add(1, std::memory_order_relaxed);
+      },
+      L.waiting);
   if (w.lanes != 32) {
     describe_thread(tid, who, sizeof who);
     fail("%s at %s:%d in %s: mask 0xffffffff names lanes %u..31, which do not exist "
          "(blockDim %u not a multiple of 32)", what, file, line, who, w.lanes, L.nthreads);
   }
-  const uint32_t gone = w.exited.load(std::memory_order_relaxed);
+  const uint32_t gone = w.gone[p];
   if (gone) {
     describe_thread(tid, who, sizeof who);
     fail("%s at %s:%d in %s: mask 0xffffffff names lanes that have exited (exited-lane bits 0x%08x)",
          what, file, line, who, gone);
   }
   for (uint32_t l = 0; l < 32; ++l) {
-    if (!same_site(w.site[l], w.site[lane])) {
+    if (!same_site(w.site[p][l], w.site[p][lane])) {
       describe_thread(tid, who, sizeof who);
       fail("%s: lanes of one warp arrived from different call sites: lane %u at %s:%d, lane %u at %s:%d (%s)",
-           what, lane, file, line, l, w.site[l].file, w.site[l].line, who);
+           what, lane, file, line, l, w.site[p][l].file, w.site[p][l].line, who);
     }
   }
-  auto result = read(w, lane);
-  warp_barrier(L, w);  // nobody overwrites the buffer before every lane has read it
+  auto result = read(w.value[p], lane);
   L.wait_file[tid].store(nullptr, std::memory_order_relaxed);
   if (lane == 0) L.n_warp_exchanges.fetch_add(1, std::memory_order_relaxed);
   return result;
@@ -381,7 +397,7 @@ template <class T>
 inline T shfl(Shfl kind, const char* name, const char* file, int line, unsigned mask, T v, int arg, int width) {
   if (width <= 0 || width > 32 || (width & (width - 1)))
     fail("%s at %s:%d: width %d is not a power of two in [1, 32]", name, file, line, width);
-  return warp_exchange(name, file, line, mask, to_bits(v), [&](Warp& w, uint32_t lane) {
+  return warp_exchange(name, file, line, mask, to_bits(v), [&](const uint64_t* value, uint32_t lane) {
     const int base = static_cast<int>(lane) & ~(width - 1);
     int src;
     switch (kind) {
@@ -390,20 +406,20 @@ inline T shfl(Shfl kind, const char* name, const char* file, int line, unsigned 
       case Shfl::down: src = static_cast<int>(lane) + arg; if (src >= base + width) src = static_cast<int>(lane); break;
       default: src = static_cast<int>(lane) ^ arg; if (src >= base + width) src = static_cast<int>(lane); break;
     }
-    return from_bits<T>(w.value[src]);
+    return from_bits<T>(value[src]);
   });
 }
 
 inline unsigned ballot(const char* file, int line, unsigned mask, int pred) {
-  return warp_exchange("__ballot_sync", file, line, mask, pred ? 1u : 0u, [](Warp& w, uint32_t) {
+  return warp_exchange("__ballot_sync", file, line, mask, pred ? 1u : 0u, [](const uint64_t* value, uint32_t) {
     unsigned r = 0;
-    for (uint32_t l = 0; l < 32; ++l) r |= static_cast<unsigned>(w.value[l] & 1u) << l;
+    for (uint32_t l = 0; l < 32; ++l) r |= static_cast<unsigned>(value[l] & 1u) << l;
     return r;
   });
 }
 
 inline void syncwarp(const char* file, int line, unsigned mask) {
-  warp_exchange("__syncwarp", file, line, mask, 0, [](Warp&, uint32_t) { return 0; });
+  warp_exchange("__syncwarp", file, line, mask, 0, [](const uint64_t*, uint32_t) { return 0; });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -422,6 +438,32 @@ inline unsigned char* dynamic_smem() { return current()->smem; }
 // ---------------------------------------------------------------------------------------------
 // Grid execution
 // ---------------------------------------------------------------------------------------------
+// LWVD_EMU_BLOCK_ORDER = forward (default) | reverse | shuffle[:seed]. Blocks of a real grid run
+// in any order and concurrently; a kernel whose result depends on the order (two blocks writing
+// one output, a block reading another's output) gives different bits under another order.
+inline std::vector<uint32_t> block_order(uint32_t nblocks) {
+  std::vector<uint32_t> order(nblocks);
+  for (uint32_t i = 0; i < nblocks; ++i) order[i] = i;
+  const char* s = std::getenv("LWVD_EMU_BLOCK_ORDER");
+  const std::string mode = s ? s : "forward";
+  if (mode == "reverse") {
+    std::reverse(order.begin(), order.end());
+  } else if (mode.rfind("shuffle", 0) == 0) {
+    uint64_t state = mode.size() > 8 ? std::strtoull(mode.c_str() + 8, nullptr, 10) : 1;
+    for (uint32_t i = nblocks; i > 1; --i) {  // Fisher-Yates with splitmix64: same order everywhere
+      state += 0x9e3779b97f4a7c15ull;
+      uint64_t z = state;
+      z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+      z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+      z ^= z >> 31;
+      std::swap(order[i - 1], order[z % i]);
+    }
+  } else if (mode != "forward") {
+    fail("LWVD_EMU_BLOCK_ORDER=%s: expected forward, reverse or shuffle[:seed]", mode.c_str());
+  }
+  return order;
+}
+
 inline double watchdog_seconds() {
   const char* s = std::getenv("LWVD_EMU_WATCHDOG_S");
   const double v = s ? std::atof(s) : 120.0;
@@ -437,6 +479,7 @@ inline void prepare_block(Launch& L) {
   for (auto& w : L.warps) {
     w->bar.reset(w->lanes);
     w->exited.store(0, std::memory_order_relaxed);
+    std::fill(std::begin(w->seq), std::end(w->seq), 0u);
   }
   if (L.smem_bytes) std::memset(L.smem, 0xFF, L.smem_bytes);
 }
@@ -458,6 +501,7 @@ inline void run_grid(dim3 grid, dim3 block, size_t smem_bytes, const std::functi
   st.blocks += nblocks;
   st.max_dynamic_smem = std::max(st.max_dynamic_smem, smem_bytes);
   st.max_threads = std::max(st.max_threads, static_cast<unsigned>(nthreads));
+  st.log.push_back(LaunchStats::Entry{grid, block, smem_bytes});
   if (nblocks == 0) return;  // CUDA rejects an empty grid; the plans never launch one
 
   auto L = std::make_unique<Launch>();
@@ -466,6 +510,7 @@ inline void run_grid(dim3 grid, dim3 block, size_t smem_bytes, const std::functi
   L->nthreads = static_cast<uint32_t>(nthreads);
   L->nblocks = static_cast<uint32_t>(nblocks);
   L->smem_bytes = smem_bytes;
+  L->order = block_order(L->nblocks);
   // Exactly smem_bytes: one byte more and AddressSanitizer would miss an off-by-one.
   std::unique_ptr<unsigned char[]> smem(new unsigned char[smem_bytes ? smem_bytes : 1]);
   L->smem = smem_bytes ? smem.get() : nullptr;
@@ -489,14 +534,19 @@ inline void run_grid(dim3 grid, dim3 block, size_t smem_bytes, const std::functi
     t_tid = tid;
     threadIdx = uint3{tid % l.block.x, (tid / l.block.x) % l.block.y, tid / (l.block.x * l.block.y)};
     for (;;) {
-      const uint32_t b = l.cur_block;  // ordered by the grid barrier (or thread creation)
-      if (b >= l.nblocks) break;
+      if (l.cur_block >= l.nblocks) break;  // cur_block: ordered by the grid barrier (or thread creation)
+      const uint32_t b = l.order[l.cur_block];
       blockIdx = uint3{b % l.grid.x, (b / l.grid.x) % l.grid.y, b / (l.grid.x * l.grid.y)};
       body();
       // This thread has returned from the kernel: it stops counting at block and warp barriers.
       Warp& w = *l.warps[tid / 32];
       w.exited.fetch_or(1u << (tid % 32), std::memory_order_relaxed);
-      w.bar.drop([&l] { l.progress.fetch_add(1, std::memory_order_relaxed); });
+      w.bar.drop([&l, &w] {
+        // This exit completes an exchange the other lanes wait in: they must see it as exited. Both
+        // parities: nobody still reads the other one (every waiting lane finished the previous exchange).
+        w.gone[0] = w.gone[1] = w.exited.load(std::memory_order_relaxed);
+        l.progress.fetch_add(1, std::memory_order_relaxed);
+      });
       l.block_bar.drop([&l] { block_barrier_complete(l); });
       l.progress.fetch_add(1, std::memory_order_relaxed);
       // Every thread of block b is done before block b+1 starts.

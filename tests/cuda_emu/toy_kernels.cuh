@@ -1,23 +1,21 @@
 // toy_kernels.cuh — small CUDA kernels that prove the emulator (cuda_emu.h) independently of the
 // project's kernels: each has an answer the host computes another way, and the planted-bug
-// switches give the sanitizers something they must report.
-//
-//   TOY_PLANT_RACE  block_sum_kernel loses the barrier between the shared-memory fill and the
-//                   tree reduction (a read of another thread's slot races with its write).
-//   TOY_PLANT_OOB   fft_kernel writes one element past its dynamic shared memory.
+// arguments (uniform across the block, so the barriers stay legal) give the sanitizers something
+// they must report:
+//   block_sum_kernel(..., plant_race=true)  skips the barrier between the shared-memory fill and the
+//                                           tree (a read of another thread's slot races with its write);
+//   fft_kernel(..., plant_oob=true)         writes one element past its dynamic shared memory.
 //
 // Written in portable CUDA C++ (the subset the project's kernels use), so the same source builds
 // with nvcc.
 #pragma once
 
 // Sum of each block's blockDim.x elements (blockDim.x a power of two <= 1024), static __shared__.
-__global__ void block_sum_kernel(const double* __restrict__ x, double* __restrict__ out) {
+__global__ void block_sum_kernel(const double* __restrict__ x, double* __restrict__ out, bool plant_race) {
   __shared__ double s[1024];
   const unsigned tid = threadIdx.x;
   s[tid] = x[blockIdx.x * blockDim.x + tid];
-#ifndef TOY_PLANT_RACE
-  __syncthreads();
-#endif
+  if (!plant_race) __syncthreads();
   for (unsigned stride = blockDim.x / 2; stride > 0; stride >>= 1) {
     if (tid < stride) s[tid] += s[tid + stride];  // planted race: reads s[tid + stride] unordered
     __syncthreads();
@@ -48,17 +46,13 @@ __global__ void shuffle_kernel(int* __restrict__ out, double* __restrict__ warp_
 
 // Radix-2 decimation-in-time FFT of length n = 1 << log2n (one signal per block, complex stored as
 // double2), in dynamic shared memory, twiddles in static __shared__. blockDim.x = n / 2.
-__global__ void fft_kernel(const double2* __restrict__ x, double2* __restrict__ y, int log2n) {
+__global__ void fft_kernel(const double2* __restrict__ x, double2* __restrict__ y, int log2n, bool plant_oob) {
   LWVD_DYNAMIC_SMEM(double2, buf);
   __shared__ double2 tw[512];
   const int n = 1 << log2n;
   const int tid = static_cast<int>(threadIdx.x);
   const double2* xb = x + static_cast<size_t>(blockIdx.x) * n;
-#ifdef TOY_PLANT_OOB
-  const int fill = n + 1;  // planted off-by-one: one element past the dynamic buffer
-#else
-  const int fill = n;
-#endif
+  const int fill = plant_oob ? n + 1 : n;  // planted off-by-one: one element past the dynamic buffer
   for (int i = tid; i < fill; i += blockDim.x) {
     int r = 0;
     for (int b = 0; b < log2n; ++b) r |= ((i >> b) & 1) << (log2n - 1 - b);
@@ -113,13 +107,26 @@ __global__ void barrier_kernel(int* __restrict__ out, int rounds) {
   out[blk * n + tid] = errors * 1000000 + blk;
 }
 
+// Every block writes one shared output: the last block to run wins. Order-dependent on purpose, to
+// show that LWVD_EMU_BLOCK_ORDER changes the order blocks run in.
+__global__ void last_block_kernel(int* out) {
+  if (threadIdx.x == 0) out[0] = static_cast<int>(blockIdx.x);
+}
+
 // ---- kernels that must make the emulator abort ------------------------------------------------
 __global__ void partial_mask_kernel(int* out) {
   out[threadIdx.x] = __shfl_sync(0x0000ffffu, static_cast<int>(threadIdx.x), 0);
 }
 
+// Lanes 0..3 leave; lanes 4..31 then shuffle with a full mask. Emulated, the leaving lanes linger
+// first, so that their exit (not the last shuffling lane) is what completes the warp exchange.
 __global__ void exited_lane_kernel(int* out) {
-  if ((threadIdx.x & 31) < 4) return;
+  if ((threadIdx.x & 31) < 4) {
+#ifdef LWVD_CUDA_EMULATION
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+#endif
+    return;
+  }
   out[threadIdx.x] = __shfl_xor_sync(0xffffffffu, static_cast<int>(threadIdx.x), 1);
 }
 

@@ -1,11 +1,13 @@
-// selftest.cpp — the emulator's own tests on toy kernels (tests/cuda_emu/toy_kernels.cuh).
+// selftests.h — the emulator's own tests on toy kernels (tests/cuda_emu/toy_kernels.cuh), run as
+// `driver --selftest NAME` (one binary per sanitizer keeps the test session's build time down).
 //
-//   selftest <name>     runs one test; prints "PASS <name> ..." and exits 0, or explains and exits 1.
 //   Names: barrier, shuffle, reduce, fft  (answers checked against host computations);
+//          reduce_race, fft_oob           (planted bugs: ThreadSanitizer / AddressSanitizer must report);
 //          partial_mask, exited_lane, shuffle_sites, barrier_sites, short_warp, deadlock
-//          (must abort with a clear message; pytest checks the message and the exit status).
-// Built by tests/test_cuda_emulation.py, plain and under ThreadSanitizer / AddressSanitizer, with
-// -DTOY_PLANT_RACE / -DTOY_PLANT_OOB for the planted-bug variants.
+//          (the emulator must abort with a clear message; pytest checks message and exit status).
+// Prints "PASS <name> ..." and returns 0, or explains and returns 1.
+#pragma once
+
 #include "cuda_emu.h"
 #include "toy_kernels.cuh"
 
@@ -16,14 +18,14 @@
 #include <string>
 #include <vector>
 
-namespace {
+namespace lwvd_selftest {
 
-int check(bool ok, const std::string& name, const std::string& detail) {
+inline int check(bool ok, const std::string& name, const std::string& detail) {
   std::printf("%s %s %s\n", ok ? "PASS" : "FAIL", name.c_str(), detail.c_str());
   return ok ? 0 : 1;
 }
 
-int test_barrier() {
+inline int test_barrier() {
   lwvd_emu::Launcher L;
   const dim3 grid(3, 2, 1), block(7, 5, 3);  // 105 threads: the last warp is short
   const int n = 105, nb = 6, rounds = 20;
@@ -35,7 +37,7 @@ int test_barrier() {
   return check(bad == 0, "barrier", "mismatching threads: " + std::to_string(bad) + " of " + std::to_string(n * nb));
 }
 
-int test_shuffle() {
+inline int test_shuffle() {
   lwvd_emu::Launcher L;
   const int nthreads = 64, nblocks = 2;
   std::vector<int> out(nthreads * nblocks * kShflOut, 0);
@@ -81,14 +83,14 @@ int test_shuffle() {
   return check(bad == 0, "shuffle", "mismatches: " + std::to_string(bad));
 }
 
-int test_reduce() {
+inline int test_reduce(bool plant_race) {
   lwvd_emu::Launcher L;
   const int nthreads = 256, nblocks = 3;
   std::vector<double> x(nthreads * nblocks), out(nblocks, 0.0);
   std::mt19937_64 rng(1);
   std::uniform_int_distribution<int> d(-1000, 1000);
   for (auto& v : x) v = d(rng);  // integers: every summation order is exact
-  L.launch(block_sum_kernel, dim3(nblocks), dim3(nthreads), 0, x.data(), out.data());
+  L.launch(block_sum_kernel, dim3(nblocks), dim3(nthreads), 0, x.data(), out.data(), plant_race);
   int bad = 0;
   for (int b = 0; b < nblocks; ++b) {
     double s = 0;
@@ -101,14 +103,14 @@ int test_reduce() {
   return check(bad == 0, "reduce", "bad blocks: " + std::to_string(bad));
 }
 
-int test_fft() {
+inline int test_fft(bool plant_oob) {
   lwvd_emu::Launcher L;
   const int log2n = 6, n = 1 << log2n, nblocks = 3;
   std::vector<double2> x(n * nblocks), y(n * nblocks);
   std::mt19937_64 rng(2);
   std::normal_distribution<double> g;
   for (auto& v : x) v = double2{g(rng), g(rng)};
-  L.launch(fft_kernel, dim3(nblocks), dim3(n / 2), n * sizeof(double2), x.data(), y.data(), log2n);
+  L.launch(fft_kernel, dim3(nblocks), dim3(n / 2), n * sizeof(double2), x.data(), y.data(), log2n, plant_oob);
   double err = 0, scale = 0;
   for (int b = 0; b < nblocks; ++b) {
     for (int k = 0; k < n; ++k) {
@@ -127,7 +129,16 @@ int test_fft() {
   return check(err / scale < 1e-13, "fft", buf);
 }
 
-int test_abort(const std::string& name) {
+// Prints which block ran last (pytest compares it across LWVD_EMU_BLOCK_ORDER settings).
+inline int test_last_block() {
+  lwvd_emu::Launcher L;
+  int out = -1;
+  L.launch(last_block_kernel, dim3(16), dim3(32), 0, &out);
+  std::printf("PASS last_block %d\n", out);
+  return 0;
+}
+
+inline int test_abort(const std::string& name) {
   lwvd_emu::Launcher L;
   std::vector<int> out(64, 0);
   if (name == "partial_mask") L.launch(partial_mask_kernel, dim3(1), dim3(32), 0, out.data());
@@ -144,17 +155,15 @@ int test_abort(const std::string& name) {
   return 1;
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
-  if (argc != 2) {
-    std::fprintf(stderr, "usage: selftest <barrier|shuffle|reduce|fft|partial_mask|...>\n");
-    return 2;
-  }
-  const std::string name = argv[1];
+inline int run(const std::string& name) {
   if (name == "barrier") return test_barrier();
   if (name == "shuffle") return test_shuffle();
-  if (name == "reduce") return test_reduce();
-  if (name == "fft") return test_fft();
+  if (name == "reduce") return test_reduce(false);
+  if (name == "reduce_race") return test_reduce(true);
+  if (name == "fft") return test_fft(false);
+  if (name == "last_block") return test_last_block();
+  if (name == "fft_oob") return test_fft(true);
   return test_abort(name);
 }
+
+}  // namespace lwvd_selftest
