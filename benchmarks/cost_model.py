@@ -298,7 +298,7 @@ def format_prediction(p: dict) -> str:
                                f"{v['predicted_limiter']})" for k, v in e["kernels"].items())
         lines.append(
             f"  predicted {e['predicted_s'] * 1e3:.3f} ms [{per_kernel}]; summed bounds: compute "
-            f"{b['compute'] * 1e3:.3f} ms, DRAM {b['dram'] * 1e3:.3f} ms, smem {b['smem'] * 1e3:.3f} ms)")
+            f"{b['compute'] * 1e3:.3f} ms, DRAM {b['dram'] * 1e3:.3f} ms, smem {b['smem'] * 1e3:.3f} ms")
     return "\n".join(lines)
 
 
