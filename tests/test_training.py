@@ -153,11 +153,6 @@ def test_torch_compile_matches_eager():
         torch.testing.assert_close(gc, ge, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.xfail(
-    reason="functional.backend_for calls torch._C._dispatch_has_kernel_for_dispatch_key, which dynamo "
-    "cannot trace; passes once the kernel availability is computed outside the graph",
-    strict=False,
-)
 def test_torch_compile_fullgraph_with_kernels():
     import lwvd_cuda
 
