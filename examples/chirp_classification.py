@@ -28,13 +28,18 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import sys
 import time
 import warnings
 
 import torch
 from torch import nn
 
-import lwvd_cuda
+try:
+    import lwvd_cuda
+except ImportError:  # run from a source checkout (`make build` builds in place, no install)
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    import lwvd_cuda
 from lwvd_cuda import LWVD
 
 SR = 8000.0
