@@ -500,6 +500,31 @@ inline void frames_meeting(int64_t n0, int64_t n1, int64_t R, int64_t hop, int64
   *tb = std::min(t_hi, floor_div(n1 - 1 + R, hop));
 }
 
+// The walk shared by the forward and the parameter-gradient pass: the W rows that frames
+// [t0, t1) of one batch item need, built chunk by chunk (rows ascending) into `wrow`, and for each
+// chunk every (filter, frame) whose ellipse meets it, in a fixed order (f, then t), handed to
+// visit(f, t, c0 = t*hop, d_lo, d_hi, n0) with the chunk's rows d_lo..d_hi of that ellipse.
+template <typename scalar_t, typename Visit>
+void walk_frame_tile(const Problem& P, const std::vector<Stencil<scalar_t>>& st, const c10::complex<scalar_t>* zb,
+                     int64_t t0, int64_t t1, int64_t chunk_rows, RowFFT<scalar_t>& fft, scalar_t* wrow,
+                     Visit&& visit) {
+  const int64_t r_lo = std::max<int64_t>(0, t0 * P.hop - P.r_max);
+  const int64_t r_hi = std::min(P.N - 1, (t1 - 1) * P.hop + P.r_max);
+  for (int64_t n0 = r_lo; n0 <= r_hi; n0 += chunk_rows) {
+    const int64_t n1 = std::min(r_hi + 1, n0 + chunk_rows);
+    wvd_rows<scalar_t>(zb, P.N, P.M, P.stride, n0, n1, fft, wrow);
+    for (int64_t f = 0; f < P.F; ++f) {
+      const int64_t R = st[f].radius;
+      int64_t ta, tb;
+      frames_meeting(n0, n1, R, P.hop, t0, t1 - 1, &ta, &tb);
+      for (int64_t t = ta; t <= tb; ++t) {
+        const int64_t c0 = t * P.hop;
+        visit(f, t, c0, std::max(-R, n0 - c0), std::min(R, n1 - 1 - c0), n0);
+      }
+    }
+  }
+}
+
 // ---- Forward. ----
 template <typename scalar_t>
 at::Tensor forward_impl(const at::Tensor& z_in, const at::Tensor& center, const at::Tensor& sigma_t,
@@ -528,31 +553,19 @@ at::Tensor forward_impl(const at::Tensor& z_in, const at::Tensor& center, const 
       const int64_t nt = t1 - t0;
       const cplx* zb = zp + b * P.N;
       acc.assign(P.F * nt, 0.0);
-      const int64_t r_lo = std::max<int64_t>(0, t0 * P.hop - P.r_max);
-      const int64_t r_hi = std::min(P.N - 1, (t1 - 1) * P.hop + P.r_max);
-      for (int64_t n0 = r_lo; n0 <= r_hi; n0 += C) {
-        const int64_t n1 = std::min(r_hi + 1, n0 + C);
-        wvd_rows<scalar_t>(zb, P.N, M, S, n0, n1, fft, wrow.data());
-        for (int64_t f = 0; f < P.F; ++f) {
-          const auto& s = st[f];
-          const int64_t R = s.radius;
-          int64_t ta, tb;
-          frames_meeting(n0, n1, R, P.hop, t0, t1 - 1, &ta, &tb);
-          for (int64_t t = ta; t <= tb; ++t) {
-            const int64_t c0 = t * P.hop;
-            const int64_t d_lo = std::max(-R, n0 - c0), d_hi = std::min(R, n1 - 1 - c0);
-            Vec<scalar_t> lanes = vzero<scalar_t>();
-            for (int64_t d = d_lo; d <= d_hi; ++d) {
-              RowInfo ri;
-              const scalar_t* w = s.row(d, scratch.data(), &ri);
-              const scalar_t* x = wrow.data() + (c0 + d - n0) * S + ri.k0;
-              for (int64_t blk = 0; blk < ri.nblk; ++blk)
-                lanes += vload(x + blk * kLanes) * vload(w + blk * kLanes);
-            }
-            acc[f * nt + (t - t0)] += static_cast<double>(vsum<scalar_t>(lanes));
-          }
+      walk_frame_tile<scalar_t>(P, st, zb, t0, t1, C, fft, wrow.data(),
+                                [&](int64_t f, int64_t t, int64_t c0, int64_t d_lo, int64_t d_hi, int64_t n0) {
+        const auto& s = st[f];
+        Vec<scalar_t> lanes = vzero<scalar_t>();
+        for (int64_t d = d_lo; d <= d_hi; ++d) {
+          RowInfo ri;
+          const scalar_t* w = s.row(d, scratch.data(), &ri);
+          const scalar_t* x = wrow.data() + (c0 + d - n0) * S + ri.k0;
+          for (int64_t blk = 0; blk < ri.nblk; ++blk)
+            lanes += vload(x + blk * kLanes) * vload(w + blk * kLanes);
         }
-      }
+        acc[f * nt + (t - t0)] += static_cast<double>(vsum<scalar_t>(lanes));
+      });
       for (int64_t f = 0; f < P.F; ++f)
         for (int64_t t = t0; t < t1; ++t)
           Kp[(b * P.F + f) * P.T + t] = static_cast<scalar_t>(st[f].norm_d * acc[f * nt + (t - t0)]);
@@ -593,54 +606,42 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_
       const int64_t nt = t1 - t0;
       const cplx* zb = zp + b * P.N;
       mom.assign(P.F * nt * 6, 0.0);
-      const int64_t r_lo = std::max<int64_t>(0, t0 * P.hop - P.r_max);
-      const int64_t r_hi = std::min(P.N - 1, (t1 - 1) * P.hop + P.r_max);
-      for (int64_t n0 = r_lo; n0 <= r_hi; n0 += C) {
-        const int64_t n1 = std::min(r_hi + 1, n0 + C);
-        wvd_rows<scalar_t>(zb, P.N, M, S, n0, n1, fft, wrow.data());
-        for (int64_t f = 0; f < P.F; ++f) {
-          const auto& s = st[f];
-          const int64_t R = s.radius;
-          int64_t ta, tb;
-          frames_meeting(n0, n1, R, P.hop, t0, t1 - 1, &ta, &tb);
-          for (int64_t t = ta; t <= tb; ++t) {
-            if (Gp[(b * P.F + f) * P.T + t] == scalar_t(0)) continue;  // contributes exactly 0
-            const int64_t c0 = t * P.hop;
-            const int64_t d_lo = std::max(-R, n0 - c0), d_hi = std::min(R, n1 - 1 - c0);
-            using V = Vec<scalar_t>;
-            V m0 = vzero<scalar_t>(), md = m0, mv = m0, mdd = m0, mdv = m0, mvv = m0;
-            for (int64_t d = d_lo; d <= d_hi; ++d) {
-              RowInfo ri;
-              const scalar_t* e = s.row(d, scratch.data(), &ri);
-              const scalar_t* x = wrow.data() + (c0 + d - n0) * S + ri.k0;
-              const scalar_t* vv = s.v.data() + ri.k0;
-              V p0 = vzero<scalar_t>(), p1 = p0, p2 = p0;
-              for (int64_t blk = 0; blk < ri.nblk; ++blk) {
-                const V vk = vload(vv + blk * kLanes);
-                const V we = vload(x + blk * kLanes) * vload(e + blk * kLanes);
-                const V wev = we * vk;
-                p0 += we;
-                p1 += wev;
-                p2 += wev * vk;
-              }
-              const scalar_t dd = static_cast<scalar_t>(d);
-              m0 += p0;
-              md += p0 * dd;
-              mdd += (p0 * dd) * dd;
-              mv += p1;
-              mdv += p1 * dd;
-              mvv += p2;
-            }
-            double* m = mom.data() + (f * nt + (t - t0)) * 6;
-            m[0] += vsum<scalar_t>(m0);
-            m[1] += vsum<scalar_t>(md);
-            m[2] += vsum<scalar_t>(mv);
-            m[3] += vsum<scalar_t>(mdd);
-            m[4] += vsum<scalar_t>(mdv);
-            m[5] += vsum<scalar_t>(mvv);
+      walk_frame_tile<scalar_t>(P, st, zb, t0, t1, C, fft, wrow.data(),
+                                [&](int64_t f, int64_t t, int64_t c0, int64_t d_lo, int64_t d_hi, int64_t n0) {
+        if (Gp[(b * P.F + f) * P.T + t] == scalar_t(0)) return;  // contributes exactly 0
+        const auto& s = st[f];
+        using V = Vec<scalar_t>;
+        V m0 = vzero<scalar_t>(), md = m0, mv = m0, mdd = m0, mdv = m0, mvv = m0;
+        for (int64_t d = d_lo; d <= d_hi; ++d) {
+          RowInfo ri;
+          const scalar_t* e = s.row(d, scratch.data(), &ri);
+          const scalar_t* x = wrow.data() + (c0 + d - n0) * S + ri.k0;
+          const scalar_t* vv = s.v.data() + ri.k0;
+          V p0 = vzero<scalar_t>(), p1 = p0, p2 = p0;
+          for (int64_t blk = 0; blk < ri.nblk; ++blk) {
+            const V vk = vload(vv + blk * kLanes);
+            const V we = vload(x + blk * kLanes) * vload(e + blk * kLanes);
+            const V wev = we * vk;
+            p0 += we;
+            p1 += wev;
+            p2 += wev * vk;
           }
+          const scalar_t dd = static_cast<scalar_t>(d);
+          m0 += p0;
+          md += p0 * dd;
+          mdd += (p0 * dd) * dd;
+          mv += p1;
+          mdv += p1 * dd;
+          mvv += p2;
         }
-      }
+        double* m = mom.data() + (f * nt + (t - t0)) * 6;
+        m[0] += vsum<scalar_t>(m0);
+        m[1] += vsum<scalar_t>(md);
+        m[2] += vsum<scalar_t>(mv);
+        m[3] += vsum<scalar_t>(mdd);
+        m[4] += vsum<scalar_t>(mdv);
+        m[5] += vsum<scalar_t>(mvv);
+      });
       // dK/dtheta (docs/design.md), in double, summed over the tile's frames in order.
       double* out = work.data() + (b * P.n_frame_tiles + tile) * P.F * 4;
       for (int64_t f = 0; f < P.F; ++f) {
