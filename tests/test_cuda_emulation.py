@@ -28,7 +28,6 @@ import re
 import shutil
 import subprocess
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -230,19 +229,16 @@ def test_asan_reports_planted_smem_overflow_in_toy_kernel(builds):
 # ---------------------------------------------------------------------------------------------
 # The real kernels through csrc/kernels/lwvd_plan.cuh
 # ---------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class EmuCase:
-    b: int
-    n: int
-    n_fft: int
-    hop: int
-    f: int
-    kind: str = "mixed"
-    truncate: float | None = 4.0
-    seed: int = 0
+class EmuCase(Case):
+    """A ``testing.Case`` with one batch dimension of ``b`` signals (the driver takes ``(B, N)``)."""
 
-    def inputs(self, dtype):
-        return Case((self.b,), self.n, self.n_fft, self.hop, self.f, self.kind, self.truncate, self.seed).inputs(dtype)
+    def __init__(self, b: int, n: int, n_fft: int, hop: int, f: int, kind: str = "mixed",
+                 truncate: float | None = 4.0, seed: int = 0):
+        super().__init__((b,), n, n_fft, hop, f, kind, truncate, seed)
+
+    @property
+    def b(self) -> int:
+        return self.batch[0]
 
     def __str__(self):
         t = "None" if self.truncate is None else f"{self.truncate:g}"
