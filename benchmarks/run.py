@@ -11,7 +11,6 @@ import argparse
 import datetime as _dt
 import importlib
 import json
-import math
 import os
 import platform
 import subprocess

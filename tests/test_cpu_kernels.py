@@ -8,7 +8,6 @@ to rounding: ``TOLERANCES[float64] = 1e-10`` relative (see ``lwvd_cuda/testing.p
 from __future__ import annotations
 
 import math
-import os
 
 import pytest
 import torch

@@ -11,7 +11,6 @@ What runs where (say so, never imply a GPU ran):
 from __future__ import annotations
 
 import glob
-import importlib.util
 import math
 import os
 import shutil

@@ -4,7 +4,6 @@ scipy's analytic signal, the frequency marginal, and the spectrogram identity (M
 import cmath
 import math
 
-import numpy as np
 import pytest
 import torch
 

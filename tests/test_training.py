@@ -6,7 +6,6 @@ stored number.
 """
 
 import datetime
-import math
 import os
 import socket
 import time
