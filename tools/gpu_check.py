@@ -686,7 +686,8 @@ def parse_sanitizer(output: str) -> dict:
 
 
 def pytest_counts(output: str) -> dict:
-    counts = {k: int(v) for v, k in re.findall(r"(\d+) (passed|failed|skipped|errors?|xfailed|xpassed|deselected)", output)}
+    summary = ([ln for ln in output.splitlines() if re.search(r" in [\d.]+s", ln)] or [""])[-1]  # pytest's last line
+    counts = {k: int(v) for v, k in re.findall(r"(\d+) (passed|failed|skipped|errors?|xfailed|xpassed|deselected)", summary)}
     counts["failed_tests"] = re.findall(r"^FAILED (\S+)", output, re.M)[:40]
     counts["skip_reasons"] = sorted(set(re.findall(r"^SKIPPED \[\d+\] [^:]+:\d+: (.*)$", output, re.M)))[:20]
     return counts
@@ -752,6 +753,7 @@ def run_all(args) -> int:
     record("env", dict(status="pass" if r["rc"] == 0 and env else "fail", seconds=r["seconds"],
                        **({} if r["rc"] == 0 else dict(tail=r["tail"]))))
     gpu = bool(env.get("cuda_available")) and not args.dry_run
+    skip_status = "no GPU"
     no_gpu_reason = "--dry-run" if args.dry_run else "torch.cuda.is_available() is False"
     cap = env.get("capability") or [0, 0]
     arch = f"{cap[0]}.{cap[1]}"
@@ -765,11 +767,12 @@ def run_all(args) -> int:
         timing="configuration S, float32: forward and forward+backward, CUDA events, eager and CUDA graph",
     )
     for tool in SANITIZER_TOOLS:
-        plans[tool] = f"{sanitizer} --tool {tool} {py} tools/gpu_check.py --stage sanitize-case"
+        plans[tool] = (f"{sanitizer if sanitizer not in (None, 'MISSING') else 'compute-sanitizer (MISSING)'} --tool {tool} "
+                       f"{py} tools/gpu_check.py --stage sanitize-case")
 
     for name in GPU_STAGES:
         if not gpu:
-            entry = dict(status="no GPU", reason=no_gpu_reason, would_run=plans[name])
+            entry = dict(status=skip_status, reason=no_gpu_reason, would_run=plans[name])
             if name in SANITIZER_TOOLS and sanitizer in (None, "MISSING"):
                 entry["tool"] = "compute-sanitizer MISSING (looked in: %s)" % ", ".join(env.get("compute_sanitizer_looked_in", []))
             record(name, entry)
@@ -789,7 +792,7 @@ def run_all(args) -> int:
             record(name, entry)
             if r["rc"] != 0:  # nothing after this can run the kernels
                 gpu = False
-                no_gpu_reason = "the build failed"
+                skip_status, no_gpu_reason = "not run", "the build failed: no kernel to run"
             continue
         if name == "tests":
             r = run_cmd([py, "-m", "pytest", "-q", "-rfs", "-p", "no:cacheprovider", "tests/test_cuda_build.py", "-k",
@@ -837,9 +840,9 @@ def run_all(args) -> int:
     write_json(out, result)
     log.close()
     print(f"[gpu_check] wrote {out} (log {log_path}) in {result['total_s']} s", flush=True)
-    if not gpu and all(v in ("pass", "no GPU") for v in statuses.values()):
-        return 0
-    return 0 if all(v == "pass" for v in statuses.values()) else 1
+    if all(v in ("pass", "no GPU") for v in statuses.values()):
+        return 0  # a dry run (no GPU stage ran) or every stage passed
+    return 1
 
 
 if __name__ == "__main__":
