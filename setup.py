@@ -79,8 +79,13 @@ def nvcc_flags() -> list[str]:
     (--warn-on-spills) and tools/resource_report.py gates on the spills that matter (a float32
     kernel on sm_80 / sm_90, CI); a few bytes spilled by a float64 kernel on a desktop part must not
     cost a user the whole build. Full per-kernel resource usage: `python tools/resource_report.py`.
+
+    --threads: nvcc runs the per-architecture device passes (each re-parses the torch headers,
+    ~17 s of CPU apiece) in parallel instead of one after another; LWVD_NVCC_THREADS overrides
+    (each pass peaks at ~1.5 GB of memory).
     """
-    return ["-O3", "-lineinfo", "-Xptxas=--warn-on-spills"]
+    threads = os.environ.get("LWVD_NVCC_THREADS") or str(max(1, min(os.cpu_count() or 1, 4)))
+    return ["-O3", "-lineinfo", "-Xptxas=--warn-on-spills", f"--threads={threads}"]
 
 
 def choose_mode() -> tuple[str, str | None]:

@@ -141,7 +141,7 @@ def readable(demangled: str) -> dict:
 def nvcc_command(nvcc: str, arch: int) -> list[str]:
     """The extension's nvcc flags (setup.nvcc_flags) and the ones torch adds that change code
     generation (C++20, relaxed constexpr), for one real architecture, with ptxas' report."""
-    flags = [f for f in _setup_module().nvcc_flags() if not f.startswith("-Xptxas")]
+    flags = [f for f in _setup_module().nvcc_flags() if not f.startswith(("-Xptxas", "--threads"))]
     return [nvcc, "-std=c++20", f"-arch=sm_{arch}", "--expt-relaxed-constexpr", *flags,
             "-Xptxas=-v,--warn-on-spills", "-I", os.path.join(ROOT, "csrc"), "-c", SOURCE, "-o", os.devnull]
 
