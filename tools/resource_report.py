@@ -199,10 +199,18 @@ def occupancy(rows: list[dict], include: str, n_ffts) -> None:
     if cxx is None:
         raise ToolMissing("no host C++ compiler for tools/occupancy.cpp")
     known = [r for r in rows if r["kind"] is not None]
+    for r in rows:
+        r["threads"], r["occupancy"] = None, {}
     with tempfile.TemporaryDirectory() as tmp:
         exe = os.path.join(tmp, "occupancy")
-        subprocess.run([cxx, "-std=c++17", "-O1", "-I", include, "-I", os.path.join(ROOT, "csrc"), OCC_SOURCE, "-o", exe],
-                       check=True, capture_output=True, text=True)
+        built = subprocess.run([cxx, "-std=c++17", "-O1", "-I", include, "-I", os.path.join(ROOT, "csrc"), OCC_SOURCE,
+                                "-o", exe], capture_output=True, text=True)
+        if built.returncode != 0:
+            # Occupancy is information; the spill gate must not depend on it. Say so loudly.
+            first = next((ln for ln in built.stderr.splitlines() if "error" in ln), built.stderr.strip()[:300])
+            print(f"resource_report: WARNING: no occupancy figures: tools/occupancy.cpp does not compile against "
+                  f"launch_config.h ({first})", file=sys.stderr)
+            return
         queries = [(r, n, f"{r['arch']} {r['regs']} {r['static_smem']} {r['kind']} {r['scalar_bytes']} {n}")
                    for r in known for n in n_ffts]
         out = subprocess.run([exe], input="\n".join(q[2] for q in queries) + "\n", capture_output=True, text=True,
@@ -210,11 +218,7 @@ def occupancy(rows: list[dict], include: str, n_ffts) -> None:
     for (r, n, _), line in zip(queries, out):
         threads, dyn, blocks, pct, lim = line.split()
         r["threads"] = int(threads)
-        r.setdefault("occupancy", {})[n] = dict(dyn_smem=int(dyn), blocks_per_sm=int(blocks), percent=float(pct),
-                                                limiter=lim)
-    for r in rows:
-        r.setdefault("threads", None)
-        r.setdefault("occupancy", {})
+        r["occupancy"][n] = dict(dyn_smem=int(dyn), blocks_per_sm=int(blocks), percent=float(pct), limiter=lim)
 
 
 def report(archs=None, n_ffts=(512, 8192), jobs=None) -> list[dict]:
