@@ -46,7 +46,7 @@ def test_dry_run_writes_one_json_saying_no_gpu(tmp_path):
     else:
         assert os.access(cs, os.X_OK)
     assert os.path.exists(str(out)[: -len(".json")] + ".log")
-    assert data["total_s"] < 120
+    assert data["total_s"] < 240  # about 10 s here; the margin is for a heavily loaded machine
 
 
 def test_plan_covers_what_issue_10_asks():

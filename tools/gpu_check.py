@@ -54,7 +54,7 @@ SANITIZER_TOOLS = ("memcheck", "racecheck", "synccheck")
 # name -> (cap seconds, seconds kept back for it while earlier stages run). The caps add up to
 # more than the budget on purpose: time a stage does not use rolls over to the next ones.
 STAGE_LIMITS = {
-    "env": (40, 0),
+    "env": (60, 0),
     "build": (240, 0),
     "tests": (120, 30),
     "compare": (150, 40),
