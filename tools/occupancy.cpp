@@ -5,7 +5,8 @@
 //   echo "<sm> <regs> <static_smem> <kind> <scalar_bytes> <n_fft>" | ./occupancy
 // kind: rows (forward/moments/grad_z: dynamic shared memory from launch_config.h), prep, reduce.
 // Prints: threads dyn_smem_bytes blocks_per_sm occupancy_percent limiter
-// Device figures are the published ones of the A100 (sm_80) and H100 SXM (sm_90).
+// limiter "exceeds-optin": the launch needs more shared memory per block than the device has at all
+// (the CUDA launcher raises a ValueError naming n_fft there); "unknown-arch": no limits below.
 #include <cuda_occupancy.h>
 
 #include <cstdio>
@@ -14,24 +15,34 @@
 
 #include "kernels/launch_config.h"
 
+namespace {
+// The published limits of one GPU per architecture; cuda_occupancy.h adds the per-arch rules
+// (max blocks per SM, register allocation granularity, shared-memory carve-outs).
+struct ArchLimits {
+  int sm;
+  const char* gpu;
+  int threads_per_sm, smem_per_sm_kib, smem_optin_kib, num_sms;
+};
+// sm_86 / sm_89 / sm_120 parts: 1536 threads and 100 KiB of shared memory per SM, 99 KiB per block.
+constexpr ArchLimits kArchs[] = {
+    {80, "A100", 2048, 164, 163, 108},       {86, "A40", 1536, 100, 99, 84},
+    {89, "L40S", 1536, 100, 99, 142},        {90, "H100 SXM", 2048, 228, 227, 132},
+    {100, "B200", 2048, 228, 227, 148},      {120, "RTX 5090", 1536, 100, 99, 170},
+};
+
+const ArchLimits* limits_of(int sm) {
+  for (const ArchLimits& a : kArchs) {
+    if (a.sm == sm) return &a;
+  }
+  return nullptr;
+}
+}  // namespace
+
 int main() {
   int sm, regs;
   long static_smem, scalar_bytes, n_fft;
   char kind[32];
   while (std::scanf("%d %d %ld %31s %ld %ld", &sm, &regs, &static_smem, kind, &scalar_bytes, &n_fft) == 6) {
-    cudaOccDeviceProp prop;
-    prop.computeMajor = sm / 10;
-    prop.computeMinor = sm % 10;
-    prop.maxThreadsPerBlock = 1024;
-    prop.maxThreadsPerMultiprocessor = 2048;
-    prop.regsPerBlock = 65536;
-    prop.regsPerMultiprocessor = 65536;
-    prop.warpSize = 32;
-    prop.sharedMemPerBlock = 48 * 1024;
-    prop.sharedMemPerMultiprocessor = sm == 80 ? 164 * 1024 : 228 * 1024;
-    prop.numSms = sm == 80 ? 108 : 132;
-    prop.sharedMemPerBlockOptin = sm == 80 ? 163 * 1024 : 227 * 1024;
-    prop.reservedSharedMemPerBlock = 1024;
     int threads = lwvd::config::kThreads;
     std::size_t dyn = 0;
     if (std::strcmp(kind, "rows") == 0) {
@@ -42,6 +53,30 @@ int main() {
     } else {
       threads = lwvd::config::kReduceThreads;
     }
+    const ArchLimits* lim_of = limits_of(sm);
+    if (lim_of == nullptr) {
+      std::printf("%d %zu 0 0 unknown-arch\n", threads, dyn);
+      std::fflush(stdout);
+      continue;
+    }
+    if (dyn + static_cast<std::size_t>(static_smem) > static_cast<std::size_t>(lim_of->smem_optin_kib) * 1024) {
+      std::printf("%d %zu 0 0 exceeds-optin\n", threads, dyn);
+      std::fflush(stdout);
+      continue;
+    }
+    cudaOccDeviceProp prop;
+    prop.computeMajor = sm / 10;
+    prop.computeMinor = sm % 10;
+    prop.maxThreadsPerBlock = 1024;
+    prop.maxThreadsPerMultiprocessor = lim_of->threads_per_sm;
+    prop.regsPerBlock = 65536;
+    prop.regsPerMultiprocessor = 65536;
+    prop.warpSize = 32;
+    prop.sharedMemPerBlock = 48 * 1024;
+    prop.sharedMemPerMultiprocessor = static_cast<std::size_t>(lim_of->smem_per_sm_kib) * 1024;
+    prop.numSms = lim_of->num_sms;
+    prop.sharedMemPerBlockOptin = static_cast<std::size_t>(lim_of->smem_optin_kib) * 1024;
+    prop.reservedSharedMemPerBlock = 1024;
     cudaOccFuncAttributes attr;
     attr.maxThreadsPerBlock = threads;  // __launch_bounds__
     attr.numRegs = regs;
@@ -54,6 +89,7 @@ int main() {
     const cudaOccError err = cudaOccMaxActiveBlocksPerMultiprocessor(&res, &prop, &attr, &state, threads, dyn);
     if (err != CUDA_OCC_SUCCESS) {
       std::printf("%d %zu 0 0 error%d\n", threads, dyn, static_cast<int>(err));
+      std::fflush(stdout);
       continue;
     }
     const int warps = res.activeBlocksPerMultiprocessor * ((threads + 31) / 32);
@@ -64,8 +100,8 @@ int main() {
     if (res.limitingFactors & OCC_LIMIT_BLOCKS) lim += "blocks,";
     if (lim.empty()) lim = "-,";
     lim.pop_back();
-    std::printf("%d %zu %d %.1f %s\n", threads, dyn, res.activeBlocksPerMultiprocessor, 100.0 * warps / 64.0,
-                lim.c_str());
+    std::printf("%d %zu %d %.1f %s\n", threads, dyn, res.activeBlocksPerMultiprocessor,
+                100.0 * warps / (lim_of->threads_per_sm / 32), lim.c_str());
     std::fflush(stdout);
   }
   return 0;
