@@ -224,11 +224,11 @@ def measure_interleaved(plans: dict, *, device: str) -> dict:
     for key, plan in plans.items():
         try:
             with _PeakMemory(device) as mem:
-                t0 = time.perf_counter()
+                c0, t0 = time.process_time(), time.perf_counter()
                 output = plan.fn()
                 if device == "cuda":
                     torch.cuda.synchronize()
-                t_first = time.perf_counter() - t0
+                t_first, c_first = time.perf_counter() - t0, time.process_time() - c0
             extra = max(0, plan.warmup - 1) if t_first * max(1, plan.warmup - 1) <= plan.budget_s / 4 else 0
             for _ in range(extra):
                 plan.fn()
@@ -236,7 +236,8 @@ def measure_interleaved(plans: dict, *, device: str) -> dict:
             results[key] = exc
             continue
         n_rep = min(plan.repeats, int(plan.budget_s // max(t_first, 1e-9)))
-        first[key] = dict(t=t_first, peak=mem.bytes, output=output, warmup=1 + extra, n=n_rep)
+        first[key] = dict(t=t_first, cpu=None if device == "cuda" else c_first, peak=mem.bytes, output=output,
+                          warmup=1 + extra, n=n_rep)
     timed = {k: [] for k in first}
     keys = list(first)
     for r in range(max([v["n"] for v in first.values()], default=0)):
@@ -258,7 +259,8 @@ def measure_interleaved(plans: dict, *, device: str) -> dict:
         if f["n"] < 1:
             results[key] = Timing([f["t"]], f["t"], f["peak"], warmup=0, output=f["output"],
                                   note=f"single call (first call took {f['t']:.1f} s > budget {plan.budget_s:g} s): "
-                                       "includes one-time costs", load=[x for x in [load_average()] if x is not None])
+                                       "includes one-time costs", load=[x for x in [load_average()] if x is not None],
+                                  cpu_samples=[] if f["cpu"] is None else [f["cpu"]])
             continue
         rows = timed[key]
         note = "" if f["n"] == plan.repeats else f"repeats cut to {f['n']} by the {plan.budget_s:g} s budget"

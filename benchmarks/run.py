@@ -303,7 +303,7 @@ class Runner:
             bar.update(1)
             bar.close()
         self.add_ratios()
-        self.flags = flag_rows(self.rows, self.scaling, _cores())
+        self.flags = flag_rows(self.rows, self.scaling, _cores(), torch.get_num_threads())
 
     def _skip_reason(self, kind, cfg, entry, last_point) -> Optional[str]:
         if entry.cpu_only and self.device != "cpu":
@@ -464,7 +464,7 @@ RATIO_SPREAD_FLAG = 2.0  # q3 / q1 of the paired per-round ratios above this
 MONOTONE_SLACK = 0.95  # scaling: a longer signal measured below this fraction of a shorter one's time
 
 
-def flag_rows(rows: list, scaling: list, cores: int) -> dict:
+def flag_rows(rows: list, scaling: list, cores: int, threads: int = 1) -> dict:
     """Add ``flags`` to the rows whose figures are impossible or untrustworthy; return a summary.
 
     A load average above the core count is not a row flag (it concerns every row alike): it is the
@@ -473,6 +473,11 @@ def flag_rows(rows: list, scaling: list, cores: int) -> dict:
     * ``fwd+bwd < fwd``: the forward + backward of an entry measured faster than its forward alone;
     * ``spread``: the timed calls' q3/q1 above SPREAD_FLAG (other work interfered);
     * ``ratio spread``: the per-round ratios to lwvd vary by more than RATIO_SPREAD_FLAG (q3/q1);
+    * ``wall vs cpu ratio``: the wall-time ratio to lwvd and the CPU-time ratio differ by more than
+      ``threads``x. Undisturbed, a call's process CPU time lies between 1x and ``threads``x its wall
+      time, so parallelism alone moves the two ratios apart by at most that much; more means that
+      one of the two rows was descheduled by other work for part of its calls (a long call spans
+      many scheduler slices, a short one few), and the wall ratio is distorted: read the cpu ratio;
     * ``non-monotone`` (scaling): a longer signal measured faster than a shorter one.
     """
     summary = {"cores": cores, "flagged": 0, "load_max": None}
@@ -486,6 +491,9 @@ def flag_rows(rows: list, scaling: list, cores: int) -> dict:
             r["flags"].append(f"spread q3/q1 {r['q3_s'] / r['q1_s']:.1f}")
         if r.get("ratio_q1") and r["ratio_q1"] > 0 and r["ratio_q3"] / r["ratio_q1"] > RATIO_SPREAD_FLAG:
             r["flags"].append(f"ratio spread {r['ratio_q3'] / r['ratio_q1']:.1f}")
+        w, c = r.get("ratio_to_lwvd"), r.get("cpu_ratio_to_lwvd")
+        if w and c and max(w / c, c / w) > max(1, threads):
+            r["flags"].append(f"wall vs cpu ratio differ {max(w / c, c / w):.1f}x > {max(1, threads)} threads")
     by_key = {(r["entry"], r["config"], r["mode"]): r for r in rows if "median_s" in r}
     for (entry, config, mode), r in by_key.items():
         fwd = by_key.get((entry, config, "fwd"))
@@ -692,11 +700,11 @@ def plot(runner: Runner, path: Path, env: dict) -> Optional[str]:
                f" on {env['cores_available']} cores" if start is not None else ""
         load += f"; {env['torch_threads']} threads, OMP_WAIT_POLICY={env['omp_wait_policy']}"
     fig.suptitle(f"lwvd_cuda scaling on {env['device']}: torch {env['torch']}, n_fft=512, hop=160, F={runner.args.n_filters}, "
-                 f"{env['dtype']}{load} — {env['date_utc']}", fontsize=9)
+                 f"{env['dtype']} — {env['date_utc']}\n{load.lstrip('; ')}", fontsize=9)
     if busy_warning(env, runner.flags):
         fig.text(0.5, 0.005, "BUSY MACHINE: load average above the core count - times inflated, see the table's flags",
                  ha="center", va="bottom", color="red", fontsize=9, weight="bold")
-    fig.tight_layout(rect=(0, 0.03, 1, 0.95))
+    fig.tight_layout(rect=(0, 0.03, 1, 0.93))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return None

@@ -192,3 +192,14 @@ def test_peer_entries_run_on_the_shared_inputs(name, module):
     for entry in R.get_entries(name):
         out = entry.prepare(cfg, inputs, "cpu", torch.float32).fn()
         assert out.shape[0] == 2 and bool(torch.isfinite(out).all()), (entry.key, out.shape)
+
+
+def test_wall_ratio_flagged_when_it_disagrees_with_the_cpu_ratio_beyond_the_threads():
+    # Seen under a competing load (benchmarks/README.md): a 25 ms peer next to a 2 s lwvd call kept
+    # its time while lwvd's doubled, so its wall ratio fell 3x; its CPU-time ratio did not move.
+    base = _row("lwvd", "fwd+bwd", [2.0] * 5)
+    moved = dict(_row("nnaudio_mel", "fwd+bwd", [0.025] * 5), ratio_to_lwvd=0.009, cpu_ratio_to_lwvd=0.0285)
+    parallel = dict(_row("fft_floor", "fwd+bwd", [0.5] * 5), ratio_to_lwvd=0.25, cpu_ratio_to_lwvd=0.14)  # 1.8x: parallelism
+    run_mod.flag_rows([base, moved, parallel], [], cores=2, threads=2)
+    assert moved["flags"] == ["wall vs cpu ratio differ 3.2x > 2 threads"]
+    assert parallel["flags"] == []
