@@ -584,6 +584,27 @@ def _prepare_dstft(window_mode, mode):
     return prepare
 
 
+def _prepare_lwvd_n_fft(n_fft, mode):
+    """``lwvd_cuda.lwvd`` at another ``n_fft`` (torchaudio's default 400: not a power of two, so the
+    CPU kernels use ATen's FFT and CUDA falls back to the reference). Not compared with the
+    oracle, which is computed at the configuration's n_fft."""
+
+    def prepare(cfg, inputs, device, dtype):
+        backend, note = _lwvd_backend(inputs.z, replace(cfg, n_fft=n_fft))
+        note = (note + "; " if note else "") + f"n_fft={n_fft} instead of {cfg.n_fft}: no error column"
+        kw = dict(n_fft=n_fft, hop_length=cfg.hop, truncate=cfg.truncate)
+        if mode == "fwd":
+            def fn():
+                with torch.no_grad():
+                    return lwvd_cuda.lwvd(inputs.z, *inputs.params, **kw)
+            return Prepared(fn, backend=backend, note=note)
+        tensors = [_leaf(inputs.z)] + [_leaf(p) for p in inputs.params]
+        run = _grad_closure(lambda z, *p: lwvd_cuda.lwvd(z, *p, **kw), inputs, tensors)
+        return Prepared(lambda: run()[0], backend=backend, note=note)
+
+    return prepare
+
+
 def _build_entries() -> list[Entry]:
     entries: list[Entry] = []
     entries += _op_entry(
@@ -618,6 +639,9 @@ def _build_entries() -> list[Entry]:
                              _prepare_nnaudio("mel", mode), peer=True))
     entries.append(Entry("tftb_spwvd", "fwd", "tftb smoothed_pseudo_wigner_ville, one signal, NumPy",
                          _prepare_tftb, peer=True, cpu_only=True))
+    for mode in ("fwd", "fwd+bwd"):
+        entries.append(Entry("lwvd_n_fft_400", mode, "lwvd_cuda.lwvd at n_fft=400 (torchaudio's default; not a power of two)",
+                             _prepare_lwvd_n_fft(400, mode)))
     for mode in ("fwd", "fwd+bwd"):
         entries.append(Entry("speechbrain_leaf", mode, "SpeechBrain LEAF: learnable Gabor filters, Gaussian pooling, PCEN",
                              _prepare_leaf(mode), peer=True))

@@ -474,8 +474,9 @@ def flag_rows(rows: list, scaling: list, cores: int, threads: int = 1) -> dict:
     * ``spread``: the timed calls' q3/q1 above SPREAD_FLAG (other work interfered);
     * ``ratio spread``: the per-round ratios to lwvd vary by more than RATIO_SPREAD_FLAG (q3/q1);
     * ``wall vs cpu ratio``: the wall-time ratio to lwvd and the CPU-time ratio differ by more than
-      ``threads``x. Undisturbed, a call's process CPU time lies between 1x and ``threads``x its wall
-      time, so parallelism alone moves the two ratios apart by at most that much; more means that
+      ``max(2, threads)``x. Undisturbed, a call's process CPU time lies between about 1x and
+      ``threads``x its wall time, so parallelism alone moves the two ratios apart by at most
+      ``threads``x (the floor of 2 leaves room for timer noise at one thread); more means that
       one of the two rows was descheduled by other work for part of its calls (a long call spans
       many scheduler slices, a short one few), and the wall ratio is distorted: read the cpu ratio;
     * ``non-monotone`` (scaling): a longer signal measured faster than a shorter one.
@@ -492,8 +493,9 @@ def flag_rows(rows: list, scaling: list, cores: int, threads: int = 1) -> dict:
         if r.get("ratio_q1") and r["ratio_q1"] > 0 and r["ratio_q3"] / r["ratio_q1"] > RATIO_SPREAD_FLAG:
             r["flags"].append(f"ratio spread {r['ratio_q3'] / r['ratio_q1']:.1f}")
         w, c = r.get("ratio_to_lwvd"), r.get("cpu_ratio_to_lwvd")
-        if w and c and max(w / c, c / w) > max(1, threads):
-            r["flags"].append(f"wall vs cpu ratio differ {max(w / c, c / w):.1f}x > {max(1, threads)} threads")
+        limit = max(2, threads)
+        if w and c and max(w / c, c / w) > limit:
+            r["flags"].append(f"wall vs cpu ratio differ {max(w / c, c / w):.1f}x > {limit}")
     by_key = {(r["entry"], r["config"], r["mode"]): r for r in rows if "median_s" in r}
     for (entry, config, mode), r in by_key.items():
         fwd = by_key.get((entry, config, "fwd"))

@@ -201,5 +201,8 @@ def test_wall_ratio_flagged_when_it_disagrees_with_the_cpu_ratio_beyond_the_thre
     moved = dict(_row("nnaudio_mel", "fwd+bwd", [0.025] * 5), ratio_to_lwvd=0.009, cpu_ratio_to_lwvd=0.0285)
     parallel = dict(_row("fft_floor", "fwd+bwd", [0.5] * 5), ratio_to_lwvd=0.25, cpu_ratio_to_lwvd=0.14)  # 1.8x: parallelism
     run_mod.flag_rows([base, moved, parallel], [], cores=2, threads=2)
-    assert moved["flags"] == ["wall vs cpu ratio differ 3.2x > 2 threads"]
+    assert moved["flags"] == ["wall vs cpu ratio differ 3.2x > 2"]
     assert parallel["flags"] == []
+    one = dict(_row("stft", "fwd", [0.01] * 5), ratio_to_lwvd=0.0101, cpu_ratio_to_lwvd=0.01)
+    run_mod.flag_rows([one], [], cores=2, threads=1)  # at one thread: the floor of 2, not 1
+    assert one["flags"] == []
