@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import importlib
+import importlib.metadata
 import json
 import os
 import platform
@@ -165,6 +166,16 @@ def _version(module: str) -> Optional[str]:
         return f"not importable ({type(exc).__name__})"
 
 
+def _dist_version(dist: str) -> Optional[str]:
+    """An installed distribution's version from its metadata, without importing it (importing
+    speechbrain registers lazy modules in sys.modules that raise ImportError on attribute access,
+    which breaks tools that walk sys.modules, e.g. hypothesis, in the same process)."""
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
 def environment(device: str, args) -> dict:
     env = {
         "device": device,
@@ -187,9 +198,9 @@ def environment(device: str, args) -> dict:
         "has_cuda_kernels": lwvd_cuda.has_cuda_kernels(),
         "nnAudio": _version("nnAudio"),
         "tftb": _version("tftb"),
-        "torchaudio": _version("torchaudio"),
-        "speechbrain": _version("speechbrain"),
-        "dstft": _version("dstft"),
+        "torchaudio": _dist_version("torchaudio"),
+        "speechbrain": _dist_version("speechbrain"),
+        "dstft": _dist_version("dstft"),
         "git_commit": _git_commit(),
         "date_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
         "dtype": args.dtype,
