@@ -1,37 +1,59 @@
-# The README's two commands: `make bench` (the main job) and `make test`.
-# Each creates .venv on first use, installs everything, builds the extension in place, then runs.
-# TORCH=torch==2.13.0 gives a CPU-only install (the extension is then built CPU-only).
+# The README's commands: `make bench` (the main job), `make test` (what CI runs), `make develop`.
+# Each creates .venv on first use, installs everything, builds the extension, then runs.
+# Python 3.10+ (torch 2.14.1 has no wheel for older Pythons).
+# TORCH: the pip spec of torch. TORCH_INDEX: an index URL for torch only, e.g. PyTorch's CPU wheel
+# index `make TORCH_INDEX=https://download.pytorch.org/whl/cpu test` for a CPU-only torch (the
+# extension is then built CPU-only). On this project's machines `TORCH=torch==2.13.0` happens to
+# resolve to a local CPU-only wheel; elsewhere that version is a CUDA build.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH ?= torch==2.14.1
+TORCH_INDEX ?=
 export MAX_JOBS ?= 2
 
-.PHONY: setup build test bench example clean
+.PHONY: setup build develop test install-check bench peers example clean
 
 $(VENV)/.installed: Makefile
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --upgrade pip setuptools wheel
-	$(PY) -m pip install "$(TORCH)" numpy ninja pybind11 pytest hypothesis scipy tqdm matplotlib
+	$(PY) -m pip install -U pip setuptools wheel ninja
+	$(PY) -m pip install "$(TORCH)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(PY) -m pip install numpy pybind11 pytest hypothesis scipy tqdm matplotlib
 	touch $@
 
 setup: $(VENV)/.installed
 
+# In place, for working on the checkout (imports from the checkout's root only).
 build: setup
 	$(PY) setup.py build_ext --inplace
+
+# Editable install into the venv: `import lwvd_cuda` from any folder; rebuilds the extension.
+develop: setup
+	$(PY) -m pip install --no-build-isolation -e .
 
 test: build
 	$(PY) -m pytest -q tests
 
-# The optional peers (nnAudio, tftb) are installed best-effort: a failure is logged to
-# results/peers_install.log and the suite reports those rows as "not run" with the import error.
-# tftb goes in with --no-deps: its metadata pins numpy<2, which would downgrade numpy, and it runs
-# fine on numpy 2 (its other dependencies, scipy and matplotlib, are installed by `setup`).
-bench: build
+# The README's install lines from fresh venvs (see .ci/install_check): a few minutes.
+install-check:
+	PYTHON=$(PYTHON) TORCH="$(TORCH)" .ci/install_check
+
+# The optional peers, each best-effort: a failure is logged to results/peers_install.log and the
+# suite reports those rows as "not run" with the import error.
+# * tftb goes in with --no-deps: its metadata pins numpy<2 (a downgrade); it runs on numpy 2 (its
+#   other dependencies, scipy and matplotlib, are installed by `setup`).
+# * SpeechBrain's LEAF needs torchaudio at import: torchaudio 2.11.0 declares no dependencies, so it
+#   installs beside torch 2.14 without touching it (newer torchaudio wheels pin their own torch).
+PEERS := nnaudio dstft "torchaudio==2.11.0 speechbrain" "--no-deps tftb"
+peers: setup
 	@mkdir -p results
-	@( $(PY) -m pip install nnaudio && $(PY) -m pip install --no-deps tftb ) > results/peers_install.log 2>&1 \
-	  && echo "optional peers nnaudio, tftb: installed" \
-	  || echo "optional peers: pip install FAILED (see results/peers_install.log); their rows will say not run"
+	@: > results/peers_install.log
+	@for p in $(PEERS); do \
+	  if $(PY) -m pip install $$p >> results/peers_install.log 2>&1; then echo "optional peer $$p: installed"; \
+	  else echo "optional peer $$p: pip install FAILED (see results/peers_install.log); its rows will say not run"; fi; \
+	done
+
+bench: build peers
 	$(PY) -m benchmarks.run
 
 example: build

@@ -5,7 +5,9 @@ Which extension is built:
   LWVD_BUILD=cuda            CUDA or fail with the reason
   LWVD_BUILD=cpu             CPU-only CppExtension
 No GPU is needed to build the CUDA extension. torch must already be installed
-(`pip install --no-build-isolation .`): the extension is built against that torch.
+(`pip install --no-build-isolation .`): the extension is built against that torch. Without it
+(or inside pip's isolated build environment, which has no torch) the build stops with the steps
+to take (`require_build_tools` below). Metadata and dependencies live in pyproject.toml.
 
 Traps handled (see ../shared/GPULESS.md): a wrapper `nvcc` on PATH (CUDA_HOME resolved from
 `nvcc -v`), no visible GPU for arch detection (TORCH_CUDA_ARCH_LIST defaults to DEFAULT_ARCHS), torch 2.14
@@ -33,6 +35,44 @@ DEFAULT_ARCHS = "8.0;8.6;8.9;9.0;10.0;12.0+PTX"
 
 def log(msg: str) -> None:
     print(f"[lwvd_cuda setup] {msg}", flush=True)
+
+
+INSTALL_STEPS = """\
+  1. install torch first (the extension is compiled against the torch you will run it with):
+       pip install torch
+     (a CPU-only torch: pip install torch --index-url https://download.pytorch.org/whl/cpu)
+  2. then build lwvd_cuda in that same environment, without pip's isolated build environment:
+       pip install -U pip setuptools wheel ninja
+       pip install --no-build-isolation .        (editable: pip install --no-build-isolation -e .)"""
+
+
+def require_build_tools() -> None:
+    """Stop with the install steps when torch (or, for a wheel, bdist_wheel) is missing.
+
+    pip builds a pyproject.toml project in an isolated environment holding only the build-system
+    requirements; torch is not one of them on purpose (a second torch there could differ from the
+    one installed), so `pip install .` reaches this check and gets the instructions, instead of a
+    bare ModuleNotFoundError deep in pip's output.
+    """
+    try:
+        import torch  # noqa: F401
+    except ImportError as exc:
+        sys.stderr.write(
+            "\n[lwvd_cuda setup] ERROR: torch is not importable here "
+            f"({type(exc).__name__}: {exc}).\n"
+            "Either torch is not installed, or pip is building in an isolated environment "
+            "(plain `pip install .`), which has no torch.\n" + INSTALL_STEPS + "\n\n"
+        )
+        raise SystemExit("lwvd_cuda: install torch first, then `pip install --no-build-isolation .`") from None
+    wants_wheel = any(a in ("bdist_wheel", "editable_wheel", "dist_info") for a in sys.argv)
+    if wants_wheel:
+        import importlib.util
+
+        # setuptools >= 70.1 has bdist_wheel built in; older ones need the `wheel` package (torch
+        # 2.11's environments ship such a setuptools: "error: invalid command 'bdist_wheel'").
+        if importlib.util.find_spec("setuptools.command.bdist_wheel") is None and importlib.util.find_spec("wheel") is None:
+            raise SystemExit("lwvd_cuda: this setuptools cannot build wheels (no bdist_wheel): "
+                             "`pip install -U pip setuptools wheel ninja`, then retry.\n" + INSTALL_STEPS)
 
 
 def resolve_cuda_home() -> str | None:
@@ -164,21 +204,13 @@ def extensions():
 
 
 def main():
+    require_build_tools()
     ext_modules, build_ext = extensions()
+    # Name, version, dependencies and extras: pyproject.toml's [project] table.
     setup(
-        name="lwvd_cuda",
-        version="0.1.0",
-        description="Learnable Wigner-Ville distribution with fused CPU and CUDA kernels",
         packages=find_packages(include=["lwvd_cuda", "lwvd_cuda.*"]),
         ext_modules=ext_modules,
         cmdclass={"build_ext": build_ext.with_options(use_ninja=True)},
-        python_requires=">=3.9",
-        install_requires=["torch", "numpy"],
-        extras_require={
-            "plot": ["matplotlib"],
-            "bench": ["tqdm", "matplotlib", "nnaudio", "tftb"],
-            "test": ["pytest", "hypothesis", "scipy"],
-        },
     )
 
 

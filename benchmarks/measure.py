@@ -2,7 +2,14 @@
 
 Timing: wall clock of one call, ``time.perf_counter`` on the CPU; on a GPU a pair of CUDA events
 around the call followed by ``torch.cuda.synchronize`` (so queued kernels are counted, launch
-overhead included). Statistics: median, quartiles, min and max of the timed repeats.
+overhead included). On the CPU the process CPU time of the call (``time.process_time``: every
+thread of the process) is recorded too. Statistics: median, quartiles, min and max of the timed
+repeats.
+
+Interleaving (:func:`measure_interleaved`): the entries of one configuration are timed in rounds,
+one call of each entry per round (the order rotated every round), instead of one entry's repeats
+after another's. A burst of load from other processes then hits every entry alike, and the ratio of
+two entries can be taken round by round (paired); the 1-minute load average is sampled every round.
 
 Peak memory of one call (the first call of each measurement, which is also where one-time
 allocations happen):
@@ -21,6 +28,7 @@ allocations happen):
 from __future__ import annotations
 
 import ctypes
+import os
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -28,7 +36,7 @@ from typing import Callable, Optional
 
 import torch
 
-__all__ = ["Timing", "measure", "rss_peak_supported"]
+__all__ = ["Timing", "measure", "measure_interleaved", "Plan", "rss_peak_supported", "load_average"]
 
 
 def _status_kib(key: str) -> Optional[int]:
@@ -91,7 +99,20 @@ class _PeakMemory:
         return False
 
 
+def load_average() -> Optional[float]:
+    """The 1-minute load average (None where the OS has none)."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
 def _time_once(fn: Callable[[], object], device: str) -> float:
+    return _time_once_cpu(fn, device)[0]
+
+
+def _time_once_cpu(fn: Callable[[], object], device: str) -> tuple[float, Optional[float]]:
+    """(wall seconds, process CPU seconds or None on a GPU) of one call."""
     if device == "cuda":
         start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         torch.cuda.synchronize()
@@ -99,10 +120,10 @@ def _time_once(fn: Callable[[], object], device: str) -> float:
         fn()
         stop.record()
         torch.cuda.synchronize()
-        return start.elapsed_time(stop) / 1000.0
-    t0 = time.perf_counter()
+        return start.elapsed_time(stop) / 1000.0, None
+    c0, t0 = time.process_time(), time.perf_counter()
     fn()
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, time.process_time() - c0
 
 
 @dataclass
@@ -115,6 +136,9 @@ class Timing:
     warmup: int
     note: str = ""
     output: object = field(default=None, repr=False)
+    cpu_samples: list = field(default_factory=list)  # process CPU seconds per timed call (CPU only)
+    rounds: list = field(default_factory=list)  # interleaved: the round index of each sample
+    load: list = field(default_factory=list)  # 1-minute load average at each timed call
 
     @property
     def median(self) -> float:
@@ -141,6 +165,10 @@ class Timing:
             "peak_bytes": self.peak_bytes,
             "timing_note": self.note,
             "samples_s": list(self.samples),
+            "cpu_median_s": statistics.median(self.cpu_samples) if self.cpu_samples else None,
+            "cpu_samples_s": list(self.cpu_samples),
+            "rounds": list(self.rounds),
+            "load_max": max(self.load) if self.load else None,
         }
 
 
@@ -170,3 +198,73 @@ def measure(fn: Callable[[], object], *, device: str, repeats: int, warmup: int,
     samples = [_time_once(fn, device) for _ in range(n_rep)]
     note = "" if n_rep == repeats else f"repeats cut to {n_rep} by the {budget_s:g} s budget"
     return Timing(samples, first, mem.bytes, warmup=1 + extra_warmup, note=note, output=output)
+
+
+@dataclass
+class Plan:
+    """How one entry of an interleaved measurement is timed: ``fn`` and its call counts."""
+
+    fn: Callable[[], object]
+    repeats: int
+    warmup: int
+    budget_s: float
+
+
+def measure_interleaved(plans: dict, *, device: str) -> dict:
+    """Time several callables in interleaved rounds; returns ``{key: Timing or Exception}``.
+
+    Phase 1, per entry in turn: the first call (memory measured, output kept) and the warm-up calls,
+    as :func:`measure` does; an exception there is that entry's result. The number of timed calls of
+    an entry is ``min(repeats, budget_s // first_call)`` (0: its first call is its only sample, with a
+    note, as in :func:`measure`). Phase 2: round ``r`` times one call of every entry that still has
+    calls left, starting the round at entry ``r mod n`` so no entry always follows the same one.
+    """
+    first: dict = {}
+    results: dict = {}
+    for key, plan in plans.items():
+        try:
+            with _PeakMemory(device) as mem:
+                c0, t0 = time.process_time(), time.perf_counter()
+                output = plan.fn()
+                if device == "cuda":
+                    torch.cuda.synchronize()
+                t_first, c_first = time.perf_counter() - t0, time.process_time() - c0
+            extra = max(0, plan.warmup - 1) if t_first * max(1, plan.warmup - 1) <= plan.budget_s / 4 else 0
+            for _ in range(extra):
+                plan.fn()
+        except Exception as exc:  # noqa: BLE001 - reported by the caller as the entry's row
+            results[key] = exc
+            continue
+        n_rep = min(plan.repeats, int(plan.budget_s // max(t_first, 1e-9)))
+        first[key] = dict(t=t_first, cpu=None if device == "cuda" else c_first, peak=mem.bytes, output=output,
+                          warmup=1 + extra, n=n_rep)
+    timed = {k: [] for k in first}
+    keys = list(first)
+    for r in range(max([v["n"] for v in first.values()], default=0)):
+        order = keys[r % len(keys):] + keys[: r % len(keys)]
+        for key in order:
+            if r >= first[key]["n"]:
+                continue
+            try:
+                wall, cpu = _time_once_cpu(plans[key].fn, device)
+            except Exception as exc:  # noqa: BLE001
+                results[key] = exc
+                first[key]["n"] = r  # no more calls for this entry
+                continue
+            timed[key].append((r, wall, cpu, load_average()))
+    for key, f in first.items():
+        if key in results:
+            continue
+        plan = plans[key]
+        if f["n"] < 1:
+            results[key] = Timing([f["t"]], f["t"], f["peak"], warmup=0, output=f["output"],
+                                  note=f"single call (first call took {f['t']:.1f} s > budget {plan.budget_s:g} s): "
+                                       "includes one-time costs", load=[x for x in [load_average()] if x is not None],
+                                  cpu_samples=[] if f["cpu"] is None else [f["cpu"]])
+            continue
+        rows = timed[key]
+        note = "" if f["n"] == plan.repeats else f"repeats cut to {f['n']} by the {plan.budget_s:g} s budget"
+        results[key] = Timing([w for _, w, _, _ in rows], f["t"], f["peak"], warmup=f["warmup"], note=note,
+                              output=f["output"], cpu_samples=[c for _, _, c, _ in rows if c is not None],
+                              rounds=[r for r, _, _, _ in rows], load=[x for *_, x in rows if x is not None])
+    return results

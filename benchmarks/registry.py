@@ -510,15 +510,99 @@ def _prepare_tftb(cfg, inputs, device, dtype):
                                                        twindow=twin, fwindow=fwin)
 
     return Prepared(fn, backend="tftb (NumPy, float64)",
-                    note=f"ONE signal (not B={cfg.batch}), {len(stamps)} frames, fixed separable SPWVD (rho=0 only), "
-                         f"windows of {len(twin)} and {len(fwin)} taps; timing only")
+                    note=("ONE signal" + (f" (not B={cfg.batch})" if cfg.batch > 1 else "") + f", {len(stamps)} frames, fixed separable SPWVD (rho=0 only), "
+                         f"windows of {len(twin)} and {len(fwin)} taps; timing only"))
 
 
-def _prepare_leaf(cfg, inputs, device, dtype):
-    raise Unavailable(
-        "not run: SpeechBrain's LEAF needs torchaudio at import, whose wheels pin torch 2.9.1 - it must be "
-        "timed in its own environment (torch 2.9.1 + torchaudio 2.9.*) in a separate process; not done here"
-    )
+def _module_prepared(layer, x, mode, *, backend, note, forward=None):
+    """A Prepared timing ``forward(layer, x)`` (default ``layer(x)``) of an ``nn.Module`` peer: under
+    no_grad for "fwd"; for "fwd+bwd" with gradients for the input and every trainable parameter of
+    the layer (a ones cotangent)."""
+    forward = forward or (lambda m, inp: m(inp))
+    if mode == "fwd":
+        def fn():
+            with torch.no_grad():
+                return forward(layer, x)
+    else:
+        xs = _leaf(x)
+        wrt = [xs] + [p for p in layer.parameters() if p.requires_grad]
+
+        def fn():
+            out = forward(layer, xs)
+            torch.autograd.grad(out, wrt, torch.ones_like(out))
+            return out
+    return Prepared(fn, backend=backend, note=note)
+
+
+def _prepare_leaf(mode):
+    def prepare(cfg, inputs, device, dtype):
+        features = _import("speechbrain.lobes.features", "torchaudio==2.11.0 speechbrain")
+        if dtype != torch.float32:
+            raise Unavailable("not run: SpeechBrain's LEAF is float32")
+        version = getattr(importlib.import_module("speechbrain"), "__version__", "")
+        layer = features.Leaf(out_channels=cfg.n_filters, window_len=cfg.window_seconds * 1000.0,
+                              window_stride=cfg.hop / cfg.sample_rate * 1000.0, sample_rate=int(cfg.sample_rate),
+                              in_channels=1).to(device)
+        return _module_prepared(layer, inputs.x, mode, backend=f"SpeechBrain {version} LEAF".replace("  ", " "),
+                                note=f"real input x = Re z; {cfg.n_filters} learnable Gabor filters of "
+                                     f"{cfg.window_seconds * 1000:g} ms, Gaussian lowpass pooling, learnable PCEN; "
+                                     f"fwd+bwd: gradients for x and all its parameters")
+
+    return prepare
+
+
+def _prepare_torchaudio_mel(mode):
+    def prepare(cfg, inputs, device, dtype):
+        transforms = _import("torchaudio.transforms", "torchaudio==2.11.0")
+        version = getattr(importlib.import_module("torchaudio"), "__version__", "")
+        win = int(round(cfg.window_seconds * cfg.sample_rate))
+        layer = transforms.MelSpectrogram(sample_rate=int(cfg.sample_rate), n_fft=cfg.n_fft, win_length=win,
+                                          hop_length=cfg.hop, f_min=cfg.f_min, f_max=cfg.f_max, n_mels=cfg.n_filters,
+                                          power=2.0).to(device=device, dtype=inputs.x.dtype)
+        return _module_prepared(layer, inputs.x, mode, backend=f"torchaudio {version}",
+                                note=f"real input x = Re z; fixed (not learnable) {cfg.n_filters}-band mel filterbank, "
+                                     f"Hann window of {win} samples, power 2, reflect padding; fwd+bwd: gradient for x")
+
+    return prepare
+
+
+def _prepare_dstft(window_mode, mode):
+    def prepare(cfg, inputs, device, dtype):
+        dstft = _import("dstft", "dstft")
+        if dtype != torch.float32:
+            raise Unavailable("not run: timed in float32 only")
+        win = int(round(cfg.window_seconds * cfg.sample_rate))
+        layer = dstft.DSTFT(n_fft=cfg.n_fft, win_length=win, hop_length=cfg.hop, window_mode=window_mode).to(device)
+        layer.initialize(inputs.x)  # allocates the frame-dependent parameters (dstft's rule)
+        what = {"time": "one learnable window length per frame (FFT backend)",
+                "frequency": "one learnable window length per frequency bin (DFT backend): like LWVD's per-filter widths"}
+        return _module_prepared(layer, inputs.x, mode, backend=f"dstft {getattr(dstft, '__version__', '')}".strip(),
+                                forward=lambda m, inp: m(inp)[0],
+                                note=f"real input x = Re z; window_mode={window_mode!r}: {what[window_mode]}; Hann "
+                                     f"window initialised at {win} samples; magnitude, {cfg.n_fft // 2 + 1} bins")
+
+    return prepare
+
+
+def _prepare_lwvd_n_fft(n_fft, mode):
+    """``lwvd_cuda.lwvd`` at another ``n_fft`` (torchaudio's default 400: not a power of two, so the
+    CPU kernels use ATen's FFT and CUDA falls back to the reference). Not compared with the
+    oracle, which is computed at the configuration's n_fft."""
+
+    def prepare(cfg, inputs, device, dtype):
+        backend, note = _lwvd_backend(inputs.z, replace(cfg, n_fft=n_fft))
+        note = (note + "; " if note else "") + f"n_fft={n_fft} instead of {cfg.n_fft}: no error column"
+        kw = dict(n_fft=n_fft, hop_length=cfg.hop, truncate=cfg.truncate)
+        if mode == "fwd":
+            def fn():
+                with torch.no_grad():
+                    return lwvd_cuda.lwvd(inputs.z, *inputs.params, **kw)
+            return Prepared(fn, backend=backend, note=note)
+        tensors = [_leaf(inputs.z)] + [_leaf(p) for p in inputs.params]
+        run = _grad_closure(lambda z, *p: lwvd_cuda.lwvd(z, *p, **kw), inputs, tensors)
+        return Prepared(lambda: run()[0], backend=backend, note=note)
+
+    return prepare
 
 
 def _build_entries() -> list[Entry]:
@@ -555,8 +639,18 @@ def _build_entries() -> list[Entry]:
                              _prepare_nnaudio("mel", mode), peer=True))
     entries.append(Entry("tftb_spwvd", "fwd", "tftb smoothed_pseudo_wigner_ville, one signal, NumPy",
                          _prepare_tftb, peer=True, cpu_only=True))
-    entries.append(Entry("speechbrain_leaf", "fwd", "SpeechBrain LEAF (learnable Gabor front end)",
-                         _prepare_leaf, peer=True))
+    for mode in ("fwd", "fwd+bwd"):
+        entries.append(Entry("lwvd_n_fft_400", mode, "lwvd_cuda.lwvd at n_fft=400 (torchaudio's default; not a power of two)",
+                             _prepare_lwvd_n_fft(400, mode)))
+    for mode in ("fwd", "fwd+bwd"):
+        entries.append(Entry("speechbrain_leaf", mode, "SpeechBrain LEAF: learnable Gabor filters, Gaussian pooling, PCEN",
+                             _prepare_leaf(mode), peer=True))
+        entries.append(Entry("torchaudio_mel", mode, "torchaudio.transforms.MelSpectrogram (fixed mel filterbank)",
+                             _prepare_torchaudio_mel(mode), peer=True))
+        entries.append(Entry("dstft", mode, "dstft.DSTFT, learnable window length per frame",
+                             _prepare_dstft("time", mode), peer=True))
+        entries.append(Entry("dstft_freq", mode, "dstft.DSTFT, learnable window length per frequency bin",
+                             _prepare_dstft("frequency", mode), peer=True))
     return entries
 
 

@@ -10,14 +10,28 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import importlib
+import importlib.metadata
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import warnings
 from pathlib import Path
 from typing import Optional
+
+# OpenMP threads that spin at barriers while their partner is descheduled by other work inflate
+# small ops up to 100-fold on a busy machine (PEERS.md: a 0.26 ms torch.stft read 56 ms). PASSIVE
+# makes them sleep instead. libgomp reads OMP_WAIT_POLICY once, when torch loads it: so it is set
+# here, before `import torch`, unless the user chose one (reported in the environment either way).
+if "OMP_WAIT_POLICY" in os.environ:
+    _WAIT_POLICY_SOURCE = "from the environment"
+elif "torch" in sys.modules:
+    _WAIT_POLICY_SOURCE = "not set: torch was imported before benchmarks.run (libgomp default: spin, then sleep)"
+else:
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    _WAIT_POLICY_SOURCE = "set by benchmarks.run before torch loaded"
 
 import torch
 
@@ -25,7 +39,7 @@ import lwvd_cuda
 from lwvd_cuda import reference, testing
 
 from . import registry as R
-from .measure import measure, rss_peak_supported
+from .measure import Plan, load_average, measure_interleaved, rss_peak_supported
 
 try:
     from tqdm.auto import tqdm
@@ -152,13 +166,28 @@ def _version(module: str) -> Optional[str]:
         return f"not importable ({type(exc).__name__})"
 
 
+def _dist_version(dist: str) -> Optional[str]:
+    """An installed distribution's version from its metadata, without importing it (importing
+    speechbrain registers lazy modules in sys.modules that raise ImportError on attribute access,
+    which breaks tools that walk sys.modules, e.g. hypothesis, in the same process)."""
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
 def environment(device: str, args) -> dict:
     env = {
         "device": device,
         "cpu_model": _cpu_model(),
         "cpu_count": os.cpu_count(),
         "gpu_model": torch.cuda.get_device_name(0) if device == "cuda" else None,
+        "cores_available": _cores(),
         "torch_threads": torch.get_num_threads(),
+        "torch_interop_threads": torch.get_num_interop_threads(),
+        "threads_source": "--threads" if args.threads else "torch's default (physical cores)",
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset"),
+        "omp_wait_policy_source": _WAIT_POLICY_SOURCE,
         "load_average_at_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -169,6 +198,9 @@ def environment(device: str, args) -> dict:
         "has_cuda_kernels": lwvd_cuda.has_cuda_kernels(),
         "nnAudio": _version("nnAudio"),
         "tftb": _version("tftb"),
+        "torchaudio": _dist_version("torchaudio"),
+        "speechbrain": _dist_version("speechbrain"),
+        "dstft": _dist_version("dstft"),
         "git_commit": _git_commit(),
         "date_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
         "dtype": args.dtype,
@@ -254,21 +286,23 @@ class Runner:
             self._run()
 
     def _run(self):
-        tasks = self.main_tasks()
-        bar = tqdm(total=len(tasks) + 2, desc=f"bench {self.device}", unit="task", dynamic_ncols=True, mininterval=1.0) if tqdm else None
-        inputs_cache: dict = {}
+        groups: list = []  # consecutive tasks of one configuration are timed together, interleaved
+        for kind, cfg, entry in self.main_tasks():
+            if groups and groups[-1][0] == kind and groups[-1][1] == cfg:
+                groups[-1][2].append(entry)
+            else:
+                groups.append((kind, cfg, [entry]))
+        bar = tqdm(total=len(groups) + 2, desc=f"bench {self.device}", unit="config", dynamic_ncols=True, mininterval=1.0) if tqdm else None
         last_point: dict = {}  # scaling: entry key -> (n, seconds)
-        for kind, cfg, entry in tasks:
+        for kind, cfg, entries in groups:
             if bar:
-                bar.set_postfix_str(f"{entry.key} @ {cfg.name}")
-            if cfg not in inputs_cache:
-                inputs_cache.clear()  # one configuration's tensors at a time
-                inputs_cache[cfg] = R.build_inputs(cfg, dtype=self.dtype, device=self.device)
-            row = self.run_one(kind, cfg, entry, inputs_cache[cfg], last_point)
-            (self.rows if kind == "main" else self.scaling).append(row)
+                bar.set_postfix_str(f"{cfg.name}: {len(entries)} entries interleaved")
+            inputs = R.build_inputs(cfg, dtype=self.dtype, device=self.device)
+            rows = self.run_group(kind, cfg, entries, inputs, last_point)
+            (self.rows if kind == "main" else self.scaling).extend(rows)
+            del inputs
             if bar:
                 bar.update(1)
-        inputs_cache.clear()
         if bar:
             bar.set_postfix_str("gradient check")
         self.grad_check()
@@ -280,6 +314,7 @@ class Runner:
             bar.update(1)
             bar.close()
         self.add_ratios()
+        self.flags = flag_rows(self.rows, self.scaling, _cores(), torch.get_num_threads())
 
     def _skip_reason(self, kind, cfg, entry, last_point) -> Optional[str]:
         if entry.cpu_only and self.device != "cpu":
@@ -308,45 +343,57 @@ class Runner:
             self.oracle[key] = (out, time.perf_counter() - t0)
         return self.oracle[key][0]
 
-    def run_one(self, kind, cfg, entry, inputs, last_point) -> dict:
-        row = {"entry": entry.name, "mode": entry.mode, "config": cfg.name, "batch": cfg.batch, "n": cfg.n,
-               "tilt": cfg.tilt, "description": entry.description, "peer": entry.peer, "status": "ok"}
-        reason = self._skip_reason(kind, cfg, entry, last_point)
-        if reason:
-            row.update(status=reason)
-            if kind == "main" or not reason.startswith("skipped: about"):
-                self.log(f"  {entry.key} @ {cfg.name}: {reason}")
-            return row
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # the fallback warning is reported in 'backend'
-                prepared = entry.prepare(cfg, inputs, self.device, self.dtype)
-                naive_once = entry.name == "naive"
-                timing = measure(prepared.fn, device=self.device,
-                                 repeats=1 if naive_once else self.args.repeats,
-                                 warmup=0 if naive_once else self.args.warmup,
-                                 budget_s=0.0 if naive_once else self.args.budget)
-        except R.Unavailable as exc:
-            row.update(status=str(exc))
-            self.log(f"  {entry.key}: {exc}")
-            return row
-        except Exception as exc:  # noqa: BLE001 - a failing entry is a row, not a crash
-            row.update(status=f"failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
-            self.log(f"  {entry.key} @ {cfg.name} FAILED: {type(exc).__name__}: {exc}")
-            return row
-        row.update(timing.as_dict(), backend=prepared.backend, note=prepared.note)
-        if entry.name == "naive":
-            row["timing_note"] = "run once by design (about 20 s at S): the first and only call"
-        if prepared.output_comparable and kind == "main" and isinstance(timing.output, torch.Tensor):
-            row["rel_err"] = _rel_err(timing.output, self._oracle(cfg, inputs))
-        if entry.flops is not None:
-            fl = entry.flops(cfg, inputs.params64)
-            if fl:
-                row["flops"] = fl
-                row["gflops_per_s"] = fl / row["median_s"] / 1e9
-        if kind == "scaling":
-            last_point[entry.key] = (cfg.n, row["median_s"])
-        return row
+    def run_group(self, kind, cfg, entries, inputs, last_point) -> list[dict]:
+        """Prepare every entry of one configuration, then time them interleaved (``measure_interleaved``)."""
+        rows, plans, prepared = [], {}, {}
+        for entry in entries:
+            row = {"entry": entry.name, "mode": entry.mode, "config": cfg.name, "batch": cfg.batch, "n": cfg.n,
+                   "tilt": cfg.tilt, "description": entry.description, "peer": entry.peer, "status": "ok"}
+            rows.append(row)
+            reason = self._skip_reason(kind, cfg, entry, last_point)
+            if reason:
+                row.update(status=reason)
+                if kind == "scaling" and entry.key in last_point:
+                    n0, t0 = last_point[entry.key]
+                    row["extrapolated_s"] = t0 * cfg.n / n0
+                if kind == "main" or not reason.startswith("skipped: about"):
+                    self.log(f"  {entry.key} @ {cfg.name}: {reason}")
+                continue
+            try:
+                prepared[entry.key] = entry.prepare(cfg, inputs, self.device, self.dtype)
+            except R.Unavailable as exc:
+                row.update(status=str(exc))
+                self.log(f"  {entry.key}: {exc}")
+                continue
+            except Exception as exc:  # noqa: BLE001 - a failing entry is a row, not a crash
+                row.update(status=f"failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+                self.log(f"  {entry.key} @ {cfg.name} FAILED: {type(exc).__name__}: {exc}")
+                continue
+            once = entry.name == "naive"  # run once by design (about 20 s at S)
+            plans[entry.key] = Plan(prepared[entry.key].fn, repeats=1 if once else self.args.repeats,
+                                    warmup=0 if once else self.args.warmup, budget_s=0.0 if once else self.args.budget)
+        timings = measure_interleaved(plans, device=self.device)
+        for entry, row in zip(entries, rows):
+            if entry.key not in timings:
+                continue
+            timing, prep = timings[entry.key], prepared[entry.key]
+            if isinstance(timing, Exception):
+                row.update(status=f"failed: {type(timing).__name__}: {str(timing).splitlines()[0] if str(timing) else ''}")
+                self.log(f"  {entry.key} @ {cfg.name} FAILED: {type(timing).__name__}: {timing}")
+                continue
+            row.update(timing.as_dict(), backend=prep.backend, note=prep.note)
+            if entry.name == "naive":
+                row["timing_note"] = "run once by design (about 20 s at S): the first and only call"
+            if prep.output_comparable and kind == "main" and isinstance(timing.output, torch.Tensor):
+                row["rel_err"] = _rel_err(timing.output, self._oracle(cfg, inputs))
+            if entry.flops is not None:
+                fl = entry.flops(cfg, inputs.params64)
+                if fl:
+                    row["flops"] = fl
+                    row["gflops_per_s"] = fl / row["median_s"] / 1e9
+            if kind == "scaling":
+                last_point[entry.key] = (cfg.n, row["median_s"])
+        return rows
 
     def grad_check(self):
         """Max relative gradient error (over z and the four parameters) against float64, on GRAD_CHECK."""
@@ -380,16 +427,100 @@ class Runner:
             return {"failed": f"{type(exc).__name__}: {exc}"}
 
     def add_ratios(self):
-        base = {(r["config"], r["mode"]): r["median_s"] for r in self.rows if r["entry"] == "lwvd" and "median_s" in r}
-        for r in self.rows:
-            mode = "fwd" if r["entry"] == "tftb_spwvd" else r["mode"]
-            b = base.get((r["config"], mode))
-            if b and "median_s" in r:
-                r["ratio_to_lwvd"] = r["median_s"] / b
-        sbase = {r["n"]: r["median_s"] for r in self.scaling if r["entry"] == "lwvd" and "median_s" in r}
-        for r in self.scaling:
-            if r["n"] in sbase and "median_s" in r:
-                r["ratio_to_lwvd"] = r["median_s"] / sbase[r["n"]]
+        """ratio_to_lwvd: the median over rounds of (entry time / lwvd time in the same round) - paired,
+        so load that changes between rounds cancels; median / median where no round is shared
+        (an entry timed by its first call only). ratio_q1/q3: the quartiles of the paired ratios."""
+        for rows in (self.rows, self.scaling):
+            base = {(r["config"], r["mode"]): r for r in rows if r["entry"] == "lwvd" and "median_s" in r}
+            for r in rows:
+                b = base.get((r["config"], "fwd" if r["entry"] == "tftb_spwvd" else r["mode"]))
+                if b is None or "median_s" not in r:
+                    continue
+                ratio, quart = paired_ratio(r, b)
+                r["ratio_to_lwvd"] = ratio
+                if quart:
+                    r["ratio_q1"], r["ratio_q3"] = quart
+                if r.get("cpu_samples_s") and b.get("cpu_samples_s"):
+                    r["cpu_ratio_to_lwvd"] = paired_ratio(r, b, key="cpu_samples_s")[0]
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def paired_ratio(row: dict, base: dict, key: str = "samples_s") -> tuple[float, Optional[tuple[float, float]]]:
+    """(median of per-round time ratios, their quartiles or None) of ``row`` over ``base``;
+    ``key="cpu_samples_s"`` pairs the process CPU times instead of the wall times."""
+    if row is base:
+        return 1.0, None
+    wb = dict(zip(base.get("rounds") or [], base.get(key) or []))
+    pairs = [w / wb[r] for r, w in zip(row.get("rounds") or [], row.get(key) or []) if r in wb and wb[r] > 0]
+    if not pairs:
+        if key != "samples_s":
+            return statistics.median(row[key]) / statistics.median(base[key]), None
+        return row["median_s"] / base["median_s"], None
+    pairs.sort()
+    if len(pairs) >= 4:
+        q = statistics.quantiles(pairs, n=4, method="inclusive")
+        return statistics.median(pairs), (q[0], q[2])
+    return statistics.median(pairs), (pairs[0], pairs[-1])
+
+
+# A row is flagged (its "flags" list; the table's last column) when its time cannot be trusted.
+SPREAD_FLAG = 1.5  # q3 / q1 of the timed calls above this: the calls disagree
+RATIO_SPREAD_FLAG = 2.0  # q3 / q1 of the paired per-round ratios above this
+MONOTONE_SLACK = 0.95  # scaling: a longer signal measured below this fraction of a shorter one's time
+
+
+def flag_rows(rows: list, scaling: list, cores: int, threads: int = 1) -> dict:
+    """Add ``flags`` to the rows whose figures are impossible or untrustworthy; return a summary.
+
+    A load average above the core count is not a row flag (it concerns every row alike): it is the
+    run's loud note (:func:`busy_warning`); ``load_max`` per row stays in the JSON.
+
+    * ``fwd+bwd < fwd``: the forward + backward of an entry measured faster than its forward alone;
+    * ``spread``: the timed calls' q3/q1 above SPREAD_FLAG (other work interfered);
+    * ``ratio spread``: the per-round ratios to lwvd vary by more than RATIO_SPREAD_FLAG (q3/q1);
+    * ``wall vs cpu ratio``: the wall-time ratio to lwvd and the CPU-time ratio differ by more than
+      ``max(2, threads)``x. Undisturbed, a call's process CPU time lies between about 1x and
+      ``threads``x its wall time, so parallelism alone moves the two ratios apart by at most
+      ``threads``x (the floor of 2 leaves room for timer noise at one thread); more means that
+      one of the two rows was descheduled by other work for part of its calls (a long call spans
+      many scheduler slices, a short one few), and the wall ratio is distorted: read the cpu ratio;
+    * ``non-monotone`` (scaling): a longer signal measured faster than a shorter one.
+    """
+    summary = {"cores": cores, "flagged": 0, "load_max": None}
+    loads = [r["load_max"] for r in rows + scaling if r.get("load_max") is not None]
+    summary["load_max"] = max(loads) if loads else None
+    for r in rows + scaling:
+        r.setdefault("flags", [])
+        if "median_s" not in r:
+            continue
+        if r.get("repeats", 0) >= 4 and r["q1_s"] > 0 and r["q3_s"] / r["q1_s"] > SPREAD_FLAG:
+            r["flags"].append(f"spread q3/q1 {r['q3_s'] / r['q1_s']:.1f}")
+        if r.get("ratio_q1") and r["ratio_q1"] > 0 and r["ratio_q3"] / r["ratio_q1"] > RATIO_SPREAD_FLAG:
+            r["flags"].append(f"ratio spread {r['ratio_q3'] / r['ratio_q1']:.1f}")
+        w, c = r.get("ratio_to_lwvd"), r.get("cpu_ratio_to_lwvd")
+        limit = max(2, threads)
+        if w and c and max(w / c, c / w) > limit:
+            r["flags"].append(f"wall vs cpu ratio differ {max(w / c, c / w):.1f}x > {limit}")
+    by_key = {(r["entry"], r["config"], r["mode"]): r for r in rows if "median_s" in r}
+    for (entry, config, mode), r in by_key.items():
+        fwd = by_key.get((entry, config, "fwd"))
+        if mode == "fwd+bwd" and fwd is not None and r["median_s"] < fwd["median_s"]:
+            msg = f"impossible: fwd+bwd ({_fmt_time(r['median_s'])}) < fwd ({_fmt_time(fwd['median_s'])})"
+            r["flags"].append(msg)
+            fwd["flags"].append(msg)
+    for name in dict.fromkeys(r["entry"] for r in scaling):
+        pts = sorted((r for r in scaling if r["entry"] == name and "median_s" in r), key=lambda r: r["n"])
+        for a, b in zip(pts, pts[1:]):
+            if b["median_s"] < MONOTONE_SLACK * a["median_s"]:
+                b["flags"].append(f"non-monotone: N={b['n']} faster than N={a['n']}")
+    summary["flagged"] = sum(1 for r in rows + scaling if r.get("flags"))
+    return summary
 
 
 # --------------------------------------------------------------------------------------------
@@ -425,19 +556,43 @@ def _fmt_err(e) -> str:
     return f"{e:.1e}"
 
 
+def busy_warning(env: dict, flags: dict) -> Optional[str]:
+    """The loud note when the load average exceeded the cores at start or while timing (else None)."""
+    cores = env["cores_available"]
+    start = (env.get("load_average_at_start") or [None])[0]
+    worst = max([x for x in (start, flags.get("load_max"), env.get("load_average_at_end")) if x is not None], default=None)
+    if worst is None or worst <= cores:
+        return None
+    return (f"WARNING: BUSY MACHINE - the 1-minute load average reached {worst:.1f} on {cores} cores during this run "
+            f"(at start {start:.1f}). Other processes took CPU time from these measurements: absolute times are "
+            f"inflated and vary. Entries were interleaved round by round and ratios are paired per round, which cancels "
+            f"load that is common to the rounds; rows whose figures still cannot be trusted are flagged "
+            f"({flags['flagged']} rows). For figures to quote, rerun on an idle machine, or compare at --threads 1.")
+
+
 def markdown(env: dict, runner: Runner, notes: list[str]) -> str:
     lines = [f"# lwvd_cuda benchmarks — {env['device']}", ""]
+    warning = busy_warning(env, runner.flags)
+    if warning:
+        lines += [f"> **{warning}**", ""]
     hw = env["gpu_model"] if env["device"] == "cuda" else f"{env['cpu_model']}, {env['cpu_count']} cores"
+    load_end = env.get("load_average_at_end")
     lines += [
-        f"Device: **{env['device']}** ({hw}); torch {env['torch']}, {env['torch_threads']} threads; "
-        f"dtype {env['dtype']}; {env['date_utc']}; commit {env['git_commit']}.",
-        f"Load average at start: {', '.join(f'{x:.2f}' for x in env['load_average_at_start'] or [])} "
-        f"(other processes on the machine inflate CPU times).",
+        f"Device: **{env['device']}** ({hw}); torch {env['torch']}; {env['torch_threads']} torch threads "
+        f"({env['threads_source']}), OMP_WAIT_POLICY={env['omp_wait_policy']} ({env['omp_wait_policy_source']}); "
+        f"dtype {env['dtype']}; {env['date_utc']}; commit {env['git_commit']}; command `{env['command']}`.",
+        f"Load average (1 min) at start {', '.join(f'{x:.2f}' for x in env['load_average_at_start'] or [])}; "
+        f"highest while timing {runner.flags['load_max'] if runner.flags['load_max'] is None else round(runner.flags['load_max'], 2)}"
+        + (f"; at end {load_end:.2f}" if load_end is not None else "") + f" ({env['cores_available']} cores available).",
         f"Timer: {env['timer']}. Memory: {env['memory_measure']}.",
         "Time: median of the timed calls after warm-up, [q1, q3] (min/max when fewer than 4 calls); "
-        "n = timed calls. Ratio: time / `lwvd` time in the same mode and configuration. "
+        "n = timed calls; entries of one configuration are timed interleaved, one call each per round. "
+        "cpu: median process CPU time per call (all threads). "
+        "Ratio: median over rounds of (time / `lwvd` time in the same round), same mode and configuration; "
+        "cpu ratio: the same with process CPU times (less sensitive to being descheduled by other work). "
         "Error: max |out - ref| / max |ref| against the float64 reference; for fwd+bwd rows the gradient "
-        f"error (max over z and the four parameters) at B={GRAD_CHECK_BATCH}, N={runner.args.grad_check_n}.",
+        f"error (max over z and the four parameters) at B={GRAD_CHECK_BATCH}, N={runner.args.grad_check_n}. "
+        "Flags: figures that are impossible or untrustworthy (see benchmarks/README.md).",
         "",
     ]
     configs = []
@@ -448,24 +603,27 @@ def markdown(env: dict, runner: Runner, notes: list[str]) -> str:
         rows = [r for r in runner.rows if r["config"] == c]
         label = R.standard_config(batch=rows[0]["batch"], n=rows[0]["n"], tilted=bool(rows[0]["tilt"]),
                                   n_filters=runner.args.n_filters).label()
-        lines += [f"## {label}", "",
-                  "| entry | mode | backend | time | [q1, q3] | n | ratio | peak mem | GFLOP/s | error |",
-                  "|---|---|---|---:|---|---:|---:|---:|---:|---:|"]
-        if any(r.get("cuda_predicted_s") for r in rows):
-            lines[-2] = lines[-2].replace(" error |", " error | H100 model |")
-            lines[-1] += "---:|"
+        model = any(r.get("cuda_predicted_s") for r in rows)
+        cols = ["entry", "mode", "backend", "time", "[q1, q3]", "n", "cpu", "ratio", "cpu ratio", "peak mem", "GFLOP/s", "error"]
+        cols += ["H100 model"] if model else []
+        cols += ["flags"]
+        align = ["---", "---", "---", "---:", "---", "---:", "---:", "---:", "---:", "---:", "---:", "---:"] + (["---:"] if model else []) + ["---"]
+        lines += [f"## {label}", "", "| " + " | ".join(cols) + " |", "|" + "|".join(align) + "|"]
         for r in rows:
             if r["status"] != "ok":
-                lines.append(f"| {r['entry']} | {r['mode']} | {r['status']} | — | | | | | | |")
+                lines.append(f"| {r['entry']} | {r['mode']} | {r['status']} |" + " |" * (len(cols) - 3))
                 continue
             err = r.get("grad_rel_err") if r["mode"] == "fwd+bwd" else r.get("rel_err")
             gf = f"{r['gflops_per_s']:.2f}" if "gflops_per_s" in r else "—"
             ratio = f"{r['ratio_to_lwvd']:.3g}×" if "ratio_to_lwvd" in r else "—"
-            lines.append(
-                f"| {r['entry']} | {r['mode']} | {r['backend']} | {_fmt_time(r['median_s'])} | "
-                f"[{_fmt_time(r['q1_s'])}, {_fmt_time(r['q3_s'])}] | {r['repeats']} | {ratio} | "
-                f"{_fmt_bytes(r['peak_bytes'])} | {gf} | {_fmt_err(err)} |"
-                + (f" {_fmt_time(r.get('cuda_predicted_s'))} |" if any(x.get("cuda_predicted_s") for x in rows) else ""))
+            cells = [r["entry"], r["mode"], r["backend"], _fmt_time(r["median_s"]),
+                     f"[{_fmt_time(r['q1_s'])}, {_fmt_time(r['q3_s'])}]", str(r["repeats"]),
+                     _fmt_time(r.get("cpu_median_s")), ratio,
+                     f"{r['cpu_ratio_to_lwvd']:.3g}×" if "cpu_ratio_to_lwvd" in r else "—",
+                     _fmt_bytes(r["peak_bytes"]), gf, _fmt_err(err)]
+            cells += [_fmt_time(r.get("cuda_predicted_s"))] if model else []
+            cells += ["⚠ " + "; ".join(r["flags"]) if r.get("flags") else ""]
+            lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
         row_notes = sorted({f"`{r['entry']}`: {r['note']}" for r in rows if r.get("note")}
                            | {f"`{r['entry']}[{r['mode']}]`: {r['timing_note']}" for r in rows if r.get("timing_note")})
@@ -480,9 +638,12 @@ def markdown(env: dict, runner: Runner, notes: list[str]) -> str:
                 if r is None or r["status"] != "ok":
                     cells.append("skipped" if r is not None else "—")
                 else:
-                    cells.append(f"{_fmt_time(r['median_s'])} / {_fmt_bytes(r['peak_bytes'])}")
+                    cells.append(f"{_fmt_time(r['median_s'])} / {_fmt_bytes(r['peak_bytes'])}"
+                                 + (" ⚠" if r.get("flags") else ""))
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
-        lines += ["", "Cells: median time / peak memory growth. 'skipped': see the JSON (extrapolated time or memory over the limits).", ""]
+        flagged = [f"`{r['entry']}` N={r['n']}: {'; '.join(r['flags'])}" for r in runner.scaling if r.get("flags")]
+        lines += ["", "Cells: median time / peak memory growth. 'skipped': see the JSON (extrapolated time or memory "
+                  "over the limits; marked x in the plot). ⚠: flagged - " + ("; ".join(flagged) if flagged else "none") + ".", ""]
     sc = runner.stft_check
     lines += ["## Spectrogram identity (SPEC §1)", ""]
     if "failed" in sc:
@@ -502,35 +663,61 @@ def plot(runner: Runner, path: Path, env: dict) -> Optional[str]:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.transforms import blended_transform_factory
     except ImportError as exc:
         return f"no plot: matplotlib not importable ({exc})"
-    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(12, 4.6))
+    marked_skip = marked_flag = False
     for name in dict.fromkeys(r["entry"] for r in runner.scaling):
         pts = [r for r in runner.scaling if r["entry"] == name and r["status"] == "ok"]
-        if not pts:
+        skipped = [r for r in runner.scaling if r["entry"] == name and r["status"] != "ok"]
+        if not pts and not skipped:
             continue
-        ns = [r["n"] for r in pts]
-        label = name if name != "lwvd" else f"lwvd ({pts[0]['backend']})"
-        ax_t.loglog(ns, [r["median_s"] for r in pts], "o-", label=label)
+        label = name if name != "lwvd" or not pts else f"lwvd ({pts[0]['backend']})"
+        line = ax_t.loglog([r["n"] for r in pts], [r["median_s"] for r in pts], "o-", label=label)[0] if pts else None
+        color = line.get_color() if line is not None else None
+        for r in pts:
+            if r.get("flags"):
+                ax_t.plot([r["n"]], [r["median_s"]], "o", mfc="none", mec="red", ms=11, mew=1.5,
+                          label=None if marked_flag else "flagged point (see table)")
+                marked_flag = True
+        for r in skipped:
+            # A skipped point: an x at its linear extrapolation when there is one, else on the top edge.
+            kw = dict(marker="x", ms=9, mew=2, ls="none", color=color or "0.3",
+                      label=None if marked_skip else "skipped (x: extrapolated, not run)")
+            if r.get("extrapolated_s"):
+                ax_t.plot([r["n"]], [r["extrapolated_s"]], **kw)
+            else:
+                ax_t.plot([r["n"]], [0.97], transform=blended_transform_factory(ax_t.transData, ax_t.transAxes), **kw)
+            marked_skip = True
         mem = [(r["n"], r["peak_bytes"]) for r in pts if r["peak_bytes"]]
         if mem:
-            ax_m.loglog([m[0] for m in mem], [max(m[1], 2**20) / 2**20 for m in mem], "o-", label=label)
+            ax_m.loglog([m[0] for m in mem], [max(m[1], 2**20) / 2**20 for m in mem], "o-", label=label, color=color)
     ns = runner.args.n_values
     if ns:
         ref_n = [min(ns), max(ns)]
         ax_t.loglog(ref_n, [1e-4 * n / ref_n[0] for n in ref_n], "k:", lw=0.8, label="slope 1 (guide)")
-    hw = env["gpu_model"] if env["device"] == "cuda" else f"CPU: {env['cpu_model']}, {env['torch_threads']} threads"
+    hw = env["gpu_model"] if env["device"] == "cuda" else f"CPU: {env['cpu_model']}"
     ax_t.set(xlabel="N (samples), B=1", ylabel="time per forward call (s)", title=f"time — {hw}")
     what = "torch.cuda peak allocated" if env["device"] == "cuda" else "peak RSS growth of one call"
     ax_m.set(xlabel="N (samples), B=1", ylabel="peak memory growth (MiB, floor 1)", title=f"memory — {what}")
     for ax in (ax_t, ax_m):
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
-    load = env.get("load_average_at_start")
-    load = f", load avg {load[0]:.1f} at start" if load and env["device"] == "cpu" else ""
-    fig.suptitle(f"lwvd_cuda scaling on {env['device']} (n_fft=512, hop=160, F={runner.args.n_filters}, {env['dtype']}{load}) "
-                 f"— {env['date_utc']}", fontsize=10)
-    fig.tight_layout()
+        ax.legend(fontsize=7)
+        ax.title.set_fontsize(9)
+    load = ""
+    if env["device"] == "cpu":
+        start = (env.get("load_average_at_start") or [None])[0]
+        worst = runner.flags.get("load_max")
+        load = f"; load avg {start:.1f} at start" + (f", up to {worst:.1f}" if worst is not None else "") + \
+               f" on {env['cores_available']} cores" if start is not None else ""
+        load += f"; {env['torch_threads']} threads, OMP_WAIT_POLICY={env['omp_wait_policy']}"
+    fig.suptitle(f"lwvd_cuda scaling on {env['device']}: torch {env['torch']}, n_fft=512, hop=160, F={runner.args.n_filters}, "
+                 f"{env['dtype']} — {env['date_utc']}\n{load.lstrip('; ')}", fontsize=9)
+    if busy_warning(env, runner.flags):
+        fig.text(0.5, 0.005, "BUSY MACHINE: load average above the core count - times inflated, see the table's flags",
+                 ha="center", va="bottom", color="red", fontsize=9, weight="bold")
+    fig.tight_layout(rect=(0, 0.03, 1, 0.93))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return None
@@ -542,8 +729,14 @@ def run_device(args, device: str) -> dict:
     print(f"== lwvd_cuda benchmarks on {device}: {env['gpu_model'] or env['cpu_model']}, torch {env['torch']}, "
           f"{env['torch_threads']} threads, dtype {args.dtype}", flush=True)
     backend = lwvd_cuda.backend_for(torch.zeros(1, dtype=torch.complex64, device=device), 512)
-    print(f"   lwvd backend: {backend[0]} ({backend[1]})", flush=True)
+    print(f"   lwvd backend: {backend[0]} ({backend[1]}); OMP_WAIT_POLICY={env['omp_wait_policy']} "
+          f"({env['omp_wait_policy_source']})", flush=True)
+    start_load = (env.get("load_average_at_start") or [0.0])[0]
+    if device == "cpu" and start_load > env["cores_available"]:
+        print(f"!! BUSY MACHINE: load average {start_load:.1f} > {env['cores_available']} cores at start: times will be "
+              "inflated; entries are interleaved and untrustworthy rows flagged.", file=sys.stderr, flush=True)
     runner.run()
+    env["load_average_at_end"] = load_average()
     cost_fn, cost_note = _cost_model_column()
     notes = [
         f"`lwvd` ran: {backend[0]} — {backend[1]}."
@@ -582,10 +775,14 @@ def run_device(args, device: str) -> dict:
     result = {"environment": env, "args": {k: v for k, v in vars(args).items()}, "rows": runner.rows,
               "scaling": runner.scaling, "grad_check": {"config": dict(batch=GRAD_CHECK_BATCH, n=args.grad_check_n), "rel_err": runner.grad_errors},
               "spectrogram_identity": runner.stft_check, "float64_oracle_seconds": oracle_s, "notes": notes,
+              "flags": runner.flags, "busy_warning": busy_warning(env, runner.flags),
               "log": runner.log_lines}
     (out / f"bench_{device}.json").write_text(json.dumps(result, indent=1, default=str))
     (out / f"bench_{device}.md").write_text(md)
     print(md, flush=True)
+    warning = busy_warning(env, runner.flags)
+    if warning:
+        print("\n" + "!" * 100 + "\n" + warning + "\n" + "!" * 100, file=sys.stderr, flush=True)
     print(f"wrote {out / f'bench_{device}.json'}, {out / f'bench_{device}.md'}" + ("" if plot_err else f", {png}"), flush=True)
     return result
 

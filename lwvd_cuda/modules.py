@@ -40,6 +40,9 @@ RHO_MAX = 0.99
 # sigma_t * sigma_nu (seconds x Hz, or samples x cycles/sample) of the WVD of any Gaussian window.
 HEISENBERG_BOUND = 1.0 / (4.0 * math.pi)
 INITS = ("mel", "linear", "geometric", "cqt")
+# The spectrogram window the mel/linear/geometric inits equal when neither window_seconds nor
+# win_length is given: 25 ms, the usual speech frame.
+DEFAULT_WINDOW_SECONDS = 0.025
 # FWHM of a Gaussian = this many standard deviations (used to turn a Q factor into sigma_nu).
 _FWHM_PER_STD = 2.0 * math.sqrt(2.0 * math.log(2.0))
 # |rho| below this reads as "untilted" in describe(); a tilt that small moves the ridge by < 5% of
@@ -100,7 +103,8 @@ class FilterTable(list):
 class LWVD(nn.Module):
     """Learnable Wigner-Ville distribution: real ``(..., N)`` -> ``(..., n_filters, T)``.
 
-    ``T = 1 + N // hop_length`` frames centred on ``t * hop_length`` (like ``torch.stft(center=True)``).
+    ``T = 1 + N // hop_length`` frames centred on ``t * hop_length`` (like ``torch.stft(center=True)``;
+    ``center=False`` gives the frames of ``torch.stft(center=False)``).
     Each output row is the signal's Wigner-Ville distribution averaged by one learned 2-D Gaussian
     (SPEC §1); the four numbers per filter are exposed in Hz and seconds (:attr:`center_hz`,
     :attr:`sigma_t_seconds`, :attr:`sigma_nu_hz`, :attr:`rho`) and read by :meth:`describe`.
@@ -108,8 +112,16 @@ class LWVD(nn.Module):
     Args:
         sample_rate: Hz (> 0).
         n_filters: number of learned Gaussian filters ``F`` (>= 1).
-        n_fft: lag window ``M``; the WVD has ``M`` bins over ``[0, sr/2)``. The op costs one FFT of
-            ``n_fft`` per *sample* (not per hop): keep it as small as the longest window needs.
+        n_fft: lag window ``M``: lags ``|m| < M/2`` (a span of about ``M`` samples, like an STFT
+            frame of ``n_fft``), and the WVD has ``M`` bins over ``[0, sr/2)``, ``sr / (2 M)`` Hz apart
+            (torchaudio's ``n_fft`` is an FFT size with ``n_fft // 2 + 1`` bins over ``[0, sr/2]``,
+            ``sr / n_fft`` apart). The op costs one FFT of ``n_fft`` per *sample* (not per hop):
+            keep it as small as the longest window needs. Any ``n_fft >= 1`` is exact; powers of two
+            are the fast path: on the CPU another length goes through ATen's FFT instead of the
+            kernels' own (README, "Coming from torchaudio", gives the measured cost), and on CUDA
+            the kernels take powers of two from 4 to 8192 only - any other ``n_fft`` runs the
+            pure-PyTorch reference (with one warning; much slower, and memory of a few
+            ``B x N x n_fft`` planes).
         hop_length: samples between frames.
         f_min, f_max: Hz range of the initial centres (``0 <= f_min < f_max <= sr/2``;
             ``f_max=None`` means ``sr/2``). Centres sit at the middles of ``n_filters`` equal cells of
@@ -127,11 +139,23 @@ class LWVD(nn.Module):
               ``window_seconds`` is ignored. Low-frequency filters get long windows: ``n_fft``
               must reach their length for the equality to be exact (a warning says when not).
         window_seconds: the spectrogram window length: a Gaussian of standard deviation
-            ``window_seconds / 6`` (so +-3 std span the window).
+            ``window_seconds / 6`` (so +-3 std span the window). Default 25 ms.
         q_factor: for ``init="cqt"``: centre / FWHM bandwidth. ``None`` picks the Q at which
             neighbouring filters cross at half power, ``1 / (r - 1)`` for a grid ratio ``r``.
         truncate: passed to :func:`lwvd_cuda.lwvd` (terms with ``q > truncate^2`` are dropped;
             ``None`` keeps all).
+        center: ``True`` (default): ``T = 1 + N // hop_length`` frames centred on samples
+            ``t * hop_length`` (``torch.stft(center=True, pad_mode="constant")``: the signal is zero
+            outside ``[0, N)``). ``False``: ``T = 1 + (N - n_fft) // hop_length`` frames centred on
+            samples ``n_fft // 2 + t * hop_length`` - the frame centres of ``torch.stft(center=False)``
+            (``N >= n_fft`` required). Either way each value is computed from the whole signal: a
+            frame reads samples within about ``truncate * sigma_t + n_fft / 2`` of its centre (its
+            filter's time support plus the lag window), not only those of one STFT window.
+        win_length, n_mels, mel_scale: torchaudio spellings. ``win_length`` (samples) is
+            ``window_seconds * sample_rate`` (the span of +-3 std of the Gaussian window, where
+            torchaudio's is a Hann window of that length); ``n_mels`` is ``n_filters``;
+            ``mel_scale`` must be ``"htk"`` (the only mel grid here). Giving a value under both
+            names with different values raises.
 
     Input dtypes: float32/float64 compute in their own precision; half/bfloat16 input (including
     under ``torch.autocast``) is computed in float32 and the result is float32 — autocast is
@@ -144,17 +168,27 @@ class LWVD(nn.Module):
     def __init__(
         self,
         sample_rate: float,
-        n_filters: int,
+        n_filters: Optional[int] = None,
         n_fft: int = 512,
         hop_length: int = 160,
         f_min: float = 0.0,
         f_max: Optional[float] = None,
         init: str = "mel",
-        window_seconds: float = 0.025,
+        window_seconds: Optional[float] = None,
         q_factor: Optional[float] = None,
         truncate: Optional[float] = 4.0,
+        *,
+        center: bool = True,
+        win_length: Optional[int] = None,
+        n_mels: Optional[int] = None,
+        mel_scale: str = "htk",
     ):
         super().__init__()
+        n_filters, window_seconds = _torchaudio_spellings(
+            sample_rate, n_filters, window_seconds, win_length=win_length, n_mels=n_mels, mel_scale=mel_scale
+        )
+        if not isinstance(center, bool):
+            raise TypeError(f"center must be True or False (as in torch.stft), got {center!r}")
         if not _is_real_number(sample_rate) or sample_rate <= 0:
             raise ValueError(f"sample_rate must be a finite number > 0, got {sample_rate!r}")
         if isinstance(n_filters, bool) or not isinstance(n_filters, numbers.Integral) or n_filters < 1:
@@ -182,6 +216,7 @@ class LWVD(nn.Module):
         self.hop_length = hop_length
         self.f_min, self.f_max = float(f_min), float(f_max)
         self.truncate = truncate
+        self.center = center
         self.init = init
         self.window_seconds = float(window_seconds)
 
@@ -392,17 +427,60 @@ class LWVD(nn.Module):
         # Autocast would run the reference's einsum (and any matmul) in half precision: keep float32.
         with torch.autocast(device_type=x.device.type, enabled=False):
             z = functional.analytic_signal(x.to(real))
+            z, frames = _align_frames(z, self.n_fft, self.hop_length, self.center)
             c, st, sn, r = (p.to(real) for p in self.op_parameters())
-            return functional.lwvd(z, c, st, sn, r, n_fft=self.n_fft, hop_length=self.hop_length, truncate=self.truncate)
+            out = functional.lwvd(z, c, st, sn, r, n_fft=self.n_fft, hop_length=self.hop_length, truncate=self.truncate)
+            return out if frames is None else out[..., frames]
 
     def extra_repr(self) -> str:
         q = f", q_factor={self.q_factor:.3g}" if self.q_factor is not None else ""
         return (
             f"sample_rate={self.sample_rate}, n_filters={self.n_filters}, n_fft={self.n_fft}, "
             f"hop_length={self.hop_length}, f_min={self.f_min}, f_max={self.f_max}, init={self.init!r}{q}, "
-            f"truncate={self.truncate}"
+            f"truncate={self.truncate}" + ("" if self.center else ", center=False")
         )
 
 
 def _next_pow2(v: float) -> int:
     return 1 << max(2, math.ceil(math.log2(max(1.0, v))))
+
+
+def _torchaudio_spellings(sample_rate, n_filters, window_seconds, *, win_length, n_mels, mel_scale):
+    """Map the torchaudio spellings (``n_mels``, ``win_length`` in samples, ``mel_scale``) onto
+    ``n_filters`` and ``window_seconds``; a spelling given twice with different values is an error."""
+    if n_mels is not None:
+        if n_filters is not None and n_filters != n_mels:
+            raise ValueError(f"n_mels ({n_mels!r}) and n_filters ({n_filters!r}) name the same thing: give one")
+        n_filters = n_mels
+    if n_filters is None:
+        raise TypeError("LWVD needs n_filters (torchaudio spelling: n_mels)")
+    if win_length is not None:
+        if isinstance(win_length, bool) or not isinstance(win_length, numbers.Integral) or win_length < 1:
+            raise ValueError(f"win_length must be an int >= 1 (samples), got {win_length!r}")
+        if not _is_real_number(sample_rate) or sample_rate <= 0:
+            raise ValueError(f"sample_rate must be a finite number > 0, got {sample_rate!r}")
+        if window_seconds is not None and abs(window_seconds * sample_rate - win_length) > 1e-9 * win_length:
+            raise ValueError(f"win_length={win_length} samples and window_seconds={window_seconds} disagree: give one")
+        window_seconds = win_length / float(sample_rate)
+    if window_seconds is None:
+        window_seconds = DEFAULT_WINDOW_SECONDS
+    if mel_scale != "htk":
+        raise ValueError(f"mel_scale: only 'htk' is implemented (the centre grid of init='mel'), got {mel_scale!r}")
+    return n_filters, window_seconds
+
+
+def _align_frames(z: torch.Tensor, n_fft: int, hop_length: int, center: bool):
+    """``(z, None)`` for ``center=True``. For ``center=False``: ``z`` zero-padded on the left so that
+    sample ``n_fft // 2`` falls on the op's frame grid, and the index of the frames to keep - those
+    centred on ``n_fft // 2 + t * hop_length`` for ``t = 0 .. (N - n_fft) // hop_length`` (the frames
+    of ``torch.stft(center=False)``). The op treats samples outside the signal as zero, so the left
+    padding changes no value: it only moves the frame grid."""
+    if center:
+        return z, None
+    n = z.shape[-1]
+    if n < n_fft:
+        raise ValueError(f"x: center=False needs at least n_fft={n_fft} samples, got N={n}")
+    pad = (-(n_fft // 2)) % hop_length
+    first = (n_fft // 2 + pad) // hop_length
+    frames = torch.arange(first, first + 1 + (n - n_fft) // hop_length, device=z.device)
+    return (torch.nn.functional.pad(z, (pad, 0)) if pad else z), frames

@@ -6,6 +6,9 @@ matplotlib is imported inside the functions, so ``import lwvd_cuda`` never needs
   its area against the Heisenberg bound (blue below: super-resolution; grey on it: a spectrogram or
   chirplet window; red above: smoother than any window).
 * :func:`plot_lwvd` — a signal's LWVD as an image, one row per filter at its centre frequency.
+
+Both draw into ``ax=`` when given, else into a new figure laid out with matplotlib's constrained
+layout (so no label is clipped), and return the ``Figure`` (``fig.axes[0]`` is the plot).
 """
 
 from __future__ import annotations
@@ -16,6 +19,19 @@ from typing import Optional, Sequence
 import torch
 
 __all__ = ["filter_ellipses", "plot_filters", "plot_lwvd"]
+
+# Ellipse outlines are drawn in a darker shade of their fill: the colour of a filter on the bound
+# (area ratio 1, every filter of an untrained layer) is the near-white middle of the colour map.
+_EDGE_SHADE = 0.55
+
+
+def _new_axes(ax, figsize):
+    import matplotlib.pyplot as plt
+
+    if ax is not None:
+        return ax
+    fig = plt.figure(figsize=figsize, layout="constrained")
+    return fig.add_subplot()
 
 
 @torch.no_grad()
@@ -59,13 +75,16 @@ def plot_filters(
     ``relative=True`` draws every ellipse around its own centre (frequency offset in Hz on the y
     axis): tilts of a few Hz per ms are invisible on a 0..Nyquist axis but clear there.
     ``chirp_rates`` (Hz/s) adds dashed reference lines ``f = rate * t`` through the centres
-    (e.g. the sweep rates in the data, to compare the learned tilts with). Returns the ``Axes``.
+    (e.g. the sweep rates in the data, to compare the learned tilts with).
+
+    Each filter also gets a dot at its centre: a spectrogram-init filter (a 25 ms window is about
+    30 Hz tall) is a thin sliver on a 0..Nyquist axis, and the dot keeps it visible. Returns the
+    ``Figure`` (draws into ``ax`` when given).
     """
     import matplotlib.pyplot as plt
     from matplotlib import cm, colors
 
-    if ax is None:
-        _, ax = plt.subplots(figsize=(5, 4))
+    ax = _new_axes(ax, (5.5, 4.2))
     outline = filter_ellipses(module, n_sigma)
     if relative:
         outline[..., 1] -= module.center_hz.detach().double().cpu()[:, None]
@@ -74,9 +93,13 @@ def plot_filters(
     norm = colors.LogNorm(vmin=1.0 / span, vmax=span)
     cmap = plt.get_cmap("coolwarm")
     order = torch.argsort(ratio, descending=True)  # small (sharp) ellipses drawn last, on top
+    centres = [0.0] * outline.shape[0] if relative else module.center_hz.detach().double().cpu().tolist()
     for i in order.tolist():
         col = cmap(norm(float(ratio[i])))
-        ax.fill(outline[i, :, 0] * 1e3, outline[i, :, 1], facecolor=col, alpha=0.3 if relative else 0.4, edgecolor=col, linewidth=1.2)
+        edge = tuple(_EDGE_SHADE * c for c in col[:3])
+        ax.fill(outline[i, :, 0] * 1e3, outline[i, :, 1], facecolor=col, alpha=0.3 if relative else 0.45, edgecolor=edge,
+                linewidth=1.3)
+        ax.plot([0.0], [centres[i]], "o", ms=2.5, color=edge, zorder=3)
     if chirp_rates is not None:
         t_max = float(outline[..., 0].abs().max())
         tt = torch.tensor([-t_max, t_max], dtype=torch.float64)
@@ -91,7 +114,7 @@ def plot_filters(
     ax.set_title(title if title is not None else f"{outline.shape[0]} filters, {n_sigma:g}-sigma ellipses")
     if colorbar:
         plt.colorbar(cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, label="area / Heisenberg bound")
-    return ax
+    return ax.figure
 
 
 @torch.no_grad()
@@ -101,7 +124,8 @@ def plot_lwvd(module, x: torch.Tensor, ax=None, db: bool = True, dynamic_range_d
     Rows are drawn at the filters' centre frequencies (sorted; each row spans half-way to its
     neighbours), so a learned, irregular grid shows where it sits. ``db=True`` shows
     ``10 log10(K)`` over ``dynamic_range_db`` below the peak; negative values (possible for
-    sub-Heisenberg filters) are drawn at the floor. Returns the ``Axes``.
+    sub-Heisenberg filters) are drawn at the floor. Returns the ``Figure`` (draws into ``ax`` when
+    given).
     """
     import matplotlib.pyplot as plt
 
@@ -122,12 +146,11 @@ def plot_lwvd(module, x: torch.Tensor, ax=None, db: bool = True, dynamic_range_d
         edges = torch.tensor([0.0, nyq], dtype=torch.float64)
     hop = module.hop_length / module.sample_rate
     t_edges = (torch.arange(k.shape[1] + 1, dtype=torch.float64) - 0.5) * hop
-    if ax is None:
-        _, ax = plt.subplots(figsize=(6, 3.5))
+    ax = _new_axes(ax, (6.5, 3.8))
     mesh = ax.pcolormesh(t_edges.numpy(), edges.numpy(), k.numpy(), shading="flat", cmap="magma")
     ax.set_xlabel("time (s)")
     ax.set_ylabel("frequency (Hz)")
     if title is not None:
         ax.set_title(title)
     plt.colorbar(mesh, ax=ax, label="dB" if db else "LWVD")
-    return ax
+    return ax.figure

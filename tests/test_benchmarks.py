@@ -6,7 +6,11 @@ three files and reports the device honestly), not any timing.
 
 import json
 import math
+import statistics
+import subprocess
+import sys
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -95,7 +99,7 @@ def test_runner_tiny(tmp_path):
     args = ["--quick", "--device", "cpu", "--sizes", "1x700", "--n-list", "500,1000", "--repeats", "2",
             "--warmup", "1", "--budget", "0.5", "--no-plot", "--out", str(tmp_path), "--n-filters", "6",
             "--grad-check-n", "500", "--stft-check-n", "900",
-            "--entries", "lwvd,reference,naive,fft_floor,stft_spectrogram,speechbrain_leaf"]
+            "--entries", "lwvd,reference,naive,fft_floor,stft_spectrogram,torchaudio_mel,dstft"]
     assert run_mod.main(args) == 0
     data = json.loads((tmp_path / "bench_cpu.json").read_text())
     env = data["environment"]
@@ -106,8 +110,133 @@ def test_runner_tiny(tmp_path):
     for key in [("lwvd", "fwd"), ("reference", "fwd"), ("naive", "fwd")]:
         assert rows[key]["status"] == "ok" and rows[key]["rel_err"] < testing.TOLERANCES[torch.float32], rows[key]
     assert rows[("lwvd", "fwd+bwd")]["grad_rel_err"] < 1e-3
-    assert rows[("speechbrain_leaf", "fwd")]["status"].startswith("not run")  # reported, never dropped
+    # The peers are rows whether or not they are installed here (then "not run: import ... failed").
+    # (SpeechBrain's LEAF is checked in a subprocess: see test_leaf_entry_in_its_own_process.)
+    for key in [(p, m) for p in ("torchaudio_mel", "dstft") for m in ("fwd", "fwd+bwd")]:
+        assert rows[key]["status"] == "ok" or rows[key]["status"].startswith("not run"), rows[key]
+    assert env["omp_wait_policy"] and env["omp_wait_policy_source"] and env["cores_available"] >= 1
+    # Interleaved: every timed row records the round of each call; ratios are paired per round.
+    assert rows[("fft_floor", "fwd")]["rounds"] == [0, 1] and "ratio_to_lwvd" in rows[("fft_floor", "fwd")]
+    assert all(isinstance(r["flags"], list) for r in data["rows"] + data["scaling"])
     assert data["spectrogram_identity"]["rel_err_window_2n_fft"] < 1e-5
     md = (tmp_path / "bench_cpu.md").read_text()
-    assert "speechbrain_leaf" in md and "float64 reference" in md
+    assert "torchaudio_mel" in md and "float64 reference" in md
+    assert "speechbrain" not in sys.modules  # the environment report reads its version from metadata
     assert {r["n"] for r in data["scaling"]} == {500, 1000}
+
+
+def test_measure_interleaved_rotates_rounds_and_honours_budgets():
+    calls = []
+
+    def f(name):
+        return lambda: calls.append(name)
+
+    plans = {k: M.Plan(f(k), repeats=3, warmup=2, budget_s=10.0) for k in "abc"}
+    plans["once"] = M.Plan(f("once"), repeats=3, warmup=0, budget_s=0.0)
+    plans["broken"] = M.Plan(lambda: 1 / 0, repeats=3, warmup=1, budget_s=10.0)
+    res = M.measure_interleaved(plans, device="cpu")
+    # Phase 1: first call + one more warm-up each; phase 2: rounds starting at entry r mod n.
+    assert calls[:7] == ["a", "a", "b", "b", "c", "c", "once"]
+    assert calls[7:] == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
+    assert [res[k].rounds for k in "abc"] == [[0, 1, 2]] * 3
+    assert len(res["a"].cpu_samples) == 3 and all(c >= 0 for c in res["a"].cpu_samples)
+    assert len(res["once"].samples) == 1 and "single call" in res["once"].note
+    assert isinstance(res["broken"], ZeroDivisionError)
+
+
+def _row(entry, mode, samples, rounds=None, config="S", n=16000):
+    s = sorted(samples)
+    q1, q3 = (statistics.quantiles(s, n=4, method="inclusive")[::2] if len(s) >= 4 else (s[0], s[-1]))
+    return {"entry": entry, "mode": mode, "config": config, "n": n, "samples_s": samples,
+            "rounds": rounds if rounds is not None else list(range(len(samples))), "median_s": statistics.median(samples),
+            "q1_s": q1, "q3_s": q3, "repeats": len(samples)}
+
+
+def test_paired_ratio_cancels_load_common_to_a_round():
+    # Rounds 1 and 3 were slowed 10x for both entries (a burst of other work): the paired ratio is
+    # exact, and so steady that it is not flagged; the wall times themselves are flagged as spread.
+    base = _row("lwvd", "fwd", [1.0, 10.0, 1.0, 10.0, 1.0])
+    peer = _row("peer", "fwd", [2.0, 20.0, 2.0, 20.0, 2.0])
+    ratio, (q1, q3) = run_mod.paired_ratio(peer, base)
+    assert ratio == pytest.approx(2.0) and q1 == pytest.approx(2.0) and q3 == pytest.approx(2.0)
+    peer.update(ratio_to_lwvd=ratio, ratio_q1=q1, ratio_q3=q3)
+    run_mod.flag_rows([base, peer], [], cores=2)
+    assert any("spread" in f for f in peer["flags"]) and not any("ratio spread" in f for f in peer["flags"])
+    # Without shared rounds (a single first call) it falls back to median / median.
+    single = _row("naive", "fwd", [30.0], rounds=[])
+    assert run_mod.paired_ratio(single, base)[0] == pytest.approx(30.0)
+
+
+def test_flag_rows_marks_impossible_rows_only():
+    fwd = _row("nnaudio_mel", "fwd", [2.0e-3] * 5)
+    bwd = _row("nnaudio_mel", "fwd+bwd", [1.5e-3] * 5)  # faster than its own forward: impossible
+    ok_fwd, ok_bwd = _row("lwvd", "fwd", [0.07] * 5), _row("lwvd", "fwd+bwd", [0.28] * 5)
+    scaling = [_row("stft", "fwd", [t] * 5, config=f"N={n}", n=n) for n, t in ((1000, 1e-4), (10000, 3e-4), (100000, 1e-4))]
+    summary = run_mod.flag_rows([fwd, bwd, ok_fwd, ok_bwd], scaling, cores=2)
+    assert any("impossible" in f for f in bwd["flags"]) and any("impossible" in f for f in fwd["flags"])
+    assert ok_fwd["flags"] == [] and ok_bwd["flags"] == []
+    assert scaling[0]["flags"] == [] and scaling[1]["flags"] == []
+    assert scaling[2]["flags"] == ["non-monotone: N=100000 faster than N=10000"]
+    assert summary["flagged"] == 3
+
+
+def test_busy_warning_only_above_the_core_count():
+    env = {"cores_available": 2, "load_average_at_start": (1.5, 1.0, 1.0), "load_average_at_end": 1.9}
+    assert run_mod.busy_warning(env, {"load_max": 1.8, "flagged": 0}) is None
+    env["load_average_at_end"] = 7.5
+    msg = run_mod.busy_warning(env, {"load_max": 3.0, "flagged": 4})
+    assert msg.startswith("WARNING: BUSY MACHINE") and "7.5 on 2 cores" in msg and "4 rows" in msg
+
+
+@pytest.mark.parametrize("name,module", [("torchaudio_mel", "torchaudio"), ("dstft", "dstft"), ("dstft_freq", "dstft")])
+def test_peer_entries_run_on_the_shared_inputs(name, module):
+    pytest.importorskip(module)
+    cfg = replace(R.standard_config(batch=2, n=1600), n_filters=8)
+    inputs = R.build_inputs(cfg, dtype=torch.float32)
+    for entry in R.get_entries(name):
+        out = entry.prepare(cfg, inputs, "cpu", torch.float32).fn()
+        assert out.shape[0] == 2 and bool(torch.isfinite(out).all()), (entry.key, out.shape)
+
+
+def test_wall_ratio_flagged_when_it_disagrees_with_the_cpu_ratio_beyond_the_threads():
+    # Seen under a competing load (benchmarks/README.md): a 25 ms peer next to a 2 s lwvd call kept
+    # its time while lwvd's doubled, so its wall ratio fell 3x; its CPU-time ratio did not move.
+    base = _row("lwvd", "fwd+bwd", [2.0] * 5)
+    moved = dict(_row("nnaudio_mel", "fwd+bwd", [0.025] * 5), ratio_to_lwvd=0.009, cpu_ratio_to_lwvd=0.0285)
+    parallel = dict(_row("fft_floor", "fwd+bwd", [0.5] * 5), ratio_to_lwvd=0.25, cpu_ratio_to_lwvd=0.14)  # 1.8x: parallelism
+    run_mod.flag_rows([base, moved, parallel], [], cores=2, threads=2)
+    assert moved["flags"] == ["wall vs cpu ratio differ 3.2x > 2"]
+    assert parallel["flags"] == []
+    one = dict(_row("stft", "fwd", [0.01] * 5), ratio_to_lwvd=0.0101, cpu_ratio_to_lwvd=0.01)
+    run_mod.flag_rows([one], [], cores=2, threads=1)  # at one thread: the floor of 2, not 1
+    assert one["flags"] == []
+
+
+LEAF_CHECK = """
+import sys, torch
+from dataclasses import replace
+from pathlib import Path
+from benchmarks import registry as R
+cfg = replace(R.standard_config(batch=2, n=1600), n_filters=8)
+inputs = R.build_inputs(cfg, dtype=torch.float32)
+for entry in R.get_entries("speechbrain_leaf"):
+    try:
+        prepared = entry.prepare(cfg, inputs, "cpu", torch.float32)
+    except R.Unavailable as exc:
+        assert str(exc).startswith("not run: import speechbrain"), exc
+        print("unavailable", entry.key); continue
+    out = prepared.fn()
+    assert out.shape[0] == 2 and bool(torch.isfinite(out).all()), (entry.key, out.shape)
+    print("ok", entry.key, tuple(out.shape))
+"""
+
+
+def test_leaf_entry_in_its_own_process():
+    # Importing speechbrain puts lazy modules into sys.modules whose attribute access raises
+    # ImportError (e.g. speechbrain.integrations.k2_fsa without k2); hypothesis walks sys.modules
+    # and then fails every later property test in the process. So LEAF runs in a child process.
+    root = Path(__file__).resolve().parent.parent
+    res = subprocess.run([sys.executable, "-c", LEAF_CHECK], cwd=root, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    lines = res.stdout.split("\n")
+    assert sum(line.startswith(("ok speechbrain_leaf", "unavailable speechbrain_leaf")) for line in lines) == 2, res.stdout
