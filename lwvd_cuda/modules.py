@@ -132,6 +132,9 @@ class LWVD(nn.Module):
             neighbouring filters cross at half power, ``1 / (r - 1)`` for a grid ratio ``r``.
         truncate: passed to :func:`lwvd_cuda.lwvd` (terms with ``q > truncate^2`` are dropped;
             ``None`` keeps all).
+        method, rtol: passed to :func:`lwvd_cuda.lwvd`: ``method="hermite"`` computes the untruncated
+            operator without the lag window as a few spectrograms per filter, within ``rtol``
+            (``docs/hermite.md``); ``truncate`` is then not used.
 
     Input dtypes: float32/float64 compute in their own precision; half/bfloat16 input (including
     under ``torch.autocast``) is computed in float32 and the result is float32 — autocast is
@@ -153,8 +156,11 @@ class LWVD(nn.Module):
         window_seconds: float = 0.025,
         q_factor: Optional[float] = None,
         truncate: Optional[float] = 4.0,
+        method: str = "exact",
+        rtol: float = 1e-4,
     ):
         super().__init__()
+        self.method, self.rtol = functional._check_method(method, rtol)
         if not _is_real_number(sample_rate) or sample_rate <= 0:
             raise ValueError(f"sample_rate must be a finite number > 0, got {sample_rate!r}")
         if isinstance(n_filters, bool) or not isinstance(n_filters, numbers.Integral) or n_filters < 1:
@@ -393,14 +399,15 @@ class LWVD(nn.Module):
         with torch.autocast(device_type=x.device.type, enabled=False):
             z = functional.analytic_signal(x.to(real))
             c, st, sn, r = (p.to(real) for p in self.op_parameters())
-            return functional.lwvd(z, c, st, sn, r, n_fft=self.n_fft, hop_length=self.hop_length, truncate=self.truncate)
+            return functional.lwvd(z, c, st, sn, r, n_fft=self.n_fft, hop_length=self.hop_length, truncate=self.truncate,
+                                   method=self.method, rtol=self.rtol)
 
     def extra_repr(self) -> str:
         q = f", q_factor={self.q_factor:.3g}" if self.q_factor is not None else ""
         return (
             f"sample_rate={self.sample_rate}, n_filters={self.n_filters}, n_fft={self.n_fft}, "
             f"hop_length={self.hop_length}, f_min={self.f_min}, f_max={self.f_max}, init={self.init!r}{q}, "
-            f"truncate={self.truncate}"
+            f"truncate={self.truncate}" + (f", method={self.method!r}, rtol={self.rtol:g}" if self.method != "exact" else "")
         )
 
 
