@@ -138,37 +138,68 @@ def _hermite_functions(x: torch.Tensor, n_terms: int) -> torch.Tensor:
 
 
 class _BandedProduct(torch.autograd.Function):
-    """``out[e] = spec[f_e, :, a_e : a_e + w_e] @ y[b_e : b_e + w_e]`` for each entry ``e``.
+    """``out[e] = sum over pieces (a, b, w) of mat[f_e, :2 k_e, a : a + w] @ y[b : b + w]``.
 
-    ``spec`` (F, K, P') complex window spectra, ``y`` (P', C) complex frame spectra (rows = bins),
-    both already extended past ``P`` so that no band wraps. Each band is a view: nothing of size
-    bands x frames is gathered, and the backward accumulates in place into one buffer per input
-    (autograd of ``F`` slices would allocate a full-size gradient per slice). Output (E, K, C),
-    zero past each entry's own ``k_e`` rows. First-order only.
+    The complex band products ``spec[f, :k, band] @ y[band]`` as real GEMMs (faster than complex
+    ones here): ``y`` (P, 2C) is ``view_as_real`` of the (P, C) complex frame spectra (rows = bins,
+    columns = frames, re/im interleaved), ``mat`` (F, 2K, W) the window spectra with rows ``2t, 2t+1``
+    the real and imaginary parts of term ``t`` (:func:`_split_parts` combines the four real
+    products). A band that wraps past bin ``P`` is two pieces. Each piece is a view: nothing of size
+    bands x frames is gathered or copied, and the backward accumulates in place into one buffer per
+    input (autograd of slices would allocate a full-size gradient per slice).
+    ``entries``: ``(f, k, pieces)``. Output (E, 2K, 2C), zero past each entry's own ``2k`` rows.
+    First-order only.
     """
 
     @staticmethod
-    def forward(ctx, spec, y, entries):
+    def forward(ctx, mat, y, entries):
         ctx.entries = entries
-        ctx.save_for_backward(spec, y)
-        out = y.new_zeros(len(entries), spec.shape[1], y.shape[1])
-        for e, (f, a, b, w, k) in enumerate(entries):
-            torch.matmul(spec[f, :k, a : a + w], y[b : b + w], out=out[e, :k])
+        ctx.save_for_backward(mat, y)
+        out = y.new_zeros(len(entries), mat.shape[1], y.shape[1])
+        for e, (f, k, pieces) in enumerate(entries):
+            for i, (a, b, w) in enumerate(pieces):
+                lhs, rhs = mat[f, : 2 * k, a : a + w], y[b : b + w]
+                if i == 0:
+                    torch.mm(lhs, rhs, out=out[e, : 2 * k])
+                else:
+                    out[e, : 2 * k].addmm_(lhs, rhs)
         return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
-        spec, y = ctx.saved_tensors
-        grad_spec = torch.zeros_like(spec) if ctx.needs_input_grad[0] else None
+        mat, y = ctx.saved_tensors
+        grad_mat = torch.zeros_like(mat) if ctx.needs_input_grad[0] else None
         grad_y = torch.zeros_like(y) if ctx.needs_input_grad[1] else None
-        for e, (f, a, b, w, k) in enumerate(ctx.entries):
-            g = grad[e, :k]
-            if grad_spec is not None:  # d/d spec of <grad, spec @ y> (PyTorch's conjugate convention)
-                grad_spec[f, :k, a : a + w] += g @ y[b : b + w].conj().transpose(0, 1)
-            if grad_y is not None:
-                grad_y[b : b + w] += spec[f, :k, a : a + w].conj().transpose(0, 1) @ g
-        return grad_spec, grad_y, None
+        for e, (f, k, pieces) in enumerate(ctx.entries):
+            g = grad[e, : 2 * k]
+            for a, b, w in pieces:
+                if grad_mat is not None:
+                    grad_mat[f, : 2 * k, a : a + w].addmm_(g, y[b : b + w].transpose(0, 1))
+                if grad_y is not None:
+                    grad_y[b : b + w].addmm_(mat[f, : 2 * k, a : a + w].transpose(0, 1), g)
+        return grad_mat, grad_y, None
+
+
+def _split_parts(prod: torch.Tensor) -> torch.Tensor:
+    """``|spec @ y|^2`` per term from the real products: (E, 2K, 2C) -> (E, K, C).
+
+    ``prod[e, 2t + s, 2c + q] = sum_j part_s(spec[t, j]) part_q(y[j, c])`` (s, q: 0 real, 1 imag), so
+    ``Re = P00 - P11`` and ``Im = P01 + P10``.
+    """
+    e, k2, c2 = prod.shape
+    p = prod.reshape(e, k2 // 2, 2, c2 // 2, 2)
+    re = p[:, :, 0, :, 0] - p[:, :, 1, :, 1]
+    im = p[:, :, 0, :, 1] + p[:, :, 1, :, 0]
+    return re * re + im * im
+
+
+def _band_pieces(start: int, width: int, p_len: int) -> tuple:
+    """``(spec_offset, bin_offset, width)`` pieces of the band ``[start, start + width)`` mod ``P``."""
+    first = min(width, p_len - start)
+    if first == width:
+        return ((0, start, width),)
+    return ((0, start, first), (first, 0, width - first))
 
 
 def _hermite_part(z, center, sigma_t, sigma_nu, rho, terms, scale_nu_d, margin, hop_length):
@@ -187,15 +218,35 @@ def _hermite_part(z, center, sigma_t, sigma_nu, rho, terms, scale_nu_d, margin, 
     k_max = int(terms.max())
     reach = torch.sqrt(2.0 * terms.to(torch.float64) - 1.0) + margin  # last turning point + margin
     half = int(math.ceil(float((scale_t.detach() * reach).max()))) + 1  # R: window u in [-R, R]
-    p_len = 2 * _fast_len(half + 1)  # >= 2R + 1, even (see the alias term)
+    # Frame length P >= 2R + 1 and each filter's band (the bins where its windows' spectra live).
+    # The windows are band-limited to W << P bins, so their in-band spectra come from the windows
+    # sampled every D-th sample (a length-P/D transform; the images D folds in are the out-of-band
+    # tails, below the same margin): P = D * Pd, Pd even and >= the widest band.
+    p_min = 2 * half + 1
+    band = scale_nu_d * reach  # half-width of each band, cycles/sample
+    w_min = int(2 * math.ceil(float(band.max()) * p_min) + 3)
+    dec = max(1, p_min // (w_min + w_min // 4 + 8))
+    while _fast_len(dec) != dec:  # keep P = D * Pd 5-smooth (a fast frame FFT)
+        dec -= 1
+    p_dec = 2 * _fast_len(-(-p_min // dec) // 2 + 1)
+    p_len = dec * p_dec  # even (see the alias term)
+    widths = torch.clamp(2 * torch.ceil(band * p_len).to(torch.int64) + 3, max=p_len)
+    if int(widths.max()) > p_dec:  # cannot happen with the margins above; keep the exact layout then
+        dec, p_dec = 1, p_len
+    starts = torch.remainder(torch.round(c.detach() * p_len).to(torch.int64) - widths // 2, p_len)
+    w_max = int(widths.max())
 
-    # Windows w_fk(u) = psi_k(u) exp(-2 i pi c u - i pi beta u^2), u = i - R on the frame's P samples.
-    u = torch.arange(p_len, dtype=torch.float64, device=z.device) - half
+    # Windows w_fk(u) = psi_k(u) exp(-2 i pi c u - i pi beta u^2) at u = j*D - R, each times
+    # exp(2 i pi a_f j / Pd) so that its band starts at bin 0; then
+    # sum_i y[i] w[i] = sum_xi fft(y)[xi] * ifft(w)[xi]  (Parseval on the length-P frame) and
+    # ifft_P(w)[a_f + xi] = ifft_Pd(w[::D] exp(2 i pi a_f j / Pd))[xi] for the in-band xi.
+    j = torch.arange(p_dec, dtype=torch.float64, device=z.device)
+    u = j * dec - half
     psi = _hermite_functions(u[None, :] / scale_t[:, None], k_max) / torch.sqrt(scale_t)[:, None, None]
-    angle = -(2.0 * math.pi * c[:, None] * u[None, :] + math.pi * beta[:, None] * u[None, :] ** 2)
+    shift_phase = torch.remainder(starts.to(torch.float64)[:, None] * j[None, :], p_dec) * (2.0 * math.pi / p_dec)
+    angle = shift_phase - (2.0 * math.pi * c[:, None] * u[None, :] + math.pi * beta[:, None] * u[None, :] ** 2)
     phase = torch.complex(torch.cos(angle), torch.sin(angle))
-    # sum_i y[i] w[i] = sum_xi fft(y)[xi] * ifft(w)[xi]  (Parseval on the length-P frame)
-    spec = torch.fft.ifft(psi * phase[:, None, :], dim=-1)  # (F, K, P)
+    spec = torch.fft.ifft(psi * phase[:, None, :], dim=-1)[..., :w_max]  # (F, K, W)
 
     # Eigenvalues lam_k = (1 - r) r^k, zero past each filter's own K.
     powers = torch.cumprod(torch.cat([torch.ones_like(r)[:, None], r[:, None].expand(f_count, k_max - 1)], 1), 1)
@@ -206,24 +257,22 @@ def _hermite_part(z, center, sigma_t, sigma_nu, rho, terms, scale_nu_d, margin, 
     real = z.real.dtype
     padded = torch.cat([z.new_zeros(bsz, half), z, z.new_zeros(bsz, p_len)], dim=-1)
     frames = padded.unfold(-1, p_len, hop_length)[:, :t_count]  # (B, T, P): z[t*hop - R + i]
-    # Frame spectra with the bin as the leading axis, so that a band is a block of rows: (P, B*T).
-    y = torch.fft.fft(frames, dim=-1).reshape(bsz * t_count, p_len).transpose(0, 1)
+    # Frame spectra, bins as rows (a band is a block of rows), re/im interleaved in columns: (P, 2BT).
+    y = torch.view_as_real(torch.fft.fft(frames.reshape(bsz * t_count, p_len).transpose(0, 1), dim=0))
+    y = y.reshape(p_len, 2 * bsz * t_count)
     # The lag step 2 pairs only samples of equal parity: 1[u = w mod 2] = (1 + (-1)^u (-1)^w) / 2, so
     # K = Q(y) + Q((-1)^u y). The second ("alias") form is the first at centre c + 1/2: the same window
     # spectra against the frame spectrum shifted by P/2 bins (P is even). It is ~0 except within a
-    # window of the signal's ends, where the jump from 0 is broadband.
-    shift = p_len // 2
-    # Each filter's band: the bins where its windows' spectra live, around its centre bin.
-    widths = torch.clamp(2 * torch.ceil(scale_nu_d * reach * p_len).to(torch.int64) + 3, max=p_len)
-    starts = torch.remainder(torch.round(c.detach() * p_len).to(torch.int64) - widths // 2, p_len)
-    w_max = int(widths.max())
+    # window of the signal's ends, where the jump from 0 is broadband (or for a z that is not analytic).
+    # Entries [0, F): Q(y); [F, 2F): Q((-1)^u y), the band moved by P/2 bins.
     entries = []
-    for f, (a0, w, k) in enumerate(zip(starts.tolist(), widths.tolist(), terms.tolist())):
-        entries.append((f, a0, a0, w, k))  # Q(y)
-        entries.append((f, a0, (a0 - shift) % p_len, w, k))  # Q((-1)^u y): rows xi - P/2
-    wrap = lambda t, dim: torch.cat([t, t.narrow(dim, 0, w_max)], dim=dim)  # noqa: E731  (bands never wrap)
-    coef = _BandedProduct.apply(wrap(spec.to(zc), -1), wrap(y, 0), entries)  # (2F, K, B*T)
-    power = (coef.real * coef.real + coef.imag * coef.imag).reshape(f_count, 2, k_max, -1).sum(1)
+    for shift in (0, p_len // 2):
+        for f, (a0, w, k) in enumerate(zip(starts.tolist(), widths.tolist(), terms.tolist())):
+            entries.append((f, k, _band_pieces((a0 - shift) % p_len, w, p_len)))
+    spec = spec.to(zc)
+    mat = torch.stack([spec.real, spec.imag], dim=2).reshape(f_count, 2 * k_max, -1)  # rows 2t, 2t+1
+    power = _split_parts(_BandedProduct.apply(mat, y, entries))  # (2F, K, BT)
+    power = power[:f_count] + power[f_count:]  # (F, K, BT)
     out = torch.matmul(lam.to(real)[:, None, :], power).reshape(f_count, bsz, t_count)  # (F, B, T)
     return out.transpose(0, 1)
 
