@@ -258,8 +258,8 @@ def _hermite_part(z, center, sigma_t, sigma_nu, rho, terms, scale_nu_d, margin, 
     padded = torch.cat([z.new_zeros(bsz, half), z, z.new_zeros(bsz, p_len)], dim=-1)
     frames = padded.unfold(-1, p_len, hop_length)[:, :t_count]  # (B, T, P): z[t*hop - R + i]
     # Frame spectra, bins as rows (a band is a block of rows), re/im interleaved in columns: (P, 2BT).
-    y = torch.view_as_real(torch.fft.fft(frames.reshape(bsz * t_count, p_len).transpose(0, 1), dim=0))
-    y = y.reshape(p_len, 2 * bsz * t_count)
+    y = torch.view_as_real(torch.fft.fft(frames, dim=-1)).reshape(bsz * t_count, p_len, 2)
+    y = y.transpose(0, 1).reshape(p_len, 2 * bsz * t_count)
     # The lag step 2 pairs only samples of equal parity: 1[u = w mod 2] = (1 + (-1)^u (-1)^w) / 2, so
     # K = Q(y) + Q((-1)^u y). The second ("alias") form is the first at centre c + 1/2: the same window
     # spectra against the frame spectrum shifted by P/2 bins (P is even). It is ~0 except within a
