@@ -94,6 +94,7 @@ class HermitePlan:
     scale_nu: torch.Tensor  # Lam (cycles/sample)
     terms: torch.Tensor  # K per filter (int64)
     hermite: torch.Tensor  # bool: True = Hermite path, False = exact kernels
+    alias: torch.Tensor  # bool: the odd-parity ("alias") form is added (False near 0 and 1/2)
     margin: float  # X
 
     def summary(self) -> str:
@@ -120,7 +121,13 @@ def plan(center, sigma_t, sigma_nu, rho, *, rtol: float, max_terms: int = MAX_TE
         & (2.0 * scale_nu * reach <= 1.0)  # the windows' spectra fit in one period: sampling is exact
         & (scale_t * reach <= MAX_HALF_WINDOW)
     )
-    return HermitePlan(area, r, scale_t, scale_nu, terms, hermite, x)
+    # The alias form is the operator's periodic image at c + 1/2. The reference sums the Gaussian over
+    # [0, 1/2) only, so for a filter whose Gaussian reaches 0 or 1/2 that image (the other band
+    # edge) is not in it: leave it out there (docs/hermite.md, "Band edges").
+    c = center.detach().to(torch.float64)
+    edge = torch.minimum(c, 0.5 - c) / sn
+    alias = edge >= math.sqrt(2.0 * math.log(1.0 / rtol))
+    return HermitePlan(area, r, scale_t, scale_nu, terms, hermite, alias, x)
 
 
 def _hermite_functions(x: torch.Tensor, n_terms: int) -> torch.Tensor:
@@ -202,7 +209,7 @@ def _band_pieces(start: int, width: int, p_len: int) -> tuple:
     return ((0, start, first), (first, 0, width - first))
 
 
-def _hermite_part(z, center, sigma_t, sigma_nu, rho, terms, scale_nu_d, margin, hop_length):
+def _hermite_part(z, center, sigma_t, sigma_nu, rho, terms, scale_nu_d, alias, margin, hop_length):
     """``(B, F, T)`` by the Hermite sum for filters that all take this path (``terms``: (F,) int64)."""
     bsz, n = z.shape
     t_count = 1 + n // hop_length
@@ -268,6 +275,7 @@ def _hermite_part(z, center, sigma_t, sigma_nu, rho, terms, scale_nu_d, margin, 
     entries = []
     for shift in (0, p_len // 2):
         for f, (a0, w, k) in enumerate(zip(starts.tolist(), widths.tolist(), terms.tolist())):
+            k = k if (shift == 0 or alias[f]) else 0
             entries.append((f, k, _band_pieces((a0 - shift) % p_len, w, p_len)))
     spec = spec.to(zc)
     mat = torch.stack([spec.real, spec.imag], dim=2).reshape(f_count, 2 * k_max, -1)  # rows 2t, 2t+1
@@ -304,7 +312,7 @@ def lwvd_hermite(
         sub = [q.index_select(0, on) for q in params]
         parts.append(
             _hermite_part(z, *sub, p.terms[p.hermite].to(z.device), p.scale_nu[p.hermite].to(z.device),
-                          p.margin, hop_length)
+                          p.alias[p.hermite].tolist(), p.margin, hop_length)
         )
     if off.numel():
         if exact is None:
