@@ -14,19 +14,22 @@ and Mehler's formula, a pointwise identity (so it holds on the integer lattice e
     r = (a - 1) / (a + 1),  a = 4 pi sigma_t s (the area ratio),  L^2 = sigma_t / (2 pi s)
 
 (``h_k`` the orthonormal Hermite functions). So ``K[t] = sum_k lam_k |<y_t, psi_k>|^2``: a spectrogram
-per term with a chirped Hermite window, needed only at the hop frames. ``sum_k lam_k = 1``; terms are
-kept until the tail ``sum_{k >= K} |lam_k| = |1-r| |r|^K / (1-|r|)`` is below ``rtol / 2``.
+per term with a chirped Hermite window, needed only at the hop frames, plus the same at ``c + 1/2``
+(the lag step 2 pairs only samples of equal parity; that "alias" form lives near the signal's ends).
+``sum_k lam_k = 1``; terms are kept until ``sqrt(a)`` times the tail ``sum_{k >= K} |lam_k|`` is
+below ``rtol / 2``.
 
 Each inner product is taken in the frequency domain (Parseval on a length-``P`` frame): the chirped
 Hermite windows' spectra are themselves chirped Hermite functions of scale
 ``Lam^2 = sigma_nu / (2 pi sigma_t sqrt(1-rho^2))``, so only ``~ 2 Lam (sqrt(2K-1) + X) P`` bins around
-the centre matter, where ``X`` is a Gaussian-tail margin set by ``rtol``. Everything is torch ops:
-differentiable in ``z`` and the four parameters by autograd; the integer choices (terms, frame
-length, bins) are made on detached values.
+the centre matter (``X`` a Gaussian-tail margin set by ``rtol``), and those come from the window
+sampled every ``D``-th sample. Everything is torch ops plus one autograd Function (banded real GEMMs
+on views): differentiable in ``z`` and the four parameters; the integer choices (terms, frame
+length, bands) are made on detached values.
 
-Filters that would need more than ``max_terms`` terms (far below the Heisenberg bound), or whose
-windows are too short in time to be sampled (their spectra would alias) or too long to frame, are
-computed by the exact kernels with ``truncate=None`` (the ``exact`` callable).
+Filters that would need more than ``max_terms`` terms (far below the Heisenberg bound or far above
+it), or whose windows are too short in time to be sampled (their spectra would alias) or too long
+to frame, are computed by the exact path with ``truncate=None`` (the ``exact`` callable).
 """
 
 from __future__ import annotations
@@ -39,8 +42,8 @@ import torch
 
 __all__ = ["MAX_TERMS", "MAX_HALF_WINDOW", "HermitePlan", "plan", "lwvd_hermite"]
 
-# Beyond this many terms a filter goes to the exact kernels: area ratio ~0.1 (r = -0.82) or ~20
-# (r = 0.9) at rtol 1e-4. Each term is one more spectrogram; at 32 the exact path is no slower.
+# Beyond this many terms a filter goes to the exact path: area ratio below 0.17 or above 6.0 at
+# rtol 1e-4 (docs/hermite.md). Each term is one more spectrogram.
 MAX_TERMS = 32
 # Half-length (samples) of the longest Hermite window framed; longer filters go to the exact path.
 MAX_HALF_WINDOW = 1 << 15
@@ -303,6 +306,8 @@ def lwvd_hermite(
     path (``lwvd_cuda.lwvd`` passes its kernels with ``truncate=None``); it is only called when some
     filter needs it, and its absence then raises.
     """
+    if z.shape[0] == 0:  # an empty batch: an empty result of the right shape (MKL rejects 0 FFTs)
+        return z.real.new_zeros(0, center.shape[0], 1 + z.shape[-1] // hop_length)
     p = plan(center, sigma_t, sigma_nu, rho, rtol=rtol, max_terms=max_terms)
     params = (center, sigma_t, sigma_nu, rho)
     on = torch.nonzero(p.hermite).flatten().to(center.device)

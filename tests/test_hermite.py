@@ -143,3 +143,19 @@ def test_bad_method_and_rtol():
         lwvd_cuda.lwvd(z, *params, n_fft=32, hop_length=4, method="hermite", rtol="1e-4")
     with pytest.raises(ValueError, match="method"):
         lwvd_cuda.LWVD(16000, 4, method="Hermite")
+
+
+def test_extreme_but_valid_inputs():
+    """Empty batch, N = 1, hop > N, silent input (finite gradients), NaN confined to its batch item."""
+    params = [torch.tensor([v]) for v in (0.2, 5.0, 0.02, 0.1)]
+    for shape, hop in (((0, 100), 10), ((3, 1), 1), ((2, 7), 50)):
+        out = lwvd_cuda.lwvd(torch.randn(*shape, dtype=torch.complex64), *params, n_fft=64, hop_length=hop, method="hermite")
+        assert out.shape == (shape[0], 1, 1 + shape[1] // hop) and bool(torch.isfinite(out).all())
+    z = torch.zeros(2, 100, dtype=torch.complex64, requires_grad=True)
+    leaves = [p.clone().requires_grad_(True) for p in params]
+    lwvd_cuda.lwvd(z, *leaves, n_fft=64, hop_length=10, method="hermite").sum().backward()
+    assert all(bool(torch.isfinite(t.grad).all()) for t in [z, *leaves])
+    z = torch.randn(2, 100, dtype=torch.complex64)
+    z[0, 50] = float("nan")
+    out = lwvd_cuda.lwvd(z, *params, n_fft=64, hop_length=10, method="hermite")
+    assert bool(torch.isnan(out[0]).any()) and bool(torch.isfinite(out[1]).all())
