@@ -605,6 +605,80 @@ def _prepare_lwvd_n_fft(n_fft, mode):
     return prepare
 
 
+# ---- Hermite fast path (lwvd(..., method="hermite"), docs/hermite.md) and the exact kernels on the
+# same filters. Filter sets, all derived from the config's spectrogram filters (float64, then cast):
+#   spectrogram: the config's own (area ratio 1, one term each);
+#   melcell: sigma_nu widened to each mel cell's FWHM where that is wider (area ratio 1 .. ~3.6);
+#   trained: what training from the spectrogram init gives (area ratio U[0.8, 1.3], |rho| <= 0.2,
+#            time spreads within e^+-0.3 of the init; seeded).
+HERMITE_FILTER_SETS = ("spectrogram", "melcell", "trained")
+
+
+def hermite_filter_set(kind: str, params64: tuple, seed: int = 0) -> tuple:
+    """(center, sigma_t, sigma_nu, rho) float64 for one of ``HERMITE_FILTER_SETS``."""
+    center, sigma_t, sigma_nu, rho = params64
+    if kind == "spectrogram":
+        return params64
+    if kind == "melcell":
+        cell = torch.empty_like(center)  # distance between neighbouring centres
+        cell[1:-1] = (center[2:] - center[:-2]) / 2
+        cell[0], cell[-1] = center[1] - center[0], center[-1] - center[-2]
+        return center, sigma_t, torch.maximum(sigma_nu, cell / (2 * math.sqrt(2 * math.log(2)))), rho
+    if kind == "trained":
+        g = torch.Generator().manual_seed(seed)
+        n = center.shape[0]
+        u = lambda: torch.rand(n, generator=g, dtype=torch.float64)  # noqa: E731
+        area, r = 0.8 + 0.5 * u(), 0.4 * u() - 0.2
+        st = sigma_t * torch.exp(0.6 * u() - 0.3)
+        return center, st, area / (4 * math.pi * st) / torch.sqrt(1 - r * r), r
+    raise ValueError(f"unknown filter set {kind!r}; known: {HERMITE_FILTER_SETS}")
+
+
+def _hermite_entries() -> list[Entry]:
+    entries = []
+    for kind in HERMITE_FILTER_SETS:
+        for method in ("hermite", "exact"):
+            if method == "exact" and kind == "spectrogram":
+                continue  # that is the `lwvd` entry
+            name = f"hermite_{kind}" if method == "hermite" else f"lwvd_{kind}"
+            if kind == "spectrogram":
+                name = "hermite"
+            for mode in ("fwd", "fwd+bwd"):
+                entries.append(Entry(
+                    name, mode,
+                    f"lwvd_cuda.lwvd(method={method!r}) on the {kind!r} filter set"
+                    + (" (rtol 1e-4, untruncated, no lag window)" if method == "hermite" else " (truncate of the config)"),
+                    _prepare_hermite(kind, method, mode), est_bytes=_lwvd_bytes,
+                ))
+    return entries
+
+
+def _prepare_hermite(kind: str, method: str, mode: str):
+    def prepare(cfg, inputs, device, dtype):
+        params = tuple(p.to(dtype=dtype, device=device) for p in hermite_filter_set(kind, inputs.params64, cfg.seed))
+        kw = dict(n_fft=cfg.n_fft, hop_length=cfg.hop)
+        kw.update(method="hermite", rtol=1e-4) if method == "hermite" else kw.update(truncate=cfg.truncate)
+        if method == "hermite":
+            from lwvd_cuda import hermite
+
+            backend, note = "Hermite sum (torch ops)", hermite.plan(*params, rtol=1e-4).summary()
+        else:
+            backend, note = _lwvd_backend(inputs.z, cfg)
+        # Not compared with the reference of the config's filters (other filters; the fast path is the
+        # untruncated operator without lag window): its error is measured in docs/hermite.md.
+        if mode == "fwd":
+            def fn():
+                with torch.no_grad():
+                    return lwvd_cuda.lwvd(inputs.z, *params, **kw)
+
+            return Prepared(fn, backend=backend, note=note)
+        tensors = [_leaf(inputs.z)] + [_leaf(p) for p in params]
+        run = _grad_closure(lambda z, *p: lwvd_cuda.lwvd(z, *p, **kw), inputs, tensors)
+        return Prepared(lambda: run()[0], backend=backend, note=note)
+
+    return prepare
+
+
 def _build_entries() -> list[Entry]:
     entries: list[Entry] = []
     entries += _op_entry(
@@ -651,6 +725,7 @@ def _build_entries() -> list[Entry]:
                              _prepare_dstft("time", mode), peer=True))
         entries.append(Entry("dstft_freq", mode, "dstft.DSTFT, learnable window length per frequency bin",
                              _prepare_dstft("frequency", mode), peer=True))
+    entries += _hermite_entries()
     return entries
 
 

@@ -127,6 +127,8 @@ def lwvd(
     n_fft: int,
     hop_length: int,
     truncate: Optional[float] = 4.0,
+    method: str = "exact",
+    rtol: float = 1e-4,
 ) -> torch.Tensor:
     """Learnable Wigner-Ville distribution (SPEC §1).
 
@@ -138,16 +140,57 @@ def lwvd(
         n_fft: ``M``: lags ``|m| < M/2``; ``M`` bins spanning ``[0, 1/2)`` cycles/sample.
         hop_length: frames are centred on ``t * hop_length``, ``t = 0 .. N // hop_length``.
         truncate: count only terms with ``q <= truncate^2``; ``None`` counts every term.
+        method: ``"exact"`` (the fused kernels or the reference) or ``"hermite"``: the untruncated
+            operator without the lag window, as a weighted sum of a few chirped-Hermite-window
+            spectrograms per filter (``lwvd_cuda.hermite``, ``docs/hermite.md``); ``truncate`` is not
+            used, and filters that would need too many terms run the exact path with ``truncate=None``.
+        rtol: ``method="hermite"`` only: error bound relative to the filter's peak response.
 
     Returns:
         ``(..., F, T)`` real, ``T = 1 + N // hop_length``: float64 for float64/complex128 input,
         float32 otherwise. Differentiable in ``z`` and the four parameter tensors.
     """
     z = _check_signal(z)
+    method, rtol = _check_method(method, rtol)
+    if method == "hermite":
+        with torch.autocast("cuda" if z.device.type == "cuda" else "cpu", enabled=False):
+            return _lwvd_hermite(z, center, sigma_t, sigma_nu, rho, n_fft=n_fft, hop_length=hop_length, rtol=rtol)
     # The op computes in float32/float64 whatever autocast says (SPEC §3): without this the
     # reference path's einsum would run in bfloat16/float16 under torch.autocast.
     with torch.autocast("cuda" if z.device.type == "cuda" else "cpu", enabled=False):
         return _lwvd(z, center, sigma_t, sigma_nu, rho, n_fft=n_fft, hop_length=hop_length, truncate=truncate)
+
+
+METHODS = ("exact", "hermite")
+
+
+def _check_method(method, rtol) -> tuple[str, float]:
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if isinstance(rtol, bool) or not isinstance(rtol, numbers.Real):
+        raise TypeError(f"rtol must be a float in (0, 1), got {type(rtol).__name__}")
+    rtol = float(rtol)
+    if not (0.0 < rtol < 1.0):  # also rejects NaN
+        raise ValueError(f"rtol must lie in (0, 1), got {rtol}")
+    return method, rtol
+
+
+def _lwvd_hermite(z, center, sigma_t, sigma_nu, rho, *, n_fft, hop_length, rtol):
+    """``method="hermite"``: the checks of ``_lwvd``, then ``hermite.lwvd_hermite``."""
+    from . import hermite
+
+    n_fft = _check_int("n_fft", n_fft)
+    hop_length = _check_int("hop_length", hop_length)
+    complex_dtype, real_dtype = compute_dtypes(z)
+    params = _check_params(dict(center=center, sigma_t=sigma_t, sigma_nu=sigma_nu, rho=rho), z.device, real_dtype)
+    z = analytic_signal(z.to(real_dtype)) if not z.is_complex() else z.to(complex_dtype)
+    lead, n = z.shape[:-1], z.shape[-1]
+
+    def exact(z2, *p):
+        return _lwvd(z2, *p, n_fft=n_fft, hop_length=hop_length, truncate=None)
+
+    out = hermite.lwvd_hermite(z.reshape(-1, n), *params, hop_length=hop_length, rtol=rtol, exact=exact)
+    return out.reshape(*lead, out.shape[-2], out.shape[-1])
 
 
 def _lwvd(z, center, sigma_t, sigma_nu, rho, *, n_fft, hop_length, truncate):

@@ -156,6 +156,9 @@ class LWVD(nn.Module):
             torchaudio's is a Hann window of that length); ``n_mels`` is ``n_filters``;
             ``mel_scale`` must be ``"htk"`` (the only mel grid here). Giving a value under both
             names with different values raises.
+        method, rtol: passed to :func:`lwvd_cuda.lwvd`: ``method="hermite"`` computes the untruncated
+            operator without the lag window as a few spectrograms per filter, within ``rtol``
+            (``docs/hermite.md``); ``truncate`` is then not used.
 
     Input dtypes: float32/float64 compute in their own precision; half/bfloat16 input (including
     under ``torch.autocast``) is computed in float32 and the result is float32 — autocast is
@@ -182,8 +185,11 @@ class LWVD(nn.Module):
         win_length: Optional[int] = None,
         n_mels: Optional[int] = None,
         mel_scale: str = "htk",
+        method: str = "exact",
+        rtol: float = 1e-4,
     ):
         super().__init__()
+        self.method, self.rtol = functional._check_method(method, rtol)
         n_filters, window_seconds = _torchaudio_spellings(
             sample_rate, n_filters, window_seconds, win_length=win_length, n_mels=n_mels, mel_scale=mel_scale
         )
@@ -429,7 +435,8 @@ class LWVD(nn.Module):
             z = functional.analytic_signal(x.to(real))
             z, frames = _align_frames(z, self.n_fft, self.hop_length, self.center)
             c, st, sn, r = (p.to(real) for p in self.op_parameters())
-            out = functional.lwvd(z, c, st, sn, r, n_fft=self.n_fft, hop_length=self.hop_length, truncate=self.truncate)
+            out = functional.lwvd(z, c, st, sn, r, n_fft=self.n_fft, hop_length=self.hop_length, truncate=self.truncate,
+                                  method=self.method, rtol=self.rtol)
             return out if frames is None else out[..., frames]
 
     def extra_repr(self) -> str:
@@ -438,6 +445,7 @@ class LWVD(nn.Module):
             f"sample_rate={self.sample_rate}, n_filters={self.n_filters}, n_fft={self.n_fft}, "
             f"hop_length={self.hop_length}, f_min={self.f_min}, f_max={self.f_max}, init={self.init!r}{q}, "
             f"truncate={self.truncate}" + ("" if self.center else ", center=False")
+            + (f", method={self.method!r}, rtol={self.rtol:g}" if self.method != "exact" else "")
         )
 
 
