@@ -47,6 +47,8 @@ def analytic_signal(x: torch.Tensor) -> torch.Tensor:
     h[1 : (n + 1) // 2] = 2.0
     if n % 2 == 0:
         h[n // 2] = 1.0
+    if x.numel() == 0:  # a 0-size batch: MKL's FFT rejects it ("MKL FFT error"); the result is empty
+        return (x * h).to(torch.complex128 if x.dtype == torch.float64 else torch.complex64)
     return torch.fft.ifft(torch.fft.fft(x, dim=-1) * h, dim=-1)
 
 
@@ -69,7 +71,8 @@ def wigner_ville(z: torch.Tensor, n_fft: int) -> torch.Tensor:
         plus = zp[:, (nn[:, None] + m[None, :]) + h]  # z[n + m]
         minus = zp[:, (nn[:, None] - m[None, :]) + h]  # z[n - m]
         lag = zf.new_zeros(zf.shape[0], nn.numel(), n_fft).index_copy(-1, cols, plus * minus.conj())
-        parts.append(2.0 * torch.fft.fft(lag, dim=-1).real)
+        # (an empty batch: MKL's FFT rejects it; the DFT of no rows is no rows)
+        parts.append(2.0 * (torch.fft.fft(lag, dim=-1) if lag.numel() else lag).real)
     w = torch.cat(parts, dim=1) if parts else zf.real.new_zeros(zf.shape[0], 0, n_fft)
     return w.reshape(*lead, n, n_fft)
 

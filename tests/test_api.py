@@ -213,3 +213,54 @@ def call_layer(layer, x):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         return layer(x)
+
+
+# --- empty batches and the edges of issue 12 ------------------------------------------------
+
+
+@pytest.mark.parametrize("lead", [(0,), (3, 0)])
+def test_empty_batch_gives_empty_results_and_gradients(lead):
+    """SPEC §5: a 0-size batch dimension gives an empty result of the right shape, through the op,
+    the analytic signal, the layer and the backward (MKL's FFT used to reject it)."""
+    params = [p.requires_grad_(True) for p in _params(2)]
+    z = torch.zeros(*lead, 64, dtype=torch.complex128, requires_grad=True)
+    out = call(z, params, n_fft=16, hop_length=4)
+    assert out.shape == (*lead, 2, 17) and out.dtype == torch.float64
+    out.sum().backward()
+    assert z.grad.shape == z.shape
+    assert all(p.grad is not None and (p.grad == 0).all() for p in params)
+
+    x = torch.zeros(*lead, 64, requires_grad=True)
+    assert lwvd_cuda.analytic_signal(x).shape == x.shape
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        layer = lwvd_cuda.LWVD(16000, n_filters=4, n_fft=16, hop_length=8)
+    y = call_layer(layer, x)
+    assert y.shape == (*lead, 4, 9)
+    y.sum().backward()
+    assert x.grad.shape == x.shape and all(p.grad is not None for p in layer.parameters())
+
+
+@pytest.mark.parametrize("x", [torch.tensor(1.0), torch.zeros(2, 0)], ids=["0-d", "N=0"])
+def test_analytic_signal_and_layer_name_the_bad_input(x):
+    """The two IndexError cases of the held-out bad-input corpus."""
+    with pytest.raises(ValueError, match="x"):
+        lwvd_cuda.analytic_signal(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        layer = lwvd_cuda.LWVD(16000, n_filters=4, n_fft=16, hop_length=8)
+    with pytest.raises(ValueError, match="x"):
+        layer(x)
+
+
+def test_meta_tensors_are_refused_by_name():
+    p = _params()
+    _bad(ValueError, "z is a meta tensor", z=torch.zeros(2, 30, dtype=torch.complex128, device="meta"),
+         params=[q.to("meta") for q in p])
+    with pytest.raises(ValueError, match="x is a meta tensor"):
+        lwvd_cuda.analytic_signal(torch.zeros(2, 30, device="meta"))
+
+
+@pytest.mark.parametrize("arg,value", [("n_fft", 2**63), ("hop_length", 2**63), ("n_fft", 2**31), ("n_fft", 2**24 + 1)])
+def test_integers_beyond_what_the_op_can_hold(arg, value):
+    _bad(ValueError, arg, **{arg: value})
