@@ -264,3 +264,27 @@ def test_meta_tensors_are_refused_by_name():
 @pytest.mark.parametrize("arg,value", [("n_fft", 2**63), ("hop_length", 2**63), ("n_fft", 2**31), ("n_fft", 2**24 + 1)])
 def test_integers_beyond_what_the_op_can_hold(arg, value):
     _bad(ValueError, arg, **{arg: value})
+
+
+def _tie_filters(sigma_t, n_fft=16, dtype=torch.float64):
+    """Centres exactly on bins, rho = 0: with truncate * sigma_t an integer d, the term (d, centre
+    bin) has q = (d / sigma_t)^2 = truncate^2 up to the last bit, exactly on the truncation boundary."""
+    two_m = 2 * n_fft
+    center = torch.tensor([5.0, 9.0], dtype=dtype) / two_m
+    st = torch.tensor([sigma_t, sigma_t], dtype=dtype)
+    sn = torch.tensor([1.5, 1.2], dtype=dtype) / two_m  # 2.5 * 1.2 bins = 3 bins: a tie in frequency too
+    return [center, st, sn, torch.zeros(2, dtype=dtype)]
+
+
+@pytest.mark.skipif(not lwvd_cuda.has_cpu_kernels(), reason="the fused CPU kernels were not built")
+@pytest.mark.parametrize("sigma_t", [9.2, 9.3, 4.4, 6.8, 11.6])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+def test_truncation_ties_fall_on_the_same_side(sigma_t, dtype):
+    """Issue 12 item 5: centre on a bin, sigma_t = 9.2, truncate = 2.5, rho = 0 differed by 9.6e-3
+    between kernels and reference (q computed in two orders). Now one order (lwvd_math.cuh
+    quad_form, mirrored by the reference), so they agree to rounding: TOLERANCES of testing.py."""
+    z = make_signal((2,), 64, seed=21, dtype=dtype)
+    params = _tie_filters(sigma_t, dtype=dtype)
+    got = call(z, params, n_fft=16, hop_length=8, truncate=2.5)
+    expected = reference.lwvd(z, *params, n_fft=16, hop_length=8, truncate=2.5)
+    assert_rel_close(got, expected, TOLERANCES[dtype], f"kernels vs reference at a truncation tie, sigma_t={sigma_t}")
