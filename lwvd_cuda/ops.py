@@ -174,12 +174,27 @@ def lwvd_fwd(z, center, sigma_t, sigma_nu, rho, n_fft: int, hop_length: int, tru
     return _LwvdForward.apply(z, center, sigma_t, sigma_nu, rho, n_fft, hop_length, truncate)
 
 
+def _apply_from_dispatcher(fn, name, args):
+    # torch.func cannot run an autograd.Function from inside an op's Autograd kernel (its
+    # custom_function_call has no kernel there): say what to call instead of PyTorch's
+    # "could not find kernel for HigherOrderOperator custom_function_call".
+    try:
+        return fn.apply(*args)
+    except NotImplementedError as exc:
+        if "custom_function_call" not in str(exc):
+            raise
+        raise RuntimeError(
+            f"torch.ops.lwvd_cuda.{name} called directly under a torch.func transform: call "
+            "lwvd_cuda.lwvd (or lwvd_cuda.ops.lwvd_fwd), which supports torch.func"
+        ) from exc
+
+
 def _fwd_autograd(keyset, *args):
-    return _LwvdForward.apply(*args)
+    return _apply_from_dispatcher(_LwvdForward, "lwvd_fwd", args)
 
 
 def _bwd_autograd(keyset, *args):
-    return _LwvdBackward.apply(*args)
+    return _apply_from_dispatcher(_LwvdBackward, "lwvd_bwd", args)
 
 
 # --- batching rules (torch.func.vmap) ---------------------------------------------------------

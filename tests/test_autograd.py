@@ -265,3 +265,21 @@ def test_export_and_trace_are_the_ways_to_serialise():
         warnings.simplefilter("ignore")  # TracerWarning: shapes are fixed in a trace, as documented
         traced = torch.jit.trace(layer, x)
     assert_rel_close(traced(x), layer(x), 1e-13, "torch.jit.trace")
+
+
+@needs_kernels
+def test_the_raw_op_gives_a_tangent_or_a_clear_error():
+    """Direct callers of torch.ops.lwvd_cuda.lwvd_fwd: forward_ad gives the tangent (it was None);
+    torch.func, which cannot run from inside the op's Autograd kernel, says what to call instead."""
+    import torch.autograd.forward_ad as fwAD
+
+    z, params = inputs()
+    raw = lambda *p: torch.ops.lwvd_cuda.lwvd_fwd(z, *p, KW["n_fft"], KW["hop_length"], KW["truncate"])  # noqa: E731
+    v = torch.ones_like(params[1])
+    with fwAD.dual_level():
+        tangent = fwAD.unpack_dual(raw(params[0], fwAD.make_dual(params[1], v), *params[2:])).tangent
+    assert tangent is not None
+    fd = central_difference(lambda *a: op(z, *a), params, 1, v)
+    assert_rel_close(tangent, fd, FD_TOL, "raw op forward_ad")
+    with pytest.raises(RuntimeError, match="lwvd_cuda.lwvd"):
+        torch.func.grad(lambda c: raw(c, *params[1:]).sum())(params[0])
