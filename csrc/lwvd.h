@@ -22,6 +22,11 @@
 
 namespace lwvd {
 
+// Largest n_fft (lwvd_cuda.functional.MAX_N_FFT says the same): one lag row of n_fft complex values
+// is built per sample (2^24 complex128 values are 256 MiB a row); beyond it allocation fails deep in
+// a backend (std::bad_alloc at 2^31) instead of saying why.
+constexpr int64_t kMaxNfft = int64_t{1} << 24;
+
 inline void check_shapes(const at::Tensor& z, const at::Tensor& center, const at::Tensor& sigma_t,
                          const at::Tensor& sigma_nu, const at::Tensor& rho, int64_t n_fft,
                          int64_t hop_length, double truncate) {
@@ -30,6 +35,8 @@ inline void check_shapes(const at::Tensor& z, const at::Tensor& center, const at
   TORCH_CHECK_VALUE(z.dim() == 2, "lwvd: z must have shape (B, N), got ", z.sizes());
   TORCH_CHECK_VALUE(z.size(1) >= 1, "lwvd: z: signal length N must be >= 1, got ", z.size(1));
   TORCH_CHECK_VALUE(n_fft >= 1, "lwvd: n_fft must be >= 1, got ", n_fft);
+  TORCH_CHECK_VALUE(n_fft <= kMaxNfft, "lwvd: n_fft must be <= ", kMaxNfft,
+                    " (one lag row of n_fft complex values is built per sample), got ", n_fft);
   TORCH_CHECK_VALUE(hop_length >= 1, "lwvd: hop_length must be >= 1, got ", hop_length);
   TORCH_CHECK_VALUE(truncate > 0.0 && !std::isnan(truncate),
                     "lwvd: truncate must be > 0 (inf for every term), got ", truncate);

@@ -16,7 +16,6 @@ import torch
 
 from . import _extension, ops  # noqa: F401  (ops registers fake kernels and autograd)
 from . import reference
-from .reference import analytic_signal
 
 __all__ = ["analytic_signal", "lwvd", "backend_for", "CUDA_N_FFT_SIZES"]
 
@@ -27,21 +26,39 @@ _PARAM_NAMES = ("center", "sigma_t", "sigma_nu", "rho")
 _warned: set = set()
 
 
-def _check_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+# Largest n_fft: one lag row of n_fft complex values is built per sample (2**24 complex128 values are
+# 256 MiB a row); beyond it allocation fails deep in a backend (std::bad_alloc at 2**31).
+MAX_N_FFT = 2**24
+# The op's integers are int64 (a larger Python int fails in the dispatcher with "Expected a value of
+# type 'int' ... found type 'int'").
+_INT64_MAX = 2**63 - 1
+
+
+def _is_int(value) -> bool:
+    # torch.SymInt: an integer that torch.compile(dynamic=True) traces symbolically.
+    return not isinstance(value, bool) and isinstance(value, (numbers.Integral, torch.SymInt))
+
+
+def _check_int(name: str, value, upper: int = _INT64_MAX) -> int:
+    if not _is_int(value):
         raise TypeError(f"{name} must be an int, got {type(value).__name__} ({value!r})")
     if value < 1:
         raise ValueError(f"{name} must be >= 1, got {value}")
-    return int(value)
+    if value > upper:
+        why = "the op's integers are int64" if upper == _INT64_MAX else "one lag row of n_fft complex values is built per sample"
+        raise ValueError(f"{name} must be <= {upper} ({why}), got {value}")
+    return value if isinstance(value, torch.SymInt) else int(value)
 
 
 def _check_truncate(truncate) -> Optional[float]:
     if truncate is None:
         return None
-    if isinstance(truncate, bool) or not isinstance(truncate, numbers.Real):
+    if isinstance(truncate, bool) or not isinstance(truncate, (numbers.Real, torch.SymFloat)):
         raise TypeError(f"truncate must be a positive float or None, got {type(truncate).__name__}")
-    truncate = float(truncate)
-    if not math.isfinite(truncate) or truncate <= 0:
+    if isinstance(truncate, numbers.Real):
+        truncate = float(truncate)
+    # Comparisons, not math.isfinite: they also hold for a torch.SymFloat (torch.compile(dynamic=True)).
+    if not (0 < truncate < math.inf):  # False for NaN too
         raise ValueError(f"truncate must be finite and > 0 (or None for every term), got {truncate}")
     return truncate
 
@@ -53,16 +70,31 @@ def compute_dtypes(z: torch.Tensor) -> tuple[torch.dtype, torch.dtype]:
     return torch.complex64, torch.float32
 
 
-def _check_signal(z) -> torch.Tensor:
+def _check_signal(z, name: str = "z") -> torch.Tensor:
     if not isinstance(z, torch.Tensor):
-        raise TypeError(f"z must be a torch.Tensor, got {type(z).__name__}")
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(z).__name__}")
     if not (z.is_complex() or z.is_floating_point()):
-        raise TypeError(f"z must be a complex or real floating tensor, got dtype {z.dtype}")
+        raise TypeError(f"{name} must be a complex or real floating tensor, got dtype {z.dtype}")
     if z.dim() < 1:
-        raise ValueError("z must have at least one dimension (..., N), got a 0-d tensor")
+        raise ValueError(f"{name} must have at least one dimension (..., N), got a 0-d tensor")
     if z.shape[-1] < 1:
-        raise ValueError(f"z: signal length N = z.shape[-1] must be >= 1, got {z.shape[-1]}")
+        raise ValueError(f"{name}: signal length N = {name}.shape[-1] must be >= 1, got {z.shape[-1]}")
+    if z.is_meta:
+        raise ValueError(
+            f"{name} is a meta tensor (shape only, no values): the op needs values; for shapes alone use "
+            "torch.compile or torch.export, which trace it with fake tensors"
+        )
     return z
+
+
+def analytic_signal(x: torch.Tensor) -> torch.Tensor:
+    """Analytic signal of a real ``(..., N)`` tensor (SPEC §1, ``scipy.signal.hilbert``'s convention).
+
+    Checks ``x`` (a tensor with ``N >= 1`` values in its last dimension; a 0-size batch gives an
+    empty result), then runs :func:`lwvd_cuda.reference.analytic_signal`. Complex input is returned
+    unchanged. Differentiable.
+    """
+    return reference.analytic_signal(_check_signal(x, "x"))
 
 
 def _check_params(params: dict, device: torch.device, real_dtype: torch.dtype) -> list[torch.Tensor]:
@@ -83,18 +115,39 @@ def _check_params(params: dict, device: torch.device, real_dtype: torch.dtype) -
         out.append(p.to(real_dtype))
     if n_filters == 0:
         raise ValueError("center: need at least one filter (F >= 1), got F = 0")
-    if not torch.compiler.is_compiling():  # value checks read the data (a sync on CUDA)
-        center, sigma_t, sigma_nu, rho = (p.detach() for p in out)
-        for name, p in zip(_PARAM_NAMES, (center, sigma_t, sigma_nu, rho)):
-            if not bool(torch.isfinite(p).all()):
-                raise ValueError(f"{name} must be finite, got {p.tolist() if p.numel() < 9 else 'non-finite values'}")
-        if bool((sigma_t <= 0).any()):
-            raise ValueError(f"sigma_t must be > 0 (samples), got min {sigma_t.min().item()}")
-        if bool((sigma_nu <= 0).any()):
-            raise ValueError(f"sigma_nu must be > 0 (cycles/sample), got min {sigma_nu.min().item()}")
-        if bool((rho.abs() >= 1).any()):
-            raise ValueError(f"rho must lie in (-1, 1), got max |rho| = {rho.abs().max().item()}")
+    for name, p in zip(_PARAM_NAMES, out):
+        if p.is_meta:
+            raise ValueError(f"{name} is a meta tensor (shape only, no values): the op needs values")
+    _check_param_values(out)
     return out
+
+
+def _values(p: torch.Tensor) -> torch.Tensor:
+    """The plain tensor under any torch.func wrappers: under vmap every vmapped value, readable."""
+    p = p.detach()
+    while torch._C._functorch.is_functorch_wrapped_tensor(p):
+        p = torch._C._functorch.get_unwrapped(p)
+    return p
+
+
+def _check_param_values(params: list[torch.Tensor]) -> None:
+    """The value checks of SPEC §5 (finite, sigma > 0, |rho| < 1): the one place they live.
+
+    They read the data (a sync on CUDA). Under torch.compile they are left to the backends' own
+    checks (csrc/lwvd.h), which run on the real values.
+    """
+    if torch.compiler.is_compiling():
+        return
+    center, sigma_t, sigma_nu, rho = (_values(p) for p in params)
+    for name, p in zip(_PARAM_NAMES, (center, sigma_t, sigma_nu, rho)):
+        if not bool(torch.isfinite(p).all()):
+            raise ValueError(f"{name} must be finite, got {p.tolist() if p.numel() < 9 else 'non-finite values'}")
+    if bool((sigma_t <= 0).any()):
+        raise ValueError(f"sigma_t must be > 0 (samples), got min {sigma_t.min().item()}")
+    if bool((sigma_nu <= 0).any()):
+        raise ValueError(f"sigma_nu must be > 0 (cycles/sample), got min {sigma_nu.min().item()}")
+    if bool((rho.abs() >= 1).any()):
+        raise ValueError(f"rho must lie in (-1, 1), got max |rho| = {rho.abs().max().item()}")
 
 
 def backend_for(z: torch.Tensor, n_fft: int) -> tuple[str, str]:
@@ -194,20 +247,20 @@ def _lwvd_hermite(z, center, sigma_t, sigma_nu, rho, *, n_fft, hop_length, rtol)
 
 
 def _lwvd(z, center, sigma_t, sigma_nu, rho, *, n_fft, hop_length, truncate):
-    n_fft = _check_int("n_fft", n_fft)
+    n_fft = _check_int("n_fft", n_fft, MAX_N_FFT)
     hop_length = _check_int("hop_length", hop_length)
     truncate = _check_truncate(truncate)
     complex_dtype, real_dtype = compute_dtypes(z)
     params = _check_params(
         dict(center=center, sigma_t=sigma_t, sigma_nu=sigma_nu, rho=rho), z.device, real_dtype
     )
-    z = analytic_signal(z.to(real_dtype)) if not z.is_complex() else z.to(complex_dtype)
+    z = reference.analytic_signal(z.to(real_dtype)) if not z.is_complex() else z.to(complex_dtype)
 
     lead, n = z.shape[:-1], z.shape[-1]
     z2 = z.reshape(-1, n)
     backend, reason = backend_for(z, n_fft)
-    if backend == "kernels" and z2.shape[0] > 0:
-        out = torch.ops.lwvd_cuda.lwvd_fwd(
+    if backend == "kernels" and z2.shape[0] > 0:  # (an empty batch: the reference, any device)
+        out = ops.lwvd_fwd(
             z2.contiguous(), *params, n_fft, hop_length, math.inf if truncate is None else truncate
         )
     else:

@@ -47,6 +47,8 @@ def analytic_signal(x: torch.Tensor) -> torch.Tensor:
     h[1 : (n + 1) // 2] = 2.0
     if n % 2 == 0:
         h[n // 2] = 1.0
+    if x.numel() == 0:  # a 0-size batch: MKL's FFT rejects it ("MKL FFT error"); the result is empty
+        return (x * h).to(torch.complex128 if x.dtype == torch.float64 else torch.complex64)
     return torch.fft.ifft(torch.fft.fft(x, dim=-1) * h, dim=-1)
 
 
@@ -69,7 +71,8 @@ def wigner_ville(z: torch.Tensor, n_fft: int) -> torch.Tensor:
         plus = zp[:, (nn[:, None] + m[None, :]) + h]  # z[n + m]
         minus = zp[:, (nn[:, None] - m[None, :]) + h]  # z[n - m]
         lag = zf.new_zeros(zf.shape[0], nn.numel(), n_fft).index_copy(-1, cols, plus * minus.conj())
-        parts.append(2.0 * torch.fft.fft(lag, dim=-1).real)
+        # (an empty batch: MKL's FFT rejects it; the DFT of no rows is no rows)
+        parts.append(2.0 * (torch.fft.fft(lag, dim=-1) if lag.numel() else lag).real)
     w = torch.cat(parts, dim=1) if parts else zf.real.new_zeros(zf.shape[0], 0, n_fft)
     return w.reshape(*lead, n, n_fft)
 
@@ -91,20 +94,29 @@ def smooth(
     """
     bsz, n, n_fft = w.shape
     t_count = num_frames(n, hop_length)
-    nu = torch.arange(n_fft, device=w.device, dtype=w.dtype) / (2 * n_fft)
-    d_limit = n - 1 + (t_count - 1) * hop_length  # largest |n - t*hop| that occurs
-    trunc2 = None if truncate is None else float(truncate) ** 2
+    f64 = torch.float64
+    # The truncation test and the weights are computed in float64 whatever w's dtype, in exactly the
+    # kernels' order (csrc/kernels/lwvd_math.cuh, quad_form): the CPU kernels do so in both dtypes,
+    # and a term on the boundary q = truncate^2 must fall on the same side in every backend.
+    nu = torch.arange(n_fft, device=w.device, dtype=f64) / (2 * n_fft)
+    d_limit = n - 1 + (t_count - 1) * hop_length  # largest |d| = |n - t*hop| that occurs
+    trunc2 = None if truncate is None else float(truncate) * float(truncate)
     out = []
     for f in range(center.shape[0]):
         c, st, sn, r = center[f], sigma_t[f], sigma_nu[f], rho[f]
+        c64, st64, sn64, r64 = (x.to(f64) for x in (c, st, sn, r))
         if trunc2 is None:
             radius = d_limit
-        else:  # |d| / sigma_t <= truncate on the ellipse; +1 guards rounding (the q test decides)
+        else:  # q >= a^2, so |d| / sigma_t <= truncate on the ellipse; +1 guards rounding (the q test decides)
             radius = min(d_limit, int(math.floor(truncate * float(st.detach()))) + 1)
-        d = torch.arange(-radius, radius + 1, device=w.device, dtype=w.dtype)
-        a = (d / st)[:, None]
-        b = ((nu - c) / sn)[None, :]
-        q = (a * a - 2.0 * r * a * b + b * b) / (1.0 - r * r)
+        d = torch.arange(-radius, radius + 1, device=w.device, dtype=f64)
+        # q = a^2 + (b - rho a)^2 / (1 - rho^2): the form that stays accurate as |rho| -> 1, with
+        # 1 - rho^2 = (1 - rho)(1 + rho); each product by a reciprocal, as in the kernels.
+        one_m_r2 = (1.0 - r64) * (1.0 + r64)
+        a = (d * (1.0 / st64))[:, None]
+        b = ((nu - c64) * (1.0 / sn64))[None, :]
+        res = b - r64 * a
+        q = a * a + res * res * (1.0 / one_m_r2)
         weight = torch.exp(-0.5 * q)
         if trunc2 is not None:
             inside = q <= trunc2
@@ -116,8 +128,8 @@ def smooth(
             k0, k1 = int(cols[0]), int(cols[-1]) + 1
         else:
             k0, k1 = 0, n_fft
-        weight = weight[:, k0:k1]
-        norm = (1.0 / (2 * n_fft)) / (2.0 * math.pi * st * sn * torch.sqrt(1.0 - r * r))
+        norm = (1.0 / (2 * n_fft)) / (2.0 * math.pi * st64 * sn64 * torch.sqrt(one_m_r2))
+        weight, norm = weight[:, k0:k1].to(w.dtype), norm.to(w.dtype)
         # Rows t*hop + d for d in [-radius, radius]: pad so every frame's window exists ((T-1)*hop <= N).
         wk = w[:, :, k0:k1]
         padded = torch.cat(

@@ -213,3 +213,78 @@ def call_layer(layer, x):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         return layer(x)
+
+
+# --- empty batches and the edges of issue 12 ------------------------------------------------
+
+
+@pytest.mark.parametrize("lead", [(0,), (3, 0)])
+def test_empty_batch_gives_empty_results_and_gradients(lead):
+    """SPEC §5: a 0-size batch dimension gives an empty result of the right shape, through the op,
+    the analytic signal, the layer and the backward (MKL's FFT used to reject it)."""
+    params = [p.requires_grad_(True) for p in _params(2)]
+    z = torch.zeros(*lead, 64, dtype=torch.complex128, requires_grad=True)
+    out = call(z, params, n_fft=16, hop_length=4)
+    assert out.shape == (*lead, 2, 17) and out.dtype == torch.float64
+    out.sum().backward()
+    assert z.grad.shape == z.shape
+    assert all(p.grad is not None and (p.grad == 0).all() for p in params)
+
+    x = torch.zeros(*lead, 64, requires_grad=True)
+    assert lwvd_cuda.analytic_signal(x).shape == x.shape
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        layer = lwvd_cuda.LWVD(16000, n_filters=4, n_fft=16, hop_length=8)
+    y = call_layer(layer, x)
+    assert y.shape == (*lead, 4, 9)
+    y.sum().backward()
+    assert x.grad.shape == x.shape and all(p.grad is not None for p in layer.parameters())
+
+
+@pytest.mark.parametrize("x", [torch.tensor(1.0), torch.zeros(2, 0)], ids=["0-d", "N=0"])
+def test_analytic_signal_and_layer_name_the_bad_input(x):
+    """The two IndexError cases of the held-out bad-input corpus."""
+    with pytest.raises(ValueError, match="x"):
+        lwvd_cuda.analytic_signal(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        layer = lwvd_cuda.LWVD(16000, n_filters=4, n_fft=16, hop_length=8)
+    with pytest.raises(ValueError, match="x"):
+        layer(x)
+
+
+def test_meta_tensors_are_refused_by_name():
+    p = _params()
+    _bad(ValueError, "z is a meta tensor", z=torch.zeros(2, 30, dtype=torch.complex128, device="meta"),
+         params=[q.to("meta") for q in p])
+    with pytest.raises(ValueError, match="x is a meta tensor"):
+        lwvd_cuda.analytic_signal(torch.zeros(2, 30, device="meta"))
+
+
+@pytest.mark.parametrize("arg,value", [("n_fft", 2**63), ("hop_length", 2**63), ("n_fft", 2**31), ("n_fft", 2**24 + 1)])
+def test_integers_beyond_what_the_op_can_hold(arg, value):
+    _bad(ValueError, arg, **{arg: value})
+
+
+def _tie_filters(sigma_t, n_fft=16, dtype=torch.float64):
+    """Centres exactly on bins, rho = 0: with truncate * sigma_t an integer d, the term (d, centre
+    bin) has q = (d / sigma_t)^2 = truncate^2 up to the last bit, exactly on the truncation boundary."""
+    two_m = 2 * n_fft
+    center = torch.tensor([5.0, 9.0], dtype=dtype) / two_m
+    st = torch.tensor([sigma_t, sigma_t], dtype=dtype)
+    sn = torch.tensor([1.5, 1.2], dtype=dtype) / two_m  # 2.5 * 1.2 bins = 3 bins: a tie in frequency too
+    return [center, st, sn, torch.zeros(2, dtype=dtype)]
+
+
+@pytest.mark.skipif(not lwvd_cuda.has_cpu_kernels(), reason="the fused CPU kernels were not built")
+@pytest.mark.parametrize("sigma_t", [9.2, 9.3, 4.4, 6.8, 11.6])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+def test_truncation_ties_fall_on_the_same_side(sigma_t, dtype):
+    """Issue 12 item 5: centre on a bin, sigma_t = 9.2, truncate = 2.5, rho = 0 differed by 9.6e-3
+    between kernels and reference (q computed in two orders). Now one order (lwvd_math.cuh
+    quad_form, mirrored by the reference), so they agree to rounding: TOLERANCES of testing.py."""
+    z = make_signal((2,), 64, seed=21, dtype=dtype)
+    params = _tie_filters(sigma_t, dtype=dtype)
+    got = call(z, params, n_fft=16, hop_length=8, truncate=2.5)
+    expected = reference.lwvd(z, *params, n_fft=16, hop_length=8, truncate=2.5)
+    assert_rel_close(got, expected, TOLERANCES[dtype], f"kernels vs reference at a truncation tie, sigma_t={sigma_t}")

@@ -183,3 +183,66 @@ def test_reference_memory_is_bounded_at_configuration_s():
     assert res.returncode == 0, res.stderr
     peak_mib = float(res.stdout.strip().splitlines()[-1])
     assert peak_mib < 2048, f"reference at S used {peak_mib:.0f} MiB above baseline"
+
+
+# --- rho near +-1 against a high-precision evaluation (issue 12 item 6) -------------------------
+
+RHO_NEAR_ONE = [1 - 1e-8, 1 - 1e-12, math.nextafter(1.0, 0.0), -(1 - 1e-12), 0.5]
+
+
+def mpmath_smooth(w, center, sigma_t, sigma_nu, rho, n_fft, hop):
+    """SPEC §1's smoothing with every operation in 50-digit arithmetic, from the exact float64 inputs
+    (truncate=None: every term). ``w`` float64 (N, M), one filter."""
+    import mpmath
+
+    mp = mpmath.mp.clone() if hasattr(mpmath.mp, "clone") else mpmath.mp
+    mp.dps = 50
+    c, st, sn, r = (mp.mpf(float(x)) for x in (center, sigma_t, sigma_nu, rho))
+    n_samples, m_size = w.shape
+    one_m_r2 = (1 - r) * (1 + r)
+    norm = (mp.mpf(1) / (2 * m_size)) / (2 * mp.pi * st * sn * mp.sqrt(one_m_r2))
+    wl = w.tolist()
+    out = []
+    for t in range(1 + n_samples // hop):
+        acc = mp.mpf(0)
+        for n in range(n_samples):
+            a = mp.mpf(n - t * hop) / st
+            for k in range(m_size):
+                b = (mp.mpf(k) / (2 * m_size) - c) / sn
+                q = (a * a - 2 * r * a * b + b * b) / one_m_r2
+                acc += wl[n][k] * mp.exp(-q / 2)
+        out.append(float(norm * acc))
+    return torch.tensor(out, dtype=torch.float64)
+
+
+def rho_tolerance(rho):
+    """What rounding the inputs of q allows: a = d / sigma_t and b carry relative errors ~eps, which
+    the residual (b - rho a) / sqrt(1 - rho^2) turns into an error of q of about
+    2 eps |a| sqrt(q) / sqrt(1 - rho^2). With |a|, sqrt(q) <= ~6 on the terms that matter and a
+    factor 2 for the sums, 150 eps / sqrt(1 - rho^2) (and at least 1e-12). The unstable form
+    (a^2 - 2 rho a b + b^2) / (1 - rho^2) is off by eps (a^2 + b^2) / (1 - rho^2), orders above it."""
+    eps = 2.0**-52
+    return max(1e-12, 150 * eps / math.sqrt((1 - abs(rho)) * (1 + abs(rho))))
+
+
+@pytest.mark.parametrize("rho", RHO_NEAR_ONE, ids=lambda r: repr(r))
+def test_rho_near_one_against_high_precision(rho):
+    n, n_fft, hop = 10, 8, 3
+    z = make_signal((), n, seed=31)
+    w = reference.wigner_ville(z, n_fft)  # no rho in it: float64 rounding only
+    # A ridge that runs through the plane: slope rho * sigma_nu / sigma_t = 1 bin per 2 samples.
+    st = torch.tensor([2.0], dtype=torch.float64)
+    sn = torch.tensor([1.0 / (2 * n_fft)], dtype=torch.float64)
+    center = torch.tensor([4.0 / (2 * n_fft)], dtype=torch.float64)
+    r = torch.tensor([rho], dtype=torch.float64)
+    expected = mpmath_smooth(w, center[0], st[0], sn[0], r[0], n_fft, hop)
+    assert expected.abs().max() > 0
+    got = reference.smooth(w[None], center, st, sn, r, hop_length=hop, truncate=None)[0, 0]
+    tol = rho_tolerance(rho)
+    assert_rel_close(got, expected, tol, f"reference at rho = {rho!r}")
+    import lwvd_cuda
+
+    if lwvd_cuda.has_cpu_kernels():
+        k = torch.ops.lwvd_cuda.lwvd_fwd(z[None].contiguous(), center, st, sn, r, n_fft, hop, math.inf)[0, 0]
+        # + the WVD's own rounding in the kernels' FFT (1e-14 relative, TOLERANCES' reasoning)
+        assert_rel_close(k, expected, tol + 1e-13, f"CPU kernels at rho = {rho!r}")

@@ -11,6 +11,13 @@
 //   q = (a^2 - 2 rho a b + b^2) / (1 - rho^2)
 //     = a^2 + (b - rho a)^2 / (1 - rho^2)          (completing the square in b)
 //   weight = norm * exp(-q / 2),  norm = (1 / 2M) / (2 pi sigma_t sigma_nu sqrt(1 - rho^2)).
+// Every backend evaluates q in the second form, in one fixed order (quad_form below; the reference
+// lwvd_cuda/reference.py mirrors it operation for operation), so that a term exactly on the
+// truncation boundary q = truncate^2 falls on the same side everywhere. The second form is also the
+// numerically stable one for |rho| -> 1: the first subtracts terms of size a^2 + b^2 and then
+// multiplies the rounding error by 1/(1 - rho^2) (3e-4 off at rho = 1 - 1e-12), the second only
+// squares the residual b - rho a. 1 - rho^2 itself is formed as (1 - rho)(1 + rho) (1 - rho is
+// exact for rho in [1/2, 1]; rho * rho would lose all but a few digits of 1 - rho^2 there).
 // For a fixed d the weight is a Gaussian in v centred at mu(d) = rho * sigma_nu * d / sigma_t with
 // standard deviation sigma_nu * sqrt(1 - rho^2): the ellipse is a stack of short frequency runs
 // whose centre moves linearly with d. Kernels iterate over exactly those runs.
@@ -44,13 +51,36 @@ LWVD_HD double effective_trunc2(double truncate) {
   return sizeof(scalar_t) == sizeof(double) ? 2.0 * 746.0 : 2.0 * 105.0;
 }
 
+// 1 - rho^2 without cancellation near |rho| = 1.
+LWVD_HD double one_minus_rho2(double rho) { return (1.0 - rho) * (1.0 + rho); }
+
+// Products and sums that the compiler may not fuse into an FMA: nvcc contracts a * b + c by default
+// (--fmad=true), which rounds once instead of twice and would move a boundary term of quad_form to
+// the other side of q <= trunc2 than on the CPU and in the reference. The host build does not fuse
+// (x86-64 without -mfma: setup.py passes no -march), and the emulator runs on the host.
+#if defined(__CUDA_ARCH__)
+LWVD_HD float mul_rn(float a, float b) { return __fmul_rn(a, b); }
+LWVD_HD double mul_rn(double a, double b) { return __dmul_rn(a, b); }
+LWVD_HD float add_rn(float a, float b) { return __fadd_rn(a, b); }
+LWVD_HD double add_rn(double a, double b) { return __dadd_rn(a, b); }
+LWVD_HD float sub_rn(float a, float b) { return __fsub_rn(a, b); }
+LWVD_HD double sub_rn(double a, double b) { return __dsub_rn(a, b); }
+#else
+template <typename T>
+LWVD_HD T mul_rn(T a, T b) { return a * b; }
+template <typename T>
+LWVD_HD T add_rn(T a, T b) { return a + b; }
+template <typename T>
+LWVD_HD T sub_rn(T a, T b) { return a - b; }
+#endif
+
 template <typename scalar_t>
 struct FilterGeometry {
   scalar_t center;        // cycles/sample
   scalar_t inv_sigma_t;   // 1 / sigma_t   (1/samples)
   scalar_t inv_sigma_nu;  // 1 / sigma_nu  (samples/cycle)
   scalar_t rho;
-  scalar_t inv_1mr2;      // 1 / (1 - rho^2)
+  scalar_t inv_1mr2;      // 1 / (1 - rho^2), with 1 - rho^2 = (1 - rho)(1 + rho)
   scalar_t norm;          // (1/2M) / (2 pi sigma_t sigma_nu sqrt(1 - rho^2))
   // For the loops (kept in double: they only decide which terms are visited, conservatively).
   double cond_sd;         // sigma_nu * sqrt(1 - rho^2): std of v given d (cycles/sample)
@@ -66,7 +96,7 @@ LWVD_HD FilterGeometry<scalar_t> make_filter(double center, double sigma_t, doub
                                              double rho, double trunc2, int64_t n_fft,
                                              int64_t d_limit) {
   FilterGeometry<scalar_t> g;
-  const double one_m_r2 = 1.0 - rho * rho;
+  const double one_m_r2 = one_minus_rho2(rho);
   g.center = static_cast<scalar_t>(center);
   g.inv_sigma_t = static_cast<scalar_t>(1.0 / sigma_t);
   g.inv_sigma_nu = static_cast<scalar_t>(1.0 / sigma_nu);
@@ -91,12 +121,16 @@ LWVD_HD scalar_t bin_frequency(int64_t k, int64_t n_fft) {
   return static_cast<scalar_t>(k) / static_cast<scalar_t>(2 * n_fft);
 }
 
-// q_f(d, v) in the form of SPEC §1; every backend evaluates it in this order.
+// q_f(d, v), in the one evaluation order every backend uses (the reference mirrors it):
+//   a = d * (1/sigma_t),  b = v * (1/sigma_nu),  c = b - rho * a,  q = a * a + (c * c) * (1/(1 - rho^2))
+// each operation rounded once (no FMA), the reciprocals rounded from double as make_filter does.
+// Since q >= a * a in floating point too, no term beyond |d| <= truncate * sigma_t (+ rounding) counts.
 template <typename scalar_t>
 LWVD_HD scalar_t quad_form(const FilterGeometry<scalar_t>& g, scalar_t d, scalar_t v) {
-  const scalar_t a = d * g.inv_sigma_t;
-  const scalar_t b = v * g.inv_sigma_nu;
-  return (a * a - scalar_t(2) * g.rho * a * b + b * b) * g.inv_1mr2;
+  const scalar_t a = mul_rn(d, g.inv_sigma_t);
+  const scalar_t b = mul_rn(v, g.inv_sigma_nu);
+  const scalar_t c = sub_rn(b, mul_rn(g.rho, a));
+  return add_rn(mul_rn(a, a), mul_rn(mul_rn(c, c), g.inv_1mr2));
 }
 
 // Inclusive bin range [*k_lo, *k_hi] that contains every k with q(d, nu_k - center) <= trunc2,
