@@ -24,14 +24,22 @@ __device__ __forceinline__ void block_fft_rows(cplx<scalar_t>* x, int rows, int 
   const int total = rows * half_n;  // butterflies per stage
   LWVD_NO_UNROLL
   for (int s = 1; s <= log2n; ++s) {
+    LWVD_PROF_TRIP("fft.stage");
     const int half = 1 << (s - 1);
     const int tw_shift = log2n - s;
     LWVD_NO_UNROLL
     for (int i = static_cast<int>(threadIdx.x); i < total; i += kBlockThreads) {
+      [[maybe_unused]] const int trip = (i - static_cast<int>(threadIdx.x)) / kBlockThreads;  // profile key
+      LWVD_PROF_TRIP("fft.bfly", trip);
       const int row = i >> (log2n - 1);
       const int bf = i & (half_n - 1);
       const int j = bf & (half - 1);
       const int base = row * (2 * half_n) + ((bf >> (s - 1)) << s) + j;
+      LWVD_PROF_GMEM("fft.tw", &tw[j << tw_shift], trip);
+      LWVD_PROF_SMEM("fft.lda", &x[base], trip);
+      LWVD_PROF_SMEM("fft.ldb", &x[base + half], trip);
+      LWVD_PROF_SMEM("fft.sta", &x[base], trip);
+      LWVD_PROF_SMEM("fft.stb", &x[base + half], trip);
       const cplx<scalar_t> w = tw[j << tw_shift];
       const cplx<scalar_t> a = x[base];
       const cplx<scalar_t> b = x[base + half];

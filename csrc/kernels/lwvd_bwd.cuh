@@ -54,6 +54,7 @@ __global__ void __launch_bounds__(config::kReduceThreads) lwvd_param_grad_kernel
   int64_t b = 0, t = tid;
   while (t >= a.n_frames && b < a.batch) { t -= a.n_frames; ++b; }
   for (; b < a.batch;) {
+    LWVD_PROF_TRIP("pg.term", (b * a.n_frames + t - tid) / config::kReduceThreads);
     const int64_t o = (b * a.n_filters + f) * a.n_frames + t;
     const scalar_t G = a.grad_out[o];
     const scalar_t* m = a.moments + o * config::kMoments;
@@ -74,8 +75,10 @@ __global__ void __launch_bounds__(config::kReduceThreads) lwvd_param_grad_kernel
   for (int i = 0; i < 4; ++i) red[i][tid] = acc[i];
   __syncthreads();
   for (int s = config::kReduceThreads / 2; s > 0; s >>= 1) {
-    if (tid < s)
+    if (tid < s) {
+      LWVD_PROF_TRIP("pg.reduce");
       for (int i = 0; i < 4; ++i) red[i][tid] += red[i][tid + s];
+    }
     __syncthreads();
   }
   if (tid == 0) {
@@ -131,18 +134,29 @@ __global__ void __launch_bounds__(config::kThreads) lwvd_grad_z_kernel(const Gra
   // Thread tid owns the samples j0 + tid + i*nthreads of the tile; it zeroes them here and is their
   // only writer afterwards.
   LWVD_NO_UNROLL
-  for (int64_t j = j0 + tid; j <= j1; j += nthreads) gz[j] = cplx<scalar_t>{0, 0};
+  for (int64_t j = j0 + tid; j <= j1; j += nthreads) {
+    LWVD_PROF_TRIP("gz.zero", (j - j0 - tid) / nthreads);
+    LWVD_PROF_GMEM("gz.zero_st", &gz[j], (j - j0 - tid) / nthreads);
+    gz[j] = cplx<scalar_t>{0, 0};
+  }
 
   for (int64_t pass = 0; pass < passes; ++pass) {
+    LWVD_PROF_TRIP("gz.pass");
     const int64_t r0 = row_lo + pass * rows_per_pass;
     const int64_t pass_hi = imin(row_hi, r0 + rows_per_pass - 1);
     LWVD_NO_UNROLL
-    for (int i = tid; i < a.complex_rows * n; i += nthreads) rows[i] = cplx<scalar_t>{0, 0};
+    for (int i = tid; i < a.complex_rows * n; i += nthreads) {
+      LWVD_PROF_TRIP("gz.rowzero", (i - tid) / nthreads);
+      LWVD_PROF_SMEM("gz.rowzero_st", &rows[i], (i - tid) / nthreads);
+      rows[i] = cplx<scalar_t>{0, 0};
+    }
     __syncthreads();
 
     // A rows: warp w builds real rows w, w + nwarps, ...; within a row, lane L alone writes the bins
     // k = L (mod 32), so no two lanes ever touch the same element (no __syncwarp needed).
     for (int r = warp; r < rows_per_pass; r += nwarps) {
+      [[maybe_unused]] const int rtrip = (r - warp) / nwarps;  // profile key
+      LWVD_PROF_TRIP("gz.row", rtrip);
       const int64_t s = r0 + r;
       if (s > pass_hi) continue;
       scalar_t* row = reinterpret_cast<scalar_t*>(rows + (r >> 1) * n) + (r & 1);  // re or im part
@@ -159,6 +173,7 @@ __global__ void __launch_bounds__(config::kThreads) lwvd_grad_z_kernel(const Gra
       while (t_hi > 0 && t_hi * a.hop > s + radius) --t_hi;
       t_hi = imin(a.n_frames - 1, t_hi);
       for (int64_t t = t_lo; t <= t_hi; ++t) {
+        LWVD_PROF_TRIP("gz.frame", rtrip, t - t_lo);
         const int64_t d = s - t * a.hop;
         const scalar_t ds = static_cast<scalar_t>(d);
         // Filters in chunks of 32: lane i computes filter f0 + i's bin range and weight, then the warp
@@ -166,11 +181,13 @@ __global__ void __launch_bounds__(config::kThreads) lwvd_grad_z_kernel(const Gra
         // out-of-line slow paths in SASS; calling them here, where the bin loop's state is not live,
         // keeps the kernel free of register spills.
         for (int64_t f0 = 0; f0 < a.n_filters; f0 += kWarpSize) {
+          LWVD_PROF_TRIP("gz.chunk", rtrip, t - t_lo, f0 / kWarpSize);
           int lo = 1, hi = 0;
           scalar_t gw = 0;
           if (f0 + lane < a.n_filters) {
             const FilterGeometry<scalar_t>& g = a.geom[f0 + lane];
             if (d <= g.d_radius && -d <= g.d_radius) {
+              LWVD_PROF_TRIP("gz.binrange", rtrip, t - t_lo, f0 / kWarpSize);
               int64_t k_lo, k_hi;
               bin_range(g, d, a.trunc2, a.n_fft, &k_lo, &k_hi);
               lo = static_cast<int>(k_lo);
@@ -183,13 +200,20 @@ __global__ void __launch_bounds__(config::kThreads) lwvd_grad_z_kernel(const Gra
             const int k_lo = __shfl_sync(kFullMask, lo, i);
             const int k_hi = __shfl_sync(kFullMask, hi, i);
             const scalar_t w = __shfl_sync(kFullMask, gw, i);
+            LWVD_PROF_TRIP("gz.filter");  // the epoch (after this filter's shuffles) is the key
             if (k_lo > k_hi) continue;
             const FilterGeometry<scalar_t>& g = a.geom[f0 + i];
             const int first = k_lo + ((lane - (k_lo & (kWarpSize - 1))) & (kWarpSize - 1));
             for (int k = first; k <= k_hi; k += kWarpSize) {
+              LWVD_PROF_TRIP("gz.bin", (k - k_lo) / kWarpSize);
               const scalar_t v = static_cast<scalar_t>(k) * inv_two_m - g.center;
               const scalar_t q = quad_form(g, ds, v);
-              if (q <= trunc2) row[2 * bit_reverse(k, a.log2_fft)] += w * lwvd_exp(scalar_t(-0.5) * q);
+              // read-modify-write for every lane (adding 0 past the ellipse): the same accesses
+              // whatever q is, so the access counts do not depend on rounding
+              scalar_t* dst = &row[2 * bit_reverse(k, a.log2_fft)];
+              LWVD_PROF_SMEM("gz.scatter_ld", dst, (k - k_lo) / kWarpSize);
+              LWVD_PROF_SMEM("gz.scatter_st", dst, (k - k_lo) / kWarpSize);
+              *dst += q <= trunc2 ? w * lwvd_exp(scalar_t(-0.5) * q) : scalar_t(0);
             }
           }
         }
@@ -205,14 +229,20 @@ __global__ void __launch_bounds__(config::kThreads) lwvd_grad_z_kernel(const Gra
     const int jj0 = off <= tid ? tid : tid + ((off - tid + nthreads - 1) / nthreads) * nthreads;
     LWVD_NO_UNROLL
     for (int64_t j = j0 + jj0; j <= jw_hi; j += nthreads) {
+      [[maybe_unused]] const int jtrip = static_cast<int>((j - j0 - jj0) / nthreads);  // profile key
+      LWVD_PROF_TRIP("gz.gather_j", jtrip);
       const int64_t s_lo = imax(r0, j - h), s_hi = imin(pass_hi, j + h);
       scalar_t accr = 0, acci = 0;
       for (int64_t s = s_lo; s <= s_hi; ++s) {
+        LWVD_PROF_TRIP("gz.gather_s", jtrip, s - s_lo);
         const int64_t m = j - s;
         const int64_t zi = 2 * s - j;
         if (zi < 0 || zi >= a.n_samples) continue;
         const int r = static_cast<int>(s - r0);
         const cplx<scalar_t>* X = rows + (r >> 1) * n;
+        LWVD_PROF_SMEM("gz.xp", &X[m & (n - 1)], jtrip, s - s_lo);
+        LWVD_PROF_SMEM("gz.xm", &X[(-m) & (n - 1)], jtrip, s - s_lo);
+        LWVD_PROF_GMEM("gz.z", &zb[zi], jtrip, s - s_lo);
         const cplx<scalar_t> xp = X[m & (n - 1)], xm = X[(-m) & (n - 1)];
         scalar_t ar, ai;  // Ahat[s, m]
         if ((r & 1) == 0) {  // (X[m] + conj(X[-m])) / 2
@@ -226,6 +256,8 @@ __global__ void __launch_bounds__(config::kThreads) lwvd_grad_z_kernel(const Gra
         accr += zz.re * ar + zz.im * ai;  // z * conj(Ahat)
         acci += zz.im * ar - zz.re * ai;
       }
+      LWVD_PROF_GMEM("gz.store_ld", &gz[j], jtrip);
+      LWVD_PROF_GMEM("gz.store_st", &gz[j], jtrip);
       const cplx<scalar_t> old = gz[j];
       gz[j] = cplx<scalar_t>{old.re + scalar_t(4) * accr, old.im + scalar_t(4) * acci};
     }

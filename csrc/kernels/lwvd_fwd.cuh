@@ -50,6 +50,7 @@ __global__ void __launch_bounds__(config::kPrepThreads) lwvd_prepare_kernel(cons
   const int tid = static_cast<int>(threadIdx.x);
   int64_t rmax = 0;
   for (int64_t f = tid; f < a.n_filters; f += blockDim.x) {
+    LWVD_PROF_TRIP("prep.filter", (f - tid) / config::kPrepThreads);
     const FilterGeometry<scalar_t> g = make_filter<scalar_t>(
         static_cast<double>(a.center[f]), static_cast<double>(a.sigma_t[f]),
         static_cast<double>(a.sigma_nu[f]), static_cast<double>(a.rho[f]), a.trunc2, a.n_fft, a.d_limit);
@@ -59,13 +60,17 @@ __global__ void __launch_bounds__(config::kPrepThreads) lwvd_prepare_kernel(cons
   // Twiddles in double, rounded once: the float kernels get correctly rounded constants.
   const double two_pi = 6.283185307179586476925286766559;
   for (int64_t j = tid; j < a.n_fft / 2; j += blockDim.x) {
+    LWVD_PROF_TRIP("prep.twiddle", (j - tid) / config::kPrepThreads);
     const double ang = -two_pi * static_cast<double>(j) / static_cast<double>(a.n_fft);
     a.twiddles[j] = cplx<scalar_t>{static_cast<scalar_t>(cos(ang)), static_cast<scalar_t>(sin(ang))};
   }
   radius[tid] = rmax;
   __syncthreads();
   for (int s = config::kPrepThreads / 2; s > 0; s >>= 1) {
-    if (tid < s) radius[tid] = radius[tid + s] > radius[tid] ? radius[tid + s] : radius[tid];
+    if (tid < s) {
+      LWVD_PROF_TRIP("prep.reduce");
+      radius[tid] = radius[tid + s] > radius[tid] ? radius[tid + s] : radius[tid];
+    }
     __syncthreads();
   }
   if (tid == 0) *a.max_radius = radius[0];
@@ -85,6 +90,8 @@ __device__ __forceinline__ void build_lag_rows(cplx<scalar_t>* rows, int complex
   const int total = complex_rows * n;
   LWVD_NO_UNROLL
   for (int i = static_cast<int>(threadIdx.x); i < total; i += kBlockThreads) {
+    [[maybe_unused]] const int trip = (i - static_cast<int>(threadIdx.x)) / kBlockThreads;  // profile key
+    LWVD_PROF_TRIP("lag.entry", trip);
     const int c = i >> log2n;
     const int j = i & (n - 1);
     const int64_t m = j < n / 2 ? j : j - n;  // j == n/2 is the unused lag M/2
@@ -96,6 +103,8 @@ __device__ __forceinline__ void build_lag_rows(cplx<scalar_t>* rows, int complex
         const int64_t p = s + m, q = s - m;
         scalar_t pr = 0, pi = 0;
         if (p >= 0 && p < n_samples && q >= 0 && q < n_samples) {
+          LWVD_PROF_GMEM("lag.zp", &zb[p], trip, h);
+          LWVD_PROF_GMEM("lag.zq", &zb[q], trip, h);
           const cplx<scalar_t> zp = zb[p], zq = zb[q];
           pr = zp.re * zq.re + zp.im * zq.im;  // z[p] * conj(z[q])
           pi = zp.im * zq.re - zp.re * zq.im;
@@ -104,6 +113,7 @@ __device__ __forceinline__ void build_lag_rows(cplx<scalar_t>* rows, int complex
         else { re -= pi; im += pr; }          // + i * r_b
       }
     }
+    LWVD_PROF_SMEM("lag.store", &rows[c * n + bit_reverse(j, log2n)], trip);
     rows[c * n + bit_reverse(j, log2n)] = cplx<scalar_t>{re, im};
   }
 }
@@ -165,6 +175,7 @@ __global__ void __launch_bounds__(config::kThreads) lwvd_smooth_kernel(const Smo
   // the tile is written even when no row is in reach (row_hi < row_lo). Few loop-carried values:
   // every register live across the bin_range slow-path calls is one that ptxas may have to spill.
   for (int64_t r0 = row_lo;; r0 += rows_per_pass) {
+    LWVD_PROF_TRIP("smooth.pass");
     const bool first = r0 == row_lo;
     const bool last = r0 + rows_per_pass > row_hi;
     const int64_t pass_hi = imin(row_hi, r0 + rows_per_pass - 1);
@@ -178,6 +189,8 @@ __global__ void __launch_bounds__(config::kThreads) lwvd_smooth_kernel(const Smo
     int f_cur = 0, tt_cur = warp;
     while (tt_cur >= tt_count) { tt_cur -= tt_count; ++f_cur; }
     for (int p = warp; p < pairs; p += nwarps) {
+      [[maybe_unused]] const int ptrip = (p - warp) / nwarps;  // profile key
+      LWVD_PROF_TRIP("smooth.pair", ptrip);
       const int64_t f = f_cur;
       const int64_t t = t0 + tt_cur;
       tt_cur += nwarps;
@@ -196,11 +209,13 @@ __global__ void __launch_bounds__(config::kThreads) lwvd_smooth_kernel(const Smo
       {
         int64_t k_lo, k_hi;
         if (n_a + lane <= n_b) {
+          LWVD_PROF_TRIP("smooth.binrange", ptrip);
           bin_range(g, n_a + lane - c, a.trunc2, a.n_fft, &k_lo, &k_hi);
           lo0 = static_cast<int>(k_lo);
           hi0 = static_cast<int>(k_hi);
         }
         if (n_a + lane + kWarpSize <= n_b) {
+          LWVD_PROF_TRIP("smooth.binrange2", ptrip);
           bin_range(g, n_a + lane + kWarpSize - c, a.trunc2, a.n_fft, &k_lo, &k_hi);
           lo1 = static_cast<int>(k_lo);
           hi1 = static_cast<int>(k_hi);
@@ -210,6 +225,7 @@ __global__ void __launch_bounds__(config::kThreads) lwvd_smooth_kernel(const Smo
       for (int i = 0; i < kAcc; ++i) acc[i] = 0;
       for (int64_t s = n_a; s <= n_b; ++s) {
         const int idx = static_cast<int>(s - n_a);  // warp-uniform: full-mask shuffles are safe
+        LWVD_PROF_TRIP("smooth.row", idx);
         const int src = idx & (kWarpSize - 1);
         const int lo_a = __shfl_sync(kFullMask, lo0, src), hi_a = __shfl_sync(kFullMask, hi0, src);
         const int lo_b = __shfl_sync(kFullMask, lo1, src), hi_b = __shfl_sync(kFullMask, hi1, src);
@@ -221,10 +237,12 @@ __global__ void __launch_bounds__(config::kThreads) lwvd_smooth_kernel(const Smo
         const bool odd = (r & 1) != 0;
         const scalar_t ds = static_cast<scalar_t>(d);
         for (int k = k_lo + lane; k <= k_hi; k += kWarpSize) {
+          LWVD_PROF_TRIP("smooth.bin", idx, (k - k_lo) / kWarpSize);
+          LWVD_PROF_SMEM("smooth.ldw", &row[k], idx, (k - k_lo) / kWarpSize);
+          const cplx<scalar_t> x = row[k];  // before the q test: the load is issued for every lane
           const scalar_t v = static_cast<scalar_t>(k) * inv_two_m - g.center;
           const scalar_t q = quad_form(g, ds, v);
           if (q <= trunc2) {
-            const cplx<scalar_t> x = row[k];
             const scalar_t w = scalar_t(2) * (odd ? x.im : x.re);
             const scalar_t we = w * lwvd_exp(scalar_t(-0.5) * q);
             acc[0] += we;
@@ -240,6 +258,7 @@ __global__ void __launch_bounds__(config::kThreads) lwvd_smooth_kernel(const Smo
       }
       for (int i = 0; i < kAcc; ++i) acc[i] = warp_sum(acc[i]);
       if (lane == 0) {
+        LWVD_PROF_TRIP("smooth.out", ptrip);
         const int64_t o = (b * a.n_filters + f) * a.n_frames + t;
         if (kMoments) {
           scalar_t* dst = a.out + o * config::kMoments;
