@@ -497,3 +497,100 @@ def test_asan_reports_dynamic_smem_one_element_short(builds, tmp_path):
     assert proc.returncode != 0
     assert "heap-buffer-overflow" in proc.stderr, proc.stderr[-4000:]
     assert re.search(r"csrc/kernels/\w+\.cuh:\d+", proc.stderr), "the report must name the kernel source line"
+
+
+# ---------------------------------------------------------------------------------------------
+# The profile: emulator counters vs the cost model's replay (benchmarks/kernel_counts.py)
+# ---------------------------------------------------------------------------------------------
+def emulator_profile(proc) -> list[dict]:
+    """Per launch (plan order): block_barriers, warp_exchanges and {site: [trips, lanes, wavefronts, sectors]}."""
+    launches = {}
+    for m in re.finditer(r"^PROFLAUNCH (\d+) block_barriers (\d+) warp_exchanges (\d+)$", proc.stdout, re.M):
+        launches[int(m.group(1))] = dict(block_barriers=int(m.group(2)), warp_exchanges=int(m.group(3)), sites={})
+    for m in re.finditer(r"^PROF (\d+) (\S+) warp_trips (\d+) lanes (\d+) wavefronts (\d+) sectors (\d+)$",
+                         proc.stdout, re.M):
+        launches[int(m.group(1))]["sites"][m.group(2)] = [int(x) for x in m.groups()[2:]]
+    return [launches[i] for i in sorted(launches)]
+
+
+def replayed_profile(problem: Problem) -> list[dict]:
+    import sys
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import cost_model
+    import kernel_counts
+
+    c = problem.case
+    center, st, sn, rho = (tuple(x.numpy().tolist()) for x in problem.params)
+    kp = kernel_counts.Problem(c.b, c.n, c.n_fft, c.hop, center, st, sn, rho, c.truncate,
+                               "float64" if problem.dtype == torch.float64 else "float32")
+    counts = kernel_counts.plan_counts(kp, cost_model.launch_config())
+    return counts["forward"] + counts["backward"]
+
+
+# Cases that exercise every counted path: several tiles and passes, edges, N < n_fft, truncate=None,
+# F = 33 (two filter chunks), the largest emulated n_fft, several grad_z tiles, float32 and float64.
+PROFILE_CASES = [CASES[0], CASES[1], CASES[5], CASES[7], CASES[10], CASES[11]]
+
+
+@needs_plan
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("case", PROFILE_CASES, ids=str)
+def test_profile_replay_matches_emulator(builds, tmp_path, case, dtype):
+    # The cost model's counts (warp trips, active lanes, shared-memory wavefronts from the real
+    # addresses, global-memory sectors, block barriers, warp shuffles; per launch and per site) must
+    # equal the emulator's counters of the real kernel source exactly: the replay is what scales the
+    # profile to sizes the emulator cannot run (configuration S).
+    p = Problem(case, dtype, tmp_path)
+    proc = p.run(builds.get("driver"), part="profile plain", env={"LWVD_EMU_PROFILE": "1"})
+    driver_ok(proc)
+    emu = emulator_profile(proc)
+    rep = replayed_profile(p)
+    assert len(emu) == len(rep), (len(emu), [r["kernel"] for r in rep])
+    bad = []
+    for i, (e, r) in enumerate(zip(emu, rep)):
+        for k in ("block_barriers", "warp_exchanges"):
+            if e[k] != r[k]:
+                bad.append((i, r["kernel"], k, e[k], r[k]))
+        for site in sorted(set(e["sites"]) | set(r["sites"])):
+            if e["sites"].get(site) != r["sites"].get(site):
+                bad.append((i, r["kernel"], site, e["sites"].get(site), r["sites"].get(site)))
+    assert not bad, "emulator vs replay (launch, kernel, counter, emulator, replay):\n" + "\n".join(map(str, bad))
+    assert any(e["sites"] for e in emu), "the profile counted nothing"
+
+
+@needs_plan
+def test_profile_aborts_on_a_mis_keyed_site(builds, tmp_path):
+    # The counters mean something only if one lane cannot log one warp instruction twice: a mark
+    # whose key misses a loop index must abort. Planted: the FFT butterfly mark without its trip.
+    kdir = tmp_path / "kernels"
+    shutil.copytree(KERNEL_DIR, kdir)
+    fft = kdir / "fft.cuh"
+    fft.write_text(fft.read_text().replace('LWVD_PROF_TRIP("fft.bfly", trip);', 'LWVD_PROF_TRIP("fft.bfly");'))
+    exe = builds.get("driver", kernel_dir=kdir, tag="miskeyed")
+    p = Problem(EmuCase(1, 40, 64, 8, 2), torch.float64, tmp_path / "run")  # 2 butterfly trips per stage
+    proc = p.run(exe, mode="fwd", part="profile plain", env={"LWVD_EMU_PROFILE": "1"})
+    assert proc.returncode != 0 and "mis-keyed site" in proc.stderr, proc.stderr[-3000:]
+
+
+def test_sass_weights_cover_every_profiled_site():
+    # Every LWVD_PROF_TRIP region of the kernel source has a weight in the committed SASS table
+    # (benchmarks/sass_weights_sm90.json, rebuilt by `python benchmarks/sass_weights.py`), and the
+    # table was built from this source: rebuilt here when nvcc and nvdisasm exist.
+    import sys
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import sass_weights
+
+    table = json.loads((ROOT / "benchmarks" / "sass_weights_sm90.json").read_text())["kernels"]
+    sites = {s for regions in sass_weights.source_regions().values() for s, _, _ in regions}
+    have = {s for per_dtype in table.values() for k in per_dtype.values() for s in k["weights"]}
+    assert sites <= have, f"sites without a SASS weight: {sorted(sites - have)}"
+    try:
+        sass_weights.tool("nvdisasm")
+        has_tools = shutil.which("nvcc") is not None
+    except RuntimeError:
+        has_tools = False
+    if has_tools:
+        fresh = sass_weights.weights_from_cubin(sass_weights.build_cubin())
+        assert fresh == table, "benchmarks/sass_weights_sm90.json is stale: run python benchmarks/sass_weights.py"

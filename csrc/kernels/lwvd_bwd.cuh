@@ -233,6 +233,7 @@ __global__ void __launch_bounds__(config::kThreads) lwvd_grad_z_kernel(const Gra
       LWVD_PROF_TRIP("gz.gather_j", jtrip);
       const int64_t s_lo = imax(r0, j - h), s_hi = imin(pass_hi, j + h);
       scalar_t accr = 0, acci = 0;
+      LWVD_NO_UNROLL  // rolled: one trip is what the profile's SASS weight counts
       for (int64_t s = s_lo; s <= s_hi; ++s) {
         LWVD_PROF_TRIP("gz.gather_s", jtrip, s - s_lo);
         const int64_t m = j - s;
