@@ -59,7 +59,7 @@ H200 = dict(_GH100, name="NVIDIA H200 SXM (132 SMs, 1.98 GHz boost, HBM3e 4.8 TB
 DEVICES = {"H100": H100_SXM, "H200": H200}
 
 FLOPS_BUTTERFLY = 10  # kept for the flop summary: complex multiply 6 + two complex adds 4
-_STATIC_SMEM = {"prepare": lambda s: 256 * 8, "param_grad": lambda s: 4 * 256 * s}
+_STATIC_SMEM = {"prepare": lambda s: 256 * 12}
 NOTE = ("PREDICTION from counted warp instructions (SASS-weighted), shared-memory wavefronts and sectors "
         "(counts checked against the CPU emulator's counters) - not a measurement; no GPU ran.")
 

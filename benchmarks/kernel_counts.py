@@ -417,7 +417,7 @@ def param_grad_counts(p: Problem, cfg):
         _add(sites, "pg.reduce", -(-s // WARP), s, times=p.f)
         s //= 2
         levels += 1
-    return dict(kernel="param_grad", blocks=p.f, threads=t, smem=0, block_barriers=p.f * (1 + levels),
+    return dict(kernel="param_grad", blocks=p.f, threads=t, smem=4 * t * p.scalar_bytes, block_barriers=p.f * (1 + levels),
                 warp_exchanges=0, sites=sites)
 
 
@@ -624,9 +624,13 @@ def plan_counts(p: Problem, cfg) -> dict:
     if p.batch > 0:
         fwd.append(smooth_counts(p, cfg, geom, moments=False))
         bwd.append(smooth_counts(p, cfg, geom, moments=True))
-    bwd.append(param_grad_counts(p, cfg))
+    pg = param_grad_counts(p, cfg)
+    _add(pg["sites"], "grad.role_pg", p.f * (cfg["reduce_threads"] // WARP), p.f * cfg["reduce_threads"])
+    bwd.append(pg)
     if p.batch > 0:
-        bwd.append(grad_z_counts(p, cfg, geom))
+        gz = grad_z_counts(p, cfg, geom)
+        _add(gz["sites"], "grad.role_gz", gz["blocks"] * (cfg["threads"] // WARP), gz["blocks"] * cfg["threads"])
+        bwd.append(gz)
     for part in (fwd, bwd):
         for launch in part:
             launch["sites"] = {k: [int(x) for x in v] for k, v in launch["sites"].items() if v[0] > 0}

@@ -83,7 +83,10 @@ def _check_params(params: dict, device: torch.device, real_dtype: torch.dtype) -
         out.append(p.to(real_dtype))
     if n_filters == 0:
         raise ValueError("center: need at least one filter (F >= 1), got F = 0")
-    if not torch.compiler.is_compiling():  # value checks read the data (a sync on CUDA)
+    # Value checks read the data: a device-to-host sync on CUDA. On CUDA the kernels check the values
+    # on the device instead (invalid parameters give NaN outputs and set the flags read by
+    # torch.ops.lwvd_cuda.cuda_error_flags; docs/cuda_kernels.md), so no sync happens here.
+    if not torch.compiler.is_compiling() and device.type != "cuda":
         center, sigma_t, sigma_nu, rho = (p.detach() for p in out)
         for name, p in zip(_PARAM_NAMES, (center, sigma_t, sigma_nu, rho)):
             if not bool(torch.isfinite(p).all()):

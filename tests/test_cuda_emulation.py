@@ -594,3 +594,26 @@ def test_sass_weights_cover_every_profiled_site():
     if has_tools:
         fresh = sass_weights.weights_from_cubin(sass_weights.build_cubin())
         assert fresh == table, "benchmarks/sass_weights_sm90.json is stale: run python benchmarks/sass_weights.py"
+
+
+@needs_plan
+@pytest.mark.parametrize("bad, bit", [("sigma_t", 2), ("rho", 8), ("center", 1)])
+def test_invalid_parameters_give_nan_outputs_and_error_flags(builds, tmp_path, bad, bit):
+    # The CUDA path checks parameter values on the device (no host sync): every output of the call
+    # is NaN and the launcher's error word gets the kInvalid* bit (1 non-finite, 2 sigma_t <= 0,
+    # 4 sigma_nu <= 0, 8 |rho| >= 1; csrc/kernels/lwvd_fwd.cuh).
+    p = Problem(CASES[0], torch.float64, tmp_path)
+    values = {"sigma_t": -1.0, "rho": 1.0, "center": float("nan")}
+    name_index = ("center", "sigma_t", "sigma_nu", "rho").index(bad)
+    arr = p.params[name_index].numpy().astype(np.float64).copy()
+    arr[1] = values[bad]
+    arr.tofile(tmp_path / f"{bad}.bin")
+    proc = p.run(builds.get("driver"), part="real kernels plain")
+    driver_ok(proc)
+    assert f"ERROR_FLAGS forward {bit}" in proc.stdout and f"ERROR_FLAGS backward {bit}" in proc.stdout, proc.stdout
+    c = p.case
+    k = p.read("forward", (c.b, c.f, p.t))
+    gz = p.read("grad_z", (c.b, c.n, 2))
+    gp = [p.read(f"grad_{n}", (c.f,)) for n in ("center", "sigma_t", "sigma_nu", "rho")]
+    for name, x in [("forward", k), ("grad_z", gz)] + list(zip(("center", "sigma_t", "sigma_nu", "rho"), gp)):
+        assert torch.isnan(x).all(), f"{name}: not every element is NaN"

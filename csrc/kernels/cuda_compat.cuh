@@ -96,4 +96,11 @@ LWVD_HD int bit_reverse(int x, int bits) {
 #endif
 }
 
+// Every output of a call with invalid parameters is NaN (lwvd_fwd.cuh, kInvalid*): x[i] for i in
+// [i0, i1), block-strided.
+template <typename T>
+__device__ __forceinline__ void fill_nan(T* x, int64_t i0, int64_t i1) {
+  for (int64_t i = i0 + threadIdx.x; i < i1; i += blockDim.x) x[i] = static_cast<T>(NAN);
+}
+
 }  // namespace lwvd

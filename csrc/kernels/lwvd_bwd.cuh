@@ -37,16 +37,22 @@ struct ParamGradArgs {
   int64_t batch, n_filters, n_frames;
 };
 
-// grid.x = F, block = kReduceThreads.
+// One block (kReduceThreads threads) per filter f; `red` is 4 * kReduceThreads scalars of shared
+// memory (the launch's dynamic shared memory).
 template <typename scalar_t>
-__global__ void __launch_bounds__(config::kReduceThreads) lwvd_param_grad_kernel(const ParamGradArgs<scalar_t> a) {
-  __shared__ scalar_t red[4][config::kReduceThreads];
-  const int64_t f = blockIdx.x;
+__device__ __forceinline__ void param_grad_block(const ParamGradArgs<scalar_t>& a, int64_t f, unsigned invalid) {
+  LWVD_DYNAMIC_SMEM(scalar_t, red_flat);
+  scalar_t(*red)[config::kReduceThreads] = reinterpret_cast<scalar_t(*)[config::kReduceThreads]>(red_flat);
   const int tid = static_cast<int>(threadIdx.x);
+  if (invalid) {  // invalid parameters: NaN gradients (lwvd_fwd.cuh, kInvalid*)
+    if (tid == 0)
+      a.grad_center[f] = a.grad_sigma_t[f] = a.grad_sigma_nu[f] = a.grad_rho[f] = static_cast<scalar_t>(NAN);
+    return;
+  }
   const FilterGeometry<scalar_t> g = a.geom[f];
   const scalar_t st = a.sigma_t[f], sn = a.sigma_nu[f], r = g.rho, inv = g.inv_1mr2, norm = g.norm;
   // Reciprocals once per filter: the loop below then has no division (a SASS subroutine call).
-  const scalar_t ist = scalar_t(1) / st, isn = scalar_t(1) / sn;
+  const scalar_t ist = g.inv_sigma_t, isn = g.inv_sigma_nu;  // no division (a slow-path call in SASS)
   const scalar_t ist2 = ist * ist, isn2 = isn * isn, istsn = ist * isn;
   scalar_t acc[4] = {0, 0, 0, 0};
   // Thread tid visits flat indices i = tid, tid + blockDim, ... of (b, t), kept as a (b, t) pair
@@ -107,11 +113,11 @@ struct GradZArgs {
 };
 
 template <typename scalar_t>
-__global__ void __launch_bounds__(config::kThreads) lwvd_grad_z_kernel(const GradZArgs<scalar_t> a) {
+__device__ __forceinline__ void grad_z_block(const GradZArgs<scalar_t>& a, unsigned block) {
   LWVD_DYNAMIC_SMEM(cplx<scalar_t>, rows);
   const unsigned tiles = static_cast<unsigned>(a.tiles_per_item);  // 32-bit: see lwvd_smooth_kernel
-  const int64_t b = blockIdx.x / tiles;
-  const int64_t j0 = static_cast<int64_t>(blockIdx.x % tiles) * a.tile;
+  const int64_t b = block / tiles;
+  const int64_t j0 = static_cast<int64_t>(block % tiles) * a.tile;
   const scalar_t inv_two_m = static_cast<scalar_t>(a.inv_two_m);  // k * (1/2M) == k / 2M: 2M = 2^k
   const int64_t j1 = imin(a.n_samples - 1, j0 + a.tile - 1);  // last owned sample
   const int64_t h = max_lag(a.n_fft);
@@ -132,7 +138,7 @@ __global__ void __launch_bounds__(config::kThreads) lwvd_grad_z_kernel(const Gra
   const scalar_t* Gb = a.grad_out + b * a.n_filters * a.n_frames;
 
   // Thread tid owns the samples j0 + tid + i*nthreads of the tile; it zeroes them here and is their
-  // only writer afterwards.
+  // only writer afterwards. (Storing on the first visit instead of zeroing made ptxas spill on sm_80.)
   LWVD_NO_UNROLL
   for (int64_t j = j0 + tid; j <= j1; j += nthreads) {
     LWVD_PROF_TRIP("gz.zero", (j - j0 - tid) / nthreads);
@@ -258,12 +264,32 @@ __global__ void __launch_bounds__(config::kThreads) lwvd_grad_z_kernel(const Gra
         acci += zz.im * ar - zz.re * ai;
       }
       LWVD_PROF_GMEM("gz.store_ld", &gz[j], jtrip);
-      LWVD_PROF_GMEM("gz.store_st", &gz[j], jtrip);
       const cplx<scalar_t> old = gz[j];
-      gz[j] = cplx<scalar_t>{old.re + scalar_t(4) * accr, old.im + scalar_t(4) * acci};
+      const cplx<scalar_t> v{old.re + scalar_t(4) * accr, old.im + scalar_t(4) * acci};
+      LWVD_PROF_GMEM("gz.store_st", &gz[j], jtrip);
+      gz[j] = v;
     }
     __syncthreads();  // the next pass overwrites the rows
   }
+}
+
+// The parameter gradients (grid.x = F, one filter per block) and grad_z (grid.x = B * tiles) are two
+// launches. One launch with both roles (blocks past the grad_z tiles doing a filter each) would save
+// a launch, but ptxas then spilled 28 B in the float32 kernel on sm_80 (bin_range's slow-path calls
+// with more values live), which the build forbids; docs/cuda_kernels.md.
+template <typename scalar_t>
+__global__ void __launch_bounds__(config::kReduceThreads) lwvd_param_grad_kernel(const ParamGradArgs<scalar_t> a,
+                                                                                  const unsigned* invalid) {
+  LWVD_PROF_TRIP("grad.role_pg");
+  param_grad_block(a, static_cast<int64_t>(blockIdx.x), *invalid);
+}
+
+template <typename scalar_t>
+__global__ void __launch_bounds__(config::kThreads) lwvd_grad_z_kernel(const GradZArgs<scalar_t> a) {
+  // Invalid parameters need no test here: the prepare kernel then writes NaN twiddles, which make
+  // every sample of grad_z NaN (each has its m = 0 term).
+  LWVD_PROF_TRIP("grad.role_gz");
+  grad_z_block(a, blockIdx.x);
 }
 
 }  // namespace lwvd

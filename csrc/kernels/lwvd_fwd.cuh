@@ -27,7 +27,34 @@
 namespace lwvd {
 
 // ---------------------------------------------------------------------------------------------
-// Preparation: filter geometry (make_filter), FFT twiddles, largest time radius. One block.
+// Preparation: filter geometry (make_filter), FFT twiddles, largest time radius, and the value checks
+// of the parameters. One block.
+//
+// Value checks on the device (no host sync): a filter whose parameters are not finite, or with
+// sigma_t <= 0, sigma_nu <= 0 or |rho| >= 1, sets bits of `invalid` (one word per call) and gets a
+// harmless placeholder geometry; every later kernel of the call reads `invalid` and, when it is not
+// 0, writes NaN to all of its outputs instead of computing them. The same bits are OR-ed into the
+// persistent `error_flags` word (when given), which the host reads on request
+// (torch.ops.lwvd_cuda.cuda_error_flags; docs/cuda_kernels.md).
+enum : unsigned {
+  kInvalidNotFinite = 1u,  // a parameter is NaN or infinite
+  kInvalidSigmaT = 2u,     // sigma_t <= 0
+  kInvalidSigmaNu = 4u,    // sigma_nu <= 0
+  kInvalidRho = 8u,        // |rho| >= 1
+};
+
+// x - x is 0 for every finite x and NaN for NaN and +-inf (no isfinite overload questions on either side).
+__device__ __forceinline__ bool is_finite(double x) { return x - x == 0.0; }
+
+template <typename scalar_t>
+__device__ __forceinline__ unsigned invalid_bits(double c, double st, double sn, double r) {
+  unsigned bad = 0;
+  if (!(is_finite(c) && is_finite(st) && is_finite(sn) && is_finite(r))) bad |= kInvalidNotFinite;
+  if (!(st > 0)) bad |= kInvalidSigmaT;
+  if (!(sn > 0)) bad |= kInvalidSigmaNu;
+  if (!(r > -1 && r < 1)) bad |= kInvalidRho;
+  return bad;
+}
 
 template <typename scalar_t>
 struct PrepareArgs {
@@ -38,6 +65,8 @@ struct PrepareArgs {
   FilterGeometry<scalar_t>* geom;  // (F,)   out
   cplx<scalar_t>* twiddles;        // (n_fft/2,) out: exp(-2 i pi j / n_fft)
   int64_t* max_radius;             // (1,)   out: max_f geom[f].d_radius
+  unsigned* invalid;               // (1,)   out: kInvalid* bits of this call's parameters (0: valid)
+  unsigned* error_flags;           // (1,)   persistent, OR-ed with `invalid`; may be null
   int64_t n_filters;
   int64_t n_fft;
   int64_t d_limit;                 // N - 1 + (T - 1) * hop: the largest |d| that occurs
@@ -47,16 +76,25 @@ struct PrepareArgs {
 template <typename scalar_t>
 __global__ void __launch_bounds__(config::kPrepThreads) lwvd_prepare_kernel(const PrepareArgs<scalar_t> a) {
   __shared__ int64_t radius[config::kPrepThreads];
+  __shared__ unsigned bad_bits[config::kPrepThreads];
   const int tid = static_cast<int>(threadIdx.x);
   int64_t rmax = 0;
+  unsigned bad = 0;
   for (int64_t f = tid; f < a.n_filters; f += blockDim.x) {
     LWVD_PROF_TRIP("prep.filter", (f - tid) / config::kPrepThreads);
-    const FilterGeometry<scalar_t> g = make_filter<scalar_t>(
-        static_cast<double>(a.center[f]), static_cast<double>(a.sigma_t[f]),
-        static_cast<double>(a.sigma_nu[f]), static_cast<double>(a.rho[f]), a.trunc2, a.n_fft, a.d_limit);
+    const double c = static_cast<double>(a.center[f]), st = static_cast<double>(a.sigma_t[f]);
+    const double sn = static_cast<double>(a.sigma_nu[f]), r = static_cast<double>(a.rho[f]);
+    bad |= invalid_bits<scalar_t>(c, st, sn, r);
+    // With invalid parameters the geometry is meaningless (d_radius still lies in [.., d_limit]), but
+    // no kernel uses it: each one reads `invalid` first and writes NaN instead.
+    const FilterGeometry<scalar_t> g = make_filter<scalar_t>(c, st, sn, r, a.trunc2, a.n_fft, a.d_limit);
     a.geom[f] = g;
     rmax = g.d_radius > rmax ? g.d_radius : rmax;
   }
+  // Stored before the twiddle loop: nothing of the filter loop stays live across cos/sin (whose
+  // out-of-line slow paths make ptxas spill what is live there).
+  radius[tid] = rmax;
+  bad_bits[tid] = bad;
   // Twiddles in double, rounded once: the float kernels get correctly rounded constants.
   const double two_pi = 6.283185307179586476925286766559;
   for (int64_t j = tid; j < a.n_fft / 2; j += blockDim.x) {
@@ -64,17 +102,26 @@ __global__ void __launch_bounds__(config::kPrepThreads) lwvd_prepare_kernel(cons
     const double ang = -two_pi * static_cast<double>(j) / static_cast<double>(a.n_fft);
     a.twiddles[j] = cplx<scalar_t>{static_cast<scalar_t>(cos(ang)), static_cast<scalar_t>(sin(ang))};
   }
-  radius[tid] = rmax;
   __syncthreads();
   for (int s = config::kPrepThreads / 2; s > 0; s >>= 1) {
     if (tid < s) {
       LWVD_PROF_TRIP("prep.reduce");
       radius[tid] = radius[tid + s] > radius[tid] ? radius[tid + s] : radius[tid];
+      bad_bits[tid] |= bad_bits[tid + s];
     }
     __syncthreads();
   }
-  if (tid == 0) *a.max_radius = radius[0];
+  // Invalid parameters: NaN twiddles as well, so that grad_z (which has no test of its own: one
+  // made ptxas spill) turns every sample NaN through its FFT.
+  if (bad_bits[0])
+    for (int64_t j = tid; j < a.n_fft / 2; j += blockDim.x) a.twiddles[j] = cplx<scalar_t>{NAN, NAN};
+  if (tid == 0) {
+    *a.max_radius = radius[0];
+    *a.invalid = bad_bits[0];
+    if (bad_bits[0] && a.error_flags) atomicOr(a.error_flags, bad_bits[0]);
+  }
 }
+
 
 // ---------------------------------------------------------------------------------------------
 // Building one pass of lag rows (shared by the forward and the moments kernel).
@@ -133,6 +180,7 @@ struct SmoothArgs {
   const cplx<scalar_t>* z;                   // (B, N)
   const FilterGeometry<scalar_t>* geom;      // (F,)
   const int64_t* max_radius;                 // (1,)
+  const unsigned* invalid;                   // (1,) written by the prepare kernel
   const cplx<scalar_t>* twiddles;            // (M/2,)
   scalar_t* out;                             // (B, F, T) or (B, F, T, 6)
   int64_t n_samples, n_filters, n_frames, hop, n_fft;
@@ -155,6 +203,13 @@ __global__ void __launch_bounds__(config::kThreads) lwvd_smooth_kernel(const Smo
   const int tt_count = static_cast<int>(a.frames_per_block);
   const int64_t t0 = tile * tt_count;
   const int64_t t_last = imin(a.n_frames - 1, t0 + tt_count - 1);
+  if (*a.invalid) {  // invalid parameters: this block's outputs are NaN (block-uniform: no barrier is skipped)
+    for (int64_t f = 0; f < a.n_filters; ++f) {
+      const int64_t o = (b * a.n_filters + f) * a.n_frames;
+      fill_nan(a.out, (o + t0) * kAcc, (o + t_last + 1) * kAcc);
+    }
+    return;
+  }
   const int64_t radius = *a.max_radius;
   const int64_t row_lo = imax(0, t0 * a.hop - radius);
   const int64_t row_hi = imin(a.n_samples - 1, t_last * a.hop + radius);

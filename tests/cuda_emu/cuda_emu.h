@@ -574,6 +574,10 @@ template <class T>
 inline T atomic_add(T* p, T v) {
   return std::atomic_ref<T>(*p).fetch_add(v, std::memory_order_relaxed);
 }
+template <class T>
+inline T atomic_or(T* p, T v) {
+  return std::atomic_ref<T>(*p).fetch_or(v, std::memory_order_relaxed);
+}
 
 // ---------------------------------------------------------------------------------------------
 // Dynamic shared memory
@@ -778,20 +782,26 @@ class Launcher {
 
   // Zero-filled, exactly `bytes` long (so AddressSanitizer catches overruns), alive as long as
   // the Launcher.
-  // 256-byte aligned, as cudaMalloc (global-memory sector counts depend on the alignment).
+  // Exactly `bytes` long (AddressSanitizer catches overruns), 256-byte aligned as cudaMalloc (the
+  // profile's sector counts depend on alignment), and filled with 0xFF bytes (NaN, -1), like the
+  // uninitialised buffer the CUDA launcher hands out: a kernel reading what nobody wrote shows up.
   void* workspace(size_t bytes) {
     const size_t n = bytes ? bytes : 1;
     void* p = ::operator new(n, std::align_val_t{256});
-    std::memset(p, 0, n);
+    std::memset(p, 0xFF, n);
     buffers_.emplace_back(p);
     return p;
   }
+
+  // The persistent error word of lwvd_plan.cuh (the prepare kernel ORs invalid-parameter bits in).
+  unsigned* error_flags() { return &error_flags_; }
 
  private:
   struct AlignedDelete {
     void operator()(void* p) const { ::operator delete(p, std::align_val_t{256}); }
   };
   std::vector<std::unique_ptr<void, AlignedDelete>> buffers_;
+  unsigned error_flags_ = 0;
 };
 
 }  // namespace lwvd_emu
@@ -810,6 +820,7 @@ class Launcher {
 #define __any_sync(mask, pred) (::lwvd_emu::ballot(__FILE__, __LINE__, mask, (pred)) != 0u)
 #define __all_sync(mask, pred) (::lwvd_emu::ballot(__FILE__, __LINE__, mask, (pred)) == 0xffffffffu)
 #define atomicAdd(p, v) ::lwvd_emu::atomic_add((p), (v))
+#define atomicOr(p, v) ::lwvd_emu::atomic_or((p), (v))
 #define __threadfence() std::atomic_thread_fence(std::memory_order_seq_cst)
 #define __threadfence_block() std::atomic_thread_fence(std::memory_order_seq_cst)
 

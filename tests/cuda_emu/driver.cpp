@@ -110,6 +110,7 @@ void run(const std::string& dir, const std::map<std::string, std::string>& spec,
                           B, N, F, M, hop, truncate};
     lwvd::run_forward(L, p);
     write_array(dir + "/out_forward.bin", out);
+    std::printf("ERROR_FLAGS forward %u\n", *L.error_flags());
   }
   if (mode == "bwd" || mode == "both") {
     const auto grad_out = read_array<S>(dir + "/grad_out.bin", static_cast<size_t>(B * F * n_frames));
@@ -118,6 +119,7 @@ void run(const std::string& dir, const std::map<std::string, std::string>& spec,
     lwvd::BwdProblem<S> q{grad_out.data(), z.data(), center.data(), sigma_t.data(), sigma_nu.data(), rho.data(),
                           gz.data(), gc.data(), gst.data(), gsn.data(), gr.data(), B, N, F, M, hop, truncate};
     lwvd::run_backward(L, q);
+    std::printf("ERROR_FLAGS backward %u\n", *L.error_flags());
     write_array(dir + "/out_grad_z.bin", gz);
     write_array(dir + "/out_grad_center.bin", gc);
     write_array(dir + "/out_grad_sigma_t.bin", gst);
