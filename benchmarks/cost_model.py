@@ -76,7 +76,7 @@ def launch_config(path: str = LAUNCH_CONFIG) -> dict:
 
     return dict(threads=const("kThreads"), rows_smem_budget=const("kRowsSmemBudget"),
                 max_complex_rows=const("kMaxComplexRows"), max_frames_per_block=const("kMaxFramesPerBlock"),
-                min_blocks=const("kMinBlocks"), min_grad_tile=const("kMinGradTile"),
+                min_blocks=const("kSms"), min_blocks_per_sm=const("kMinBlocksPerSm"), min_grad_tile=const("kMinGradTile"),
                 prep_threads=const("kPrepThreads"), reduce_threads=const("kReduceThreads"))
 
 

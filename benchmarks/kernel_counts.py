@@ -75,29 +75,31 @@ def complex_rows(cfg, n_fft, scalar_bytes):
     return int(min(max(cfg["rows_smem_budget"] // (n_fft * 2 * scalar_bytes), 1), cfg["max_complex_rows"]))
 
 
-def _fill(cfg, blocks):
-    return 1.0 if blocks >= cfg["min_blocks"] else blocks / cfg["min_blocks"]
+def _busiest(cfg, blocks):
+    """launch_config.h busiest_sm_blocks: max(ceil(blocks / kSms), kMinBlocksPerSm)."""
+    return max(-(-blocks // cfg["min_blocks"]), cfg["min_blocks_per_sm"])
 
 
 def frames_per_block(cfg, n_fft, hop, batch, frames):
-    start = max(min(-(-2 * n_fft // hop), cfg["max_frames_per_block"]), 1)
-    best, best_cost = start, None
-    for tt in range(start, 0, -1):
-        rows = float(tt * hop)
-        cost = (rows + n_fft) / rows / _fill(cfg, batch * -(-frames // tt))
+    """launch_config.h frames_per_block: minimise ceil(blocks / SMs) x (TT*hop + n_fft)."""
+    top = max(min(-(-4 * n_fft // hop), cfg["max_frames_per_block"]), 1)
+    best, best_cost = 1, None
+    for tt in range(1, top + 1):
+        cost = _busiest(cfg, batch * -(-frames // tt)) * (tt * hop + n_fft)
         if best_cost is None or cost < best_cost:
             best, best_cost = tt, cost
     return best
 
 
 def grad_tile(cfg, n_fft, batch, n_samples):
-    j = max(cfg["min_grad_tile"], 2 * n_fft)
-    best, best_cost = j, None
-    while j >= cfg["threads"]:
-        cost = (j + n_fft) / j / _fill(cfg, batch * -(-n_samples // j))
+    """launch_config.h grad_tile: minimise ceil(blocks / SMs) x (J + n_fft) over powers of two."""
+    top = max(cfg["min_grad_tile"], 4 * n_fft)
+    best, best_cost, j = cfg["threads"], None, cfg["threads"]
+    while j <= top:
+        cost = _busiest(cfg, batch * -(-n_samples // j)) * (j + n_fft)
         if best_cost is None or cost < best_cost:
             best, best_cost = j, cost
-        j //= 2
+        j *= 2
     return best
 
 
@@ -247,6 +249,27 @@ def _bitrev(x, bits):
     for b in range(bits):
         r = (r << 1) | ((x >> b) & 1)
     return r
+
+
+def _bitrev_pass_counts(p: Problem, cfg, cr, esize_c):
+    """Counts of one block_bitrev_rows call over cr complex rows (identical every pass)."""
+    sites = _counts()
+    n, threads = p.n_fft, cfg["threads"]
+    log2n = n.bit_length() - 1
+    i = np.arange(cr * n)
+    group = (i // threads) * (threads // WARP) + (i % threads) // WARP
+    _add(sites, "fft.bitrev", int(group.max()) + 1, len(i))
+    j = i & (n - 1)
+    jr = _bitrev(j, log2n)
+    sw = j < jr
+    if sw.any():
+        g, base = group[sw], (i - j)[sw]
+        wa = group_smem_wavefronts(g, (base + j[sw]) * esize_c, esize_c)
+        wb = group_smem_wavefronts(g, (base + jr[sw]) * esize_c, esize_c)
+        tr, ln = len(np.unique(g)), int(sw.sum())
+        for name, wf in (("fft.br_lda", wa), ("fft.br_ldb", wb), ("fft.br_sta", wa), ("fft.br_stb", wb)):
+            _add(sites, name, tr, ln, wf)
+    return sites
 
 
 def _lag_store_counts(p: Problem, cfg, cr, esize_c):
@@ -403,7 +426,7 @@ def _smooth_tile(p, cfg, geom, b, t0, t_last, row_lo, row_hi, rp, tt, cr, esize_
         _add(sites, "smooth.bin", tr, ln)
         _add(sites, "smooth.ldw", tr, ln, wf)
         _add(sites, "smooth.out", len(f_idx), len(f_idx))
-        exch += int(rows.sum()) * 4 + len(f_idx) * 5 * kacc
+        exch += int(rows.sum()) * 1 + len(f_idx) * 5 * kacc  # one shuffle per row, warp_sum per pair
     return sites, npasses, exch
 
 
@@ -446,7 +469,7 @@ def _scatter_table(p: Problem, geom: Geometry):
         if key not in wf_cache:
             words = set()
             for k in range(k0, k0 + cnt):
-                idx = (rcls >> 1) * n * 2 + 2 * int(_bitrev(np.int64(k), log2n)) + (rcls & 1)  # scalar index
+                idx = (rcls >> 1) * n * 2 + 2 * k + (rcls & 1)  # scalar index (natural order)
                 words.update(range(idx * s_bytes // 4, (idx + 1) * s_bytes // 4))
             per_bank = [0] * BANKS
             for wd in words:
@@ -496,6 +519,7 @@ def grad_z_counts(p: Problem, cfg, geom: Geometry):
     R = geom.max_radius
     sites = _counts()
     fft_sites, log2n = _fft_pass_counts(p, cfg, cr, esize_c)
+    bitrev_sites = _bitrev_pass_counts(p, cfg, cr, esize_c)
     sc_tr, sc_ln, sc_wf, br_tr, br_ln = _scatter_table(p, geom)
     nchunks = -(-F // WARP)
     barriers = exchanges = 0
@@ -518,7 +542,9 @@ def grad_z_counts(p: Problem, cfg, geom: Geometry):
                 sites[k] += v
             for k, v in fft_sites.items():
                 sites[k] += v * passes
-            barriers += passes * (log2n + 3)  # row zero, A rows, FFT stages, end of pass
+            barriers += passes * (log2n + 4)  # row zero, A rows, bit reversal, FFT stages, end of pass
+            for k, v in bitrev_sites.items():
+                sites[k] += v * passes
             exchanges += texch
     return dict(kernel="grad_z", blocks=p.batch * tiles, threads=threads, smem=cr * n * esize_c,
                 block_barriers=barriers, warp_exchanges=exchanges, sites=sites)
@@ -568,7 +594,7 @@ def _grad_z_tile(p, cfg, geom, b, j0, j1, h, rp, cr, esize_c, words_c, tables, n
             _add(sites, "gz.frame", int(nf.sum()), int(nf.sum()) * WARP)
             _add(sites, "gz.chunk", int(nf.sum()) * nchunks, int(nf.sum()) * nchunks * WARP)
             _add(sites, "gz.filter", int(nf.sum()) * F, int(nf.sum()) * F * WARP)
-            exch += int(nf.sum()) * F * 3
+            exch += int(nf.sum()) * F * 2  # packed range + weight per filter
             ss = np.repeat(s, nf)
             tt = np.concatenate([np.arange(a, bb + 1) for a, bb in zip(t_lo, t_hi) if bb >= a]) if nf.sum() else ss
             d = ss - tt * hop + R

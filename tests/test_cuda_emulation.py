@@ -453,10 +453,11 @@ def _copy_kernels_without_barrier(dst: Path, header: str, pattern: str) -> tuple
 # (header, function signature pattern, plan mode that runs it). The last __syncthreads of each:
 #   block_fft_rows: the barrier ending each FFT stage; without it stage s+1 reads elements another
 #     thread is still writing in stage s;
-#   lwvd_param_grad_kernel: the barrier of its shared-memory tree reduction (backward).
+#   param_grad_block (the body of lwvd_param_grad_kernel): the barrier of its shared-memory tree
+#     reduction (backward).
 PLANTED_BARRIERS = [
     ("fft.cuh", r"void block_fft_rows\(", "fwd"),
-    ("lwvd_bwd.cuh", r"void .*lwvd_param_grad_kernel\(", "bwd"),
+    ("lwvd_bwd.cuh", r"void param_grad_block\(", "bwd"),
 ]
 
 

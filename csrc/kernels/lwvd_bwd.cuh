@@ -11,7 +11,7 @@
 //
 // grad_z: a block owns samples [j0, j0 + J) of one batch item (output-stationary) and walks the rows
 // n within h = M/2 - 1 of them in passes of 2*CR rows. A pass builds A[n, k] = sum_{f,t} G norm E
-// (two real rows per complex row, bit-reversed), FFTs it, recovers Ahat of both rows from X[m] and
+// (two real rows per complex row, natural order, then permuted to bit-reversed), FFTs it, recovers Ahat of both rows from X[m] and
 // X[-m], and each thread adds 4 * z[2n - j] * conj(Ahat[n, j - n]) to the samples j it owns. The
 // thread that owns j is the only writer of grad_z[j]: no atomics, bitwise reproducible.
 #pragma once
@@ -188,7 +188,7 @@ __device__ __forceinline__ void grad_z_block(const GradZArgs<scalar_t>& a, unsig
         // keeps the kernel free of register spills.
         for (int64_t f0 = 0; f0 < a.n_filters; f0 += kWarpSize) {
           LWVD_PROF_TRIP("gz.chunk", rtrip, t - t_lo, f0 / kWarpSize);
-          int lo = 1, hi = 0;
+          int range = 1;  // k_lo | k_hi << 16 (bins < 8192); 1 = empty (k_lo 1 > k_hi 0)
           scalar_t gw = 0;
           if (f0 + lane < a.n_filters) {
             const FilterGeometry<scalar_t>& g = a.geom[f0 + lane];
@@ -196,27 +196,27 @@ __device__ __forceinline__ void grad_z_block(const GradZArgs<scalar_t>& a, unsig
               LWVD_PROF_TRIP("gz.binrange", rtrip, t - t_lo, f0 / kWarpSize);
               int64_t k_lo, k_hi;
               bin_range(g, d, a.trunc2, a.n_fft, &k_lo, &k_hi);
-              lo = static_cast<int>(k_lo);
-              hi = static_cast<int>(k_hi);
+              range = static_cast<int>(k_lo) | (static_cast<int>(k_hi) << 16);
               gw = Gb[(f0 + lane) * a.n_frames + t] * g.norm;
             }
           }
           const int chunk = static_cast<int>(imin(kWarpSize, a.n_filters - f0));
           for (int i = 0; i < chunk; ++i) {  // warp-uniform trip count: full-mask shuffles
-            const int k_lo = __shfl_sync(kFullMask, lo, i);
-            const int k_hi = __shfl_sync(kFullMask, hi, i);
+            const int rg = __shfl_sync(kFullMask, range, i);
+            const int k_lo = rg & 0xffff, k_hi = rg >> 16;
             const scalar_t w = __shfl_sync(kFullMask, gw, i);
             LWVD_PROF_TRIP("gz.filter");  // the epoch (after this filter's shuffles) is the key
             if (k_lo > k_hi) continue;
             const FilterGeometry<scalar_t>& g = a.geom[f0 + i];
             const int first = k_lo + ((lane - (k_lo & (kWarpSize - 1))) & (kWarpSize - 1));
+            LWVD_NO_UNROLL  // rolled: ~1 trip per row at typical widths; the profile weighs one trip
             for (int k = first; k <= k_hi; k += kWarpSize) {
               LWVD_PROF_TRIP("gz.bin", (k - k_lo) / kWarpSize);
               const scalar_t v = static_cast<scalar_t>(k) * inv_two_m - g.center;
               const scalar_t q = quad_form(g, ds, v);
               // read-modify-write for every lane (adding 0 past the ellipse): the same accesses
               // whatever q is, so the access counts do not depend on rounding
-              scalar_t* dst = &row[2 * bit_reverse(k, a.log2_fft)];
+              scalar_t* dst = &row[2 * k];  // natural order: block_bitrev_rows permutes before the FFT
               LWVD_PROF_SMEM("gz.scatter_ld", dst, (k - k_lo) / kWarpSize);
               LWVD_PROF_SMEM("gz.scatter_st", dst, (k - k_lo) / kWarpSize);
               *dst += q <= trunc2 ? w * lwvd_exp(scalar_t(-0.5) * q) : scalar_t(0);
@@ -225,6 +225,8 @@ __device__ __forceinline__ void grad_z_block(const GradZArgs<scalar_t>& a, unsig
         }
       }
     }
+    __syncthreads();
+    block_bitrev_rows<config::kThreads>(rows, a.complex_rows, a.log2_fft);
     __syncthreads();
     block_fft_rows<config::kThreads>(rows, a.complex_rows, a.log2_fft, a.twiddles);  // ends with __syncthreads
 

@@ -260,20 +260,19 @@ __global__ void __launch_bounds__(config::kThreads) lwvd_smooth_kernel(const Smo
       // out-of-line slow paths in SASS, and keeping those calls out of the loop that holds the
       // accumulators is what keeps every kernel free of register spills.
       static_assert(2 * config::kMaxComplexRows <= 2 * kWarpSize, "two rows per lane at most");
-      int lo0 = 1, hi0 = 0, lo1 = 1, hi1 = 0;
+      // Each range packed in one int (k_lo | k_hi << 16; bins < 8192 fit 13 bits): one shuffle per row.
+      int range0 = 1, range1 = 1;  // empty: k_lo = 1 > k_hi = 0
       {
         int64_t k_lo, k_hi;
         if (n_a + lane <= n_b) {
           LWVD_PROF_TRIP("smooth.binrange", ptrip);
           bin_range(g, n_a + lane - c, a.trunc2, a.n_fft, &k_lo, &k_hi);
-          lo0 = static_cast<int>(k_lo);
-          hi0 = static_cast<int>(k_hi);
+          range0 = static_cast<int>(k_lo) | (static_cast<int>(k_hi) << 16);
         }
         if (n_a + lane + kWarpSize <= n_b) {
           LWVD_PROF_TRIP("smooth.binrange2", ptrip);
           bin_range(g, n_a + lane + kWarpSize - c, a.trunc2, a.n_fft, &k_lo, &k_hi);
-          lo1 = static_cast<int>(k_lo);
-          hi1 = static_cast<int>(k_hi);
+          range1 = static_cast<int>(k_lo) | (static_cast<int>(k_hi) << 16);
         }
       }
       scalar_t acc[kAcc];
@@ -281,16 +280,16 @@ __global__ void __launch_bounds__(config::kThreads) lwvd_smooth_kernel(const Smo
       for (int64_t s = n_a; s <= n_b; ++s) {
         const int idx = static_cast<int>(s - n_a);  // warp-uniform: full-mask shuffles are safe
         LWVD_PROF_TRIP("smooth.row", idx);
-        const int src = idx & (kWarpSize - 1);
-        const int lo_a = __shfl_sync(kFullMask, lo0, src), hi_a = __shfl_sync(kFullMask, hi0, src);
-        const int lo_b = __shfl_sync(kFullMask, lo1, src), hi_b = __shfl_sync(kFullMask, hi1, src);
-        const int k_lo = idx < kWarpSize ? lo_a : lo_b;
-        const int k_hi = idx < kWarpSize ? hi_a : hi_b;
+        // idx is warp-uniform, so every lane picks the same register before the one shuffle
+        const int range = __shfl_sync(kFullMask, idx < kWarpSize ? range0 : range1, idx & (kWarpSize - 1));
+        const int k_lo = range & 0xffff;
+        const int k_hi = range >> 16;
         const int64_t d = s - c;
         const int r = static_cast<int>(s - r0);
         const cplx<scalar_t>* row = rows + (r >> 1) * n;
         const bool odd = (r & 1) != 0;
         const scalar_t ds = static_cast<scalar_t>(d);
+        LWVD_NO_UNROLL  // rolled: ~1 trip per row at typical widths; the profile weighs one trip
         for (int k = k_lo + lane; k <= k_hi; k += kWarpSize) {
           LWVD_PROF_TRIP("smooth.bin", idx, (k - k_lo) / kWarpSize);
           LWVD_PROF_SMEM("smooth.ldw", &row[k], idx, (k - k_lo) / kWarpSize);
