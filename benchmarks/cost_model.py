@@ -1,64 +1,71 @@
-"""Cost model of the CUDA kernels: FLOPs, bytes and a PREDICTED time on an H100 SXM.
+"""Cost model of the CUDA kernels: counted work, SASS-weighted, and a PREDICTED time on H100 / H200.
 
-Nothing here is a measurement. No GPU exists on this project's machines; the figures are what the
-kernels' launch plan (``csrc/kernels/launch_config.h``, read from the header so the model follows it)
-implies, divided by published peaks:
+Nothing here is a measurement: no GPU exists on this project's machines. The model has three parts.
 
-* FP32 (non-tensor) 67 TFLOP/s, FP64 (non-tensor) 34 TFLOP/s, HBM3 3.35 TB/s (H100 SXM5 datasheet);
-* shared-memory bandwidth 33.4 TB/s, DERIVED, not published: 32 banks x 4 B per clock per SM x 132 SMs
-  x 1.98 GHz boost clock. The radix-2 FFT in shared memory reads and writes every element at every
-  stage, so this bound, not FLOPs, is usually the binding one.
+1. **Counts** (``kernel_counts.py``): per launch of the plan and per profiled site of the kernel
+   source, the warp trips, active lanes, shared-memory wavefronts and global-memory sectors, and
+   the block barriers and warp shuffles. They replay the kernels' loops exactly; the test
+   ``tests/test_cuda_emulation.py::test_profile_replay_matches_emulator`` requires them to equal the
+   counters of the CPU emulator running the real kernel source (``LWVD_EMU_PROFILE=1``), site by
+   site, on small problems. The counts depend only on sizes and filter parameters.
+2. **Weights** (``sass_weights.py`` -> ``sass_weights_sm90.json``): SASS instructions per trip of each
+   site, read from the sm_90 cubin with ``nvdisasm -gi``. Warp instructions of a launch =
+   sum over sites of trips x weight, + one ``_entry`` per warp.
+3. **Bounds** per kernel, on the busiest SM (wave quantisation: ``ceil(blocks / SMs)`` blocks):
+   * issue: 4 warp instructions per SM per clock (4 schedulers);
+   * shared memory: 1 wavefront (32 banks x 4 B) per SM per clock;
+   * L1: 4 global-memory sectors (128 B) per SM per clock;
+   * DRAM: compulsory bytes (inputs read once, outputs written once) / HBM bandwidth;
+   * latency (crude): resident blocks run together; each of a block's warps waits ``dep_cycles``
+     (4) per instruction and every block barrier costs ``barrier_cycles`` (20): waves x that;
+   predicted kernel time = the largest bound + ``launch_gap_s`` (2 us) per launch. The largest bound
+   is reported as the kernel's limiter.
+   Clock: the 1.98 GHz boost of the H100 SXM / H200; a sustained clock below it scales every
+   bound but DRAM by the ratio.
 
-The predicted time is the largest of the three bounds (a roofline), divided by the fraction of SMs
-the grid can fill (min(1, blocks / SMs): a grid of 60 blocks leaves 72 of 132 SMs idle whatever the
-per-block speed). It ignores occupancy within an SM, latency,
-the SFU rate of exp, bank conflicts, tails and launch overhead, so real kernels will be slower.
-It is printed as ``predicted_*`` everywhere; never report it as a timing.
+What it ignores: instruction mixes that issue below 1/clock per scheduler (FP64 and MUFU pipes,
+dual-issue limits), L2/DRAM traffic beyond the compulsory bytes, branch divergence inside a region
+(all of a region's instructions are counted per trip), and anything the SASS does differently on
+silicon. It prints ``predicted`` everywhere; never report it as a timing.
 
-Counting conventions (per term, documented so the numbers can be checked):
-  butterfly            10 flops (complex multiply 6 + two complex adds 4); 4 complex shared accesses
-  lag product entry    14 flops (two complex products z[n+m] conj(z[n-m]) and the i-packing)
-  smoothing term       18 flops fwd (v, q = quad_form, exp counted as 8, multiply-add), 28 with moments
-  grad_z A term        18 flops (same as fwd, scattered into the A row)
-  grad_z gather term   12 flops (Ahat from X[m], X[-m]: 4, complex multiply-add: 8)
-Terms visited follow each filter's ellipse (bin_range, with its 1-bin margins), as the kernels do;
-the compute bound also charges the idle lanes of rows shorter than a warp (``lane_efficiency``).
-
-    python benchmarks/cost_model.py                      # configuration S of PEERS.md
+    python benchmarks/cost_model.py                      # configuration S, H100 and H200
     python benchmarks/cost_model.py --batch 4 --n 16000 --n-fft 512 --hop 160 --filters 80 --dtype float64
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import re
+import sys
 from typing import Optional, Sequence, Union
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import kernel_counts as kc  # noqa: E402
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCH_CONFIG = os.path.join(ROOT, "csrc", "kernels", "launch_config.h")
+WEIGHTS_JSON = os.path.join(ROOT, "benchmarks", "sass_weights_sm90.json")
 
-H100_SXM = {
-    "name": "NVIDIA H100 SXM5 (published peaks; smem bandwidth derived)",
-    "fp32_flops": 67e12,
-    "fp64_flops": 34e12,
-    "hbm_bytes_per_s": 3.35e12,
-    "smem_bytes_per_s": 32 * 4 * 132 * 1.98e9,
-    "sms": 132,
-}
+_GH100 = dict(sms=132, clock_hz=1.98e9, issue_per_clk=4, smem_wavefronts_per_clk=1, l1_sectors_per_clk=4,
+              smem_per_sm=228 * 1024, smem_reserved_per_block=1024, regs_per_sm=65536, max_threads_per_sm=2048,
+              max_blocks_per_sm=32, dep_cycles=4, barrier_cycles=20, launch_gap_s=2e-6)
+H100_SXM = dict(_GH100, name="NVIDIA H100 SXM5 (132 SMs, 1.98 GHz boost, HBM3 3.35 TB/s)", hbm_bytes_per_s=3.35e12)
+H200 = dict(_GH100, name="NVIDIA H200 SXM (132 SMs, 1.98 GHz boost, HBM3e 4.8 TB/s)", hbm_bytes_per_s=4.8e12)
+DEVICES = {"H100": H100_SXM, "H200": H200}
 
-FLOPS_BUTTERFLY = 10
-FLOPS_LAG = 14
-FLOPS_SMOOTH = 18
-FLOPS_MOMENTS = 28
-FLOPS_GATHER = 12
+FLOPS_BUTTERFLY = 10  # kept for the flop summary: complex multiply 6 + two complex adds 4
+_STATIC_SMEM = {"prepare": lambda s: 256 * 12}
+NOTE = ("PREDICTION from counted warp instructions (SASS-weighted), shared-memory wavefronts and sectors "
+        "(counts checked against the CPU emulator's counters) - not a measurement; no GPU ran.")
 
 
 def launch_config(path: str = LAUNCH_CONFIG) -> dict:
-    """The constants of launch_config.h that the cost depends on (parsed, so the model cannot drift)."""
+    """The constants of launch_config.h that the counts depend on (parsed, so the model cannot drift)."""
     text = open(path).read()
 
     def const(name):
@@ -68,63 +75,79 @@ def launch_config(path: str = LAUNCH_CONFIG) -> dict:
         return int(eval(m.group(1).replace("std::size_t", ""), {}))  # e.g. "40 * 1024"
 
     return dict(threads=const("kThreads"), rows_smem_budget=const("kRowsSmemBudget"),
-                max_complex_rows=const("kMaxComplexRows"), max_frames_per_block=const("kMaxFramesPerBlock"), min_blocks=const("kMinBlocks"),
-                min_grad_tile=const("kMinGradTile"))
+                max_complex_rows=const("kMaxComplexRows"), max_frames_per_block=const("kMaxFramesPerBlock"),
+                min_blocks=const("kSms"), min_blocks_per_sm=const("kMinBlocksPerSm"), min_grad_tile=const("kMinGradTile"),
+                prep_threads=const("kPrepThreads"), reduce_threads=const("kReduceThreads"))
 
 
-def _complex_rows(cfg, n_fft, scalar_bytes):
-    return int(min(max(cfg["rows_smem_budget"] // (n_fft * 2 * scalar_bytes), 1), cfg["max_complex_rows"]))
+def sass_weights(path: str = WEIGHTS_JSON) -> dict:
+    with open(path) as fh:
+        return json.load(fh)
 
 
-def _fill(cfg, blocks):
-    return 1.0 if blocks >= cfg["min_blocks"] else blocks / cfg["min_blocks"]
+def _trip_sites() -> set:
+    import sass_weights
+
+    return {site for regions in sass_weights.source_regions().values() for site, _, _ in regions}
 
 
-def _frames_per_block(cfg, n_fft, hop, batch, frames):
-    """launch_config.h frames_per_block (same rule: minimise recompute / fill, R assumed n_fft/2)."""
-    start = max(min(-(-2 * n_fft // hop), cfg["max_frames_per_block"]), 1)
-    best, best_cost = start, None
-    for tt in range(start, 0, -1):
-        rows = float(tt * hop)
-        cost = (rows + n_fft) / rows / _fill(cfg, batch * -(-frames // tt))
-        if best_cost is None or cost < best_cost:
-            best, best_cost = tt, cost
-    return best
+def _occupancy(launch, regs, dev, scalar_bytes):
+    threads = launch["threads"]
+    smem = launch["smem"] + _STATIC_SMEM.get(launch["kernel"], lambda s: 0)(scalar_bytes)
+    warps = -(-threads // 32)
+    by_threads = dev["max_threads_per_sm"] // threads
+    regs_per_warp = -(-max(regs or 32, 1) * 32 // 256) * 256
+    by_regs = dev["regs_per_sm"] // (regs_per_warp * warps)
+    by_smem = dev["smem_per_sm"] // (smem + dev["smem_reserved_per_block"])
+    return max(1, min(dev["max_blocks_per_sm"], by_threads, by_regs, by_smem))
 
 
-def _grad_tile(cfg, n_fft, batch, n_samples):
-    """launch_config.h grad_tile (same rule)."""
-    j = max(cfg["min_grad_tile"], 2 * n_fft)
-    best, best_cost = j, None
-    while j >= cfg["threads"]:
-        cost = (j + n_fft) / j / _fill(cfg, batch * -(-n_samples // j))
-        if best_cost is None or cost < best_cost:
-            best, best_cost = j, cost
-        j //= 2
-    return best
+def _dram_bytes(kernel, p: kc.Problem):
+    s = p.scalar_bytes
+    z = p.batch * p.n_samples * 2 * s
+    out = p.batch * p.f * p.frames * s
+    return {"prepare": 4 * p.f * s + p.f * 64 + p.n_fft * s, "smooth": z + out, "moments": z + 6 * out,
+            "param_grad": 7 * out, "grad_z": 2 * z + out}.get(kernel, 0)
 
 
-def _effective_trunc2(truncate, scalar_bytes):
-    if truncate is None or math.isinf(truncate):
-        return 2.0 * 746.0 if scalar_bytes == 8 else 2.0 * 105.0
-    return float(truncate) ** 2
-
-
-def _terms_per_frame(n_fft, sigma_t, sigma_nu, rho, trunc2, d_limit):
-    """Bins visited per frame by each filter: sum over |d| <= radius of the bin_range length."""
-    out = np.zeros(len(sigma_t))
-    slots = np.zeros(len(sigma_t))
-    radii = np.zeros(len(sigma_t), dtype=np.int64)
-    for i, (st, sn, r) in enumerate(zip(sigma_t, sigma_nu, rho)):
-        radius = min(int(math.sqrt(trunc2) * st + 1.0), d_limit)
-        radii[i] = radius
-        d = np.arange(-radius, radius + 1, dtype=np.float64)
-        rest = np.clip(trunc2 - (d / st) ** 2, 0.0, None)
-        half_bins = sn * math.sqrt(1 - r * r) * np.sqrt(rest) * 2 * n_fft
-        bins = np.minimum(2 * np.ceil(half_bins) + 3, n_fft)
-        out[i] = bins.sum()
-        slots[i] = (np.ceil(bins / 32) * 32).sum()  # a warp strides over a row's bins 32 at a time
-    return out, slots, radii
+def kernel_prediction(launch, weights, p: kc.Problem, dev) -> dict:
+    w = weights["weights"]
+    unknown = sorted(k for k in set(launch["sites"]) - set(w) if k in _trip_sites())
+    if unknown:
+        raise ValueError(f"{launch['kernel']}: sites {unknown} have no SASS weight; rerun benchmarks/sass_weights.py")
+    warps_per_block = -(-launch["threads"] // 32)
+    blocks = launch["blocks"]
+    # memory marks carry no weight of their own: their instructions are in the enclosing trip region
+    per_site = {k: v[0] * w.get(k, 0) for k, v in launch["sites"].items()}
+    per_site["_entry"] = blocks * warps_per_block * w.get("_entry", 0)
+    instr = float(sum(per_site.values()))
+    lanes = sum(v[1] for v in launch["sites"].values())
+    trips = sum(v[0] for v in launch["sites"].values())
+    wf = float(sum(v[2] for v in launch["sites"].values()))
+    sec = float(sum(v[3] for v in launch["sites"].values()))
+    occ = _occupancy(launch, weights.get("registers"), dev, p.scalar_bytes)
+    per_sm = -(-blocks // dev["sms"])
+    waves = -(-blocks // (dev["sms"] * occ))
+    clk = dev["clock_hz"]
+    ib, wb, sb = instr / blocks, wf / blocks, sec / blocks
+    bars = launch["block_barriers"] / blocks
+    bounds = dict(
+        issue=per_sm * ib / (dev["issue_per_clk"] * clk),
+        smem=per_sm * wb / (dev["smem_wavefronts_per_clk"] * clk),
+        l1=per_sm * sb / (dev["l1_sectors_per_clk"] * clk),
+        dram=_dram_bytes(launch["kernel"], p) / dev["hbm_bytes_per_s"],
+        latency=waves * (ib / warps_per_block * dev["dep_cycles"] + bars * dev["barrier_cycles"]) / clk,
+    )
+    top_bound = max(bounds.values())
+    # every bound within 2 % of the largest is named: "issue/latency" says both bind
+    limiter = "/".join(k for k, v in sorted(bounds.items(), key=lambda kv: -kv[1]) if v >= 0.98 * top_bound)
+    top = sorted(per_site.items(), key=lambda kv: -kv[1])[:4]
+    return dict(kernel=launch["kernel"], blocks=blocks, blocks_per_sm_resident=occ, waves=waves,
+                busiest_sm_blocks=per_sm, warp_instructions=instr, smem_wavefronts=wf, gmem_sectors=sec,
+                lane_efficiency=lanes / max(1, 32 * trips), block_barriers=launch["block_barriers"],
+                warp_exchanges=launch["warp_exchanges"], bounds_s=bounds, predicted_limiter=limiter,
+                predicted_s=top_bound + dev["launch_gap_s"],
+                instruction_share={k: v / instr for k, v in top})
 
 
 def predict(
@@ -139,13 +162,14 @@ def predict(
     truncate: Optional[float] = 4.0,
     dtype: str = "float32",
     device: dict = H100_SXM,
+    center: Union[None, float, Sequence[float]] = None,
 ) -> dict:
-    """FLOPs, bytes and predicted times (seconds) of the forward and backward CUDA kernels.
+    """Counts and PREDICTED times (seconds) of the forward and backward CUDA launches.
 
-    ``sigma_t`` (samples), ``sigma_nu`` (cycles/sample) and ``rho`` are per filter (arrays) or one
-    value for ``n_filters`` filters. Returns a dict with ``forward`` and ``backward`` entries, each
-    holding ``flops`` (by part), ``dram_bytes``, ``smem_bytes`` and ``predicted_s`` (roofline bound,
-    not a measurement), plus the launch geometry used and the device figures.
+    ``sigma_t`` (samples), ``sigma_nu`` (cycles/sample), ``rho`` and ``center`` (cycles/sample) are
+    per filter (arrays) or one value for ``n_filters`` filters; ``center=None`` spreads the centres
+    evenly over (0, 1/2). Returns ``forward`` / ``backward`` with ``predicted_s`` (sum over the
+    pass's launches) and ``kernels`` (per launch: bounds, limiter, counts), plus the launch geometry.
     """
     if n_fft < 4 or n_fft > 8192 or n_fft & (n_fft - 1):
         raise ValueError(f"n_fft must be a power of two in [4, 8192] for the CUDA kernels, got {n_fft}")
@@ -153,170 +177,81 @@ def predict(
         raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
     arrays = [np.atleast_1d(np.asarray(x, dtype=np.float64)) for x in (sigma_t, sigma_nu, rho)]
     f = n_filters or max(len(a) for a in arrays)
-    sigma_t, sigma_nu, rho = (np.broadcast_to(a, (f,)) for a in arrays)
-    s = 8 if dtype == "float64" else 4
+    if center is None:
+        center = (np.arange(f) + 0.5) / (2.0 * f)
+    arrays.append(np.atleast_1d(np.asarray(center, dtype=np.float64)))
+    sigma_t, sigma_nu, rho, center = (np.broadcast_to(a, (f,)) for a in arrays)
+    prob = kc.Problem(batch, n_samples, n_fft, hop, tuple(center), tuple(sigma_t), tuple(sigma_nu), tuple(rho),
+                      truncate, dtype)
     cfg = launch_config()
-    frames = 1 + n_samples // hop
-    h = (n_fft - 1) // 2
-    trunc2 = _effective_trunc2(truncate, s)
-    d_limit = n_samples - 1 + (frames - 1) * hop
-    terms_f, slots_f, radii = _terms_per_frame(n_fft, sigma_t, sigma_nu, rho, trunc2, d_limit)
-    radius = int(radii.max())
-    cr = _complex_rows(cfg, n_fft, s)
-    rows_per_pass = 2 * cr
-    log2n = int(math.log2(n_fft))
-
-    # Forward / moments kernel: rows each frame tile recomputes, rounded up to whole passes.
-    tt = _frames_per_block(cfg, n_fft, hop, batch, frames)
-    tiles = -(-frames // tt)
-    fwd_rows = 0
-    for tile in range(tiles):
-        t0, t1 = tile * tt, min(frames - 1, tile * tt + tt - 1)
-        lo, hi = max(0, t0 * hop - radius), min(n_samples - 1, t1 * hop + radius)
-        fwd_rows += max(1, -(-(hi - lo + 1) // rows_per_pass)) * rows_per_pass if hi >= lo else rows_per_pass
-    fwd_rows *= batch
-    complex_rows = fwd_rows / 2
-    fft_flops = complex_rows * (n_fft // 2) * log2n * FLOPS_BUTTERFLY
-    lag_flops = complex_rows * n_fft * FLOPS_LAG
-    terms = batch * frames * terms_f.sum()
-    # Lanes issued for those terms: rows shorter than 32 bins leave lanes idle. The compute bound
-    # uses issued lanes; the flops reported are the useful ones.
-    lane_efficiency = float(terms_f.sum() / max(1.0, slots_f.sum()))
-    smem_fft = complex_rows * (n_fft // 2) * log2n * 4 * 2 * s  # 2 loads + 2 stores of complex per butterfly
-    smem_rows = complex_rows * n_fft * 2 * s + terms * s  # lag-row stores + W reads by the smoothing
-    fwd = dict(
-        flops=dict(fft=fft_flops, lag_products=lag_flops, smoothing=terms * FLOPS_SMOOTH),
-        dram_bytes=batch * n_samples * 2 * s + batch * f * frames * s + 4 * f * s,
-        smem_bytes=smem_fft + smem_rows,
-        rows_recomputed_factor=fwd_rows / max(1, batch * n_samples),
-        blocks=batch * tiles,
-        issued_flops_extra=terms * FLOPS_SMOOTH * (1 / lane_efficiency - 1),
-    )
-
-    # Backward: moments pass (same rows) + parameter reduction + grad_z tiles.
-    tile_j = _grad_tile(cfg, n_fft, batch, n_samples)
-    gz_rows = 0
-    for j0 in range(0, n_samples, tile_j):
-        j1 = min(n_samples - 1, j0 + tile_j - 1)
-        lo, hi = max(0, j0 - h), min(n_samples - 1, j1 + h)
-        gz_rows += -(-(hi - lo + 1) // rows_per_pass) * rows_per_pass
-    gz_rows *= batch
-    gz_complex = gz_rows / 2
-    gather_terms = batch * n_samples * (2 * h + 1)  # upper bound: |m| <= h, clipped at the edges
-    gz_fft = gz_complex * (n_fft // 2) * log2n * FLOPS_BUTTERFLY
-    waste = 1 / lane_efficiency - 1
-    kernels = {
-        "moments": dict(flops=fft_flops + lag_flops + terms * FLOPS_MOMENTS, extra=terms * FLOPS_MOMENTS * waste,
-                        dram=batch * n_samples * 2 * s + batch * f * frames * 6 * s,
-                        smem=smem_fft + smem_rows + terms * 5 * s, blocks=batch * tiles),
-        "param_grad": dict(flops=batch * f * frames * 40, extra=0.0, dram=batch * f * frames * 7 * s, smem=0.0,
-                           blocks=f),
-        "grad_z": dict(flops=gz_fft + terms * FLOPS_SMOOTH + gather_terms * FLOPS_GATHER,
-                       extra=terms * FLOPS_SMOOTH * waste,
-                       dram=2 * batch * n_samples * 2 * s + batch * f * frames * s,
-                       smem=gz_complex * (n_fft // 2) * log2n * 4 * 2 * s + gather_terms * 2 * 2 * s + terms * 2 * s,
-                       blocks=batch * -(-n_samples // tile_j)),
-    }
-    bwd = dict(
-        flops=dict(
-            fft=fft_flops + gz_fft,
-            lag_products=lag_flops,
-            moments=terms * FLOPS_MOMENTS,
-            grad_z_scatter=terms * FLOPS_SMOOTH,
-            grad_z_gather=gather_terms * FLOPS_GATHER,
-            param_reduce=batch * f * frames * 40,
-        ),
-        dram_bytes=sum(k["dram"] for k in kernels.values()),
-        smem_bytes=sum(k["smem"] for k in kernels.values()),
-        rows_recomputed_factor=(fwd_rows + gz_rows) / max(1, batch * n_samples),
-        blocks=sum(k["blocks"] for k in kernels.values()),
-        issued_flops_extra=sum(k["extra"] for k in kernels.values()),
-    )
-    peak = device["fp64_flops"] if s == 8 else device["fp32_flops"]
-
-    def kernel_time(flops, extra, dram, smem, blocks):
-        bounds = dict(compute=(flops + extra) / peak, dram=dram / device["hbm_bytes_per_s"],
-                      smem=smem / device["smem_bytes_per_s"])
-        fill = min(1.0, blocks / device["sms"])
-        return bounds, fill, max(bounds.values()) / fill
-
-    # Forward: one kernel (prepare is one tiny block). Backward: the kernels run one after another, so
-    # their predicted times add, each with its own SM fill.
-    fwd_kernels = {"smooth": dict(flops=float(sum(fwd["flops"].values())), extra=fwd["issued_flops_extra"],
-                                  dram=fwd["dram_bytes"], smem=fwd["smem_bytes"], blocks=fwd["blocks"])}
-    for part, ks in ((fwd, fwd_kernels), (bwd, kernels)):
-        part["flops_total"] = float(sum(part["flops"].values()))
-        part["kernels"] = {}
-        total_bounds = dict(compute=0.0, dram=0.0, smem=0.0)
-        total = 0.0
-        for name, k in ks.items():
-            bounds, fill, t = kernel_time(k["flops"], k["extra"], k["dram"], k["smem"], k["blocks"])
-            part["kernels"][name] = dict(blocks=k["blocks"], sm_fill=fill, predicted_s=t,
-                                         predicted_limiter=max(bounds, key=bounds.get))
-            for key in total_bounds:
-                total_bounds[key] += bounds[key]
-            total += t
-        part["predicted_bounds_s"] = total_bounds
-        part["predicted_s"] = total
-        part["sm_fill"] = min(k["sm_fill"] for k in part["kernels"].values())
-        part["predicted_limiter"] = max(total_bounds, key=total_bounds.get)
-    return dict(
-        config=dict(batch=batch, n_samples=n_samples, n_fft=n_fft, hop=hop, n_filters=f, truncate=truncate,
-                    dtype=dtype, frames=frames),
-        lane_efficiency=lane_efficiency,
-        launch=dict(threads=cfg["threads"], complex_rows_per_pass=cr, frames_per_block=tt, grad_tile=tile_j,
-                    max_radius=radius),
-        forward=fwd,
-        backward=bwd,
-        device=device["name"],
-        note="PREDICTION from published peaks (roofline lower bound), not a measurement; no GPU ran.",
-    )
+    counts = kc.plan_counts(prob, cfg)
+    weights = sass_weights()["kernels"][dtype]
+    out = dict(config=dict(batch=batch, n_samples=n_samples, n_fft=n_fft, hop=hop, n_filters=f, truncate=truncate,
+                           dtype=dtype, frames=prob.frames),
+               device=device["name"], note=NOTE, counts=counts)
+    geom = kc.Geometry(prob)
+    s = prob.scalar_bytes
+    out["launch"] = dict(threads=cfg["threads"], complex_rows_per_pass=kc.complex_rows(cfg, n_fft, s),
+                         frames_per_block=kc.frames_per_block(cfg, n_fft, hop, batch, prob.frames),
+                         grad_tile=kc.grad_tile(cfg, n_fft, batch, n_samples), max_radius=geom.max_radius)
+    for part in ("forward", "backward"):
+        ks = [kernel_prediction(L, weights[L["kernel"]], prob, device) for L in counts[part]]
+        bfly = sum(L["sites"].get("fft.bfly", [0, 0])[1] for L in counts[part])
+        out[part] = dict(kernels={k["kernel"]: k for k in ks}, launches=len(ks),
+                         predicted_s=float(sum(k["predicted_s"] for k in ks)),
+                         warp_instructions=float(sum(k["warp_instructions"] for k in ks)),
+                         flops=dict(fft=float(bfly * FLOPS_BUTTERFLY)))
+    return out
 
 
-def spectrogram_widths(window_std: float) -> tuple[float, float]:
-    """(sigma_t, sigma_nu) of the filter equal to a Gaussian-window spectrogram (SPEC §1)."""
-    return window_std / math.sqrt(2.0), 1.0 / (2.0 * math.sqrt(2.0) * math.pi * window_std)
+def s_config_filters(n_filters: int = 80):
+    """(center, sigma_t, sigma_nu, rho) of configuration S (benchmarks/registry.py), float64."""
+    sys.path.insert(0, ROOT)
+    from benchmarks import registry as R
+
+    cfg = R.standard_config(n_filters=n_filters)
+    return [t.numpy() for t in R.config_filters(cfg)], cfg
 
 
 def format_prediction(p: dict) -> str:
     c = p["config"]
-    lines = [f"{p['note']}", f"device model: {p['device']}",
-             "config: B={batch} N={n_samples} n_fft={n_fft} hop={hop} F={n_filters} T={frames} "
-             "truncate={truncate} {dtype}".format(**c),
+    lines = [p["note"], f"device model: {p['device']}",
+             "config: B={batch} N={n_samples} n_fft={n_fft} hop={hop} F={n_filters} T={frames} truncate={truncate} "
+             "{dtype}".format(**c),
              "launch: {threads} threads, {complex_rows_per_pass} complex rows/pass, {frames_per_block} frames/block, "
-             "grad tile {grad_tile}, max radius {max_radius}".format(**p["launch"])
-             + f"; smoothing lane efficiency {p['lane_efficiency']:.2f}"]
-    for name in ("forward", "backward"):
-        e = p[name]
-        parts = ", ".join(f"{k} {v / 1e9:.2f}" for k, v in e["flops"].items())
-        b = e["predicted_bounds_s"]
-        lines.append(
-            f"{name}: {e['flops_total'] / 1e9:.2f} GFLOP ({parts}); DRAM {e['dram_bytes'] / 1e6:.2f} MB; "
-            f"smem {e['smem_bytes'] / 1e9:.2f} GB; rows recomputed x{e['rows_recomputed_factor']:.2f}; "
-            f"{e['blocks']} blocks")
-        per_kernel = ", ".join(f"{k} {v['predicted_s'] * 1e3:.3f} ms ({v['blocks']} blocks, fill {v['sm_fill']:.2f}, "
-                               f"{v['predicted_limiter']})" for k, v in e["kernels"].items())
-        lines.append(
-            f"  predicted {e['predicted_s'] * 1e3:.3f} ms [{per_kernel}]; summed bounds: compute "
-            f"{b['compute'] * 1e3:.3f} ms, DRAM {b['dram'] * 1e3:.3f} ms, smem {b['smem'] * 1e3:.3f} ms")
+             "grad tile {grad_tile}, max radius {max_radius}".format(**p["launch"])]
+    for part in ("forward", "backward"):
+        e = p[part]
+        lines.append(f"{part}: predicted {e['predicted_s'] * 1e3:.3f} ms, {e['launches']} launches, "
+                     f"{e['warp_instructions'] / 1e6:.1f} M warp instructions")
+        for name, k in e["kernels"].items():
+            b = ", ".join(f"{kk} {v * 1e3:.3f}" for kk, v in k["bounds_s"].items())
+            share = ", ".join(f"{kk} {v:.0%}" for kk, v in k["instruction_share"].items())
+            lines.append(f"  {name:<10s} predicted {k['predicted_s'] * 1e3:.3f} ms, limit: {k['predicted_limiter']} "
+                         f"[bounds ms: {b}]; {k['blocks']} blocks ({k['blocks_per_sm_resident']}/SM resident, "
+                         f"busiest SM {k['busiest_sm_blocks']}); {k['warp_instructions'] / 1e6:.1f} M warp instr "
+                         f"(lanes busy {k['lane_efficiency']:.0%}; {share}); {k['smem_wavefronts'] / 1e6:.2f} M "
+                         f"wavefronts, {k['gmem_sectors'] / 1e6:.2f} M sectors")
     return "\n".join(lines)
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description="Predicted cost of the lwvd CUDA kernels on an H100 SXM (not a measurement)")
+    ap = argparse.ArgumentParser(description="PREDICTED cost of the lwvd CUDA kernels on H100 / H200 (not a measurement)")
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--n", type=int, default=16000)
     ap.add_argument("--n-fft", type=int, default=512)
     ap.add_argument("--hop", type=int, default=160)
     ap.add_argument("--filters", type=int, default=80)
-    ap.add_argument("--window-std", type=float, default=None,
-                    help="filters equal to a Gaussian-window spectrogram of this std (samples); default n_fft/6")
     ap.add_argument("--truncate", type=float, default=4.0)
     ap.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    ap.add_argument("--device", default="H100,H200")
     args = ap.parse_args(argv)
-    st, sn = spectrogram_widths(args.window_std or args.n_fft / 6)
-    print(format_prediction(predict(args.batch, args.n, args.n_fft, args.hop, st, sn, 0.0, args.filters,
-                                    args.truncate, args.dtype)))
+    (center, st, sn, rho), _ = s_config_filters(args.filters)
+    for dev in args.device.split(","):
+        p = predict(args.batch, args.n, args.n_fft, args.hop, st, sn, rho, n_filters=args.filters,
+                    truncate=args.truncate, dtype=args.dtype, device=DEVICES[dev], center=center)
+        print(format_prediction(p))
+        print()
 
 
 if __name__ == "__main__":

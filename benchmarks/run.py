@@ -228,13 +228,14 @@ def _cost_model_column():
         return None, f"no H100-prediction column: benchmarks/cost_model.py not usable here ({type(exc).__name__}: {exc})"
 
     def predict(cfg: R.BenchConfig, dtype: str, backward: bool) -> float:
-        _, st, sn, rho = R.config_filters(cfg)
+        c, st, sn, rho = R.config_filters(cfg)
         p = fn(cfg.batch, cfg.n, cfg.n_fft, cfg.hop, st.numpy(), sn.numpy(), rho.numpy(), n_filters=cfg.n_filters,
-               truncate=cfg.truncate, dtype=dtype)
+               truncate=cfg.truncate, dtype=dtype, center=c.numpy())
         return p["forward"]["predicted_s"] + (p["backward"]["predicted_s"] if backward else 0.0)
 
-    return predict, ("'H100 model' column: the CUDA kernels' time PREDICTED by benchmarks/cost_model.py (roofline from "
-                     "H100 SXM published peaks, a lower bound) - not a measurement, no GPU ran")
+    return predict, ("'H100 model' column: the CUDA kernels' time PREDICTED by benchmarks/cost_model.py (emulator-checked "
+                     "counts of warp instructions, SASS-weighted, with shared-memory, latency and wave bounds) - not a "
+                     "measurement, no GPU ran")
 
 
 # --------------------------------------------------------------------------------------------

@@ -453,10 +453,11 @@ def _copy_kernels_without_barrier(dst: Path, header: str, pattern: str) -> tuple
 # (header, function signature pattern, plan mode that runs it). The last __syncthreads of each:
 #   block_fft_rows: the barrier ending each FFT stage; without it stage s+1 reads elements another
 #     thread is still writing in stage s;
-#   lwvd_param_grad_kernel: the barrier of its shared-memory tree reduction (backward).
+#   param_grad_block (the body of lwvd_param_grad_kernel): the barrier of its shared-memory tree
+#     reduction (backward).
 PLANTED_BARRIERS = [
     ("fft.cuh", r"void block_fft_rows\(", "fwd"),
-    ("lwvd_bwd.cuh", r"void .*lwvd_param_grad_kernel\(", "bwd"),
+    ("lwvd_bwd.cuh", r"void param_grad_block\(", "bwd"),
 ]
 
 
@@ -521,3 +522,123 @@ def test_real_kernels_agree_with_reference_at_truncation_ties(builds, tmp_path, 
         v.numpy().astype(p.np_dtype).tofile(tmp_path / f"{name}.bin")
     driver_ok(p.run(builds.get("driver"), part="real kernels plain"))
     check_against_reference(p, TOLERANCES[dtype])
+
+
+# ---------------------------------------------------------------------------------------------
+# The profile: emulator counters vs the cost model's replay (benchmarks/kernel_counts.py)
+# ---------------------------------------------------------------------------------------------
+def emulator_profile(proc) -> list[dict]:
+    """Per launch (plan order): block_barriers, warp_exchanges and {site: [trips, lanes, wavefronts, sectors]}."""
+    launches = {}
+    for m in re.finditer(r"^PROFLAUNCH (\d+) block_barriers (\d+) warp_exchanges (\d+)$", proc.stdout, re.M):
+        launches[int(m.group(1))] = dict(block_barriers=int(m.group(2)), warp_exchanges=int(m.group(3)), sites={})
+    for m in re.finditer(r"^PROF (\d+) (\S+) warp_trips (\d+) lanes (\d+) wavefronts (\d+) sectors (\d+)$",
+                         proc.stdout, re.M):
+        launches[int(m.group(1))]["sites"][m.group(2)] = [int(x) for x in m.groups()[2:]]
+    return [launches[i] for i in sorted(launches)]
+
+
+def replayed_profile(problem: Problem) -> list[dict]:
+    import sys
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import cost_model
+    import kernel_counts
+
+    c = problem.case
+    center, st, sn, rho = (tuple(x.numpy().tolist()) for x in problem.params)
+    kp = kernel_counts.Problem(c.b, c.n, c.n_fft, c.hop, center, st, sn, rho, c.truncate,
+                               "float64" if problem.dtype == torch.float64 else "float32")
+    counts = kernel_counts.plan_counts(kp, cost_model.launch_config())
+    return counts["forward"] + counts["backward"]
+
+
+# Cases that exercise every counted path: several tiles and passes, edges, N < n_fft, truncate=None,
+# F = 33 (two filter chunks), the largest emulated n_fft, several grad_z tiles, float32 and float64.
+PROFILE_CASES = [CASES[0], CASES[1], CASES[5], CASES[7], CASES[10], CASES[11]]
+
+
+@needs_plan
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("case", PROFILE_CASES, ids=str)
+def test_profile_replay_matches_emulator(builds, tmp_path, case, dtype):
+    # The cost model's counts (warp trips, active lanes, shared-memory wavefronts from the real
+    # addresses, global-memory sectors, block barriers, warp shuffles; per launch and per site) must
+    # equal the emulator's counters of the real kernel source exactly: the replay is what scales the
+    # profile to sizes the emulator cannot run (configuration S).
+    p = Problem(case, dtype, tmp_path)
+    proc = p.run(builds.get("driver"), part="profile plain", env={"LWVD_EMU_PROFILE": "1"})
+    driver_ok(proc)
+    emu = emulator_profile(proc)
+    rep = replayed_profile(p)
+    assert len(emu) == len(rep), (len(emu), [r["kernel"] for r in rep])
+    bad = []
+    for i, (e, r) in enumerate(zip(emu, rep)):
+        for k in ("block_barriers", "warp_exchanges"):
+            if e[k] != r[k]:
+                bad.append((i, r["kernel"], k, e[k], r[k]))
+        for site in sorted(set(e["sites"]) | set(r["sites"])):
+            if e["sites"].get(site) != r["sites"].get(site):
+                bad.append((i, r["kernel"], site, e["sites"].get(site), r["sites"].get(site)))
+    assert not bad, "emulator vs replay (launch, kernel, counter, emulator, replay):\n" + "\n".join(map(str, bad))
+    assert any(e["sites"] for e in emu), "the profile counted nothing"
+
+
+@needs_plan
+def test_profile_aborts_on_a_mis_keyed_site(builds, tmp_path):
+    # The counters mean something only if one lane cannot log one warp instruction twice: a mark
+    # whose key misses a loop index must abort. Planted: the FFT butterfly mark without its trip.
+    kdir = tmp_path / "kernels"
+    shutil.copytree(KERNEL_DIR, kdir)
+    fft = kdir / "fft.cuh"
+    fft.write_text(fft.read_text().replace('LWVD_PROF_TRIP("fft.bfly", trip);', 'LWVD_PROF_TRIP("fft.bfly");'))
+    exe = builds.get("driver", kernel_dir=kdir, tag="miskeyed")
+    p = Problem(EmuCase(1, 40, 64, 8, 2), torch.float64, tmp_path / "run")  # 2 butterfly trips per stage
+    proc = p.run(exe, mode="fwd", part="profile plain", env={"LWVD_EMU_PROFILE": "1"})
+    assert proc.returncode != 0 and "mis-keyed site" in proc.stderr, proc.stderr[-3000:]
+
+
+def test_sass_weights_cover_every_profiled_site():
+    # Every LWVD_PROF_TRIP region of the kernel source has a weight in the committed SASS table
+    # (benchmarks/sass_weights_sm90.json, rebuilt by `python benchmarks/sass_weights.py`), and the
+    # table was built from this source: rebuilt here when nvcc and nvdisasm exist.
+    import sys
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import sass_weights
+
+    table = json.loads((ROOT / "benchmarks" / "sass_weights_sm90.json").read_text())["kernels"]
+    sites = {s for regions in sass_weights.source_regions().values() for s, _, _ in regions}
+    have = {s for per_dtype in table.values() for k in per_dtype.values() for s in k["weights"]}
+    assert sites <= have, f"sites without a SASS weight: {sorted(sites - have)}"
+    try:
+        sass_weights.tool("nvdisasm")
+        has_tools = shutil.which("nvcc") is not None
+    except RuntimeError:
+        has_tools = False
+    if has_tools:
+        fresh = sass_weights.weights_from_cubin(sass_weights.build_cubin())
+        assert fresh == table, "benchmarks/sass_weights_sm90.json is stale: run python benchmarks/sass_weights.py"
+
+
+@needs_plan
+@pytest.mark.parametrize("bad, bit", [("sigma_t", 2), ("rho", 8), ("center", 1)])
+def test_invalid_parameters_give_nan_outputs_and_error_flags(builds, tmp_path, bad, bit):
+    # The CUDA path checks parameter values on the device (no host sync): every output of the call
+    # is NaN and the launcher's error word gets the kInvalid* bit (1 non-finite, 2 sigma_t <= 0,
+    # 4 sigma_nu <= 0, 8 |rho| >= 1; csrc/kernels/lwvd_fwd.cuh).
+    p = Problem(CASES[0], torch.float64, tmp_path)
+    values = {"sigma_t": -1.0, "rho": 1.0, "center": float("nan")}
+    name_index = ("center", "sigma_t", "sigma_nu", "rho").index(bad)
+    arr = p.params[name_index].numpy().astype(np.float64).copy()
+    arr[1] = values[bad]
+    arr.tofile(tmp_path / f"{bad}.bin")
+    proc = p.run(builds.get("driver"), part="real kernels plain")
+    driver_ok(proc)
+    assert f"ERROR_FLAGS forward {bit}" in proc.stdout and f"ERROR_FLAGS backward {bit}" in proc.stdout, proc.stdout
+    c = p.case
+    k = p.read("forward", (c.b, c.f, p.t))
+    gz = p.read("grad_z", (c.b, c.n, 2))
+    gp = [p.read(f"grad_{n}", (c.f,)) for n in ("center", "sigma_t", "sigma_nu", "rho")]
+    for name, x in [("forward", k), ("grad_z", gz)] + list(zip(("center", "sigma_t", "sigma_nu", "rho"), gp)):
+        assert torch.isnan(x).all(), f"{name}: not every element is NaN"

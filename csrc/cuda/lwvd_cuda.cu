@@ -3,7 +3,14 @@
 // The kernels and the sequence of launches are torch-free (csrc/kernels/lwvd_plan.cuh); this file
 // only checks arguments (lwvd.h), makes inputs contiguous, allocates outputs and workspaces, and
 // provides the Launcher the plan calls: launches on the current stream with a launch check, the
-// shared-memory opt-in above 48 KiB, and zero-filled workspaces from the caching allocator.
+// shared-memory opt-in above 48 KiB, uninitialised workspaces from the caching allocator, and the
+// persistent error word.
+//
+// No device-to-host synchronisation: only the shapes, dtypes and devices are checked on the host
+// (lwvd::check_shapes); the parameter VALUES are checked by the prepare kernel (lwvd_fwd.cuh):
+// invalid ones make every output of the call NaN and OR their kInvalid* bits into a per-device word
+// that torch.ops.lwvd_cuda.cuda_error_flags(reset) reads (that read is a sync, on request only).
+// Forward: 2 launches (prepare, smooth); backward: 3 (prepare, moments, grad_z + parameter grads).
 //
 //   lwvd_fwd(z (B, N) complex64|complex128, center, sigma_t, sigma_nu, rho (F,) real,
 //            n_fft, hop_length, truncate) -> K (B, F, T) real
@@ -27,6 +34,10 @@
 
 namespace lwvd {
 namespace {
+
+// kInvalid* bits of every call since the last reset, one word per device (a __device__ variable
+// exists once per device context).
+__device__ unsigned g_error_flags = 0;
 
 class CudaLauncher {
  public:
@@ -52,11 +63,18 @@ class CudaLauncher {
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
 
-  // Zero-filled, from the caching allocator, alive until the launcher (the op call) ends; the
-  // allocator's stream semantics keep it valid for the kernels queued on this stream.
+  // Uninitialised (no fill kernel: every kernel writes what it later reads), from the caching
+  // allocator, alive until the launcher (the op call) ends; the allocator's stream semantics keep it
+  // valid for the kernels queued on this stream.
   void* workspace(std::size_t bytes) {
-    buffers_.push_back(at::zeros({static_cast<int64_t>(bytes > 0 ? bytes : 1)}, options_));
+    buffers_.push_back(at::empty({static_cast<int64_t>(bytes > 0 ? bytes : 1)}, options_));
     return buffers_.back().data_ptr();
+  }
+
+  unsigned* error_flags() {
+    void* p = nullptr;
+    C10_CUDA_CHECK(cudaGetSymbolAddress(&p, g_error_flags));  // no sync: a context lookup
+    return static_cast<unsigned*>(p);
   }
 
  private:
@@ -74,7 +92,7 @@ void check_fft_size(int64_t n_fft) {
 at::Tensor lwvd_fwd_cuda(const at::Tensor& z_in, const at::Tensor& center, const at::Tensor& sigma_t,
                          const at::Tensor& sigma_nu, const at::Tensor& rho, int64_t n_fft, int64_t hop_length,
                          double truncate) {
-  check_args(z_in, center, sigma_t, sigma_nu, rho, n_fft, hop_length, truncate);
+  check_shapes(z_in, center, sigma_t, sigma_nu, rho, n_fft, hop_length, truncate);  // values: on the device
   check_fft_size(n_fft);
   TORCH_CHECK_VALUE(z_in.is_cuda(), "lwvd (CUDA): z must be a CUDA tensor");
   const c10::cuda::CUDAGuard guard(z_in.device());
@@ -96,7 +114,7 @@ at::Tensor lwvd_fwd_cuda(const at::Tensor& z_in, const at::Tensor& center, const
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lwvd_bwd_cuda(
     const at::Tensor& grad_in, const at::Tensor& z_in, const at::Tensor& center, const at::Tensor& sigma_t,
     const at::Tensor& sigma_nu, const at::Tensor& rho, int64_t n_fft, int64_t hop_length, double truncate) {
-  check_args(z_in, center, sigma_t, sigma_nu, rho, n_fft, hop_length, truncate);
+  check_shapes(z_in, center, sigma_t, sigma_nu, rho, n_fft, hop_length, truncate);  // values: on the device
   check_grad(grad_in, z_in, center.size(0), hop_length);
   check_fft_size(n_fft);
   TORCH_CHECK_VALUE(z_in.is_cuda(), "lwvd (CUDA): z must be a CUDA tensor");
@@ -121,10 +139,28 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lwvd_bwd_
   return {grad_z, gc, gst, gsn, gr};
 }
 
+// The kInvalid* bits (1 non-finite, 2 sigma_t <= 0, 4 sigma_nu <= 0, 8 |rho| >= 1) of every call on
+// the current CUDA device since the last reset. Waits for the device (a sync): call it when a NaN
+// output needs explaining or at a checkpoint, not in the training step.
+int64_t cuda_error_flags(bool reset) {
+  unsigned flags = 0;
+  C10_CUDA_CHECK(cudaMemcpyFromSymbol(&flags, g_error_flags, sizeof(flags)));
+  if (reset) {
+    const unsigned zero = 0;
+    C10_CUDA_CHECK(cudaMemcpyToSymbol(g_error_flags, &zero, sizeof(zero)));
+  }
+  return static_cast<int64_t>(flags);
+}
+
 }  // namespace
 }  // namespace lwvd
 
 TORCH_LIBRARY_IMPL(lwvd_cuda, CUDA, m) {
   m.impl("lwvd_fwd", &lwvd::lwvd_fwd_cuda);
   m.impl("lwvd_bwd", &lwvd::lwvd_bwd_cuda);
+}
+
+// Defined here, not in ops.cpp: it exists only in builds with the CUDA kernels.
+TORCH_LIBRARY_FRAGMENT(lwvd_cuda, m) {
+  m.def("cuda_error_flags(bool reset=True) -> int", &lwvd::cuda_error_flags);
 }

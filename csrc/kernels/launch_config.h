@@ -50,50 +50,56 @@ inline std::size_t rows_smem_bytes(int complex_rows, int64_t n_fft, std::size_t 
   return static_cast<std::size_t>(complex_rows) * static_cast<std::size_t>(n_fft) * 2 * scalar_bytes;
 }
 
-// Grids smaller than one wave leave SMs idle; tiles smaller than the halo recompute more rows. The
-// tile choices below minimise  recompute(tile) / fill(blocks)  with fill = min(1, blocks / kMinBlocks):
-// the FFT work of the whole grid, stretched by the idle SMs. One wave on the largest target: an H100
-// SXM has 132 SMs (an A100 108). benchmarks/cost_model.py mirrors these rules.
-constexpr int64_t kMinBlocks = 132;
-inline double grid_fill(int64_t blocks) {
-  return blocks >= kMinBlocks ? 1.0 : static_cast<double>(blocks) / static_cast<double>(kMinBlocks);
+// Tile sizes are chosen against whole waves. A grid of `blocks` blocks puts ceil(blocks / kSms)
+// of them on the busiest SM (the blocks resident on one SM share its issue slots), so a kernel takes
+// about  max(ceil(blocks / kSms), kMinBlocksPerSm) x (work of one block),  and a block's work grows with the rows it builds
+// (its tile plus a halo of about n_fft). The rules below minimise exactly that product over the
+// candidate tiles. kSms = 132: one wave on an H100 / H200 SXM (an A100 has 108; the launch plan is
+// the same on every device so that the emulator checks the GPU's geometry). benchmarks/kernel_counts.py
+// mirrors these rules. (The previous rule, recompute / min(1, blocks / 132), took 3 frames per block
+// at configuration S: 136 blocks, so 4 SMs ran two blocks and the kernel took twice one block's time.)
+// An SM also wants at least kMinBlocksPerSm resident blocks: one 8-warp block leaves each of its 4
+// schedulers 2 warps, too few to hide dependent-issue (~4 cycles) and shared-memory (~30 cycles)
+// latency, so one block per SM costs about as much as two. Hence cost = max(busiest, 2) x work.
+constexpr int64_t kSms = 132;
+constexpr int64_t kMinBlocksPerSm = 2;
+inline int64_t busiest_sm_blocks(int64_t blocks) {
+  const int64_t b = (blocks + kSms - 1) / kSms;
+  return b > kMinBlocksPerSm ? b : kMinBlocksPerSm;
 }
 
-// Frames per block TT of the forward / moments kernel. A block recomputes the WVD rows of its frames
-// plus a halo of the largest filter radius R on each side: recompute = (TT*hop + 2R) / (TT*hop). R is
-// only known on the device; filters that resolve bins have R up to about n_fft/2, so the rule assumes
-// R = n_fft/2. Start from TT*hop ~ 2*n_fft (recompute <= 1.5x), cap the pair list per block at 64
-// frames, and go down while recompute/fill improves. At configuration S (B=4, T=101, n_fft=512,
-// hop=160): TT = 3, 136 blocks, instead of 7 and 60 blocks on 132 SMs.
+// Frames per block TT of the forward / moments kernel: a block builds the rows of its frames plus a
+// halo of the largest filter radius R on each side, TT*hop + 2R rows; R is only known on the device
+// and filters that resolve bins have R up to about n_fft/2, so the rule takes 2R = n_fft. Candidates
+// TT = 1 .. min(64, ceil(4 n_fft / hop)); ties go to the smaller TT. At configuration S (B=4, T=101,
+// n_fft=512, hop=160): TT = 2, 204 blocks (at most 2 per SM).
 constexpr int64_t kMaxFramesPerBlock = 64;
 inline int64_t frames_per_block(int64_t n_fft, int64_t hop, int64_t batch, int64_t frames) {
-  int64_t start = (2 * n_fft + hop - 1) / hop;
-  if (start > kMaxFramesPerBlock) start = kMaxFramesPerBlock;
-  if (start < 1) start = 1;
-  int64_t best = start;
-  double best_cost = 0.0;
-  for (int64_t tt = start; tt >= 1; --tt) {
-    const double rows = static_cast<double>(tt * hop);
+  int64_t top = (4 * n_fft + hop - 1) / hop;
+  if (top > kMaxFramesPerBlock) top = kMaxFramesPerBlock;
+  if (top < 1) top = 1;
+  int64_t best = 1;
+  int64_t best_cost = -1;
+  for (int64_t tt = 1; tt <= top; ++tt) {
     const int64_t blocks = batch * ((frames + tt - 1) / tt);
-    const double cost = (rows + static_cast<double>(n_fft)) / rows / grid_fill(blocks);
-    if (tt == start || cost < best_cost) { best = tt; best_cost = cost; }
+    const int64_t cost = busiest_sm_blocks(blocks) * (tt * hop + n_fft);
+    if (best_cost < 0 || cost < best_cost) { best = tt; best_cost = cost; }
   }
   return best;
 }
 
-// Output samples per block J of the grad_z kernel. The block recomputes the A rows within
-// h = n_fft/2 of its tile: recompute = (J + n_fft) / J. Start from J = max(1024, 2*n_fft) (<= 1.5x),
-// and halve (never below kThreads, so every thread owns a sample) while recompute/fill improves.
-// At configuration S: J = 512, 128 blocks (1024 would give 64 blocks; 256, 3x recompute).
+// Output samples per block J of the grad_z kernel: the block builds the A rows within h = n_fft/2 of
+// its tile, J + n_fft rows. Candidates: powers of two from kThreads (every thread owns a sample) to
+// max(1024, 4 n_fft); ties go to the smaller J. At configuration S: J = 256, 252 blocks.
 constexpr int64_t kMinGradTile = 1024;
 inline int64_t grad_tile(int64_t n_fft, int64_t batch, int64_t n_samples) {
-  int64_t j = 2 * n_fft > kMinGradTile ? 2 * n_fft : kMinGradTile;
-  int64_t best = j;
-  double best_cost = 0.0;
-  for (bool first = true; j >= kThreads; j /= 2, first = false) {
+  const int64_t top = 4 * n_fft > kMinGradTile ? 4 * n_fft : kMinGradTile;
+  int64_t best = kThreads;
+  int64_t best_cost = -1;
+  for (int64_t j = kThreads; j <= top; j *= 2) {
     const int64_t blocks = batch * ((n_samples + j - 1) / j);
-    const double cost = static_cast<double>(j + n_fft) / static_cast<double>(j) / grid_fill(blocks);
-    if (first || cost < best_cost) { best = j; best_cost = cost; }
+    const int64_t cost = busiest_sm_blocks(blocks) * (j + n_fft);
+    if (best_cost < 0 || cost < best_cost) { best = j; best_cost = cost; }
   }
   return best;
 }

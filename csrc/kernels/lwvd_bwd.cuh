@@ -11,7 +11,7 @@
 //
 // grad_z: a block owns samples [j0, j0 + J) of one batch item (output-stationary) and walks the rows
 // n within h = M/2 - 1 of them in passes of 2*CR rows. A pass builds A[n, k] = sum_{f,t} G norm E
-// (two real rows per complex row, bit-reversed), FFTs it, recovers Ahat of both rows from X[m] and
+// (two real rows per complex row, natural order, then permuted to bit-reversed), FFTs it, recovers Ahat of both rows from X[m] and
 // X[-m], and each thread adds 4 * z[2n - j] * conj(Ahat[n, j - n]) to the samples j it owns. The
 // thread that owns j is the only writer of grad_z[j]: no atomics, bitwise reproducible.
 #pragma once
@@ -37,16 +37,22 @@ struct ParamGradArgs {
   int64_t batch, n_filters, n_frames;
 };
 
-// grid.x = F, block = kReduceThreads.
+// One block (kReduceThreads threads) per filter f; `red` is 4 * kReduceThreads scalars of shared
+// memory (the launch's dynamic shared memory).
 template <typename scalar_t>
-__global__ void __launch_bounds__(config::kReduceThreads) lwvd_param_grad_kernel(const ParamGradArgs<scalar_t> a) {
-  __shared__ scalar_t red[4][config::kReduceThreads];
-  const int64_t f = blockIdx.x;
+__device__ __forceinline__ void param_grad_block(const ParamGradArgs<scalar_t>& a, int64_t f, unsigned invalid) {
+  LWVD_DYNAMIC_SMEM(scalar_t, red_flat);
+  scalar_t(*red)[config::kReduceThreads] = reinterpret_cast<scalar_t(*)[config::kReduceThreads]>(red_flat);
   const int tid = static_cast<int>(threadIdx.x);
+  if (invalid) {  // invalid parameters: NaN gradients (lwvd_fwd.cuh, kInvalid*)
+    if (tid == 0)
+      a.grad_center[f] = a.grad_sigma_t[f] = a.grad_sigma_nu[f] = a.grad_rho[f] = static_cast<scalar_t>(NAN);
+    return;
+  }
   const FilterGeometry<scalar_t> g = a.geom[f];
   const scalar_t st = a.sigma_t[f], sn = a.sigma_nu[f], r = g.rho, inv = g.inv_1mr2, norm = g.norm;
   // Reciprocals once per filter: the loop below then has no division (a SASS subroutine call).
-  const scalar_t ist = scalar_t(1) / st, isn = scalar_t(1) / sn;
+  const scalar_t ist = g.inv_sigma_t, isn = g.inv_sigma_nu;  // no division (a slow-path call in SASS)
   const scalar_t ist2 = ist * ist, isn2 = isn * isn, istsn = ist * isn;
   scalar_t acc[4] = {0, 0, 0, 0};
   // Thread tid visits flat indices i = tid, tid + blockDim, ... of (b, t), kept as a (b, t) pair
@@ -54,6 +60,7 @@ __global__ void __launch_bounds__(config::kReduceThreads) lwvd_param_grad_kernel
   int64_t b = 0, t = tid;
   while (t >= a.n_frames && b < a.batch) { t -= a.n_frames; ++b; }
   for (; b < a.batch;) {
+    LWVD_PROF_TRIP("pg.term", (b * a.n_frames + t - tid) / config::kReduceThreads);
     const int64_t o = (b * a.n_filters + f) * a.n_frames + t;
     const scalar_t G = a.grad_out[o];
     const scalar_t* m = a.moments + o * config::kMoments;
@@ -74,8 +81,10 @@ __global__ void __launch_bounds__(config::kReduceThreads) lwvd_param_grad_kernel
   for (int i = 0; i < 4; ++i) red[i][tid] = acc[i];
   __syncthreads();
   for (int s = config::kReduceThreads / 2; s > 0; s >>= 1) {
-    if (tid < s)
+    if (tid < s) {
+      LWVD_PROF_TRIP("pg.reduce");
       for (int i = 0; i < 4; ++i) red[i][tid] += red[i][tid + s];
+    }
     __syncthreads();
   }
   if (tid == 0) {
@@ -104,11 +113,11 @@ struct GradZArgs {
 };
 
 template <typename scalar_t>
-__global__ void __launch_bounds__(config::kThreads) lwvd_grad_z_kernel(const GradZArgs<scalar_t> a) {
+__device__ __forceinline__ void grad_z_block(const GradZArgs<scalar_t>& a, unsigned block) {
   LWVD_DYNAMIC_SMEM(cplx<scalar_t>, rows);
   const unsigned tiles = static_cast<unsigned>(a.tiles_per_item);  // 32-bit: see lwvd_smooth_kernel
-  const int64_t b = blockIdx.x / tiles;
-  const int64_t j0 = static_cast<int64_t>(blockIdx.x % tiles) * a.tile;
+  const int64_t b = block / tiles;
+  const int64_t j0 = static_cast<int64_t>(block % tiles) * a.tile;
   const scalar_t inv_two_m = static_cast<scalar_t>(a.inv_two_m);  // k * (1/2M) == k / 2M: 2M = 2^k
   const int64_t j1 = imin(a.n_samples - 1, j0 + a.tile - 1);  // last owned sample
   const int64_t h = max_lag(a.n_fft);
@@ -129,20 +138,31 @@ __global__ void __launch_bounds__(config::kThreads) lwvd_grad_z_kernel(const Gra
   const scalar_t* Gb = a.grad_out + b * a.n_filters * a.n_frames;
 
   // Thread tid owns the samples j0 + tid + i*nthreads of the tile; it zeroes them here and is their
-  // only writer afterwards.
+  // only writer afterwards. (Storing on the first visit instead of zeroing made ptxas spill on sm_80.)
   LWVD_NO_UNROLL
-  for (int64_t j = j0 + tid; j <= j1; j += nthreads) gz[j] = cplx<scalar_t>{0, 0};
+  for (int64_t j = j0 + tid; j <= j1; j += nthreads) {
+    LWVD_PROF_TRIP("gz.zero", (j - j0 - tid) / nthreads);
+    LWVD_PROF_GMEM("gz.zero_st", &gz[j], (j - j0 - tid) / nthreads);
+    gz[j] = cplx<scalar_t>{0, 0};
+  }
 
   for (int64_t pass = 0; pass < passes; ++pass) {
+    LWVD_PROF_TRIP("gz.pass");
     const int64_t r0 = row_lo + pass * rows_per_pass;
     const int64_t pass_hi = imin(row_hi, r0 + rows_per_pass - 1);
     LWVD_NO_UNROLL
-    for (int i = tid; i < a.complex_rows * n; i += nthreads) rows[i] = cplx<scalar_t>{0, 0};
+    for (int i = tid; i < a.complex_rows * n; i += nthreads) {
+      LWVD_PROF_TRIP("gz.rowzero", (i - tid) / nthreads);
+      LWVD_PROF_SMEM("gz.rowzero_st", &rows[i], (i - tid) / nthreads);
+      rows[i] = cplx<scalar_t>{0, 0};
+    }
     __syncthreads();
 
     // A rows: warp w builds real rows w, w + nwarps, ...; within a row, lane L alone writes the bins
     // k = L (mod 32), so no two lanes ever touch the same element (no __syncwarp needed).
     for (int r = warp; r < rows_per_pass; r += nwarps) {
+      [[maybe_unused]] const int rtrip = (r - warp) / nwarps;  // profile key
+      LWVD_PROF_TRIP("gz.row", rtrip);
       const int64_t s = r0 + r;
       if (s > pass_hi) continue;
       scalar_t* row = reinterpret_cast<scalar_t*>(rows + (r >> 1) * n) + (r & 1);  // re or im part
@@ -159,6 +179,7 @@ __global__ void __launch_bounds__(config::kThreads) lwvd_grad_z_kernel(const Gra
       while (t_hi > 0 && t_hi * a.hop > s + radius) --t_hi;
       t_hi = imin(a.n_frames - 1, t_hi);
       for (int64_t t = t_lo; t <= t_hi; ++t) {
+        LWVD_PROF_TRIP("gz.frame", rtrip, t - t_lo);
         const int64_t d = s - t * a.hop;
         const scalar_t ds = static_cast<scalar_t>(d);
         // Filters in chunks of 32: lane i computes filter f0 + i's bin range and weight, then the warp
@@ -166,35 +187,46 @@ __global__ void __launch_bounds__(config::kThreads) lwvd_grad_z_kernel(const Gra
         // out-of-line slow paths in SASS; calling them here, where the bin loop's state is not live,
         // keeps the kernel free of register spills.
         for (int64_t f0 = 0; f0 < a.n_filters; f0 += kWarpSize) {
-          int lo = 1, hi = 0;
+          LWVD_PROF_TRIP("gz.chunk", rtrip, t - t_lo, f0 / kWarpSize);
+          int range = 1;  // k_lo | k_hi << 16 (bins < 8192); 1 = empty (k_lo 1 > k_hi 0)
           scalar_t gw = 0;
           if (f0 + lane < a.n_filters) {
             const FilterGeometry<scalar_t>& g = a.geom[f0 + lane];
             if (d <= g.d_radius && -d <= g.d_radius) {
+              LWVD_PROF_TRIP("gz.binrange", rtrip, t - t_lo, f0 / kWarpSize);
               int64_t k_lo, k_hi;
               bin_range(g, d, a.trunc2, a.n_fft, &k_lo, &k_hi);
-              lo = static_cast<int>(k_lo);
-              hi = static_cast<int>(k_hi);
+              range = static_cast<int>(k_lo) | (static_cast<int>(k_hi) << 16);
               gw = Gb[(f0 + lane) * a.n_frames + t] * g.norm;
             }
           }
           const int chunk = static_cast<int>(imin(kWarpSize, a.n_filters - f0));
           for (int i = 0; i < chunk; ++i) {  // warp-uniform trip count: full-mask shuffles
-            const int k_lo = __shfl_sync(kFullMask, lo, i);
-            const int k_hi = __shfl_sync(kFullMask, hi, i);
+            const int rg = __shfl_sync(kFullMask, range, i);
+            const int k_lo = rg & 0xffff, k_hi = rg >> 16;
             const scalar_t w = __shfl_sync(kFullMask, gw, i);
+            LWVD_PROF_TRIP("gz.filter");  // the epoch (after this filter's shuffles) is the key
             if (k_lo > k_hi) continue;
             const FilterGeometry<scalar_t>& g = a.geom[f0 + i];
             const int first = k_lo + ((lane - (k_lo & (kWarpSize - 1))) & (kWarpSize - 1));
+            LWVD_NO_UNROLL  // rolled: ~1 trip per row at typical widths; the profile weighs one trip
             for (int k = first; k <= k_hi; k += kWarpSize) {
+              LWVD_PROF_TRIP("gz.bin", (k - k_lo) / kWarpSize);
               const scalar_t v = static_cast<scalar_t>(k) * inv_two_m - g.center;
               const scalar_t q = quad_form(g, ds, v);
-              if (q <= trunc2) row[2 * bit_reverse(k, a.log2_fft)] += w * lwvd_exp(scalar_t(-0.5) * q);
+              // read-modify-write for every lane (adding 0 past the ellipse): the same accesses
+              // whatever q is, so the access counts do not depend on rounding
+              scalar_t* dst = &row[2 * k];  // natural order: block_bitrev_rows permutes before the FFT
+              LWVD_PROF_SMEM("gz.scatter_ld", dst, (k - k_lo) / kWarpSize);
+              LWVD_PROF_SMEM("gz.scatter_st", dst, (k - k_lo) / kWarpSize);
+              *dst += q <= trunc2 ? w * lwvd_exp(scalar_t(-0.5) * q) : scalar_t(0);
             }
           }
         }
       }
     }
+    __syncthreads();
+    block_bitrev_rows<config::kThreads>(rows, a.complex_rows, a.log2_fft);
     __syncthreads();
     block_fft_rows<config::kThreads>(rows, a.complex_rows, a.log2_fft, a.twiddles);  // ends with __syncthreads
 
@@ -205,14 +237,21 @@ __global__ void __launch_bounds__(config::kThreads) lwvd_grad_z_kernel(const Gra
     const int jj0 = off <= tid ? tid : tid + ((off - tid + nthreads - 1) / nthreads) * nthreads;
     LWVD_NO_UNROLL
     for (int64_t j = j0 + jj0; j <= jw_hi; j += nthreads) {
+      [[maybe_unused]] const int jtrip = static_cast<int>((j - j0 - jj0) / nthreads);  // profile key
+      LWVD_PROF_TRIP("gz.gather_j", jtrip);
       const int64_t s_lo = imax(r0, j - h), s_hi = imin(pass_hi, j + h);
       scalar_t accr = 0, acci = 0;
+      LWVD_NO_UNROLL  // rolled: one trip is what the profile's SASS weight counts
       for (int64_t s = s_lo; s <= s_hi; ++s) {
+        LWVD_PROF_TRIP("gz.gather_s", jtrip, s - s_lo);
         const int64_t m = j - s;
         const int64_t zi = 2 * s - j;
         if (zi < 0 || zi >= a.n_samples) continue;
         const int r = static_cast<int>(s - r0);
         const cplx<scalar_t>* X = rows + (r >> 1) * n;
+        LWVD_PROF_SMEM("gz.xp", &X[m & (n - 1)], jtrip, s - s_lo);
+        LWVD_PROF_SMEM("gz.xm", &X[(-m) & (n - 1)], jtrip, s - s_lo);
+        LWVD_PROF_GMEM("gz.z", &zb[zi], jtrip, s - s_lo);
         const cplx<scalar_t> xp = X[m & (n - 1)], xm = X[(-m) & (n - 1)];
         scalar_t ar, ai;  // Ahat[s, m]
         if ((r & 1) == 0) {  // (X[m] + conj(X[-m])) / 2
@@ -226,11 +265,33 @@ __global__ void __launch_bounds__(config::kThreads) lwvd_grad_z_kernel(const Gra
         accr += zz.re * ar + zz.im * ai;  // z * conj(Ahat)
         acci += zz.im * ar - zz.re * ai;
       }
+      LWVD_PROF_GMEM("gz.store_ld", &gz[j], jtrip);
       const cplx<scalar_t> old = gz[j];
-      gz[j] = cplx<scalar_t>{old.re + scalar_t(4) * accr, old.im + scalar_t(4) * acci};
+      const cplx<scalar_t> v{old.re + scalar_t(4) * accr, old.im + scalar_t(4) * acci};
+      LWVD_PROF_GMEM("gz.store_st", &gz[j], jtrip);
+      gz[j] = v;
     }
     __syncthreads();  // the next pass overwrites the rows
   }
+}
+
+// The parameter gradients (grid.x = F, one filter per block) and grad_z (grid.x = B * tiles) are two
+// launches. One launch with both roles (blocks past the grad_z tiles doing a filter each) would save
+// a launch, but ptxas then spilled 28 B in the float32 kernel on sm_80 (bin_range's slow-path calls
+// with more values live), which the build forbids; docs/cuda_kernels.md.
+template <typename scalar_t>
+__global__ void __launch_bounds__(config::kReduceThreads) lwvd_param_grad_kernel(const ParamGradArgs<scalar_t> a,
+                                                                                  const unsigned* invalid) {
+  LWVD_PROF_TRIP("grad.role_pg");
+  param_grad_block(a, static_cast<int64_t>(blockIdx.x), *invalid);
+}
+
+template <typename scalar_t>
+__global__ void __launch_bounds__(config::kThreads) lwvd_grad_z_kernel(const GradZArgs<scalar_t> a) {
+  // Invalid parameters need no test here: the prepare kernel then writes NaN twiddles, which make
+  // every sample of grad_z NaN (each has its m = 0 term).
+  LWVD_PROF_TRIP("grad.role_gz");
+  grad_z_block(a, blockIdx.x);
 }
 
 }  // namespace lwvd

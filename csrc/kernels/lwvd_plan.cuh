@@ -8,8 +8,12 @@
 //     // Launch kernel(args...) on grid x block threads with `smem_bytes` of dynamic shared memory.
 //     template <typename... KArgs, typename... Args>
 //     void launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, std::size_t smem_bytes, Args... args);
-//     // A zero-filled device buffer of `bytes` (16-byte aligned) that lives until the plan returns.
+//     // An UNINITIALISED device buffer of `bytes` (16-byte aligned) that lives until the plan's
+//     // kernels are done (every kernel writes what it later reads; nothing relies on zeros).
 //     void* workspace(std::size_t bytes);
+//     // Optional: a persistent device word the prepare kernel ORs the kInvalid* bits of invalid
+//     // parameters into (lwvd_fwd.cuh); without it only the NaN outputs report them.
+//     unsigned* error_flags();
 //   };
 //   lwvd::FwdProblem<float> p{z, center, sigma_t, sigma_nu, rho, out, B, N, F, n_fft, hop, truncate};
 //   lwvd::run_forward(L, p);              // out (B, F, T) = K
@@ -22,10 +26,12 @@
 // [4, 8192], truncate > 0 (+inf = every term), parameters finite with sigma > 0 and |rho| < 1.
 // The kernels take every grid dimension on x (B * tiles), so y/z limits never bind.
 //
-// Launch sequence:
-//   forward : prepare (1 block) -> smooth<false> (B * ceil(T / TT) blocks)
+// Launch sequence (no host sync anywhere, no fill kernels):
+//   forward : prepare (1 block) -> smooth<false> (B * ceil(T / TT) blocks)               2 launches
 //   backward: prepare -> smooth<true> (moments to a workspace) -> param_grad (F blocks)
-//             -> grad_z (B * ceil(N / J) blocks)
+//             -> grad_z (B * ceil(N / J) blocks)                                          4 launches
+// Parameter values are checked on the device (prepare): invalid ones make every output NaN and set
+// the launcher's error flags (lwvd_fwd.cuh, kInvalid*).
 // Every tile / block / shared-memory choice is in launch_config.h.
 #pragma once
 
@@ -99,10 +105,21 @@ struct Prepared {
   FilterGeometry<scalar_t>* geom;
   cplx<scalar_t>* twiddles;
   int64_t* max_radius;
+  unsigned* invalid;
   double trunc2;
 };
 
 inline std::size_t align16(std::size_t x) { return (x + 15) & ~std::size_t{15}; }
+
+// L.error_flags() when the launcher has one, else null.
+template <class L>
+auto error_flags_of(L& l, int) -> decltype(l.error_flags()) {
+  return l.error_flags();
+}
+template <class L>
+unsigned* error_flags_of(L&, long) {
+  return nullptr;
+}
 
 template <class Launcher, typename scalar_t>
 Prepared<scalar_t> prepare(Launcher& L, const scalar_t* center, const scalar_t* sigma_t, const scalar_t* sigma_nu,
@@ -113,11 +130,13 @@ Prepared<scalar_t> prepare(Launcher& L, const scalar_t* center, const scalar_t* 
       L.workspace(align16(sizeof(FilterGeometry<scalar_t>) * static_cast<std::size_t>(n_filters))));
   pr.twiddles = static_cast<cplx<scalar_t>*>(
       L.workspace(align16(sizeof(cplx<scalar_t>) * static_cast<std::size_t>(n_fft / 2))));
-  pr.max_radius = static_cast<int64_t*>(L.workspace(16));
+  unsigned char* small = static_cast<unsigned char*>(L.workspace(32));  // max_radius, invalid
+  pr.max_radius = reinterpret_cast<int64_t*>(small);
+  pr.invalid = reinterpret_cast<unsigned*>(small + 16);
   pr.trunc2 = effective_trunc2<scalar_t>(truncate);
   const int64_t frames = num_frames(n_samples, hop);
-  PrepareArgs<scalar_t> a{center, sigma_t, sigma_nu, rho, pr.geom, pr.twiddles, pr.max_radius,
-                          n_filters, n_fft, n_samples - 1 + (frames - 1) * hop, pr.trunc2};
+  PrepareArgs<scalar_t> a{center, sigma_t, sigma_nu, rho, pr.geom, pr.twiddles, pr.max_radius, pr.invalid,
+                          error_flags_of(L, 0), n_filters, n_fft, n_samples - 1 + (frames - 1) * hop, pr.trunc2};
   L.launch(lwvd_prepare_kernel<scalar_t>, dim3(1), dim3(config::kPrepThreads), 0, a);
   return pr;
 }
@@ -129,6 +148,7 @@ void smooth(Launcher& L, const Prepared<scalar_t>& pr, const scalar_t* z, scalar
   a.z = reinterpret_cast<const cplx<scalar_t>*>(z);
   a.geom = pr.geom;
   a.max_radius = pr.max_radius;
+  a.invalid = pr.invalid;
   a.twiddles = pr.twiddles;
   a.out = out;
   a.n_samples = n_samples;
@@ -178,11 +198,11 @@ void run_backward(Launcher& L, const BwdProblem<scalar_t>& p) {
   }
   // With B = 0 the parameter gradients are sums over nothing: the kernel still runs (F blocks) and
   // writes zeros, reading no moments.
+  if (p.n_filters > INT32_MAX) throw std::invalid_argument("lwvd plan: too many filters");
   ParamGradArgs<scalar_t> g{p.grad_out, moments, pr.geom, p.sigma_t, p.sigma_nu, p.grad_center, p.grad_sigma_t,
                             p.grad_sigma_nu, p.grad_rho, p.batch, p.n_filters, frames};
-  if (p.n_filters > INT32_MAX) throw std::invalid_argument("lwvd plan: too many filters");
   L.launch(lwvd_param_grad_kernel<scalar_t>, dim3(static_cast<unsigned>(p.n_filters)), dim3(config::kReduceThreads),
-           0, g);
+           4 * config::kReduceThreads * sizeof(scalar_t), g, static_cast<const unsigned*>(pr.invalid));
   if (p.batch == 0) return;
 
   GradZArgs<scalar_t> a;

@@ -238,9 +238,18 @@ struct LaunchStats {
   uint64_t launches = 0, blocks = 0, block_barriers = 0, warp_exchanges = 0;
   size_t max_dynamic_smem = 0;
   unsigned max_threads = 0;
+  // Profile of one launch (LWVD_EMU_PROFILE=1): per site of a LWVD_PROF_* macro, warp-level counts.
+  struct SiteCounts {
+    uint64_t warp_trips = 0;   // warp instructions of the site: groups of lanes in one (epoch, key)
+    uint64_t lanes = 0;        // active lanes summed over those groups
+    uint64_t wavefronts = 0;   // shared memory: max distinct 4-byte words per bank, summed
+    uint64_t sectors = 0;      // global memory: distinct 32-byte sectors, summed
+  };
   struct Entry {
     dim3 grid, block;
     size_t smem;
+    uint64_t block_barriers = 0, warp_exchanges = 0;
+    std::vector<std::pair<int, SiteCounts>> sites;  // (site id, counts), by site id
   };
   std::vector<Entry> log;  // every launch, in order
 };
@@ -248,6 +257,17 @@ inline LaunchStats& stats() {
   static LaunchStats s;
   return s;
 }
+
+// One lane's execution of a LWVD_PROF_* site (csrc/kernels/lwvd_prof.cuh).
+enum class ProfKind : uint8_t { trip, smem, gmem };
+struct ProfEvent {
+  uint32_t epoch;
+  uint16_t site;
+  ProfKind kind;
+  uint8_t bytes;
+  uint64_t key;
+  uint64_t addr;
+};
 
 struct Launch {
   dim3 grid, block;
@@ -266,6 +286,11 @@ struct Launch {
   std::atomic<uint64_t> progress{0};
   std::atomic<int> waiting{0};
   std::atomic<uint64_t> n_block_barriers{0}, n_warp_exchanges{0};
+  // Profiling (LWVD_EMU_PROFILE=1): per thread, its epoch (warp exchanges + block barriers passed in
+  // this block) and its events; merged per warp by the inter-block completer after every block.
+  std::vector<uint32_t> prof_epoch;
+  std::vector<std::vector<ProfEvent>> prof_log;
+  std::vector<LaunchStats::SiteCounts> prof_sites;  // by site id
 };
 
 inline Launch*& current() {
@@ -295,6 +320,7 @@ inline void syncthreads_at(const char* file, int line) {
   L.wait_line[tid].store(line, std::memory_order_relaxed);
   L.block_bar.arrive_and_wait([&L] { block_barrier_complete(L); }, L.waiting);
   L.wait_file[tid].store(nullptr, std::memory_order_relaxed);
+  ++L.prof_epoch[tid];  // profiling: a block barrier separates warp instructions
 }
 
 // Runs once per __syncthreads, in the thread that completes it (last arrival or last exit).
@@ -371,6 +397,7 @@ inline auto warp_exchange(const char* what, const char* file, int line, unsigned
   }
   auto result = read(w.value[p], lane);
   L.wait_file[tid].store(nullptr, std::memory_order_relaxed);
+  ++L.prof_epoch[tid];  // profiling: every lane of the warp passes the same exchanges
   if (lane == 0) L.n_warp_exchanges.fetch_add(1, std::memory_order_relaxed);
   return result;
 }
@@ -423,11 +450,133 @@ inline void syncwarp(const char* file, int line, unsigned mask) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Profiling counters (LWVD_EMU_PROFILE=1): what the cost model (benchmarks/cost_model.py) replays.
+//
+// The kernels mark loop trips and memory accesses with LWVD_PROF_TRIP / LWVD_PROF_SMEM /
+// LWVD_PROF_GMEM (csrc/kernels/lwvd_prof.cuh; empty under nvcc). Each lane logs (epoch, site, key):
+// the epoch counts the warp exchanges and block barriers the lane has passed in this block (all lanes
+// of a warp pass the same ones), and the key is the lane's loop-trip indices of the enclosing loop
+// nest. Under SIMT, trip i of a loop issues once for the lanes that run their own i-th trip, so the
+// lanes of one warp with equal (epoch, site, key) are one warp instruction. A lane logging one
+// (epoch, site, key) twice is a mis-keyed site and aborts the run.
+// Per warp instruction: active lanes; for shared memory the wavefronts = max over the 32 banks of the
+// distinct 4-byte words the lanes touch (broadcast of one word is free; 8- and 16-byte accesses
+// touch 2 and 4 words), addresses relative to the dynamic shared-memory base; for global memory the
+// distinct 32-byte sectors (absolute addresses: the driver and workspaces are 256-byte aligned, as
+// cudaMalloc is).
+// ---------------------------------------------------------------------------------------------
+inline bool prof_enabled() {
+  static const bool on = [] {
+    const char* s = std::getenv("LWVD_EMU_PROFILE");
+    return s && *s && std::string(s) != "0";
+  }();
+  return on;
+}
+
+struct SiteRegistry {
+  std::mutex mu;
+  std::vector<std::string> names;
+};
+inline SiteRegistry& site_registry() {
+  static SiteRegistry r;
+  return r;
+}
+inline int site_id(const char* name) {
+  SiteRegistry& r = site_registry();
+  std::lock_guard<std::mutex> lk(r.mu);
+  for (size_t i = 0; i < r.names.size(); ++i)
+    if (r.names[i] == name) return static_cast<int>(i);
+  r.names.emplace_back(name);
+  return static_cast<int>(r.names.size() - 1);
+}
+inline std::string site_name(int id) {
+  SiteRegistry& r = site_registry();
+  std::lock_guard<std::mutex> lk(r.mu);
+  return r.names.at(static_cast<size_t>(id));
+}
+
+inline void prof_event(ProfKind kind, int site, uint64_t key, const void* ptr, size_t bytes) {
+  if (!prof_enabled()) return;
+  Launch& L = *current();
+  const uint32_t tid = t_tid;
+  uint64_t addr = reinterpret_cast<uint64_t>(ptr);
+  if (kind == ProfKind::smem && L.smem) {
+    const uint64_t base = reinterpret_cast<uint64_t>(L.smem);
+    if (addr >= base && addr < base + L.smem_bytes) addr -= base;  // dynamic smem: relative to its base
+  }
+  L.prof_log[tid].push_back(ProfEvent{L.prof_epoch[tid], static_cast<uint16_t>(site), kind,
+                                      static_cast<uint8_t>(bytes), key, addr});
+}
+
+// Runs in the inter-block completer (every thread of the block has finished, acquire-ordered).
+inline void prof_merge_block(Launch& L) {
+  const uint32_t nwarps = (L.nthreads + 31) / 32;
+  std::vector<std::pair<ProfEvent, uint32_t>> ev;  // (event, lane)
+  for (uint32_t w = 0; w < nwarps; ++w) {
+    ev.clear();
+    for (uint32_t t = w * 32; t < std::min(L.nthreads, (w + 1) * 32); ++t) {
+      for (const ProfEvent& e : L.prof_log[t]) ev.emplace_back(e, t % 32);
+      L.prof_log[t].clear();
+    }
+    std::sort(ev.begin(), ev.end(), [](const auto& a, const auto& b) {
+      if (a.first.epoch != b.first.epoch) return a.first.epoch < b.first.epoch;
+      if (a.first.site != b.first.site) return a.first.site < b.first.site;
+      if (a.first.key != b.first.key) return a.first.key < b.first.key;
+      return a.second < b.second;
+    });
+    for (size_t i = 0; i < ev.size();) {
+      size_t j = i;
+      while (j < ev.size() && ev[j].first.epoch == ev[i].first.epoch && ev[j].first.site == ev[i].first.site &&
+             ev[j].first.key == ev[i].first.key)
+        ++j;
+      const ProfEvent& e0 = ev[i].first;
+      if (L.prof_sites.size() <= e0.site) L.prof_sites.resize(e0.site + 1u);
+      LaunchStats::SiteCounts& c = L.prof_sites[e0.site];
+      c.warp_trips += 1;
+      c.lanes += j - i;
+      uint32_t seen = 0;
+      for (size_t k = i; k < j; ++k) {
+        const uint32_t bit = 1u << ev[k].second;
+        if (seen & bit)
+          fail("profile site '%s' (key %llu): lane %u logged twice in one warp instruction (mis-keyed site)",
+               site_name(e0.site).c_str(), static_cast<unsigned long long>(e0.key), ev[k].second);
+        seen |= bit;
+      }
+      if (e0.kind == ProfKind::smem) {
+        std::vector<uint64_t> words;
+        for (size_t k = i; k < j; ++k)
+          for (uint64_t a = ev[k].first.addr / 4; a <= (ev[k].first.addr + ev[k].first.bytes - 1) / 4; ++a)
+            words.push_back(a);
+        std::sort(words.begin(), words.end());
+        words.erase(std::unique(words.begin(), words.end()), words.end());
+        uint32_t per_bank[32] = {0};
+        uint32_t most = 0;
+        for (uint64_t wd : words) most = std::max(most, ++per_bank[wd % 32]);
+        c.wavefronts += most;
+      } else if (e0.kind == ProfKind::gmem) {
+        std::vector<uint64_t> sec;
+        for (size_t k = i; k < j; ++k)
+          for (uint64_t a = ev[k].first.addr / 32; a <= (ev[k].first.addr + ev[k].first.bytes - 1) / 32; ++a)
+            sec.push_back(a);
+        std::sort(sec.begin(), sec.end());
+        c.sectors += static_cast<uint64_t>(std::unique(sec.begin(), sec.end()) - sec.begin());
+      }
+      i = j;
+    }
+  }
+  for (uint32_t t = 0; t < L.nthreads; ++t) L.prof_epoch[t] = 0;
+}
+
+// ---------------------------------------------------------------------------------------------
 // Atomics (std::atomic_ref: ThreadSanitizer sees them as atomics)
 // ---------------------------------------------------------------------------------------------
 template <class T>
 inline T atomic_add(T* p, T v) {
   return std::atomic_ref<T>(*p).fetch_add(v, std::memory_order_relaxed);
+}
+template <class T>
+inline T atomic_or(T* p, T v) {
+  return std::atomic_ref<T>(*p).fetch_or(v, std::memory_order_relaxed);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -501,7 +650,7 @@ inline void run_grid(dim3 grid, dim3 block, size_t smem_bytes, const std::functi
   st.blocks += nblocks;
   st.max_dynamic_smem = std::max(st.max_dynamic_smem, smem_bytes);
   st.max_threads = std::max(st.max_threads, static_cast<unsigned>(nthreads));
-  st.log.push_back(LaunchStats::Entry{grid, block, smem_bytes});
+  st.log.push_back(LaunchStats::Entry{grid, block, smem_bytes, 0, 0, {}});
   if (nblocks == 0) return;  // CUDA rejects an empty grid; the plans never launch one
 
   auto L = std::make_unique<Launch>();
@@ -523,6 +672,8 @@ inline void run_grid(dim3 grid, dim3 block, size_t smem_bytes, const std::functi
   L->bar_site.assign(L->nthreads, Site{"", 0});
   L->bar_in.assign(L->nthreads, 0);
   L->grid_bar.reset(L->nthreads);
+  L->prof_epoch.assign(L->nthreads, 0);
+  L->prof_log.resize(L->nthreads);
   prepare_block(*L);
   blockDim = block;
   gridDim = grid;
@@ -552,6 +703,7 @@ inline void run_grid(dim3 grid, dim3 block, size_t smem_bytes, const std::functi
       // Every thread of block b is done before block b+1 starts.
       l.grid_bar.arrive_and_wait(
           [&l] {
+            if (prof_enabled()) prof_merge_block(l);
             l.cur_block++;
             if (l.cur_block < l.nblocks) prepare_block(l);
             l.progress.fetch_add(1, std::memory_order_relaxed);
@@ -608,6 +760,10 @@ inline void run_grid(dim3 grid, dim3 block, size_t smem_bytes, const std::functi
   watchdog.join();
   st.block_barriers += L->n_block_barriers.load();
   st.warp_exchanges += L->n_warp_exchanges.load();
+  st.log.back().block_barriers = L->n_block_barriers.load();
+  st.log.back().warp_exchanges = L->n_warp_exchanges.load();
+  for (size_t i = 0; i < L->prof_sites.size(); ++i)
+    if (L->prof_sites[i].warp_trips) st.log.back().sites.emplace_back(static_cast<int>(i), L->prof_sites[i]);
   current() = nullptr;
 }
 
@@ -626,13 +782,26 @@ class Launcher {
 
   // Zero-filled, exactly `bytes` long (so AddressSanitizer catches overruns), alive as long as
   // the Launcher.
+  // Exactly `bytes` long (AddressSanitizer catches overruns), 256-byte aligned as cudaMalloc (the
+  // profile's sector counts depend on alignment), and filled with 0xFF bytes (NaN, -1), like the
+  // uninitialised buffer the CUDA launcher hands out: a kernel reading what nobody wrote shows up.
   void* workspace(size_t bytes) {
-    buffers_.emplace_back(new unsigned char[bytes ? bytes : 1]());
-    return buffers_.back().get();
+    const size_t n = bytes ? bytes : 1;
+    void* p = ::operator new(n, std::align_val_t{256});
+    std::memset(p, 0xFF, n);
+    buffers_.emplace_back(p);
+    return p;
   }
 
+  // The persistent error word of lwvd_plan.cuh (the prepare kernel ORs invalid-parameter bits in).
+  unsigned* error_flags() { return &error_flags_; }
+
  private:
-  std::vector<std::unique_ptr<unsigned char[]>> buffers_;
+  struct AlignedDelete {
+    void operator()(void* p) const { ::operator delete(p, std::align_val_t{256}); }
+  };
+  std::vector<std::unique_ptr<void, AlignedDelete>> buffers_;
+  unsigned error_flags_ = 0;
 };
 
 }  // namespace lwvd_emu
@@ -651,6 +820,7 @@ class Launcher {
 #define __any_sync(mask, pred) (::lwvd_emu::ballot(__FILE__, __LINE__, mask, (pred)) != 0u)
 #define __all_sync(mask, pred) (::lwvd_emu::ballot(__FILE__, __LINE__, mask, (pred)) == 0xffffffffu)
 #define atomicAdd(p, v) ::lwvd_emu::atomic_add((p), (v))
+#define atomicOr(p, v) ::lwvd_emu::atomic_or((p), (v))
 #define __threadfence() std::atomic_thread_fence(std::memory_order_seq_cst)
 #define __threadfence_block() std::atomic_thread_fence(std::memory_order_seq_cst)
 

@@ -32,6 +32,21 @@
 
 namespace {
 
+// 256-byte aligned like cudaMalloc: the profile's global-memory sector counts depend on alignment.
+template <class T>
+struct Aligned256 {
+  using value_type = T;
+  Aligned256() = default;
+  template <class U>
+  Aligned256(const Aligned256<U>&) {}
+  T* allocate(size_t n) { return static_cast<T*>(::operator new(n * sizeof(T), std::align_val_t{256})); }
+  void deallocate(T* p, size_t) { ::operator delete(p, std::align_val_t{256}); }
+  template <class U>
+  bool operator==(const Aligned256<U>&) const { return true; }
+};
+template <class T>
+using avec = std::vector<T, Aligned256<T>>;
+
 #ifdef LWVD_EMU_HAVE_PLAN
 class DriverLauncher : public lwvd_emu::Launcher {
  public:
@@ -56,10 +71,10 @@ std::map<std::string, std::string> read_spec(const std::string& path) {
 }
 
 template <typename T>
-std::vector<T> read_array(const std::string& path, size_t count) {
+avec<T> read_array(const std::string& path, size_t count) {
   std::ifstream in(path, std::ios::binary);
   if (!in) throw std::runtime_error("cannot open " + path);
-  std::vector<T> v(count);
+  avec<T> v(count);
   in.read(reinterpret_cast<char*>(v.data()), static_cast<std::streamsize>(count * sizeof(T)));
   if (static_cast<size_t>(in.gcount()) != count * sizeof(T) || in.peek() != EOF)
     throw std::runtime_error(path + ": expected exactly " + std::to_string(count) + " values");
@@ -67,7 +82,7 @@ std::vector<T> read_array(const std::string& path, size_t count) {
 }
 
 template <typename T>
-void write_array(const std::string& path, const std::vector<T>& v) {
+void write_array(const std::string& path, const avec<T>& v) {
   std::ofstream out(path, std::ios::binary);
   out.write(reinterpret_cast<const char*>(v.data()), static_cast<std::streamsize>(v.size() * sizeof(T)));
   if (!out) throw std::runtime_error("cannot write " + path);
@@ -89,20 +104,22 @@ void run(const std::string& dir, const std::map<std::string, std::string>& spec,
 
   if (mode == "fwd" || mode == "both") {
     // Poisoned with NaN: an output the kernels never write shows up in the comparison.
-    std::vector<S> out(static_cast<size_t>(B * F * n_frames), NAN);
+    avec<S> out(static_cast<size_t>(B * F * n_frames), NAN);
     DriverLauncher L(shrink);
     lwvd::FwdProblem<S> p{z.data(), center.data(), sigma_t.data(), sigma_nu.data(), rho.data(), out.data(),
                           B, N, F, M, hop, truncate};
     lwvd::run_forward(L, p);
     write_array(dir + "/out_forward.bin", out);
+    std::printf("ERROR_FLAGS forward %u\n", *L.error_flags());
   }
   if (mode == "bwd" || mode == "both") {
     const auto grad_out = read_array<S>(dir + "/grad_out.bin", static_cast<size_t>(B * F * n_frames));
-    std::vector<S> gz(static_cast<size_t>(B * N * 2), NAN), gc(F, NAN), gst(F, NAN), gsn(F, NAN), gr(F, NAN);
+    avec<S> gz(static_cast<size_t>(B * N * 2), NAN), gc(F, NAN), gst(F, NAN), gsn(F, NAN), gr(F, NAN);
     DriverLauncher L(shrink);
     lwvd::BwdProblem<S> q{grad_out.data(), z.data(), center.data(), sigma_t.data(), sigma_nu.data(), rho.data(),
                           gz.data(), gc.data(), gst.data(), gsn.data(), gr.data(), B, N, F, M, hop, truncate};
     lwvd::run_backward(L, q);
+    std::printf("ERROR_FLAGS backward %u\n", *L.error_flags());
     write_array(dir + "/out_grad_z.bin", gz);
     write_array(dir + "/out_grad_center.bin", gc);
     write_array(dir + "/out_grad_sigma_t.bin", gst);
@@ -147,6 +164,17 @@ int main(int argc, char** argv) {
   for (const auto& e : s.log)
     std::printf("LAUNCH grid %u %u %u block %u %u %u smem %zu\n", e.grid.x, e.grid.y, e.grid.z, e.block.x, e.block.y,
                 e.block.z, e.smem);
+  // LWVD_EMU_PROFILE=1: per launch (index in plan order), barriers, exchanges and per-site counts.
+  for (size_t i = 0; i < s.log.size(); ++i) {
+    const auto& e = s.log[i];
+    std::printf("PROFLAUNCH %zu block_barriers %llu warp_exchanges %llu\n", i,
+                static_cast<unsigned long long>(e.block_barriers), static_cast<unsigned long long>(e.warp_exchanges));
+    for (const auto& [id, c] : e.sites)
+      std::printf("PROF %zu %s warp_trips %llu lanes %llu wavefronts %llu sectors %llu\n", i,
+                  lwvd_emu::site_name(id).c_str(), static_cast<unsigned long long>(c.warp_trips),
+                  static_cast<unsigned long long>(c.lanes), static_cast<unsigned long long>(c.wavefronts),
+                  static_cast<unsigned long long>(c.sectors));
+  }
   return 0;
 #endif
 }
