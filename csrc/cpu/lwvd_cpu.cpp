@@ -81,6 +81,29 @@ int64_t chunk_pairs(int64_t n_fft) {
 constexpr int64_t kLanes = 4;
 inline int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
 
+// bin_range (lwvd_math.cuh) for one stencil row, also where the ellipse's slope
+// rho sigma_nu / sigma_t overflows (huge sigma_nu, tiny sigma_t): bin_range's centre
+// center + slope * d is then inf * 0 = NaN at d = 0 and the row comes back empty, so the output
+// was exactly 0 where the reference (which evaluates q on the whole box) is not (issue #12). There
+// the row's centre is `center` at d = 0, and for d != 0 every bin is a candidate: the per-term
+// q <= trunc2 test (quad_form, shared with every backend) decides, as for any other row.
+template <typename T>
+inline void stencil_bin_range(const FilterGeometry<T>& g, int64_t d, double trunc2, int64_t n_fft, int64_t* lo,
+                              int64_t* hi) {
+  if (std::isfinite(g.slope)) {
+    bin_range(g, d, trunc2, n_fft, lo, hi);
+    return;
+  }
+  if (d == 0) {
+    FilterGeometry<T> g0 = g;
+    g0.slope = 0.0;
+    bin_range(g0, d, trunc2, n_fft, lo, hi);
+    return;
+  }
+  *lo = 0;
+  *hi = n_fft - 1;
+}
+
 struct RowInfo {
   int64_t off;   // into Stencil::w
   int32_t k0;    // first bin
@@ -105,7 +128,7 @@ struct Stencil {
   RowInfo compute_row(int64_t d, scalar_t* out) const {
     RowInfo ri{0, 0, 0};
     int64_t lo, hi;
-    bin_range(g, d, trunc2, n_fft, &lo, &hi);
+    stencil_bin_range(g, d, trunc2, n_fft, &lo, &hi);
     int64_t first = -1, last = -2;
     for (int64_t k = lo; k <= hi; ++k) {
       const double q = quad_form(g, static_cast<double>(d), bin_frequency<double>(k, n_fft) - g.center);
@@ -159,7 +182,7 @@ std::vector<Stencil<scalar_t>> make_stencils(const at::Tensor& center, const at:
   const double trunc2 = effective_trunc2<scalar_t>(truncate);
   const int64_t stride = round_up(n_fft, kLanes);
   std::vector<Stencil<scalar_t>> out(F);
-  // Sizes first (cheap: bin_range per d), then which filters fit the budget, in filter order.
+  // Sizes first (cheap: stencil_bin_range per d), then which filters fit the budget, in filter order.
   std::vector<int64_t> sizes(F, 0);
   for (int64_t f = 0; f < F; ++f) {
     auto& s = out[f];
@@ -174,7 +197,7 @@ std::vector<Stencil<scalar_t>> make_stencils(const at::Tensor& center, const at:
     int64_t total = 0;
     for (int64_t d = -s.radius; d <= s.radius; ++d) {
       int64_t lo, hi;
-      bin_range(s.g, d, trunc2, n_fft, &lo, &hi);
+      stencil_bin_range(s.g, d, trunc2, n_fft, &lo, &hi);
       if (hi >= lo) total += round_up(hi - lo + 1, kLanes);
     }
     sizes[f] = total;
@@ -525,6 +548,30 @@ void walk_frame_tile(const Problem& P, const std::vector<Stencil<scalar_t>>& st,
   }
 }
 
+// sum_t G dK/dtheta (theta = center, sigma_t, sigma_nu, rho) of one filter from its G-weighted
+// moments m = (S0, Sd, Sv, Sdd, Sdv, Svv) of W E over the ellipse (d, v = nu_k - center), in double
+// (docs/design.md). The divisions by sigma_nu^2, sigma_nu^3 are applied one factor at a time: the
+// moments carry powers of v ~ sigma_nu, so each step stays in range, where sigma_nu^3 alone
+// underflows to 0 for sigma_nu < ~1e-108 (0/0 = NaN gradients, issue #12). Where every weight
+// underflowed (all moments exactly 0, the output exactly 0) the gradient is exactly 0.
+inline void param_grads_from_moments(double stf, double snf, double r, double norm, const double* m, double* out) {
+  const double S0 = m[0], Sd = m[1], Sv = m[2], Sdd = m[3], Sdv = m[4], Svv = m[5];
+  if (S0 == 0.0 && Sd == 0.0 && Sv == 0.0 && Sdd == 0.0 && Sdv == 0.0 && Svv == 0.0) {
+    out[0] = out[1] = out[2] = out[3] = 0.0;
+    return;
+  }
+  const double i1mr2 = 1.0 / (1.0 - r * r);
+  const double K = norm * S0;
+  // Moments in the filter's own units: a = d / sigma_t, b = v / sigma_nu.
+  const double Sa = Sd / stf, Sb = Sv / snf;
+  const double Saa = Sdd / stf / stf, Sab = Sdv / stf / snf, Sbb = Svv / snf / snf;
+  const double Sq = (Saa - 2.0 * r * Sab + Sbb) * i1mr2;
+  out[0] = norm * ((Sb - r * Sa) * i1mr2) / snf;                  // d/d center
+  out[1] = (norm * (Saa - r * Sab) * i1mr2 - K) / stf;            // d/d sigma_t
+  out[2] = (norm * (Sbb - r * Sab) * i1mr2 - K) / snf;            // d/d sigma_nu
+  out[3] = r * K * i1mr2 + norm * (Sab - r * Sq) * i1mr2;         // d/d rho
+}
+
 // ---- Forward. ----
 template <typename scalar_t>
 at::Tensor forward_impl(const at::Tensor& z_in, const at::Tensor& center, const at::Tensor& sigma_t,
@@ -595,20 +642,25 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_
 
   // (1) Parameter gradients. Per (item, frame tile): the six moments of every (f, t) over its
   // ellipse, turned into sum_t G dK/dtheta; partial sums go to `work`, reduced below in a fixed order.
+  //
+  // dK/dtheta is linear in the six moments with coefficients that depend on the filter only
+  // (docs/design.md), so sum_t G[f,t] dK[f,t]/dtheta = L_f(sum_t G[f,t] moments(f,t)): a task keeps
+  // the G-weighted moment sums per filter (6 doubles each), not per (filter, frame). Its memory no
+  // longer grows with F x frames (issue #12: F = 1e4, hop = 1 held 2 GB of moments per task).
   std::vector<double> work(P.B * P.n_frame_tiles * P.F * 4, 0.0);
   at::parallel_for(0, P.B * P.n_frame_tiles, 1, [&](int64_t task0, int64_t task1) {
     RowFFT<scalar_t> fft(plan, pairs_max, z.options());
     std::vector<scalar_t> wrow(C * S), scratch(S);
-    std::vector<double> mom;  // (F, nt, 6): S0, Sd, Sv, Sdd, Sdv, Svv
+    std::vector<double> gmom;  // (F, 6): sum_t G[f,t] (S0, Sd, Sv, Sdd, Sdv, Svv)(f, t)
     for (int64_t task = task0; task < task1; ++task) {
       const int64_t b = task / P.n_frame_tiles, tile = task % P.n_frame_tiles;
       const int64_t t0 = tile * P.frames_per_tile, t1 = std::min(P.T, t0 + P.frames_per_tile);
-      const int64_t nt = t1 - t0;
       const cplx* zb = zp + b * P.N;
-      mom.assign(P.F * nt * 6, 0.0);
+      gmom.assign(P.F * 6, 0.0);
       walk_frame_tile<scalar_t>(P, st, zb, t0, t1, C, fft, wrow.data(),
                                 [&](int64_t f, int64_t t, int64_t c0, int64_t d_lo, int64_t d_hi, int64_t n0) {
-        if (Gp[(b * P.F + f) * P.T + t] == scalar_t(0)) return;  // contributes exactly 0
+        const double g = static_cast<double>(Gp[(b * P.F + f) * P.T + t]);
+        if (g == 0.0) return;  // contributes exactly 0 (even where the moments are NaN)
         const auto& s = st[f];
         using V = Vec<scalar_t>;
         V m0 = vzero<scalar_t>(), md = m0, mv = m0, mdd = m0, mdv = m0, mvv = m0;
@@ -634,41 +686,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_
           mdv += p1 * dd;
           mvv += p2;
         }
-        double* m = mom.data() + (f * nt + (t - t0)) * 6;
-        m[0] += vsum<scalar_t>(m0);
-        m[1] += vsum<scalar_t>(md);
-        m[2] += vsum<scalar_t>(mv);
-        m[3] += vsum<scalar_t>(mdd);
-        m[4] += vsum<scalar_t>(mdv);
-        m[5] += vsum<scalar_t>(mvv);
+        double* m = gmom.data() + f * 6;
+        m[0] += g * static_cast<double>(vsum<scalar_t>(m0));
+        m[1] += g * static_cast<double>(vsum<scalar_t>(md));
+        m[2] += g * static_cast<double>(vsum<scalar_t>(mv));
+        m[3] += g * static_cast<double>(vsum<scalar_t>(mdd));
+        m[4] += g * static_cast<double>(vsum<scalar_t>(mdv));
+        m[5] += g * static_cast<double>(vsum<scalar_t>(mvv));
       });
-      // dK/dtheta (docs/design.md), in double, summed over the tile's frames in order.
       double* out = work.data() + (b * P.n_frame_tiles + tile) * P.F * 4;
-      for (int64_t f = 0; f < P.F; ++f) {
-        const double stf = st[f].g.sigma_t, snf = st[f].sigma_nu, r = st[f].g.rho, norm = st[f].norm_d;
-        const double i1mr2 = 1.0 / (1.0 - r * r);
-        double gc = 0, gst = 0, gsn = 0, gr = 0;
-        for (int64_t t = t0; t < t1; ++t) {
-          const double g = static_cast<double>(Gp[(b * P.F + f) * P.T + t]);
-          if (g == 0.0) continue;
-          const double* m = mom.data() + (f * nt + (t - t0)) * 6;
-          const double S0 = m[0], Sd = m[1], Sv = m[2], Sdd = m[3], Sdv = m[4], Svv = m[5];
-          const double K = norm * S0;
-          const double Sq = (Sdd / (stf * stf) - 2.0 * r * Sdv / (stf * snf) + Svv / (snf * snf)) * i1mr2;
-          const double dc = norm * (Sv / (snf * snf) - r * Sd / (stf * snf)) * i1mr2;
-          const double dst = -K / stf + norm * (Sdd / (stf * stf * stf) - r * Sdv / (stf * stf * snf)) * i1mr2;
-          const double dsn = -K / snf + norm * (Svv / (snf * snf * snf) - r * Sdv / (stf * snf * snf)) * i1mr2;
-          const double dr = r * K * i1mr2 + norm * (Sdv / (stf * snf) - r * Sq) * i1mr2;
-          gc += g * dc;
-          gst += g * dst;
-          gsn += g * dsn;
-          gr += g * dr;
-        }
-        out[f * 4 + 0] = gc;
-        out[f * 4 + 1] = gst;
-        out[f * 4 + 2] = gsn;
-        out[f * 4 + 3] = gr;
-      }
+      for (int64_t f = 0; f < P.F; ++f)
+        param_grads_from_moments(st[f].g.sigma_t, st[f].sigma_nu, st[f].g.rho, st[f].norm_d, gmom.data() + f * 6,
+                                 out + f * 4);
     }
   });
   {
