@@ -296,192 +296,127 @@ inline T vsum(const Vec<T>& a) {
 }
 
 // ---- Row FFTs. ----
-// For power-of-two n_fft (the common case) the kernels use this plan: bit-reversed input slots
-// (the lag products are written straight into them), a radix-4 first pass then radix-2 stages on
-// split re/im rows (unit-stride inner loops the compiler vectorises), twiddles computed in double
-// once per call and shared read-only. Why not ATen's FFT per chunk: each call builds and commits
-// an MKL descriptor, and (in a build that lacked -fopenmp) concurrent calls cost ~10x more on two
-// threads; with -fopenmp it behaves, and is about as fast as this one on this machine (see
-// docs/cpu_kernels.md). This one keeps the same arithmetic whatever FFT backend torch was built
-// with, and no per-call setup. Other lengths go through at::_fft_c2c_out (any length).
-template <typename T>
-struct FFTPlan {
-  int64_t n = 1;
-  bool pow2 = true;
-  std::vector<int64_t> rev;  // input index -> slot (bit reversal)
-  std::vector<T> tw_re, tw_im;  // stage with half-size hs uses [hs - 1, 2 hs - 1): exp(-i pi j / hs)
-
-  explicit FFTPlan(int64_t n_fft) : n(n_fft) {
-    pow2 = (n & (n - 1)) == 0;
-    if (!pow2) return;
-    int bits = 0;
-    while ((int64_t(1) << bits) < n) ++bits;
-    rev.resize(n);
-    for (int64_t i = 0; i < n; ++i) {
-      int64_t r = 0;
-      for (int b = 0; b < bits; ++b) r |= ((i >> b) & 1) << (bits - 1 - b);
-      rev[i] = r;
-    }
-    tw_re.resize(std::max<int64_t>(n - 1, 1));
-    tw_im.resize(std::max<int64_t>(n - 1, 1));
-    const double pi = 3.14159265358979323846264338327950288;
-    for (int64_t hs = 1; hs < n; hs *= 2)
-      for (int64_t j = 0; j < hs; ++j) {
-        tw_re[hs - 1 + j] = static_cast<T>(std::cos(pi * static_cast<double>(j) / static_cast<double>(hs)));
-        tw_im[hs - 1 + j] = static_cast<T>(-std::sin(pi * static_cast<double>(j) / static_cast<double>(hs)));
-      }
-  }
-};
-
-// A task's batch of rows: split re / im arrays, (rows, n). Fill input index i at slot(i), run(),
-// then re(p)[k] + i im(p)[k] is the forward DFT X[k] = sum_i x[i] exp(-2 pi i k i / n).
+// A task's batch of complex rows (rows, n), natural order, interleaved re/im: fill in(p), run(),
+// then out(p)[k] = X[k] = sum_i x[i] exp(-2 pi i k i / n). The transform is ATen's batched
+// c2c (MKL on x86 builds of torch, pocketfft elsewhere) on per-task scratch tensors, one call per
+// chunk of rows: with -fopenmp the calls from worker threads do not contend (docs/cpu_kernels.md),
+// and MKL's vectorised FFT was 2-4x faster than the kernels' former radix-2 FFT at every n_fft
+// (issue #13). Chunk sizes depend on the problem only, so every row is transformed in the same
+// batch position whatever the thread count (deterministic).
 template <typename T>
 class RowFFT {
  public:
-  RowFFT(const FFTPlan<T>& plan, int64_t max_rows, const at::TensorOptions& complex_opts)
-      : plan_(plan), n_(plan.n), re_(max_rows * plan.n), im_(max_rows * plan.n) {
-    if (!plan.pow2) {
-      in_ = at::empty({max_rows, n_}, complex_opts);
-      out_ = at::empty({max_rows, n_}, complex_opts);
-    }
-  }
-  T* re(int64_t p) { return re_.data() + p * n_; }
-  T* im(int64_t p) { return im_.data() + p * n_; }
-  int64_t slot(int64_t i) const { return plan_.pow2 ? plan_.rev[i] : i; }
-
+  using cplx = c10::complex<T>;
+  RowFFT(int64_t n, int64_t max_rows, const at::TensorOptions& complex_opts)
+      : n_(n), in_(at::zeros({max_rows, n}, complex_opts)), out_(at::empty({max_rows, n}, complex_opts)) {}
+  cplx* in(int64_t p) { return in_.data_ptr<cplx>() + p * n_; }
+  const cplx* out(int64_t p) const { return out_.data_ptr<cplx>() + p * n_; }
   void run(int64_t rows) {
-    if (plan_.pow2) {
-      for (int64_t p = 0; p < rows; ++p) radix2(re(p), im(p));
-      return;
-    }
-    using cplx = c10::complex<T>;
-    cplx* in = in_.data_ptr<cplx>();
-    for (int64_t i = 0; i < rows * n_; ++i) in[i] = cplx(re_[i], im_[i]);
     at::Tensor src = in_.narrow(0, 0, rows), dst = out_.narrow(0, 0, rows);
     at::_fft_c2c_out(dst, src, {1}, /*normalization=*/0, /*forward=*/true);
-    const cplx* out = out_.data_ptr<cplx>();
-    for (int64_t i = 0; i < rows * n_; ++i) {
-      re_[i] = out[i].real();
-      im_[i] = out[i].imag();
-    }
   }
 
  private:
-  void radix2(T* __restrict__ xr, T* __restrict__ xi) const {
-    const int64_t n = n_;
-    if (n == 2) {
-      const T ar = xr[0], ai = xi[0], br = xr[1], bi = xi[1];
-      xr[0] = ar + br;
-      xi[0] = ai + bi;
-      xr[1] = ar - br;
-      xi[1] = ai - bi;
-      return;
-    }
-    // Stages hs = 1 and hs = 2 fused into one radix-4 pass: their twiddles are 1 and -i, exact
-    // (the generic loop would multiply by cos(pi/2) = 6e-17), and it saves a pass over the row.
-    for (int64_t b = 0; b + 4 <= n; b += 4) {
-      const T a0r = xr[b] + xr[b + 1], a0i = xi[b] + xi[b + 1];
-      const T a1r = xr[b] - xr[b + 1], a1i = xi[b] - xi[b + 1];
-      const T a2r = xr[b + 2] + xr[b + 3], a2i = xi[b + 2] + xi[b + 3];
-      const T a3r = xr[b + 2] - xr[b + 3], a3i = xi[b + 2] - xi[b + 3];
-      xr[b] = a0r + a2r;
-      xi[b] = a0i + a2i;
-      xr[b + 2] = a0r - a2r;
-      xi[b + 2] = a0i - a2i;
-      // -i * a3 = (a3i, -a3r)
-      xr[b + 1] = a1r + a3i;
-      xi[b + 1] = a1i - a3r;
-      xr[b + 3] = a1r - a3i;
-      xi[b + 3] = a1i + a3r;
-    }
-    for (int64_t hs = 4; hs < n; hs *= 2) {
-      const T* __restrict__ wr = plan_.tw_re.data() + (hs - 1);
-      const T* __restrict__ wi = plan_.tw_im.data() + (hs - 1);
-      for (int64_t base = 0; base < n; base += 2 * hs) {
-        T* __restrict__ ar = xr + base;
-        T* __restrict__ ai = xi + base;
-        T* __restrict__ br = xr + base + hs;
-        T* __restrict__ bi = xi + base + hs;
-        for (int64_t j = 0; j < hs; ++j) {
-          const T tr = br[j] * wr[j] - bi[j] * wi[j];
-          const T ti = br[j] * wi[j] + bi[j] * wr[j];
-          br[j] = ar[j] - tr;
-          bi[j] = ai[j] - ti;
-          ar[j] = ar[j] + tr;
-          ai[j] = ai[j] + ti;
-        }
-      }
-    }
-  }
-
-  const FFTPlan<T>& plan_;
   int64_t n_;
-  std::vector<T> re_, im_;
   at::Tensor in_, out_;
 };
 
+// One batch item's samples [u_lo, u_hi] split into re / im, forwards and reversed, so that the lag
+// products z[n + m] conj(z[n - m]) read every operand forwards in m (unit stride, vectorised).
+template <typename T>
+struct SplitSignal {
+  int64_t u_lo = 0, u_hi = -1;
+  std::vector<T> fr, fi, rr, ri;  // fr[i - u_lo] = Re z[i];  rr[u_hi - i] = Re z[i]
+  void load(const c10::complex<T>* z, int64_t lo, int64_t hi) {
+    u_lo = lo;
+    u_hi = hi;
+    const int64_t n = hi - lo + 1;
+    fr.resize(n);
+    fi.resize(n);
+    rr.resize(n);
+    ri.resize(n);
+    for (int64_t i = 0; i < n; ++i) {
+      fr[i] = z[lo + i].real();
+      fi[i] = z[lo + i].imag();
+      rr[n - 1 - i] = fr[i];
+      ri[n - 1 - i] = fi[i];
+    }
+  }
+};
+
+// Lag products of row n for m in [0, h] (zero past the signal's edge): r[m] = z[n+m] conj(z[n-m]).
+template <typename T>
+inline void lag_products(const SplitSignal<T>& zs, int64_t N, int64_t h, int64_t n, T* __restrict__ re,
+                         T* __restrict__ im) {
+  const int64_t mm = std::min(h, std::min(n, N - 1 - n));
+  const T* __restrict__ ar = zs.fr.data() + (n - zs.u_lo);
+  const T* __restrict__ ai = zs.fi.data() + (n - zs.u_lo);
+  const T* __restrict__ br = zs.rr.data() + (zs.u_hi - n);
+  const T* __restrict__ bi = zs.ri.data() + (zs.u_hi - n);
+  for (int64_t m = 0; m <= mm; ++m) {
+    re[m] = ar[m] * br[m] + ai[m] * bi[m];
+    im[m] = ai[m] * br[m] - ar[m] * bi[m];
+  }
+  for (int64_t m = std::max<int64_t>(mm + 1, 0); m <= h; ++m) re[m] = im[m] = T(0);
+}
+
+// Per-task scratch of the W-row builder.
+template <typename T>
+struct WvdScratch {
+  std::vector<T> ar, ai, br, bi;  // lag products of the two rows of a pair, m in [0, h]
+  explicit WvdScratch(int64_t h) : ar(h + 1), ai(h + 1), br(h + 1), bi(h + 1) {}
+};
+
 // WVD rows [n0, n1) of one signal into wrow ((n1-n0) x stride, real; columns >= n_fft stay 0),
-// two rows per complex FFT.
+// two rows per complex FFT: packed[m] = r_a[m] + i r_b[m] with r[-m] = conj(r[m]) (Hermitian), so
+// W[a] = 2 Re X and W[b] = 2 Im X.
 template <typename scalar_t>
-void wvd_rows(const c10::complex<scalar_t>* z, int64_t N, int64_t n_fft, int64_t stride, int64_t n0, int64_t n1,
-              RowFFT<scalar_t>& fft, scalar_t* wrow) {
-  using cplx = c10::complex<scalar_t>;
+void wvd_rows(const SplitSignal<scalar_t>& zs, int64_t N, int64_t n_fft, int64_t stride, int64_t n0, int64_t n1,
+              RowFFT<scalar_t>& fft, WvdScratch<scalar_t>& ws, scalar_t* wrow) {
   const int64_t M = n_fft, h = max_lag(n_fft);
   const int64_t rows = n1 - n0, pairs = (rows + 1) / 2;
   for (int64_t p = 0; p < pairs; ++p) {
-    scalar_t* xr = fft.re(p);
-    scalar_t* xi = fft.im(p);
-    std::fill(xr, xr + M, scalar_t(0));
-    std::fill(xi, xi + M, scalar_t(0));
-    // r[m] = z[n+m] conj(z[n-m]) and r[-m] = conj(r[m]) (Hermitian). Row a fills the real part
-    // of the packed row, row b the imaginary part: packed[m] = r_a[m] + i r_b[m].
-    const int64_t na = n0 + 2 * p;
-    {
-      const int64_t mm = std::min(h, std::min(na, N - 1 - na));
-      for (int64_t m = 0; m <= mm; ++m) {
-        const cplx zp = z[na + m], zm = z[na - m];
-        const scalar_t rr = zp.real() * zm.real() + zp.imag() * zm.imag();
-        const scalar_t ri = zp.imag() * zm.real() - zp.real() * zm.imag();
-        const int64_t s0 = fft.slot(m);
-        xr[s0] = rr;
-        xi[s0] = ri;
-        if (m > 0) {
-          const int64_t s1 = fft.slot(M - m);
-          xr[s1] = rr;
-          xi[s1] = -ri;
-        }
-      }
+    const int64_t na = n0 + 2 * p, nb = na + 1;
+    lag_products(zs, N, h, na, ws.ar.data(), ws.ai.data());
+    if (nb < n1) {
+      lag_products(zs, N, h, nb, ws.br.data(), ws.bi.data());
+    } else {
+      std::fill(ws.br.begin(), ws.br.end(), scalar_t(0));
+      std::fill(ws.bi.begin(), ws.bi.end(), scalar_t(0));
     }
-    const int64_t nb = na + 1;
-    if (nb < n1) {  // i (rr + i ri) = -ri + i rr;  i conj(rr + i ri) = ri + i rr
-      const int64_t mm = std::min(h, std::min(nb, N - 1 - nb));
-      for (int64_t m = 0; m <= mm; ++m) {
-        const cplx zp = z[nb + m], zm = z[nb - m];
-        const scalar_t rr = zp.real() * zm.real() + zp.imag() * zm.imag();
-        const scalar_t ri = zp.imag() * zm.real() - zp.real() * zm.imag();
-        const int64_t s0 = fft.slot(m);
-        xr[s0] -= ri;
-        xi[s0] += rr;
-        if (m > 0) {
-          const int64_t s1 = fft.slot(M - m);
-          xr[s1] += ri;
-          xi[s1] += rr;
-        }
-      }
+    scalar_t* __restrict__ x = reinterpret_cast<scalar_t*>(fft.in(p));
+    const scalar_t* __restrict__ ar = ws.ar.data();
+    const scalar_t* __restrict__ ai = ws.ai.data();
+    const scalar_t* __restrict__ br = ws.br.data();
+    const scalar_t* __restrict__ bi = ws.bi.data();
+    // packed[m] = (ar - bi) + i (ai + br);  packed[M - m] = conj(r_a) + i conj(r_b) = (ar + bi) + i (br - ai)
+    for (int64_t m = 0; m <= h; ++m) {
+      x[2 * m] = ar[m] - bi[m];
+      x[2 * m + 1] = ai[m] + br[m];
+    }
+    for (int64_t m = h + 1; m <= M - 1 - h; ++m) x[2 * m] = x[2 * m + 1] = scalar_t(0);  // index M/2 (even M)
+    scalar_t* __restrict__ xn = x + 2 * (M - h);  // packed[M - m] for m = h .. 1, ascending index
+    for (int64_t j = 0; j < h; ++j) {
+      const int64_t m = h - j;
+      xn[2 * j] = ar[m] + bi[m];
+      xn[2 * j + 1] = br[m] - ai[m];
     }
   }
   fft.run(pairs);
   for (int64_t p = 0; p < pairs; ++p) {
-    const scalar_t* xr = fft.re(p);
-    const scalar_t* xi = fft.im(p);
-    scalar_t* wa = wrow + (2 * p) * stride;
-    for (int64_t k = 0; k < M; ++k) wa[k] = scalar_t(2) * xr[k];
-    std::fill(wa + M, wa + stride, scalar_t(0));
+    const scalar_t* __restrict__ x = reinterpret_cast<const scalar_t*>(fft.out(p));
+    scalar_t* __restrict__ wa = wrow + (2 * p) * stride;
     if (2 * p + 1 < rows) {
-      scalar_t* wb = wa + stride;
-      for (int64_t k = 0; k < M; ++k) wb[k] = scalar_t(2) * xi[k];
+      scalar_t* __restrict__ wb = wa + stride;
+      for (int64_t k = 0; k < M; ++k) {
+        wa[k] = scalar_t(2) * x[2 * k];
+        wb[k] = scalar_t(2) * x[2 * k + 1];
+      }
       std::fill(wb + M, wb + stride, scalar_t(0));
+    } else {
+      for (int64_t k = 0; k < M; ++k) wa[k] = scalar_t(2) * x[2 * k];
     }
+    std::fill(wa + M, wa + stride, scalar_t(0));
   }
 }
 
@@ -533,9 +468,14 @@ void walk_frame_tile(const Problem& P, const std::vector<Stencil<scalar_t>>& st,
                      Visit&& visit) {
   const int64_t r_lo = std::max<int64_t>(0, t0 * P.hop - P.r_max);
   const int64_t r_hi = std::min(P.N - 1, (t1 - 1) * P.hop + P.r_max);
+  if (r_lo > r_hi) return;
+  const int64_t h = max_lag(P.M);
+  SplitSignal<scalar_t> zs;
+  zs.load(zb, std::max<int64_t>(0, r_lo - h), std::min(P.N - 1, r_hi + h));
+  WvdScratch<scalar_t> ws(h);
   for (int64_t n0 = r_lo; n0 <= r_hi; n0 += chunk_rows) {
     const int64_t n1 = std::min(r_hi + 1, n0 + chunk_rows);
-    wvd_rows<scalar_t>(zb, P.N, P.M, P.stride, n0, n1, fft, wrow);
+    wvd_rows<scalar_t>(zs, P.N, P.M, P.stride, n0, n1, fft, ws, wrow);
     for (int64_t f = 0; f < P.F; ++f) {
       const int64_t R = st[f].radius;
       int64_t ta, tb;
@@ -588,10 +528,9 @@ at::Tensor forward_impl(const at::Tensor& z_in, const at::Tensor& center, const 
   const cplx* zp = z.data_ptr<cplx>();
   scalar_t* Kp = K.data_ptr<scalar_t>();
   const int64_t M = P.M, S = P.stride, pairs_max = chunk_pairs(M), C = 2 * pairs_max;
-  const FFTPlan<scalar_t> plan(M);
 
   at::parallel_for(0, P.B * P.n_frame_tiles, 1, [&](int64_t task0, int64_t task1) {
-    RowFFT<scalar_t> fft(plan, pairs_max, z.options());
+    RowFFT<scalar_t> fft(M, pairs_max, z.options());
     std::vector<scalar_t> wrow(C * S), scratch(S);
     std::vector<double> acc;
     for (int64_t task = task0; task < task1; ++task) {
@@ -638,7 +577,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_
   const cplx* zp = z.data_ptr<cplx>();
   const scalar_t* Gp = G.data_ptr<scalar_t>();
   const int64_t M = P.M, S = P.stride, h = max_lag(M), pairs_max = chunk_pairs(M), C = 2 * pairs_max;
-  const FFTPlan<scalar_t> plan(M);
 
   // (1) Parameter gradients. Per (item, frame tile): the six moments of every (f, t) over its
   // ellipse, turned into sum_t G dK/dtheta; partial sums go to `work`, reduced below in a fixed order.
@@ -649,7 +587,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_
   // longer grows with F x frames (issue #12: F = 1e4, hop = 1 held 2 GB of moments per task).
   std::vector<double> work(P.B * P.n_frame_tiles * P.F * 4, 0.0);
   at::parallel_for(0, P.B * P.n_frame_tiles, 1, [&](int64_t task0, int64_t task1) {
-    RowFFT<scalar_t> fft(plan, pairs_max, z.options());
+    RowFFT<scalar_t> fft(M, pairs_max, z.options());
     std::vector<scalar_t> wrow(C * S), scratch(S);
     std::vector<double> gmom;  // (F, 6): sum_t G[f,t] (S0, Sd, Sv, Sdd, Sdv, Svv)(f, t)
     for (int64_t task = task0; task < task1; ++task) {
@@ -718,7 +656,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_
   const int64_t n_sample_tiles = ceil_div(P.N, J);
   cplx* gz = grad_z.data_ptr<cplx>();
   at::parallel_for(0, P.B * n_sample_tiles, 1, [&](int64_t task0, int64_t task1) {
-    RowFFT<scalar_t> fft(plan, pairs_max, z.options());
+    RowFFT<scalar_t> fft(M, pairs_max, z.options());
     std::vector<scalar_t> arow(C * S), scratch(S), ah_re(2 * h + 1), ah_im(2 * h + 1);
     std::vector<scalar_t> acc_re, acc_im, zr_rev, zi_rev;
     for (int64_t task = task0; task < task1; ++task) {
@@ -762,14 +700,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_
           }
         }
         for (int64_t p = 0; p < pairs; ++p) {  // packed row A[a] + i A[b] (A[b] = 0 past the chunk)
-          const scalar_t* aa = arow.data() + 2 * p * S;
-          const scalar_t* ab = aa + S;
-          scalar_t* xr = fft.re(p);
-          scalar_t* xi = fft.im(p);
+          const scalar_t* __restrict__ aa = arow.data() + 2 * p * S;
+          const scalar_t* __restrict__ ab = aa + S;
+          scalar_t* __restrict__ x = reinterpret_cast<scalar_t*>(fft.in(p));
           for (int64_t k = 0; k < M; ++k) {
-            const int64_t sk = fft.slot(k);
-            xr[sk] = aa[k];
-            xi[sk] = ab[k];
+            x[2 * k] = aa[k];
+            x[2 * k + 1] = ab[k];
           }
         }
         fft.run(pairs);
@@ -780,21 +716,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_
           const int64_t m_hi = std::min(h, std::min(j1 - 1 - n, n));
           if (m_lo > m_hi) continue;
           // 2 Ahat[n, m] for m in [0, h] from X[m], X[-m]; Ahat[n, -m] = conj(Ahat[n, m]).
-          const scalar_t* xr = fft.re(row / 2);
-          const scalar_t* xi = fft.im(row / 2);
+          const scalar_t* x = reinterpret_cast<const scalar_t*>(fft.out(row / 2));
           scalar_t* are = ah_re.data() + h;
           scalar_t* aim = ah_im.data() + h;
           if (row % 2 == 0) {  // Ahat[a, m] = (X[m] + conj(X[-m])) / 2
             for (int64_t m = 0; m <= h; ++m) {
               const int64_t im = m == 0 ? 0 : M - m;
-              are[m] = xr[m] + xr[im];
-              aim[m] = xi[m] - xi[im];
+              are[m] = x[2 * m] + x[2 * im];
+              aim[m] = x[2 * m + 1] - x[2 * im + 1];
             }
           } else {  // Ahat[b, m] = (X[m] - conj(X[-m])) / (2i)
             for (int64_t m = 0; m <= h; ++m) {
               const int64_t im = m == 0 ? 0 : M - m;
-              are[m] = xi[m] + xi[im];
-              aim[m] = xr[im] - xr[m];
+              are[m] = x[2 * m + 1] + x[2 * im + 1];
+              aim[m] = x[2 * im] - x[2 * m];
             }
           }
           for (int64_t m = 1; m <= h; ++m) {
