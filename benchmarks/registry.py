@@ -208,10 +208,11 @@ def _fft_flops(length: int) -> float:
 
 def effective_truncate(truncate: Optional[float], dtype=torch.float32) -> float:
     """The truncation radius the kernels apply: ``truncate``, or for ``truncate=None`` the q beyond
-    which ``exp(-q/2)`` underflows in the compute dtype (``effective_trunc2`` in lwvd_math.cuh)."""
+    which ``exp(-q/2)`` is no longer a normal number in the compute dtype (the CPU kernels flush
+    the subnormal rest to 0: ``Stencil::q_max`` in csrc/cpu/lwvd_cpu.cpp)."""
     if truncate is not None:
         return float(truncate)
-    return math.sqrt(2.0 * (746.0 if dtype == torch.float64 else 105.0))
+    return math.sqrt(-2.0 * math.log(torch.finfo(dtype).tiny))
 
 
 def filter_radii(cfg: BenchConfig, params64, dtype=torch.float32) -> torch.Tensor:

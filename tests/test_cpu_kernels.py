@@ -96,16 +96,20 @@ def test_forward_multidim_batch_and_noncontiguous_through_public_api():
     assert_rel_close(got, _ref(z2.contiguous(), params, case), TOLERANCES[F64], "op, strided z")
 
 
-def test_on_the_fly_stencils_match(monkeypatch):
-    """With no stencil memory every filter computes its weights per row: same results."""
-    case = Case((2,), 200, 64, 10, 4, kind="wide")
+@pytest.mark.parametrize("budget", ["0", "3000"])
+@pytest.mark.parametrize("truncate", [4.0, None])
+def test_on_the_fly_stencils_match(monkeypatch, budget, truncate):
+    """With no stencil memory every filter computes its weights per row (with budget 0 also its row
+    runs; with a small budget some filters are tabulated, some have only their runs): same results."""
+    case = Case((2,), 200, 64, 10, 4, kind="wide", truncate=truncate)
     z, params = case.inputs(F64)
-    tab = OP_FWD(z, *params, case.n_fft, case.hop, 4.0)
+    tr = _trunc(truncate)
+    tab = OP_FWD(z, *params, case.n_fft, case.hop, tr)
     g = torch.randn_like(tab)
-    gtab = OP_BWD(g, z, *params, case.n_fft, case.hop, 4.0)
-    monkeypatch.setenv("LWVD_CPU_STENCIL_BUDGET_BYTES", "0")
-    fly = OP_FWD(z, *params, case.n_fft, case.hop, 4.0)
-    gfly = OP_BWD(g, z, *params, case.n_fft, case.hop, 4.0)
+    gtab = OP_BWD(g, z, *params, case.n_fft, case.hop, tr)
+    monkeypatch.setenv("LWVD_CPU_STENCIL_BUDGET_BYTES", budget)
+    fly = OP_FWD(z, *params, case.n_fft, case.hop, tr)
+    gfly = OP_BWD(g, z, *params, case.n_fft, case.hop, tr)
     # Same weights, same order of every sum: bitwise equal.
     assert torch.equal(tab, fly)
     for a, b in zip(gtab, gfly):

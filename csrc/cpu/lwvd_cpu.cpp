@@ -105,41 +105,52 @@ inline void stencil_bin_range(const FilterGeometry<T>& g, int64_t d, double trun
 }
 
 struct RowInfo {
-  int64_t off;   // into Stencil::w
-  int32_t k0;    // first bin
-  int32_t nblk;  // number of kLanes blocks (0: the ellipse misses every bin at this d)
+  int64_t off;    // into Stencil::w (tabulated filters)
+  int32_t k0;     // first bin of the padded run
+  int32_t nblk;   // number of kLanes blocks (0: the ellipse misses every bin at this d)
+  int32_t first;  // first bin with a non-zero weight (the run is [first, first + len))
+  int32_t len;
 };
+
+// Terms between two exact evaluations of exp in a stencil row (see Stencil::row_values): the
+// recurrence's rounding error grows with the square of the steps per lane (16 here, ~1e-14
+// relative in double), and two exp per anchor over 64 terms cost about one multiply per term.
+constexpr int64_t kAnchorTerms = 64;
 
 template <typename scalar_t>
 struct Stencil {
   FilterGeometry<double> g;  // geometry in double: weights are computed in double, stored in scalar_t
   double trunc2 = 0;
+  double q_max = 0;  // min(trunc2, q where exp(-q/2) is no longer a normal scalar_t): the run's q limit
   int64_t n_fft = 0, stride = 0;
   int64_t radius = 0;  // |d| <= radius
   scalar_t norm = 0;
   double norm_d = 0;
   double sigma_nu = 0;
-  bool tabulated = false;
+  double beta = 0;       // b step per bin: 1 / (2 M sigma_nu)
+  double c_bin = 0;      // exp(-beta^2 / (1 - rho^2)): ratio of consecutive per-bin ratios
+  bool tabulated = false;   // weights in w
+  bool has_info = false;    // runs in info (else found per use)
   std::vector<RowInfo> info;  // per d + radius
   std::vector<scalar_t> w;    // exp(-q/2) where q <= trunc2, 0 elsewhere (padded runs)
   std::vector<scalar_t> v;    // nu_k - center for k < n_fft, 0 in the padding (backward moments)
 
-  // Weights of row d into out[0 .. stride): returns the padded run (k0, nblk).
-  RowInfo compute_row(int64_t d, scalar_t* out) const {
-    RowInfo ri{0, 0, 0};
+  double q_of(int64_t d, int64_t k) const {
+    return quad_form(g, static_cast<double>(d), bin_frequency<double>(k, n_fft) - g.center);
+  }
+
+  // The padded run of row d: the bins with q <= q_max (quad_form and bin_range of lwvd_math.cuh
+  // decide, as in every backend). Weights past q_max are subnormal (only near the "every term"
+  // boundary of effective_trunc2, truncate=None) and flushed to 0: they change a sum by < 1e-37
+  // relative in float32 and would put subnormal operands (microcode assists, ~100x slower) in the
+  // hot loops. The ellipse row is an interval (q is convex in k).
+  RowInfo extent(int64_t d) const {
+    RowInfo ri{0, 0, 0, 0, 0};
     int64_t lo, hi;
     stencil_bin_range(g, d, trunc2, n_fft, &lo, &hi);
     int64_t first = -1, last = -2;
     for (int64_t k = lo; k <= hi; ++k) {
-      const double q = quad_form(g, static_cast<double>(d), bin_frequency<double>(k, n_fft) - g.center);
-      // Subnormal weights are flushed to 0: they occur only near the "every term" boundary of
-      // effective_trunc2 (truncate=None), change a sum by < 1e-37 relative in float32, and would
-      // put subnormal operands (microcode assists, ~100x slower) in the hot loops.
-      const double ed = q <= trunc2 ? std::exp(-0.5 * q) : 0.0;
-      const scalar_t e = ed >= static_cast<double>(std::numeric_limits<scalar_t>::min()) ? static_cast<scalar_t>(ed)
-                                                                                        : scalar_t(0);
-      out[k - lo] = e;
-      if (e != scalar_t(0)) {
+      if (q_of(d, k) <= q_max) {
         if (first < 0) first = k;
         last = k;
       }
@@ -147,12 +158,62 @@ struct Stencil {
     if (first < 0) return ri;
     const int64_t len = last - first + 1, padded = round_up(len, kLanes);
     const int64_t k0 = std::min(first, stride - padded);
-    std::memmove(out + (first - k0), out + (first - lo), sizeof(scalar_t) * len);
-    std::fill(out, out + (first - k0), scalar_t(0));
-    std::fill(out + (first - k0) + len, out + padded, scalar_t(0));
     ri.k0 = static_cast<int32_t>(k0);
     ri.nblk = static_cast<int32_t>(padded / kLanes);
+    ri.first = static_cast<int32_t>(first);
+    ri.len = static_cast<int32_t>(len);
     return ri;
+  }
+
+  // Weights of run ri of row d into out[0 .. nblk * kLanes) (zeros in the padding), in double,
+  // stored in scalar_t. No exp per term: along a row q is quadratic in k, so
+  //   e[k+1] = e[k] r[k],  r[k+1] = r[k] c_bin,  r[k] = exp(-(q[k+1] - q[k]) / 2),
+  // run as kLanes interleaved chains (lane j holds k = k_a + j + 4i; 4-step ratios R, R *= c^16),
+  // re-anchored with an exact exp(-q/2) every kAnchorTerms terms. Where a ratio is not a finite
+  // normal double (very narrow frequency spreads: few terms per row) the block uses exp per term.
+  void row_values(int64_t d, const RowInfo& ri, scalar_t* out) const {
+    const int64_t n_out = int64_t(ri.nblk) * kLanes;
+    std::fill(out, out + n_out, scalar_t(0));
+    scalar_t* o = out + (ri.first - ri.k0);
+    const double a = static_cast<double>(d) * g.inv_sigma_t;
+    const double i1mr2 = g.inv_1mr2;
+    const double c4 = (c_bin * c_bin) * (c_bin * c_bin);
+    const double c16 = (c4 * c4) * (c4 * c4);
+    const double lo_keep = static_cast<double>(std::numeric_limits<scalar_t>::min());
+    auto store = [&](int64_t i, double e) { o[i] = e >= lo_keep ? static_cast<scalar_t>(e) : scalar_t(0); };
+    for (int64_t i0 = 0; i0 < ri.len; i0 += kAnchorTerms) {
+      const int64_t n = std::min<int64_t>(kAnchorTerms, ri.len - i0);
+      const int64_t ka = ri.first + i0;
+      const double e0 = std::exp(-0.5 * q_of(d, ka));
+      // q[k+1] - q[k] = i1mr2 beta (b[k] + b[k+1] - 2 rho a), b[k] = (nu_k - center) / sigma_nu.
+      const double b0 = (bin_frequency<double>(ka, n_fft) - g.center) * g.inv_sigma_nu;
+      const double r0 = std::exp(-0.5 * i1mr2 * beta * (2.0 * b0 + beta - 2.0 * g.rho * a));
+      double el[kLanes], R[kLanes];
+      el[0] = e0;
+      el[1] = e0 * r0;
+      el[2] = el[1] * (r0 * c_bin);
+      el[3] = el[2] * (r0 * (c_bin * c_bin));
+      // R_0 = r0 r1 r2 r3 = r0^4 c^6;  R_j = R_0 c^(4j)
+      R[0] = (r0 * r0) * (r0 * r0) * (c4 * (c_bin * c_bin));
+      R[1] = R[0] * c4;
+      R[2] = R[1] * c4;
+      R[3] = R[2] * c4;
+      bool ok = std::isfinite(c16) && c16 > 0.0;
+      for (int j = 0; j < kLanes; ++j) ok = ok && std::isfinite(R[j]) && R[j] >= std::numeric_limits<double>::min();
+      if (!ok) {
+        for (int64_t i = 0; i < n; ++i) store(i0 + i, std::exp(-0.5 * q_of(d, ka + i)));
+        continue;
+      }
+      int64_t i = 0;
+      for (; i + kLanes <= n; i += kLanes) {
+        for (int j = 0; j < kLanes; ++j) {
+          store(i0 + i + j, el[j]);
+          el[j] *= R[j];
+          R[j] *= c16;
+        }
+      }
+      for (int j = 0; i + j < n; ++j) store(i0 + i + j, el[j]);
+    }
   }
 
   // Row d: its run and a pointer to its weights (the table, or scratch of `stride` entries).
@@ -161,7 +222,8 @@ struct Stencil {
       *ri = info[d + radius];
       return w.data() + ri->off;
     }
-    *ri = compute_row(d, scratch);
+    *ri = has_info ? info[d + radius] : extent(d);
+    row_values(d, *ri, scratch);
     return scratch;
   }
 };
@@ -180,58 +242,73 @@ std::vector<Stencil<scalar_t>> make_stencils(const at::Tensor& center, const at:
   const double* psn = sn.data_ptr<double>();
   const double* pr = r.data_ptr<double>();
   const double trunc2 = effective_trunc2<scalar_t>(truncate);
+  // exp(-q/2) >= the smallest normal scalar_t  <=>  q <= -2 log(min)  (flushed to 0 beyond).
+  const double q_normal = -2.0 * std::log(static_cast<double>(std::numeric_limits<scalar_t>::min()));
   const int64_t stride = round_up(n_fft, kLanes);
   std::vector<Stencil<scalar_t>> out(F);
-  // Sizes first (cheap: stencil_bin_range per d), then which filters fit the budget, in filter order.
-  std::vector<int64_t> sizes(F, 0);
   for (int64_t f = 0; f < F; ++f) {
     auto& s = out[f];
     s.g = make_filter<double>(pc[f], pst[f], psn[f], pr[f], trunc2, n_fft, d_limit);
     s.trunc2 = trunc2;
+    s.q_max = std::min(trunc2, q_normal);
     s.n_fft = n_fft;
     s.stride = stride;
     s.radius = s.g.d_radius;
     s.norm_d = s.g.norm;
     s.sigma_nu = psn[f];
+    s.beta = 1.0 / (2.0 * static_cast<double>(n_fft) * psn[f]);
+    s.c_bin = std::exp(-s.beta * s.beta * s.g.inv_1mr2);
     s.norm = make_filter<scalar_t>(pc[f], pst[f], psn[f], pr[f], trunc2, n_fft, d_limit).norm;
-    int64_t total = 0;
-    for (int64_t d = -s.radius; d <= s.radius; ++d) {
-      int64_t lo, hi;
-      stencil_bin_range(s.g, d, trunc2, n_fft, &lo, &hi);
-      if (hi >= lo) total += round_up(hi - lo + 1, kLanes);
-    }
-    sizes[f] = total;
     if (with_v) {
       s.v.assign(stride, scalar_t(0));
       for (int64_t k = 0; k < n_fft; ++k)
         s.v[k] = static_cast<scalar_t>(bin_frequency<double>(k, n_fft) - s.g.center);
     }
   }
-  int64_t used = 0;
+  // Row runs first (one q per term of the bounding runs, no exp), then which filters' weights fit
+  // the budget, in filter order. Runs and weights each get the budget; runs of filters past it
+  // (huge time spreads) are found per use.
   const int64_t budget = stencil_budget_bytes();
+  int64_t info_bytes = 0;
   for (int64_t f = 0; f < F; ++f) {
-    const int64_t bytes = sizes[f] * int64_t(sizeof(scalar_t)) + (2 * out[f].radius + 1) * int64_t(sizeof(RowInfo));
+    const int64_t b = (2 * out[f].radius + 1) * int64_t(sizeof(RowInfo));
+    if (info_bytes + b <= budget) {
+      out[f].has_info = true;
+      info_bytes += b;
+    }
+  }
+  at::parallel_for(0, F, 1, [&](int64_t f0, int64_t f1) {
+    for (int64_t f = f0; f < f1; ++f) {
+      auto& s = out[f];
+      if (!s.has_info) continue;
+      const int64_t rows = 2 * s.radius + 1;
+      s.info.resize(rows);
+      int64_t pos = 0;
+      for (int64_t i = 0; i < rows; ++i) {
+        s.info[i] = s.extent(i - s.radius);
+        s.info[i].off = pos;
+        pos += int64_t(s.info[i].nblk) * kLanes;
+      }
+    }
+  });
+  int64_t used = 0;
+  for (int64_t f = 0; f < F; ++f) {
+    auto& s = out[f];
+    if (!s.has_info) continue;
+    const RowInfo& last = s.info.back();
+    const int64_t bytes = (last.off + int64_t(last.nblk) * kLanes) * int64_t(sizeof(scalar_t));
     if (used + bytes <= budget) {
-      out[f].tabulated = true;
+      s.tabulated = true;
       used += bytes;
     }
   }
   at::parallel_for(0, F, 1, [&](int64_t f0, int64_t f1) {
-    std::vector<scalar_t> tmp(stride);
     for (int64_t f = f0; f < f1; ++f) {
       auto& s = out[f];
       if (!s.tabulated) continue;
-      const int64_t rows = 2 * s.radius + 1;
-      s.info.resize(rows);
-      s.w.resize(std::max<int64_t>(sizes[f], 1));
-      int64_t pos = 0;
-      for (int64_t i = 0; i < rows; ++i) {
-        RowInfo ri = s.compute_row(i - s.radius, tmp.data());
-        ri.off = pos;
-        std::copy(tmp.data(), tmp.data() + ri.nblk * kLanes, s.w.data() + pos);
-        s.info[i] = ri;
-        pos += ri.nblk * kLanes;
-      }
+      const RowInfo& last = s.info.back();
+      s.w.resize(std::max<int64_t>(last.off + int64_t(last.nblk) * kLanes, 1));
+      for (int64_t i = 0; i < 2 * s.radius + 1; ++i) s.row_values(i - s.radius, s.info[i], s.w.data() + s.info[i].off);
     }
   });
   return out;
