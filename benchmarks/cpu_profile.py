@@ -89,7 +89,9 @@ def profile(name, cfg, p64, dtype, repeats, truncate=4.0):
     rows = R.operator_rows(cfg, p64)
     print(f"{name:16s} floor {med['floor'] * 1e3:8.1f} ms ({n_ffts} FFTs, rows {rows}/{cfg.n})  "
           f"fwd {med['fwd'] * 1e3:8.1f} ms = {med['fwd'] / med['floor']:5.2f}x floor  "
-          f"fwd+bwd {med['fwd+bwd'] * 1e3:8.1f} ms = {med['fwd+bwd'] / med['fwd']:5.2f}x fwd", flush=True)
+          f"fwd+bwd {med['fwd+bwd'] * 1e3:8.1f} ms = {med['fwd+bwd'] / med['fwd']:5.2f}x fwd  "
+          f"[min: floor {min(times['floor']) * 1e3:.1f}, fwd {min(times['fwd']) * 1e3:.1f}, "
+          f"fwd+bwd {min(times['fwd+bwd']) * 1e3:.1f} ms]", flush=True)
     return med
 
 

@@ -131,8 +131,14 @@ struct Stencil {
   double c_bin = 0;      // exp(-beta^2 / (1 - rho^2)): ratio of consecutive per-bin ratios
   bool tabulated = false;   // weights in w
   bool has_info = false;    // runs in info (else found per use)
+  // rho == 0: exp(-q/2) = exp(-a^2/2) exp(-b^2/2) and the run of row d is symmetric about the
+  // centre, so a row is scale(d) x profile, and rows with the same run share one profile in w:
+  // the table is a few KiB per filter instead of one run per d (at S 1.6 MB for 80 filters, which
+  // streamed from L3 on every frame; now L1/L2 resident).
+  bool separable = false;
   std::vector<RowInfo> info;  // per d + radius
-  std::vector<scalar_t> w;    // exp(-q/2) where q <= trunc2, 0 elsewhere (padded runs)
+  std::vector<scalar_t> w;    // exp(-q/2) where q <= trunc2, 0 elsewhere (padded runs); separable: profiles
+  std::vector<scalar_t> rscale;  // separable, with info: exp(-a^2/2) per d + radius
   std::vector<scalar_t> v;    // nu_k - center for k < n_fft, 0 in the padding (backward moments)
 
   double q_of(int64_t d, int64_t k) const {
@@ -216,14 +222,22 @@ struct Stencil {
     }
   }
 
-  // Row d: its run and a pointer to its weights (the table, or scratch of `stride` entries).
-  const scalar_t* row(int64_t d, scalar_t* scratch, RowInfo* ri) const {
+  scalar_t row_scale(int64_t d) const {
+    const double a = static_cast<double>(d) * g.inv_sigma_t;
+    return static_cast<scalar_t>(std::exp(-0.5 * (a * a)));
+  }
+
+  // Row d: its run, a pointer to its weights (the table, or scratch of `stride` entries) and a
+  // factor: weight = *scale x returned value (separable filters: the profile; else *scale = 1).
+  const scalar_t* row(int64_t d, scalar_t* scratch, RowInfo* ri, scalar_t* scale) const {
+    *scale = scalar_t(1);
+    if (separable) *scale = has_info ? rscale[d + radius] : row_scale(d);
     if (tabulated) {
       *ri = info[d + radius];
       return w.data() + ri->off;
     }
     *ri = has_info ? info[d + radius] : extent(d);
-    row_values(d, *ri, scratch);
+    row_values(separable ? 0 : d, *ri, scratch);  // at d = 0, q = b^2: the profile
     return scratch;
   }
 };
@@ -259,6 +273,7 @@ std::vector<Stencil<scalar_t>> make_stencils(const at::Tensor& center, const at:
     s.beta = 1.0 / (2.0 * static_cast<double>(n_fft) * psn[f]);
     s.c_bin = std::exp(-s.beta * s.beta * s.g.inv_1mr2);
     s.norm = make_filter<scalar_t>(pc[f], pst[f], psn[f], pr[f], trunc2, n_fft, d_limit).norm;
+    s.separable = pr[f] == 0.0;
     if (with_v) {
       s.v.assign(stride, scalar_t(0));
       for (int64_t k = 0; k < n_fft; ++k)
@@ -277,26 +292,40 @@ std::vector<Stencil<scalar_t>> make_stencils(const at::Tensor& center, const at:
       info_bytes += b;
     }
   }
+  std::vector<int64_t> table_size(F, 0);
   at::parallel_for(0, F, 1, [&](int64_t f0, int64_t f1) {
     for (int64_t f = f0; f < f1; ++f) {
       auto& s = out[f];
       if (!s.has_info) continue;
       const int64_t rows = 2 * s.radius + 1;
       s.info.resize(rows);
+      if (s.separable) s.rscale.resize(rows);
       int64_t pos = 0;
+      // separable: (first, len) of a run already given a profile (runs repeat in blocks of d).
+      std::vector<RowInfo> seen;
       for (int64_t i = 0; i < rows; ++i) {
-        s.info[i] = s.extent(i - s.radius);
-        s.info[i].off = pos;
-        pos += int64_t(s.info[i].nblk) * kLanes;
+        RowInfo ri = s.extent(i - s.radius);
+        ri.off = -1;
+        if (s.separable) {
+          s.rscale[i] = s.row_scale(i - s.radius);
+          for (const auto& o : seen)
+            if (o.first == ri.first && o.len == ri.len) ri.off = o.off;
+        }
+        if (ri.off < 0) {
+          ri.off = pos;
+          pos += int64_t(ri.nblk) * kLanes;
+          if (s.separable) seen.push_back(ri);
+        }
+        s.info[i] = ri;
       }
+      table_size[f] = pos;
     }
   });
   int64_t used = 0;
   for (int64_t f = 0; f < F; ++f) {
     auto& s = out[f];
     if (!s.has_info) continue;
-    const RowInfo& last = s.info.back();
-    const int64_t bytes = (last.off + int64_t(last.nblk) * kLanes) * int64_t(sizeof(scalar_t));
+    const int64_t bytes = table_size[f] * int64_t(sizeof(scalar_t));
     if (used + bytes <= budget) {
       s.tabulated = true;
       used += bytes;
@@ -306,9 +335,9 @@ std::vector<Stencil<scalar_t>> make_stencils(const at::Tensor& center, const at:
     for (int64_t f = f0; f < f1; ++f) {
       auto& s = out[f];
       if (!s.tabulated) continue;
-      const RowInfo& last = s.info.back();
-      s.w.resize(std::max<int64_t>(last.off + int64_t(last.nblk) * kLanes, 1));
-      for (int64_t i = 0; i < 2 * s.radius + 1; ++i) s.row_values(i - s.radius, s.info[i], s.w.data() + s.info[i].off);
+      s.w.resize(std::max<int64_t>(table_size[f], 1));
+      for (int64_t i = 0; i < 2 * s.radius + 1; ++i)
+        s.row_values(s.separable ? 0 : i - s.radius, s.info[i], s.w.data() + s.info[i].off);
     }
   });
   return out;
@@ -589,6 +618,51 @@ inline void param_grads_from_moments(double stf, double snf, double r, double no
   out[3] = r * K * i1mr2 + norm * (Sab - r * Sq) * i1mr2;         // d/d rho
 }
 
+// sum over rows i < nrows of sc[i] * <W row i, weights of row i> (sc == nullptr: 1), the rows'
+// runs in info[i] and weights at w + info[i].off, W row i at x + i * S. A small function of its
+// own, so that its pointers and accumulators stay in registers (inlined into the frame walk they
+// spilled to the stack), and two rows at a time with separate accumulators: one accumulator's
+// add latency per block, not the loads, bounded the loop. The order of every sum is fixed.
+template <typename T>
+__attribute__((noinline)) T dot_rows(const RowInfo* __restrict__ info, const T* __restrict__ w,
+                                     const T* __restrict__ sc, const T* __restrict__ x, int64_t S, int64_t nrows) {
+  using V = Vec<T>;
+  V acc0 = vzero<T>(), acc1 = vzero<T>();
+  int64_t i = 0;
+  for (; i + 2 <= nrows; i += 2) {
+    const RowInfo r0 = info[i], r1 = info[i + 1];
+    const T* __restrict__ x0 = x + i * S + r0.k0;
+    const T* __restrict__ x1 = x + (i + 1) * S + r1.k0;
+    const T* __restrict__ w0 = w + r0.off;
+    const T* __restrict__ w1 = w + r1.off;
+    V p0 = vzero<T>(), p1 = vzero<T>();
+    const int64_t nmin = std::min(r0.nblk, r1.nblk);
+    int64_t b = 0;
+    for (; b < nmin; ++b) {
+      p0 += vload(x0 + b * kLanes) * vload(w0 + b * kLanes);
+      p1 += vload(x1 + b * kLanes) * vload(w1 + b * kLanes);
+    }
+    for (int64_t c = b; c < r0.nblk; ++c) p0 += vload(x0 + c * kLanes) * vload(w0 + c * kLanes);
+    for (int64_t c = b; c < r1.nblk; ++c) p1 += vload(x1 + c * kLanes) * vload(w1 + c * kLanes);
+    if (sc != nullptr) {
+      p0 = p0 * sc[i];
+      p1 = p1 * sc[i + 1];
+    }
+    acc0 += p0;
+    acc1 += p1;
+  }
+  if (i < nrows) {
+    const RowInfo r0 = info[i];
+    const T* __restrict__ x0 = x + i * S + r0.k0;
+    const T* __restrict__ w0 = w + r0.off;
+    V p0 = vzero<T>();
+    for (int64_t b = 0; b < r0.nblk; ++b) p0 += vload(x0 + b * kLanes) * vload(w0 + b * kLanes);
+    if (sc != nullptr) p0 = p0 * sc[i];
+    acc0 += p0;
+  }
+  return vsum<T>(acc0 + acc1);
+}
+
 // ---- Forward. ----
 template <typename scalar_t>
 at::Tensor forward_impl(const at::Tensor& z_in, const at::Tensor& center, const at::Tensor& sigma_t,
@@ -608,7 +682,8 @@ at::Tensor forward_impl(const at::Tensor& z_in, const at::Tensor& center, const 
 
   at::parallel_for(0, P.B * P.n_frame_tiles, 1, [&](int64_t task0, int64_t task1) {
     RowFFT<scalar_t> fft(M, pairs_max, z.options());
-    std::vector<scalar_t> wrow(C * S), scratch(S);
+    std::vector<scalar_t> wrow(C * S), gen, gen_scale;
+    std::vector<RowInfo> gen_info;
     std::vector<double> acc;
     for (int64_t task = task0; task < task1; ++task) {
       const int64_t b = task / P.n_frame_tiles, tile = task % P.n_frame_tiles;
@@ -619,15 +694,27 @@ at::Tensor forward_impl(const at::Tensor& z_in, const at::Tensor& center, const 
       walk_frame_tile<scalar_t>(P, st, zb, t0, t1, C, fft, wrow.data(),
                                 [&](int64_t f, int64_t t, int64_t c0, int64_t d_lo, int64_t d_hi, int64_t n0) {
         const auto& s = st[f];
-        Vec<scalar_t> lanes = vzero<scalar_t>();
-        for (int64_t d = d_lo; d <= d_hi; ++d) {
-          RowInfo ri;
-          const scalar_t* w = s.row(d, scratch.data(), &ri);
-          const scalar_t* x = wrow.data() + (c0 + d - n0) * S + ri.k0;
-          for (int64_t blk = 0; blk < ri.nblk; ++blk)
-            lanes += vload(x + blk * kLanes) * vload(w + blk * kLanes);
+        const int64_t nrows = d_hi - d_lo + 1;
+        const scalar_t* x = wrow.data() + (c0 + d_lo - n0) * S;
+        scalar_t total;
+        if (s.tabulated) {
+          const scalar_t* sc = s.separable ? s.rscale.data() + (d_lo + s.radius) : nullptr;
+          total = dot_rows<scalar_t>(s.info.data() + (d_lo + s.radius), s.w.data(), sc, x, S, nrows);
+        } else {  // the same sum over rows generated into scratch (bitwise the same as tabulated)
+          gen_info.resize(nrows);
+          gen_scale.resize(nrows);
+          gen.resize(nrows * S);
+          for (int64_t i = 0; i < nrows; ++i) {
+            scalar_t sc;
+            const scalar_t* w = s.row(d_lo + i, gen.data() + i * S, &gen_info[i], &sc);
+            (void)w;  // == gen.data() + i * S
+            gen_info[i].off = i * S;
+            gen_scale[i] = sc;
+          }
+          total = dot_rows<scalar_t>(gen_info.data(), gen.data(), s.separable ? gen_scale.data() : nullptr, x, S,
+                                     nrows);
         }
-        acc[f * nt + (t - t0)] += static_cast<double>(vsum<scalar_t>(lanes));
+        acc[f * nt + (t - t0)] += static_cast<double>(total);
       });
       for (int64_t f = 0; f < P.F; ++f)
         for (int64_t t = t0; t < t1; ++t)
@@ -681,7 +768,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_
         V m0 = vzero<scalar_t>(), md = m0, mv = m0, mdd = m0, mdv = m0, mvv = m0;
         for (int64_t d = d_lo; d <= d_hi; ++d) {
           RowInfo ri;
-          const scalar_t* e = s.row(d, scratch.data(), &ri);
+          scalar_t sc;
+          const scalar_t* e = s.row(d, scratch.data(), &ri, &sc);
           const scalar_t* x = wrow.data() + (c0 + d - n0) * S + ri.k0;
           const scalar_t* vv = s.v.data() + ri.k0;
           V p0 = vzero<scalar_t>(), p1 = p0, p2 = p0;
@@ -694,6 +782,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_
             p2 += wev * vk;
           }
           const scalar_t dd = static_cast<scalar_t>(d);
+          p0 = p0 * sc;
+          p1 = p1 * sc;
+          p2 = p2 * sc;
           m0 += p0;
           md += p0 * dd;
           mdd += (p0 * dd) * dd;
@@ -769,10 +860,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_
             const int64_t d_lo = std::max(-R, n0 - c0), d_hi = std::min(R, n1 - 1 - c0);
             for (int64_t d = d_lo; d <= d_hi; ++d) {
               RowInfo ri;
-              const scalar_t* e = s.row(d, scratch.data(), &ri);
+              scalar_t sc;
+              const scalar_t* e = s.row(d, scratch.data(), &ri, &sc);
               scalar_t* a = arow.data() + (c0 + d - n0) * S + ri.k0;
+              const scalar_t cs = coef * sc;
               for (int64_t blk = 0; blk < ri.nblk; ++blk)
-                vstore(a + blk * kLanes, vload(a + blk * kLanes) + vload(e + blk * kLanes) * coef);
+                vstore(a + blk * kLanes, vload(a + blk * kLanes) + vload(e + blk * kLanes) * cs);
             }
           }
         }
