@@ -663,6 +663,88 @@ __attribute__((noinline)) T dot_rows(const RowInfo* __restrict__ info, const T* 
   return vsum<T>(acc0 + acc1);
 }
 
+// The rows d_lo .. d_lo + nrows - 1 of a filter whose weights are not tabulated, generated into
+// gen (row i at i * S) with their runs and scales, for dot_rows / moment_rows.
+template <typename scalar_t>
+void generate_rows(const Stencil<scalar_t>& s, int64_t d_lo, int64_t nrows, int64_t S, std::vector<scalar_t>& gen,
+                   std::vector<RowInfo>& gen_info, std::vector<scalar_t>& gen_scale) {
+  gen_info.resize(nrows);
+  gen_scale.resize(nrows);
+  gen.resize(nrows * S);
+  for (int64_t i = 0; i < nrows; ++i) {
+    scalar_t sc;
+    s.row(d_lo + i, gen.data() + i * S, &gen_info[i], &sc);  // writes row i into gen
+    gen_info[i].off = i * S;
+    gen_scale[i] = sc;
+  }
+}
+
+// The six moments (S0, Sd, Sv, Sdd, Sdv, Svv) of W E over rows d = d_lo + i (same layout as
+// dot_rows; v[k] = nu_k - center), into out[6]: per row three lane sums (sum WE, sum WE v,
+// sum WE v^2), folded with d. Two rows at a time, as dot_rows.
+template <typename T>
+__attribute__((noinline)) void moment_rows(const RowInfo* __restrict__ info, const T* __restrict__ w,
+                                           const T* __restrict__ sc, const T* __restrict__ x, int64_t S,
+                                           const T* __restrict__ v, int64_t d_lo, int64_t nrows, T* out) {
+  using V = Vec<T>;
+  V m0 = vzero<T>(), md = m0, mv = m0, mdd = m0, mdv = m0, mvv = m0;
+  auto fold = [&](V p0, V p1, V p2, int64_t i) {
+    if (sc != nullptr) {
+      p0 = p0 * sc[i];
+      p1 = p1 * sc[i];
+      p2 = p2 * sc[i];
+    }
+    const T dd = static_cast<T>(d_lo + i);
+    m0 += p0;
+    md += p0 * dd;
+    mdd += (p0 * dd) * dd;
+    mv += p1;
+    mdv += p1 * dd;
+    mvv += p2;
+  };
+  auto block = [&](const T* x0, const T* w0, const T* v0, int64_t b, V& p0, V& p1, V& p2) {
+    const V vk = vload(v0 + b * kLanes);
+    const V we = vload(x0 + b * kLanes) * vload(w0 + b * kLanes);
+    const V wev = we * vk;
+    p0 += we;
+    p1 += wev;
+    p2 += wev * vk;
+  };
+  int64_t i = 0;
+  for (; i + 2 <= nrows; i += 2) {
+    const RowInfo r0 = info[i], r1 = info[i + 1];
+    const T* x0 = x + i * S + r0.k0;
+    const T* x1 = x + (i + 1) * S + r1.k0;
+    const T* w0 = w + r0.off;
+    const T* w1 = w + r1.off;
+    const T* v0 = v + r0.k0;
+    const T* v1 = v + r1.k0;
+    V a0 = vzero<T>(), a1 = a0, a2 = a0, b0 = a0, b1 = a0, b2 = a0;
+    const int64_t nmin = std::min(r0.nblk, r1.nblk);
+    int64_t b = 0;
+    for (; b < nmin; ++b) {
+      block(x0, w0, v0, b, a0, a1, a2);
+      block(x1, w1, v1, b, b0, b1, b2);
+    }
+    for (int64_t c = b; c < r0.nblk; ++c) block(x0, w0, v0, c, a0, a1, a2);
+    for (int64_t c = b; c < r1.nblk; ++c) block(x1, w1, v1, c, b0, b1, b2);
+    fold(a0, a1, a2, i);
+    fold(b0, b1, b2, i + 1);
+  }
+  if (i < nrows) {
+    const RowInfo r0 = info[i];
+    V a0 = vzero<T>(), a1 = a0, a2 = a0;
+    for (int64_t b = 0; b < r0.nblk; ++b) block(x + i * S + r0.k0, w + r0.off, v + r0.k0, b, a0, a1, a2);
+    fold(a0, a1, a2, i);
+  }
+  out[0] = vsum<T>(m0);
+  out[1] = vsum<T>(md);
+  out[2] = vsum<T>(mv);
+  out[3] = vsum<T>(mdd);
+  out[4] = vsum<T>(mdv);
+  out[5] = vsum<T>(mvv);
+}
+
 // ---- Forward. ----
 template <typename scalar_t>
 at::Tensor forward_impl(const at::Tensor& z_in, const at::Tensor& center, const at::Tensor& sigma_t,
@@ -701,16 +783,7 @@ at::Tensor forward_impl(const at::Tensor& z_in, const at::Tensor& center, const 
           const scalar_t* sc = s.separable ? s.rscale.data() + (d_lo + s.radius) : nullptr;
           total = dot_rows<scalar_t>(s.info.data() + (d_lo + s.radius), s.w.data(), sc, x, S, nrows);
         } else {  // the same sum over rows generated into scratch (bitwise the same as tabulated)
-          gen_info.resize(nrows);
-          gen_scale.resize(nrows);
-          gen.resize(nrows * S);
-          for (int64_t i = 0; i < nrows; ++i) {
-            scalar_t sc;
-            const scalar_t* w = s.row(d_lo + i, gen.data() + i * S, &gen_info[i], &sc);
-            (void)w;  // == gen.data() + i * S
-            gen_info[i].off = i * S;
-            gen_scale[i] = sc;
-          }
+          generate_rows(s, d_lo, nrows, S, gen, gen_info, gen_scale);
           total = dot_rows<scalar_t>(gen_info.data(), gen.data(), s.separable ? gen_scale.data() : nullptr, x, S,
                                      nrows);
         }
@@ -752,7 +825,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_
   std::vector<double> work(P.B * P.n_frame_tiles * P.F * 4, 0.0);
   at::parallel_for(0, P.B * P.n_frame_tiles, 1, [&](int64_t task0, int64_t task1) {
     RowFFT<scalar_t> fft(M, pairs_max, z.options());
-    std::vector<scalar_t> wrow(C * S), scratch(S);
+    std::vector<scalar_t> wrow(C * S), gen, gen_scale;
+    std::vector<RowInfo> gen_info;
     std::vector<double> gmom;  // (F, 6): sum_t G[f,t] (S0, Sd, Sv, Sdd, Sdv, Svv)(f, t)
     for (int64_t task = task0; task < task1; ++task) {
       const int64_t b = task / P.n_frame_tiles, tile = task % P.n_frame_tiles;
@@ -764,41 +838,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_
         const double g = static_cast<double>(Gp[(b * P.F + f) * P.T + t]);
         if (g == 0.0) return;  // contributes exactly 0 (even where the moments are NaN)
         const auto& s = st[f];
-        using V = Vec<scalar_t>;
-        V m0 = vzero<scalar_t>(), md = m0, mv = m0, mdd = m0, mdv = m0, mvv = m0;
-        for (int64_t d = d_lo; d <= d_hi; ++d) {
-          RowInfo ri;
-          scalar_t sc;
-          const scalar_t* e = s.row(d, scratch.data(), &ri, &sc);
-          const scalar_t* x = wrow.data() + (c0 + d - n0) * S + ri.k0;
-          const scalar_t* vv = s.v.data() + ri.k0;
-          V p0 = vzero<scalar_t>(), p1 = p0, p2 = p0;
-          for (int64_t blk = 0; blk < ri.nblk; ++blk) {
-            const V vk = vload(vv + blk * kLanes);
-            const V we = vload(x + blk * kLanes) * vload(e + blk * kLanes);
-            const V wev = we * vk;
-            p0 += we;
-            p1 += wev;
-            p2 += wev * vk;
-          }
-          const scalar_t dd = static_cast<scalar_t>(d);
-          p0 = p0 * sc;
-          p1 = p1 * sc;
-          p2 = p2 * sc;
-          m0 += p0;
-          md += p0 * dd;
-          mdd += (p0 * dd) * dd;
-          mv += p1;
-          mdv += p1 * dd;
-          mvv += p2;
+        const int64_t nrows = d_hi - d_lo + 1;
+        const scalar_t* x = wrow.data() + (c0 + d_lo - n0) * S;
+        scalar_t mom6[6];
+        if (s.tabulated) {
+          const scalar_t* sc = s.separable ? s.rscale.data() + (d_lo + s.radius) : nullptr;
+          moment_rows<scalar_t>(s.info.data() + (d_lo + s.radius), s.w.data(), sc, x, S, s.v.data(), d_lo, nrows, mom6);
+        } else {
+          generate_rows(s, d_lo, nrows, S, gen, gen_info, gen_scale);
+          moment_rows<scalar_t>(gen_info.data(), gen.data(), s.separable ? gen_scale.data() : nullptr, x, S,
+                                s.v.data(), d_lo, nrows, mom6);
         }
         double* m = gmom.data() + f * 6;
-        m[0] += g * static_cast<double>(vsum<scalar_t>(m0));
-        m[1] += g * static_cast<double>(vsum<scalar_t>(md));
-        m[2] += g * static_cast<double>(vsum<scalar_t>(mv));
-        m[3] += g * static_cast<double>(vsum<scalar_t>(mdd));
-        m[4] += g * static_cast<double>(vsum<scalar_t>(mdv));
-        m[5] += g * static_cast<double>(vsum<scalar_t>(mvv));
+        for (int j = 0; j < 6; ++j) m[j] += g * static_cast<double>(mom6[j]);
       });
       double* out = work.data() + (b * P.n_frame_tiles + tile) * P.F * 4;
       for (int64_t f = 0; f < P.F; ++f)
