@@ -745,6 +745,21 @@ __attribute__((noinline)) void moment_rows(const RowInfo* __restrict__ info, con
   out[5] = vsum<T>(mvv);
 }
 
+// A row i += (coef * sc[i]) * weights of row i (sc == nullptr: 1), rows as in dot_rows: the
+// grad_z pass's scatter of G[f, t] norm_f E_f into the A rows, in a function of its own (registers).
+template <typename T>
+__attribute__((noinline)) void axpy_rows(const RowInfo* __restrict__ info, const T* __restrict__ w,
+                                         const T* __restrict__ sc, T coef, T* __restrict__ a, int64_t S,
+                                         int64_t nrows) {
+  for (int64_t i = 0; i < nrows; ++i) {
+    const RowInfo r = info[i];
+    const T cs = sc != nullptr ? coef * sc[i] : coef;
+    T* __restrict__ ai = a + i * S + r.k0;
+    const T* __restrict__ wi = w + r.off;
+    for (int64_t b = 0; b < r.nblk; ++b) vstore(ai + b * kLanes, vload(ai + b * kLanes) + vload(wi + b * kLanes) * cs);
+  }
+}
+
 // ---- Forward. ----
 template <typename scalar_t>
 at::Tensor forward_impl(const at::Tensor& z_in, const at::Tensor& center, const at::Tensor& sigma_t,
@@ -877,7 +892,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_
   cplx* gz = grad_z.data_ptr<cplx>();
   at::parallel_for(0, P.B * n_sample_tiles, 1, [&](int64_t task0, int64_t task1) {
     RowFFT<scalar_t> fft(M, pairs_max, z.options());
-    std::vector<scalar_t> arow(C * S), scratch(S), ah_re(2 * h + 1), ah_im(2 * h + 1);
+    std::vector<scalar_t> arow(C * S), gen, gen_scale, ah_re(2 * h + 1), ah_im(2 * h + 1);
+    std::vector<RowInfo> gen_info;
     std::vector<scalar_t> acc_re, acc_im, zr_rev, zi_rev;
     for (int64_t task = task0; task < task1; ++task) {
       const int64_t b = task / n_sample_tiles, tile = task % n_sample_tiles;
@@ -910,14 +926,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_
             if (coef == scalar_t(0)) continue;  // adds exactly 0 (weights are finite)
             const int64_t c0 = t * P.hop;
             const int64_t d_lo = std::max(-R, n0 - c0), d_hi = std::min(R, n1 - 1 - c0);
-            for (int64_t d = d_lo; d <= d_hi; ++d) {
-              RowInfo ri;
-              scalar_t sc;
-              const scalar_t* e = s.row(d, scratch.data(), &ri, &sc);
-              scalar_t* a = arow.data() + (c0 + d - n0) * S + ri.k0;
-              const scalar_t cs = coef * sc;
-              for (int64_t blk = 0; blk < ri.nblk; ++blk)
-                vstore(a + blk * kLanes, vload(a + blk * kLanes) + vload(e + blk * kLanes) * cs);
+            const int64_t nrows = d_hi - d_lo + 1;
+            scalar_t* a = arow.data() + (c0 + d_lo - n0) * S;
+            if (s.tabulated) {
+              const scalar_t* sc = s.separable ? s.rscale.data() + (d_lo + R) : nullptr;
+              axpy_rows<scalar_t>(s.info.data() + (d_lo + R), s.w.data(), sc, coef, a, S, nrows);
+            } else {
+              generate_rows(s, d_lo, nrows, S, gen, gen_info, gen_scale);
+              axpy_rows<scalar_t>(gen_info.data(), gen.data(), s.separable ? gen_scale.data() : nullptr, coef, a, S,
+                                  nrows);
             }
           }
         }
