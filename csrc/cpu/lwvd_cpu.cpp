@@ -579,19 +579,36 @@ void walk_frame_tile(const Problem& P, const std::vector<Stencil<scalar_t>>& st,
   SplitSignal<scalar_t> zs;
   zs.load(zb, std::max<int64_t>(0, r_lo - h), std::min(P.N - 1, r_hi + h));
   WvdScratch<scalar_t> ws(h);
-  for (int64_t n0 = r_lo; n0 <= r_hi; n0 += chunk_rows) {
-    const int64_t n1 = std::min(r_hi + 1, n0 + chunk_rows);
-    wvd_rows<scalar_t>(zs, P.N, P.M, P.stride, n0, n1, fft, ws, wrow);
-    for (int64_t f = 0; f < P.F; ++f) {
-      const int64_t R = st[f].radius;
-      int64_t ta, tb;
-      frames_meeting(n0, n1, R, P.hop, t0, t1 - 1, &ta, &tb);
-      for (int64_t t = ta; t <= tb; ++t) {
-        const int64_t c0 = t * P.hop;
-        visit(f, t, c0, std::max(-R, n0 - c0), std::min(R, n1 - 1 - c0), n0);
+  // Only rows some frame's support reaches: maximal runs of the union of [t hop - R, t hop + R]
+  // (narrow filters at a large hop leave gaps: at hop 512 and sigma_t / 5, 83% of the rows).
+  auto run = [&](int64_t a_lo, int64_t a_hi) {
+    for (int64_t n0 = a_lo; n0 <= a_hi; n0 += chunk_rows) {
+      const int64_t n1 = std::min(a_hi + 1, n0 + chunk_rows);
+      wvd_rows<scalar_t>(zs, P.N, P.M, P.stride, n0, n1, fft, ws, wrow);
+      for (int64_t f = 0; f < P.F; ++f) {
+        const int64_t R = st[f].radius;
+        int64_t ta, tb;
+        frames_meeting(n0, n1, R, P.hop, t0, t1 - 1, &ta, &tb);
+        for (int64_t t = ta; t <= tb; ++t) {
+          const int64_t c0 = t * P.hop;
+          visit(f, t, c0, std::max(-R, n0 - c0), std::min(R, n1 - 1 - c0), n0);
+        }
       }
     }
+  };
+  int64_t cur_lo = -1, cur_hi = -2;
+  for (int64_t t = t0; t < t1; ++t) {
+    const int64_t lo = std::max<int64_t>(0, t * P.hop - P.r_max), hi = std::min(P.N - 1, t * P.hop + P.r_max);
+    if (lo > hi) continue;
+    if (cur_hi >= cur_lo && lo <= cur_hi + 1) {
+      cur_hi = std::max(cur_hi, hi);
+    } else {
+      if (cur_hi >= cur_lo) run(cur_lo, cur_hi);
+      cur_lo = lo;
+      cur_hi = hi;
+    }
   }
+  if (cur_hi >= cur_lo) run(cur_lo, cur_hi);
 }
 
 // sum_t G dK/dtheta (theta = center, sigma_t, sigma_nu, rho) of one filter from its G-weighted
