@@ -929,8 +929,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_
         zr_rev[i] = zb[u_hi - i].real();
         zi_rev[i] = zb[u_hi - i].imag();
       }
-      for (int64_t n0 = r_lo; n0 <= r_hi; n0 += C) {
-        const int64_t n1 = std::min(r_hi + 1, n0 + C);
+      // Rows no frame's support reaches have A = 0, so Ahat = 0 and they add nothing: only the runs
+      // of the union of [t hop - R, t hop + R] within [r_lo, r_hi] are built and gathered.
+      auto do_rows = [&](int64_t a_lo, int64_t a_hi) {
+      for (int64_t n0 = a_lo; n0 <= a_hi; n0 += C) {
+        const int64_t n1 = std::min(a_hi + 1, n0 + C);
         const int64_t rows = n1 - n0, pairs = (rows + 1) / 2;
         std::fill(arow.begin(), arow.begin() + 2 * pairs * S, scalar_t(0));
         for (int64_t f = 0; f < P.F; ++f) {  // fixed order: f, then t, then d
@@ -1005,6 +1008,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_
             gim[i] += scalar_t(2) * (zi[i] * ar[i] - zr[i] * ai[i]);
           }
         }
+      }
+      };
+      {
+        int64_t ta, tb, cur_lo = -1, cur_hi = -2;
+        frames_meeting(r_lo, r_hi + 1, P.r_max, P.hop, 0, P.T - 1, &ta, &tb);
+        for (int64_t t = ta; t <= tb; ++t) {
+          const int64_t lo = std::max(r_lo, t * P.hop - P.r_max), hi = std::min(r_hi, t * P.hop + P.r_max);
+          if (lo > hi) continue;
+          if (cur_hi >= cur_lo && lo <= cur_hi + 1) {
+            cur_hi = std::max(cur_hi, hi);
+          } else {
+            if (cur_hi >= cur_lo) do_rows(cur_lo, cur_hi);
+            cur_lo = lo;
+            cur_hi = hi;
+          }
+        }
+        if (cur_hi >= cur_lo) do_rows(cur_lo, cur_hi);
       }
       cplx* out = gz + b * P.N + j0;
       for (int64_t j = 0; j < j1 - j0; ++j) out[j] = cplx(acc_re[j], acc_im[j]);
