@@ -11,13 +11,14 @@
 //     task writes where another does, so there are no atomics and results do not depend on the
 //     thread count: tile and chunk sizes depend on the problem only, never on get_num_threads().
 //   * Rows are processed in chunks of 2 * chunk_pairs(n_fft): the Hermitian lag products of two
-//     rows share one complex FFT (our radix-2 FFT for power-of-two n_fft, at::_fft_c2c_out
-//     otherwise), so nothing of size B*N*n_fft is ever allocated.
+//     rows share one complex FFT (ATen's batched c2c, MKL on x86), so nothing of size B*N*n_fft
+//     is ever allocated. Only rows some frame's support reaches are built.
 //   * Needs -fopenmp (setup.py): without it at::parallel_for silently runs serially.
 //   * Each filter's Gaussian weight depends on (d, k) only: it is tabulated once per call as a
 //     ragged stencil (one contiguous bin run per d) shared read-only by every task; the hot loops
-//     are dot products / axpys of W (or A) row segments with stencil rows. A filter whose stencil
-//     would overflow kStencilBudgetBytes computes its rows on the fly instead (bounded memory).
+//     are dot products / axpys of W (or A) row segments with stencil rows. Weights come from a
+//     Gaussian recurrence along each row (no exp per term); a filter whose stencil would overflow
+//     kStencilBudgetBytes generates its rows per use instead (bounded memory, same cost per term).
 //   * Sums over a frame's ellipse run in a fixed order (rows ascending, bins ascending in fixed
 //     lanes); parameter gradients are reduced through a per-tile workspace in a fixed order.
 #include <ATen/ATen.h>
@@ -49,8 +50,8 @@ constexpr int64_t kMaxChunkPairs = 64;
 // Rows a tile owns (beyond its halo). Larger tiles recompute less halo; smaller ones balance
 // better over threads. With the halo at most half a tile the recomputation stays below 50%.
 constexpr int64_t kTileRows = 4096;
-// Memory for tabulated stencils (all filters). Past it a filter computes its weights per row
-// (exp per term: slower, bounded memory). LWVD_CPU_STENCIL_BUDGET_BYTES overrides it; the tests
+// Memory for tabulated stencils (all filters). Past it a filter generates its weights per use
+// (the same recurrence: about the same cost per term, bounded memory). LWVD_CPU_STENCIL_BUDGET_BYTES overrides it; the tests
 // set it to 0 to exercise the on-the-fly path on small problems.
 constexpr int64_t kStencilBudgetBytes = int64_t(32) << 20;
 int64_t stencil_budget_bytes() {
