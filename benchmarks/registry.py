@@ -206,24 +206,55 @@ def _fft_flops(length: int) -> float:
     return 5.0 * length * math.log2(max(length, 2))
 
 
+def effective_truncate(truncate: Optional[float], dtype=torch.float32) -> float:
+    """The truncation radius the kernels apply: ``truncate``, or for ``truncate=None`` the q beyond
+    which ``exp(-q/2)`` is no longer a normal number in the compute dtype (the CPU kernels flush
+    the subnormal rest to 0: ``Stencil::q_max`` in csrc/cpu/lwvd_cpu.cpp)."""
+    if truncate is not None:
+        return float(truncate)
+    return math.sqrt(-2.0 * math.log(torch.finfo(dtype).tiny))
+
+
+def filter_radii(cfg: BenchConfig, params64, dtype=torch.float32) -> torch.Tensor:
+    """Per filter, the largest |d| (samples) of its ellipse: ``floor(truncate sigma_t + 1)``, as the kernels."""
+    st = params64[1].double().cpu()
+    d_limit = cfg.n - 1 + (cfg.frames - 1) * cfg.hop
+    return torch.clamp(torch.floor(effective_truncate(cfg.truncate, dtype) * st + 1.0), max=d_limit).long()
+
+
+def operator_rows(cfg: BenchConfig, params64, dtype=torch.float32) -> int:
+    """Lag rows n in [0, N) per signal that some filter of some frame reaches (|n - t hop| <= R_f):
+    the rows the exact algorithm must transform. At S every row; narrow filters at a large hop fewer."""
+    r = int(filter_radii(cfg, params64, dtype).max())
+    need = torch.zeros(cfg.n, dtype=torch.bool)
+    for t in range(cfg.frames):
+        lo, hi = max(0, t * cfg.hop - r), min(cfg.n - 1, t * cfg.hop + r)
+        if lo <= hi:
+            need[lo:hi + 1] = True
+    return int(need.sum())
+
+
 def ellipse_terms(cfg: BenchConfig, params64) -> float:
     """Lattice points (d, k) inside the truncation ellipses, summed over filters: area
     ``pi truncate^2 sigma_t sigma_nu sqrt(1 - rho^2)`` in samples x cycles/sample, times ``2 M``
-    bins per cycle/sample (clipped to the ``n_fft`` bins for very wide filters)."""
-    if cfg.truncate is None:
-        return float(cfg.n_filters) * cfg.n * cfg.n_fft
+    bins per cycle/sample (clipped to the ``n_fft`` bins for very wide filters). For
+    ``truncate=None`` the radius is where the weights underflow in float32 (``effective_truncate``)."""
+    tr = effective_truncate(cfg.truncate)
     _, st, sn, r = (p.double().cpu() for p in params64)
-    area = math.pi * cfg.truncate**2 * st * sn * torch.sqrt(1 - r * r) * (2 * cfg.n_fft)
-    return float(torch.clamp(area, max=(2 * cfg.truncate * st + 1) * cfg.n_fft).sum())
+    area = math.pi * tr**2 * st * sn * torch.sqrt(1 - r * r) * (2 * cfg.n_fft)
+    return float(torch.clamp(area, max=(2 * tr * st + 1) * cfg.n_fft).sum())
 
 
 def lwvd_model_flops(cfg: BenchConfig, params64) -> float:
-    """Useful work of the exact operator (forward): per sample ``n_fft/2`` complex lag products
-    (6 FLOPs each) and one complex FFT of length ``n_fft``; per frame and filter 2 FLOPs per
-    ellipse term. Used as one numerator for every entry that computes the LWVD, so their FLOP/s
-    columns compare like with like."""
-    per_sample = 6.0 * (cfg.n_fft // 2) + _fft_flops(cfg.n_fft)
-    return cfg.batch * (cfg.n * per_sample + 2.0 * cfg.frames * ellipse_terms(cfg, params64))
+    """Useful work of the exact algorithm (forward), as the fused kernels do it: per needed lag row
+    (``operator_rows``) ``n_fft/2`` complex lag products (6 FLOPs each; the other half is their
+    conjugate), two real rows per complex FFT of length ``n_fft`` (5 L log2 L), and per frame and
+    filter 2 FLOPs per ellipse term. Used as one numerator for every entry that computes the LWVD, so
+    their FLOP/s columns compare like with like. (Until issue #13 this counted one full FFT per
+    sample, 1.6x the work at S.)"""
+    rows = operator_rows(cfg, params64)
+    per_row = 6.0 * (cfg.n_fft // 2) + 0.5 * _fft_flops(cfg.n_fft)
+    return cfg.batch * (rows * per_row + 2.0 * cfg.frames * ellipse_terms(cfg, params64))
 
 
 # --------------------------------------------------------------------------------------------
@@ -409,16 +440,78 @@ def _prepare_naive(cfg, inputs, device, dtype):
     return Prepared(fn, backend="torch (full lag tensor + conv1d per filter)", output_comparable=True)
 
 
-def _prepare_fft_floor(cfg, inputs, device, dtype):
+# Rows of one floor call: a (rows, n_fft) complex input plus its output fit in half the 512 KiB L2
+# of this machine's cores (AMD EPYC), so the floor's input and output stay cache resident.
+FLOOR_TILE_BYTES = 256 * 1024
+
+
+def floor_tile_rows(n_fft: int, dtype) -> int:
+    item = 16 if dtype == torch.float64 else 8
+    return max(1, FLOOR_TILE_BYTES // (2 * n_fft * item))
+
+
+def make_fft_floor(cfg: BenchConfig, params64, dtype, device="cpu"):
+    """The FFT floor of the exact algorithm: ``B * ceil(rows / 2)`` complex FFTs of length ``n_fft``
+    (two real lag rows share one complex FFT; ``rows = operator_rows``), through ``torch.fft`` (MKL on
+    the CPU), in L2-sized tiles of a prebuilt input (cache resident, the lag products not counted).
+    Returns ``(fn, n_ffts)``."""
     cdt = torch.complex128 if dtype == torch.float64 else torch.complex64
+    n_ffts = cfg.batch * ((operator_rows(cfg, params64) + 1) // 2)
+    tile = min(floor_tile_rows(cfg.n_fft, dtype), max(n_ffts, 1))
     g = torch.Generator().manual_seed(1)
-    rows = torch.randn(cfg.batch * cfg.n, cfg.n_fft, 2, generator=g, dtype=torch.float32)
-    rows = torch.view_as_complex(rows).to(dtype=cdt, device=device)
+    rows = torch.view_as_complex(torch.randn(tile, cfg.n_fft, 2, generator=g, dtype=torch.float32))
+    src = rows.to(dtype=cdt, device=device)
+    dst = torch.empty_like(src)
+    full, rest = divmod(n_ffts, tile)
+    src_rest, dst_rest = src[:rest], dst[:rest]
 
     def fn():
-        return torch.fft.fft(rows, dim=-1)
+        for _ in range(full):
+            torch.fft.fft(src, dim=-1, out=dst)
+        if rest:
+            torch.fft.fft(src_rest, dim=-1, out=dst_rest)
+        return dst
 
-    return Prepared(fn, backend="torch.fft", note="input (B*N, n_fft) prebuilt: the lag products are not counted")
+    return fn, n_ffts
+
+
+def _prepare_fft_floor(cfg, inputs, device, dtype):
+    fn, n_ffts = make_fft_floor(cfg, inputs.params64, dtype, device)
+    return Prepared(fn, backend="torch.fft", note=f"{n_ffts} complex FFTs (B x needed lag rows / 2, paired) in "
+                    f"L2-sized tiles of {floor_tile_rows(cfg.n_fft, dtype)} rows, prebuilt input: the lag products "
+                    "are not counted")
+
+
+def area4_filters(cfg: BenchConfig):
+    c, st, sn, r = config_filters(cfg)
+    return c, 2.0 * st, 2.0 * sn, r
+
+
+def _prepare_area4(truncate):
+    def prepare(cfg, inputs, device, dtype):
+        p64 = area4_filters(cfg)
+        params = tuple(p.to(dtype=dtype, device=device) for p in p64)
+        z = inputs.z
+        terms = ellipse_terms(replace(cfg, truncate=truncate), p64)
+
+        def fn():
+            with torch.no_grad():
+                return lwvd_cuda.lwvd(z, *params, n_fft=cfg.n_fft, hop_length=cfg.hop, truncate=truncate)
+
+        backend, note = _lwvd_backend(z, cfg)
+        if note:  # the reference with truncate=None smooths over the whole plane: minutes, GiBs
+            raise Unavailable(f"not run: needs the fused kernels ({note})")
+        return Prepared(fn, backend=backend,
+                        note=f"filters of 2x the spectrogram widths (area 4), truncate={truncate}: "
+                             f"{terms * cfg.frames * cfg.batch / 1e6:.0f} M smoothing terms; compare time per term "
+                             f"(GFLOP/s column: 2 FLOPs per term)")
+
+    return prepare
+
+
+def _area4_flops(truncate):
+    return lambda cfg, p64: 2.0 * cfg.batch * cfg.frames * ellipse_terms(replace(cfg, truncate=truncate),
+                                                                          area4_filters(cfg))
 
 
 def _prepare_stft(mode):
@@ -696,10 +789,18 @@ def _build_entries() -> list[Entry]:
         _prepare_naive, flops=_lwvd_flops, est_bytes=lambda cfg: _wvd_bytes(cfg, 10.0),  # 1.34 GiB seen at S
     ))
     entries.append(Entry(
-        "fft_floor", "fwd", "bare torch.fft.fft of a (B*N, n_fft) complex tensor: the FFT floor of the exact algorithm",
-        _prepare_fft_floor, flops=lambda cfg, p: cfg.batch * cfg.n * _fft_flops(cfg.n_fft),
-        est_bytes=lambda cfg: _wvd_bytes(cfg, 4.0), scaling=True,
+        "fft_floor", "fwd", "paired, cache-resident torch.fft of the lag rows the operator needs (B x rows/2 "
+        "complex FFTs of n_fft in L2-sized tiles): the FFT floor of the exact algorithm",
+        _prepare_fft_floor,
+        flops=lambda cfg, p: cfg.batch * ((operator_rows(cfg, p) + 1) // 2) * _fft_flops(cfg.n_fft),
+        est_bytes=lambda cfg: 2.0 * FLOOR_TILE_BYTES, scaling=True,
     ))
+    for trunc, label in ((4.0, "truncate4"), (None, "untruncated")):
+        entries.append(Entry(
+            f"lwvd_area4_{label}", "fwd", f"lwvd_cuda.lwvd, area-4 filters (2x spectrogram widths), truncate={trunc}: "
+            "cost per smoothing term with and without truncation",
+            _prepare_area4(trunc), flops=_area4_flops(trunc), est_bytes=_lwvd_bytes,
+        ))
     for mode in ("fwd", "fwd+bwd"):
         entries.append(Entry(
             "stft_spectrogram", mode, "torch.stft, Gaussian window of std s, hop 160, power |.|^2 (one FFT per hop)",

@@ -64,8 +64,19 @@ def test_model_flops_counts_the_ellipses():
     params = R.config_filters(cfg)
     # Spectrogram widths: sigma_t*sigma_nu = 1/(4 pi), so each ellipse holds pi*16/(4 pi)*1024 = 4096 terms.
     assert R.ellipse_terms(cfg, params) == pytest.approx(80 * 4096, rel=1e-9)
-    fft_part = 4 * 16000 * (6 * 256 + 5 * 512 * 9)
+    # At S every lag row is needed (R = 189 > hop / 2); two real rows share one complex FFT.
+    assert R.operator_rows(cfg, params) == 16000
+    fft_part = 4 * 16000 * (6 * 256 + 5 * 512 * 9 / 2)
     assert R.lwvd_model_flops(cfg, params) == pytest.approx(fft_part + 2 * 4 * 101 * 80 * 4096)
+
+
+def test_operator_rows_skips_rows_no_filter_reaches():
+    cfg = replace(R.standard_config(), n=1000, hop=500)
+    params = R.config_filters(cfg)  # R = floor(4 * 47.1 + 1) = 189: frames 0, 500, 1000
+    r = int(R.filter_radii(cfg, params).max())
+    assert r == 189
+    # rows 0..189 (frame 0), 311..689 (frame 1), 811..999 (frame 2 at n = 1000, past the signal)
+    assert R.operator_rows(cfg, params) == 190 + 379 + 189
 
 
 def test_stft_entry_matches_lwvd_identity():

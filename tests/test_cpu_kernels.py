@@ -96,16 +96,20 @@ def test_forward_multidim_batch_and_noncontiguous_through_public_api():
     assert_rel_close(got, _ref(z2.contiguous(), params, case), TOLERANCES[F64], "op, strided z")
 
 
-def test_on_the_fly_stencils_match(monkeypatch):
-    """With no stencil memory every filter computes its weights per row: same results."""
-    case = Case((2,), 200, 64, 10, 4, kind="wide")
+@pytest.mark.parametrize("budget", ["0", "3000"])
+@pytest.mark.parametrize("truncate", [4.0, None])
+def test_on_the_fly_stencils_match(monkeypatch, budget, truncate):
+    """With no stencil memory every filter computes its weights per row (with budget 0 also its row
+    runs; with a small budget some filters are tabulated, some have only their runs): same results."""
+    case = Case((2,), 200, 64, 10, 4, kind="wide", truncate=truncate)
     z, params = case.inputs(F64)
-    tab = OP_FWD(z, *params, case.n_fft, case.hop, 4.0)
+    tr = _trunc(truncate)
+    tab = OP_FWD(z, *params, case.n_fft, case.hop, tr)
     g = torch.randn_like(tab)
-    gtab = OP_BWD(g, z, *params, case.n_fft, case.hop, 4.0)
-    monkeypatch.setenv("LWVD_CPU_STENCIL_BUDGET_BYTES", "0")
-    fly = OP_FWD(z, *params, case.n_fft, case.hop, 4.0)
-    gfly = OP_BWD(g, z, *params, case.n_fft, case.hop, 4.0)
+    gtab = OP_BWD(g, z, *params, case.n_fft, case.hop, tr)
+    monkeypatch.setenv("LWVD_CPU_STENCIL_BUDGET_BYTES", budget)
+    fly = OP_FWD(z, *params, case.n_fft, case.hop, tr)
+    gfly = OP_BWD(g, z, *params, case.n_fft, case.hop, tr)
     # Same weights, same order of every sum: bitwise equal.
     assert torch.equal(tab, fly)
     for a, b in zip(gtab, gfly):
@@ -363,3 +367,56 @@ def test_randomized_sweep(b, n, n_fft, hop, f, kind, truncate, seed):
     expect = _reference_grads(z, params, n_fft, hop, truncate, g)
     for name, a, e in zip(("z", "center", "sigma_t", "sigma_nu", "rho"), grads, expect):
         assert_rel_close(_real_view(a), _real_view(e), TOLERANCES[F64], f"sweep grad_{name} {case}")
+
+
+# ---- Issue #12, items 7 and 9: memory bounded in F, absurd but valid parameters. ----
+def test_backward_memory_does_not_grow_with_filters_times_frames():
+    """The parameter-gradient pass kept six double moments per (filter, frame) of a tile: F = 1e4,
+    hop = 1 held 2 GB. Now G-weighted moments per filter: here 500 filters x 2049 frames would have
+    been 49 MB of moments (the output is 8 MB); the call must stay well below that."""
+    from benchmarks import measure
+
+    if not measure.rss_peak_supported():
+        pytest.skip("peak-RSS measure needs a writable /proc/self/clear_refs")
+    f, n, n_fft = 500, 2048, 16
+    z = make_signal((1,), n, seed=4)
+    params = (
+        torch.linspace(0.05, 0.45, f, dtype=F64),
+        torch.full((f,), 0.5, dtype=F64),
+        torch.full((f,), 0.02, dtype=F64),
+        torch.zeros(f, dtype=F64),
+    )
+    k = OP_FWD(z, *params, n_fft, 1, 4.0)
+    g = torch.ones_like(k)
+    OP_BWD(g, z, *params, n_fft, 1, 4.0)  # warm the allocator / thread pool
+    t = measure.measure(lambda: OP_BWD(g, z, *params, n_fft, 1, 4.0), device="cpu", repeats=1, warmup=1, budget_s=60)
+    assert t.peak_bytes is not None and t.peak_bytes < 16e6, t.peak_bytes
+
+
+def test_tiny_sigma_nu_gives_zero_gradients_not_nan():
+    """sigma_nu^3 underflows below ~1e-108: the backward divided 0 by 0 where every weight (and so the
+    output) is exactly 0. The gradient there is exactly 0, as the reference's autograd gives."""
+    z = make_signal((2,), 200, seed=1)
+    p = tuple(torch.tensor(v, dtype=F64) for v in ([0.1234, 0.3, 0.2], [5.0, 5.0, 3.0], [1e-120, 1e-109, 1e-200],
+                                                    [0.0, 0.3, -0.5]))
+    k = OP_FWD(z, *p, 32, 10, 4.0)
+    assert torch.equal(k, torch.zeros_like(k))
+    grads = OP_BWD(torch.ones_like(k), z, *p, 32, 10, 4.0)
+    for name, gk in zip(("z", "center", "sigma_t", "sigma_nu", "rho"), grads):
+        assert torch.equal(gk, torch.zeros_like(gk)), name
+    leaves = [t.clone().requires_grad_() for t in p]
+    ref_grads = torch.autograd.grad(reference.lwvd(z, *leaves, n_fft=32, hop_length=10).sum(), leaves)
+    for gk, gr in zip(grads[1:], ref_grads):
+        assert torch.equal(gk, gr)
+
+
+@pytest.mark.parametrize("truncate", [4.0, None])
+def test_overflowing_slope_matches_reference(truncate):
+    """rho sigma_nu / sigma_t overflows (tiny sigma_t, huge sigma_nu): the ellipse's row centre was
+    NaN at d = 0 and the output exactly 0; the reference evaluates q directly."""
+    z = make_signal((2,), 200, seed=1)
+    p = tuple(torch.tensor(v, dtype=F64) for v in ([0.2, 0.1], [1e-300, 3.0], [1e10, 0.01], [0.5, -0.9]))
+    k = OP_FWD(z, *p, 32, 10, _trunc(truncate))
+    ref = reference.lwvd(z, *p, n_fft=32, hop_length=10, truncate=truncate)
+    assert ref[:, 0].abs().max() > 0
+    assert_rel_close(k, ref, TOLERANCES[F64], "overflowing slope")

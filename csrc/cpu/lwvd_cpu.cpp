@@ -11,13 +11,14 @@
 //     task writes where another does, so there are no atomics and results do not depend on the
 //     thread count: tile and chunk sizes depend on the problem only, never on get_num_threads().
 //   * Rows are processed in chunks of 2 * chunk_pairs(n_fft): the Hermitian lag products of two
-//     rows share one complex FFT (our radix-2 FFT for power-of-two n_fft, at::_fft_c2c_out
-//     otherwise), so nothing of size B*N*n_fft is ever allocated.
+//     rows share one complex FFT (ATen's batched c2c, MKL on x86), so nothing of size B*N*n_fft
+//     is ever allocated. Only rows some frame's support reaches are built.
 //   * Needs -fopenmp (setup.py): without it at::parallel_for silently runs serially.
 //   * Each filter's Gaussian weight depends on (d, k) only: it is tabulated once per call as a
 //     ragged stencil (one contiguous bin run per d) shared read-only by every task; the hot loops
-//     are dot products / axpys of W (or A) row segments with stencil rows. A filter whose stencil
-//     would overflow kStencilBudgetBytes computes its rows on the fly instead (bounded memory).
+//     are dot products / axpys of W (or A) row segments with stencil rows. Weights come from a
+//     Gaussian recurrence along each row (no exp per term); a filter whose stencil would overflow
+//     kStencilBudgetBytes generates its rows per use instead (bounded memory, same cost per term).
 //   * Sums over a frame's ellipse run in a fixed order (rows ascending, bins ascending in fixed
 //     lanes); parameter gradients are reduced through a per-tile workspace in a fixed order.
 #include <ATen/ATen.h>
@@ -49,8 +50,8 @@ constexpr int64_t kMaxChunkPairs = 64;
 // Rows a tile owns (beyond its halo). Larger tiles recompute less halo; smaller ones balance
 // better over threads. With the halo at most half a tile the recomputation stays below 50%.
 constexpr int64_t kTileRows = 4096;
-// Memory for tabulated stencils (all filters). Past it a filter computes its weights per row
-// (exp per term: slower, bounded memory). LWVD_CPU_STENCIL_BUDGET_BYTES overrides it; the tests
+// Memory for tabulated stencils (all filters). Past it a filter generates its weights per use
+// (the same recurrence: about the same cost per term, bounded memory). LWVD_CPU_STENCIL_BUDGET_BYTES overrides it; the tests
 // set it to 0 to exercise the on-the-fly path on small problems.
 constexpr int64_t kStencilBudgetBytes = int64_t(32) << 20;
 int64_t stencil_budget_bytes() {
@@ -81,42 +82,82 @@ int64_t chunk_pairs(int64_t n_fft) {
 constexpr int64_t kLanes = 4;
 inline int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
 
+// bin_range (lwvd_math.cuh) for one stencil row, also where the ellipse's slope
+// rho sigma_nu / sigma_t overflows (huge sigma_nu, tiny sigma_t): bin_range's centre
+// center + slope * d is then inf * 0 = NaN at d = 0 and the row comes back empty, so the output
+// was exactly 0 where the reference (which evaluates q on the whole box) is not (issue #12). There
+// the row's centre is `center` at d = 0, and for d != 0 every bin is a candidate: the per-term
+// q <= trunc2 test (quad_form, shared with every backend) decides, as for any other row.
+template <typename T>
+inline void stencil_bin_range(const FilterGeometry<T>& g, int64_t d, double trunc2, int64_t n_fft, int64_t* lo,
+                              int64_t* hi) {
+  if (std::isfinite(g.slope)) {
+    bin_range(g, d, trunc2, n_fft, lo, hi);
+    return;
+  }
+  if (d == 0) {
+    FilterGeometry<T> g0 = g;
+    g0.slope = 0.0;
+    bin_range(g0, d, trunc2, n_fft, lo, hi);
+    return;
+  }
+  *lo = 0;
+  *hi = n_fft - 1;
+}
+
 struct RowInfo {
-  int64_t off;   // into Stencil::w
-  int32_t k0;    // first bin
-  int32_t nblk;  // number of kLanes blocks (0: the ellipse misses every bin at this d)
+  int64_t off;    // into Stencil::w (tabulated filters)
+  int32_t k0;     // first bin of the padded run
+  int32_t nblk;   // number of kLanes blocks (0: the ellipse misses every bin at this d)
+  int32_t first;  // first bin with a non-zero weight (the run is [first, first + len))
+  int32_t len;
 };
+
+// Terms between two exact evaluations of exp in a stencil row (see Stencil::row_values): the
+// recurrence's rounding error grows with the square of the steps per lane (16 here, ~1e-14
+// relative in double), and two exp per anchor over 64 terms cost about one multiply per term.
+constexpr int64_t kAnchorTerms = 64;
 
 template <typename scalar_t>
 struct Stencil {
   FilterGeometry<double> g;  // geometry in double: weights are computed in double, stored in scalar_t
   double trunc2 = 0;
+  double q_max = 0;  // min(trunc2, q where exp(-q/2) is no longer a normal scalar_t): the run's q limit
   int64_t n_fft = 0, stride = 0;
   int64_t radius = 0;  // |d| <= radius
   scalar_t norm = 0;
   double norm_d = 0;
   double sigma_nu = 0;
-  bool tabulated = false;
+  double beta = 0;       // b step per bin: 1 / (2 M sigma_nu)
+  double c_bin = 0;      // exp(-beta^2 / (1 - rho^2)): ratio of consecutive per-bin ratios
+  bool tabulated = false;   // weights in w
+  bool has_info = false;    // runs in info (else found per use)
+  // rho == 0: exp(-q/2) = exp(-a^2/2) exp(-b^2/2) and the run of row d is symmetric about the
+  // centre, so a row is scale(d) x profile, and rows with the same run share one profile in w:
+  // the table is a few KiB per filter instead of one run per d (at S 1.6 MB for 80 filters, which
+  // streamed from L3 on every frame; now L1/L2 resident).
+  bool separable = false;
   std::vector<RowInfo> info;  // per d + radius
-  std::vector<scalar_t> w;    // exp(-q/2) where q <= trunc2, 0 elsewhere (padded runs)
+  std::vector<scalar_t> w;    // exp(-q/2) where q <= trunc2, 0 elsewhere (padded runs); separable: profiles
+  std::vector<scalar_t> rscale;  // separable, with info: exp(-a^2/2) per d + radius
   std::vector<scalar_t> v;    // nu_k - center for k < n_fft, 0 in the padding (backward moments)
 
-  // Weights of row d into out[0 .. stride): returns the padded run (k0, nblk).
-  RowInfo compute_row(int64_t d, scalar_t* out) const {
-    RowInfo ri{0, 0, 0};
+  double q_of(int64_t d, int64_t k) const {
+    return quad_form(g, static_cast<double>(d), bin_frequency<double>(k, n_fft) - g.center);
+  }
+
+  // The padded run of row d: the bins with q <= q_max (quad_form and bin_range of lwvd_math.cuh
+  // decide, as in every backend). Weights past q_max are subnormal (only near the "every term"
+  // boundary of effective_trunc2, truncate=None) and flushed to 0: they change a sum by < 1e-37
+  // relative in float32 and would put subnormal operands (microcode assists, ~100x slower) in the
+  // hot loops. The ellipse row is an interval (q is convex in k).
+  RowInfo extent(int64_t d) const {
+    RowInfo ri{0, 0, 0, 0, 0};
     int64_t lo, hi;
-    bin_range(g, d, trunc2, n_fft, &lo, &hi);
+    stencil_bin_range(g, d, trunc2, n_fft, &lo, &hi);
     int64_t first = -1, last = -2;
     for (int64_t k = lo; k <= hi; ++k) {
-      const double q = quad_form(g, static_cast<double>(d), bin_frequency<double>(k, n_fft) - g.center);
-      // Subnormal weights are flushed to 0: they occur only near the "every term" boundary of
-      // effective_trunc2 (truncate=None), change a sum by < 1e-37 relative in float32, and would
-      // put subnormal operands (microcode assists, ~100x slower) in the hot loops.
-      const double ed = q <= trunc2 ? std::exp(-0.5 * q) : 0.0;
-      const scalar_t e = ed >= static_cast<double>(std::numeric_limits<scalar_t>::min()) ? static_cast<scalar_t>(ed)
-                                                                                        : scalar_t(0);
-      out[k - lo] = e;
-      if (e != scalar_t(0)) {
+      if (q_of(d, k) <= q_max) {
         if (first < 0) first = k;
         last = k;
       }
@@ -124,21 +165,80 @@ struct Stencil {
     if (first < 0) return ri;
     const int64_t len = last - first + 1, padded = round_up(len, kLanes);
     const int64_t k0 = std::min(first, stride - padded);
-    std::memmove(out + (first - k0), out + (first - lo), sizeof(scalar_t) * len);
-    std::fill(out, out + (first - k0), scalar_t(0));
-    std::fill(out + (first - k0) + len, out + padded, scalar_t(0));
     ri.k0 = static_cast<int32_t>(k0);
     ri.nblk = static_cast<int32_t>(padded / kLanes);
+    ri.first = static_cast<int32_t>(first);
+    ri.len = static_cast<int32_t>(len);
     return ri;
   }
 
-  // Row d: its run and a pointer to its weights (the table, or scratch of `stride` entries).
-  const scalar_t* row(int64_t d, scalar_t* scratch, RowInfo* ri) const {
+  // Weights of run ri of row d into out[0 .. nblk * kLanes) (zeros in the padding), in double,
+  // stored in scalar_t. No exp per term: along a row q is quadratic in k, so
+  //   e[k+1] = e[k] r[k],  r[k+1] = r[k] c_bin,  r[k] = exp(-(q[k+1] - q[k]) / 2),
+  // run as kLanes interleaved chains (lane j holds k = k_a + j + 4i; 4-step ratios R, R *= c^16),
+  // re-anchored with an exact exp(-q/2) every kAnchorTerms terms. Where a ratio is not a finite
+  // normal double (very narrow frequency spreads: few terms per row) the block uses exp per term.
+  void row_values(int64_t d, const RowInfo& ri, scalar_t* out) const {
+    const int64_t n_out = int64_t(ri.nblk) * kLanes;
+    std::fill(out, out + n_out, scalar_t(0));
+    scalar_t* o = out + (ri.first - ri.k0);
+    const double a = static_cast<double>(d) * g.inv_sigma_t;
+    const double i1mr2 = g.inv_1mr2;
+    const double c4 = (c_bin * c_bin) * (c_bin * c_bin);
+    const double c16 = (c4 * c4) * (c4 * c4);
+    const double lo_keep = static_cast<double>(std::numeric_limits<scalar_t>::min());
+    auto store = [&](int64_t i, double e) { o[i] = e >= lo_keep ? static_cast<scalar_t>(e) : scalar_t(0); };
+    for (int64_t i0 = 0; i0 < ri.len; i0 += kAnchorTerms) {
+      const int64_t n = std::min<int64_t>(kAnchorTerms, ri.len - i0);
+      const int64_t ka = ri.first + i0;
+      const double e0 = std::exp(-0.5 * q_of(d, ka));
+      // q[k+1] - q[k] = i1mr2 beta (b[k] + b[k+1] - 2 rho a), b[k] = (nu_k - center) / sigma_nu.
+      const double b0 = (bin_frequency<double>(ka, n_fft) - g.center) * g.inv_sigma_nu;
+      const double r0 = std::exp(-0.5 * i1mr2 * beta * (2.0 * b0 + beta - 2.0 * g.rho * a));
+      double el[kLanes], R[kLanes];
+      el[0] = e0;
+      el[1] = e0 * r0;
+      el[2] = el[1] * (r0 * c_bin);
+      el[3] = el[2] * (r0 * (c_bin * c_bin));
+      // R_0 = r0 r1 r2 r3 = r0^4 c^6;  R_j = R_0 c^(4j)
+      R[0] = (r0 * r0) * (r0 * r0) * (c4 * (c_bin * c_bin));
+      R[1] = R[0] * c4;
+      R[2] = R[1] * c4;
+      R[3] = R[2] * c4;
+      bool ok = std::isfinite(c16) && c16 > 0.0;
+      for (int j = 0; j < kLanes; ++j) ok = ok && std::isfinite(R[j]) && R[j] >= std::numeric_limits<double>::min();
+      if (!ok) {
+        for (int64_t i = 0; i < n; ++i) store(i0 + i, std::exp(-0.5 * q_of(d, ka + i)));
+        continue;
+      }
+      int64_t i = 0;
+      for (; i + kLanes <= n; i += kLanes) {
+        for (int j = 0; j < kLanes; ++j) {
+          store(i0 + i + j, el[j]);
+          el[j] *= R[j];
+          R[j] *= c16;
+        }
+      }
+      for (int j = 0; i + j < n; ++j) store(i0 + i + j, el[j]);
+    }
+  }
+
+  scalar_t row_scale(int64_t d) const {
+    const double a = static_cast<double>(d) * g.inv_sigma_t;
+    return static_cast<scalar_t>(std::exp(-0.5 * (a * a)));
+  }
+
+  // Row d: its run, a pointer to its weights (the table, or scratch of `stride` entries) and a
+  // factor: weight = *scale x returned value (separable filters: the profile; else *scale = 1).
+  const scalar_t* row(int64_t d, scalar_t* scratch, RowInfo* ri, scalar_t* scale) const {
+    *scale = scalar_t(1);
+    if (separable) *scale = has_info ? rscale[d + radius] : row_scale(d);
     if (tabulated) {
       *ri = info[d + radius];
       return w.data() + ri->off;
     }
-    *ri = compute_row(d, scratch);
+    *ri = has_info ? info[d + radius] : extent(d);
+    row_values(separable ? 0 : d, *ri, scratch);  // at d = 0, q = b^2: the profile
     return scratch;
   }
 };
@@ -157,58 +257,88 @@ std::vector<Stencil<scalar_t>> make_stencils(const at::Tensor& center, const at:
   const double* psn = sn.data_ptr<double>();
   const double* pr = r.data_ptr<double>();
   const double trunc2 = effective_trunc2<scalar_t>(truncate);
+  // exp(-q/2) >= the smallest normal scalar_t  <=>  q <= -2 log(min)  (flushed to 0 beyond).
+  const double q_normal = -2.0 * std::log(static_cast<double>(std::numeric_limits<scalar_t>::min()));
   const int64_t stride = round_up(n_fft, kLanes);
   std::vector<Stencil<scalar_t>> out(F);
-  // Sizes first (cheap: bin_range per d), then which filters fit the budget, in filter order.
-  std::vector<int64_t> sizes(F, 0);
   for (int64_t f = 0; f < F; ++f) {
     auto& s = out[f];
     s.g = make_filter<double>(pc[f], pst[f], psn[f], pr[f], trunc2, n_fft, d_limit);
     s.trunc2 = trunc2;
+    s.q_max = std::min(trunc2, q_normal);
     s.n_fft = n_fft;
     s.stride = stride;
     s.radius = s.g.d_radius;
     s.norm_d = s.g.norm;
     s.sigma_nu = psn[f];
+    s.beta = 1.0 / (2.0 * static_cast<double>(n_fft) * psn[f]);
+    s.c_bin = std::exp(-s.beta * s.beta * s.g.inv_1mr2);
     s.norm = make_filter<scalar_t>(pc[f], pst[f], psn[f], pr[f], trunc2, n_fft, d_limit).norm;
-    int64_t total = 0;
-    for (int64_t d = -s.radius; d <= s.radius; ++d) {
-      int64_t lo, hi;
-      bin_range(s.g, d, trunc2, n_fft, &lo, &hi);
-      if (hi >= lo) total += round_up(hi - lo + 1, kLanes);
-    }
-    sizes[f] = total;
+    s.separable = pr[f] == 0.0;
     if (with_v) {
       s.v.assign(stride, scalar_t(0));
       for (int64_t k = 0; k < n_fft; ++k)
         s.v[k] = static_cast<scalar_t>(bin_frequency<double>(k, n_fft) - s.g.center);
     }
   }
-  int64_t used = 0;
+  // Row runs first (one q per term of the bounding runs, no exp), then which filters' weights fit
+  // the budget, in filter order. Runs and weights each get the budget; runs of filters past it
+  // (huge time spreads) are found per use.
   const int64_t budget = stencil_budget_bytes();
+  int64_t info_bytes = 0;
   for (int64_t f = 0; f < F; ++f) {
-    const int64_t bytes = sizes[f] * int64_t(sizeof(scalar_t)) + (2 * out[f].radius + 1) * int64_t(sizeof(RowInfo));
+    const int64_t b = (2 * out[f].radius + 1) * int64_t(sizeof(RowInfo));
+    if (info_bytes + b <= budget) {
+      out[f].has_info = true;
+      info_bytes += b;
+    }
+  }
+  std::vector<int64_t> table_size(F, 0);
+  at::parallel_for(0, F, 1, [&](int64_t f0, int64_t f1) {
+    for (int64_t f = f0; f < f1; ++f) {
+      auto& s = out[f];
+      if (!s.has_info) continue;
+      const int64_t rows = 2 * s.radius + 1;
+      s.info.resize(rows);
+      if (s.separable) s.rscale.resize(rows);
+      int64_t pos = 0;
+      // separable: (first, len) of a run already given a profile (runs repeat in blocks of d).
+      std::vector<RowInfo> seen;
+      for (int64_t i = 0; i < rows; ++i) {
+        RowInfo ri = s.extent(i - s.radius);
+        ri.off = -1;
+        if (s.separable) {
+          s.rscale[i] = s.row_scale(i - s.radius);
+          for (const auto& o : seen)
+            if (o.first == ri.first && o.len == ri.len) ri.off = o.off;
+        }
+        if (ri.off < 0) {
+          ri.off = pos;
+          pos += int64_t(ri.nblk) * kLanes;
+          if (s.separable) seen.push_back(ri);
+        }
+        s.info[i] = ri;
+      }
+      table_size[f] = pos;
+    }
+  });
+  int64_t used = 0;
+  for (int64_t f = 0; f < F; ++f) {
+    auto& s = out[f];
+    if (!s.has_info) continue;
+    const int64_t bytes = table_size[f] * int64_t(sizeof(scalar_t));
     if (used + bytes <= budget) {
-      out[f].tabulated = true;
+      s.tabulated = true;
       used += bytes;
     }
   }
   at::parallel_for(0, F, 1, [&](int64_t f0, int64_t f1) {
-    std::vector<scalar_t> tmp(stride);
     for (int64_t f = f0; f < f1; ++f) {
       auto& s = out[f];
       if (!s.tabulated) continue;
-      const int64_t rows = 2 * s.radius + 1;
-      s.info.resize(rows);
-      s.w.resize(std::max<int64_t>(sizes[f], 1));
-      int64_t pos = 0;
-      for (int64_t i = 0; i < rows; ++i) {
-        RowInfo ri = s.compute_row(i - s.radius, tmp.data());
-        ri.off = pos;
-        std::copy(tmp.data(), tmp.data() + ri.nblk * kLanes, s.w.data() + pos);
-        s.info[i] = ri;
-        pos += ri.nblk * kLanes;
-      }
+      s.w.resize(std::max<int64_t>(table_size[f], 1));
+      for (int64_t i = 0; i < 2 * s.radius + 1; ++i)
+        s.row_values(s.separable ? 0 : i - s.radius, s.info[i], s.w.data() + s.info[i].off);
     }
   });
   return out;
@@ -273,192 +403,127 @@ inline T vsum(const Vec<T>& a) {
 }
 
 // ---- Row FFTs. ----
-// For power-of-two n_fft (the common case) the kernels use this plan: bit-reversed input slots
-// (the lag products are written straight into them), a radix-4 first pass then radix-2 stages on
-// split re/im rows (unit-stride inner loops the compiler vectorises), twiddles computed in double
-// once per call and shared read-only. Why not ATen's FFT per chunk: each call builds and commits
-// an MKL descriptor, and (in a build that lacked -fopenmp) concurrent calls cost ~10x more on two
-// threads; with -fopenmp it behaves, and is about as fast as this one on this machine (see
-// docs/cpu_kernels.md). This one keeps the same arithmetic whatever FFT backend torch was built
-// with, and no per-call setup. Other lengths go through at::_fft_c2c_out (any length).
-template <typename T>
-struct FFTPlan {
-  int64_t n = 1;
-  bool pow2 = true;
-  std::vector<int64_t> rev;  // input index -> slot (bit reversal)
-  std::vector<T> tw_re, tw_im;  // stage with half-size hs uses [hs - 1, 2 hs - 1): exp(-i pi j / hs)
-
-  explicit FFTPlan(int64_t n_fft) : n(n_fft) {
-    pow2 = (n & (n - 1)) == 0;
-    if (!pow2) return;
-    int bits = 0;
-    while ((int64_t(1) << bits) < n) ++bits;
-    rev.resize(n);
-    for (int64_t i = 0; i < n; ++i) {
-      int64_t r = 0;
-      for (int b = 0; b < bits; ++b) r |= ((i >> b) & 1) << (bits - 1 - b);
-      rev[i] = r;
-    }
-    tw_re.resize(std::max<int64_t>(n - 1, 1));
-    tw_im.resize(std::max<int64_t>(n - 1, 1));
-    const double pi = 3.14159265358979323846264338327950288;
-    for (int64_t hs = 1; hs < n; hs *= 2)
-      for (int64_t j = 0; j < hs; ++j) {
-        tw_re[hs - 1 + j] = static_cast<T>(std::cos(pi * static_cast<double>(j) / static_cast<double>(hs)));
-        tw_im[hs - 1 + j] = static_cast<T>(-std::sin(pi * static_cast<double>(j) / static_cast<double>(hs)));
-      }
-  }
-};
-
-// A task's batch of rows: split re / im arrays, (rows, n). Fill input index i at slot(i), run(),
-// then re(p)[k] + i im(p)[k] is the forward DFT X[k] = sum_i x[i] exp(-2 pi i k i / n).
+// A task's batch of complex rows (rows, n), natural order, interleaved re/im: fill in(p), run(),
+// then out(p)[k] = X[k] = sum_i x[i] exp(-2 pi i k i / n). The transform is ATen's batched
+// c2c (MKL on x86 builds of torch, pocketfft elsewhere) on per-task scratch tensors, one call per
+// chunk of rows: with -fopenmp the calls from worker threads do not contend (docs/cpu_kernels.md),
+// and MKL's vectorised FFT was 2-4x faster than the kernels' former radix-2 FFT at every n_fft
+// (issue #13). Chunk sizes depend on the problem only, so every row is transformed in the same
+// batch position whatever the thread count (deterministic).
 template <typename T>
 class RowFFT {
  public:
-  RowFFT(const FFTPlan<T>& plan, int64_t max_rows, const at::TensorOptions& complex_opts)
-      : plan_(plan), n_(plan.n), re_(max_rows * plan.n), im_(max_rows * plan.n) {
-    if (!plan.pow2) {
-      in_ = at::empty({max_rows, n_}, complex_opts);
-      out_ = at::empty({max_rows, n_}, complex_opts);
-    }
-  }
-  T* re(int64_t p) { return re_.data() + p * n_; }
-  T* im(int64_t p) { return im_.data() + p * n_; }
-  int64_t slot(int64_t i) const { return plan_.pow2 ? plan_.rev[i] : i; }
-
+  using cplx = c10::complex<T>;
+  RowFFT(int64_t n, int64_t max_rows, const at::TensorOptions& complex_opts)
+      : n_(n), in_(at::zeros({max_rows, n}, complex_opts)), out_(at::empty({max_rows, n}, complex_opts)) {}
+  cplx* in(int64_t p) { return in_.data_ptr<cplx>() + p * n_; }
+  const cplx* out(int64_t p) const { return out_.data_ptr<cplx>() + p * n_; }
   void run(int64_t rows) {
-    if (plan_.pow2) {
-      for (int64_t p = 0; p < rows; ++p) radix2(re(p), im(p));
-      return;
-    }
-    using cplx = c10::complex<T>;
-    cplx* in = in_.data_ptr<cplx>();
-    for (int64_t i = 0; i < rows * n_; ++i) in[i] = cplx(re_[i], im_[i]);
     at::Tensor src = in_.narrow(0, 0, rows), dst = out_.narrow(0, 0, rows);
     at::_fft_c2c_out(dst, src, {1}, /*normalization=*/0, /*forward=*/true);
-    const cplx* out = out_.data_ptr<cplx>();
-    for (int64_t i = 0; i < rows * n_; ++i) {
-      re_[i] = out[i].real();
-      im_[i] = out[i].imag();
-    }
   }
 
  private:
-  void radix2(T* __restrict__ xr, T* __restrict__ xi) const {
-    const int64_t n = n_;
-    if (n == 2) {
-      const T ar = xr[0], ai = xi[0], br = xr[1], bi = xi[1];
-      xr[0] = ar + br;
-      xi[0] = ai + bi;
-      xr[1] = ar - br;
-      xi[1] = ai - bi;
-      return;
-    }
-    // Stages hs = 1 and hs = 2 fused into one radix-4 pass: their twiddles are 1 and -i, exact
-    // (the generic loop would multiply by cos(pi/2) = 6e-17), and it saves a pass over the row.
-    for (int64_t b = 0; b + 4 <= n; b += 4) {
-      const T a0r = xr[b] + xr[b + 1], a0i = xi[b] + xi[b + 1];
-      const T a1r = xr[b] - xr[b + 1], a1i = xi[b] - xi[b + 1];
-      const T a2r = xr[b + 2] + xr[b + 3], a2i = xi[b + 2] + xi[b + 3];
-      const T a3r = xr[b + 2] - xr[b + 3], a3i = xi[b + 2] - xi[b + 3];
-      xr[b] = a0r + a2r;
-      xi[b] = a0i + a2i;
-      xr[b + 2] = a0r - a2r;
-      xi[b + 2] = a0i - a2i;
-      // -i * a3 = (a3i, -a3r)
-      xr[b + 1] = a1r + a3i;
-      xi[b + 1] = a1i - a3r;
-      xr[b + 3] = a1r - a3i;
-      xi[b + 3] = a1i + a3r;
-    }
-    for (int64_t hs = 4; hs < n; hs *= 2) {
-      const T* __restrict__ wr = plan_.tw_re.data() + (hs - 1);
-      const T* __restrict__ wi = plan_.tw_im.data() + (hs - 1);
-      for (int64_t base = 0; base < n; base += 2 * hs) {
-        T* __restrict__ ar = xr + base;
-        T* __restrict__ ai = xi + base;
-        T* __restrict__ br = xr + base + hs;
-        T* __restrict__ bi = xi + base + hs;
-        for (int64_t j = 0; j < hs; ++j) {
-          const T tr = br[j] * wr[j] - bi[j] * wi[j];
-          const T ti = br[j] * wi[j] + bi[j] * wr[j];
-          br[j] = ar[j] - tr;
-          bi[j] = ai[j] - ti;
-          ar[j] = ar[j] + tr;
-          ai[j] = ai[j] + ti;
-        }
-      }
-    }
-  }
-
-  const FFTPlan<T>& plan_;
   int64_t n_;
-  std::vector<T> re_, im_;
   at::Tensor in_, out_;
 };
 
+// One batch item's samples [u_lo, u_hi] split into re / im, forwards and reversed, so that the lag
+// products z[n + m] conj(z[n - m]) read every operand forwards in m (unit stride, vectorised).
+template <typename T>
+struct SplitSignal {
+  int64_t u_lo = 0, u_hi = -1;
+  std::vector<T> fr, fi, rr, ri;  // fr[i - u_lo] = Re z[i];  rr[u_hi - i] = Re z[i]
+  void load(const c10::complex<T>* z, int64_t lo, int64_t hi) {
+    u_lo = lo;
+    u_hi = hi;
+    const int64_t n = hi - lo + 1;
+    fr.resize(n);
+    fi.resize(n);
+    rr.resize(n);
+    ri.resize(n);
+    for (int64_t i = 0; i < n; ++i) {
+      fr[i] = z[lo + i].real();
+      fi[i] = z[lo + i].imag();
+      rr[n - 1 - i] = fr[i];
+      ri[n - 1 - i] = fi[i];
+    }
+  }
+};
+
+// Lag products of row n for m in [0, h] (zero past the signal's edge): r[m] = z[n+m] conj(z[n-m]).
+template <typename T>
+inline void lag_products(const SplitSignal<T>& zs, int64_t N, int64_t h, int64_t n, T* __restrict__ re,
+                         T* __restrict__ im) {
+  const int64_t mm = std::min(h, std::min(n, N - 1 - n));
+  const T* __restrict__ ar = zs.fr.data() + (n - zs.u_lo);
+  const T* __restrict__ ai = zs.fi.data() + (n - zs.u_lo);
+  const T* __restrict__ br = zs.rr.data() + (zs.u_hi - n);
+  const T* __restrict__ bi = zs.ri.data() + (zs.u_hi - n);
+  for (int64_t m = 0; m <= mm; ++m) {
+    re[m] = ar[m] * br[m] + ai[m] * bi[m];
+    im[m] = ai[m] * br[m] - ar[m] * bi[m];
+  }
+  for (int64_t m = std::max<int64_t>(mm + 1, 0); m <= h; ++m) re[m] = im[m] = T(0);
+}
+
+// Per-task scratch of the W-row builder.
+template <typename T>
+struct WvdScratch {
+  std::vector<T> ar, ai, br, bi;  // lag products of the two rows of a pair, m in [0, h]
+  explicit WvdScratch(int64_t h) : ar(h + 1), ai(h + 1), br(h + 1), bi(h + 1) {}
+};
+
 // WVD rows [n0, n1) of one signal into wrow ((n1-n0) x stride, real; columns >= n_fft stay 0),
-// two rows per complex FFT.
+// two rows per complex FFT: packed[m] = r_a[m] + i r_b[m] with r[-m] = conj(r[m]) (Hermitian), so
+// W[a] = 2 Re X and W[b] = 2 Im X.
 template <typename scalar_t>
-void wvd_rows(const c10::complex<scalar_t>* z, int64_t N, int64_t n_fft, int64_t stride, int64_t n0, int64_t n1,
-              RowFFT<scalar_t>& fft, scalar_t* wrow) {
-  using cplx = c10::complex<scalar_t>;
+void wvd_rows(const SplitSignal<scalar_t>& zs, int64_t N, int64_t n_fft, int64_t stride, int64_t n0, int64_t n1,
+              RowFFT<scalar_t>& fft, WvdScratch<scalar_t>& ws, scalar_t* wrow) {
   const int64_t M = n_fft, h = max_lag(n_fft);
   const int64_t rows = n1 - n0, pairs = (rows + 1) / 2;
   for (int64_t p = 0; p < pairs; ++p) {
-    scalar_t* xr = fft.re(p);
-    scalar_t* xi = fft.im(p);
-    std::fill(xr, xr + M, scalar_t(0));
-    std::fill(xi, xi + M, scalar_t(0));
-    // r[m] = z[n+m] conj(z[n-m]) and r[-m] = conj(r[m]) (Hermitian). Row a fills the real part
-    // of the packed row, row b the imaginary part: packed[m] = r_a[m] + i r_b[m].
-    const int64_t na = n0 + 2 * p;
-    {
-      const int64_t mm = std::min(h, std::min(na, N - 1 - na));
-      for (int64_t m = 0; m <= mm; ++m) {
-        const cplx zp = z[na + m], zm = z[na - m];
-        const scalar_t rr = zp.real() * zm.real() + zp.imag() * zm.imag();
-        const scalar_t ri = zp.imag() * zm.real() - zp.real() * zm.imag();
-        const int64_t s0 = fft.slot(m);
-        xr[s0] = rr;
-        xi[s0] = ri;
-        if (m > 0) {
-          const int64_t s1 = fft.slot(M - m);
-          xr[s1] = rr;
-          xi[s1] = -ri;
-        }
-      }
+    const int64_t na = n0 + 2 * p, nb = na + 1;
+    lag_products(zs, N, h, na, ws.ar.data(), ws.ai.data());
+    if (nb < n1) {
+      lag_products(zs, N, h, nb, ws.br.data(), ws.bi.data());
+    } else {
+      std::fill(ws.br.begin(), ws.br.end(), scalar_t(0));
+      std::fill(ws.bi.begin(), ws.bi.end(), scalar_t(0));
     }
-    const int64_t nb = na + 1;
-    if (nb < n1) {  // i (rr + i ri) = -ri + i rr;  i conj(rr + i ri) = ri + i rr
-      const int64_t mm = std::min(h, std::min(nb, N - 1 - nb));
-      for (int64_t m = 0; m <= mm; ++m) {
-        const cplx zp = z[nb + m], zm = z[nb - m];
-        const scalar_t rr = zp.real() * zm.real() + zp.imag() * zm.imag();
-        const scalar_t ri = zp.imag() * zm.real() - zp.real() * zm.imag();
-        const int64_t s0 = fft.slot(m);
-        xr[s0] -= ri;
-        xi[s0] += rr;
-        if (m > 0) {
-          const int64_t s1 = fft.slot(M - m);
-          xr[s1] += ri;
-          xi[s1] += rr;
-        }
-      }
+    scalar_t* __restrict__ x = reinterpret_cast<scalar_t*>(fft.in(p));
+    const scalar_t* __restrict__ ar = ws.ar.data();
+    const scalar_t* __restrict__ ai = ws.ai.data();
+    const scalar_t* __restrict__ br = ws.br.data();
+    const scalar_t* __restrict__ bi = ws.bi.data();
+    // packed[m] = (ar - bi) + i (ai + br);  packed[M - m] = conj(r_a) + i conj(r_b) = (ar + bi) + i (br - ai)
+    for (int64_t m = 0; m <= h; ++m) {
+      x[2 * m] = ar[m] - bi[m];
+      x[2 * m + 1] = ai[m] + br[m];
+    }
+    for (int64_t m = h + 1; m <= M - 1 - h; ++m) x[2 * m] = x[2 * m + 1] = scalar_t(0);  // index M/2 (even M)
+    scalar_t* __restrict__ xn = x + 2 * (M - h);  // packed[M - m] for m = h .. 1, ascending index
+    for (int64_t j = 0; j < h; ++j) {
+      const int64_t m = h - j;
+      xn[2 * j] = ar[m] + bi[m];
+      xn[2 * j + 1] = br[m] - ai[m];
     }
   }
   fft.run(pairs);
   for (int64_t p = 0; p < pairs; ++p) {
-    const scalar_t* xr = fft.re(p);
-    const scalar_t* xi = fft.im(p);
-    scalar_t* wa = wrow + (2 * p) * stride;
-    for (int64_t k = 0; k < M; ++k) wa[k] = scalar_t(2) * xr[k];
-    std::fill(wa + M, wa + stride, scalar_t(0));
+    const scalar_t* __restrict__ x = reinterpret_cast<const scalar_t*>(fft.out(p));
+    scalar_t* __restrict__ wa = wrow + (2 * p) * stride;
     if (2 * p + 1 < rows) {
-      scalar_t* wb = wa + stride;
-      for (int64_t k = 0; k < M; ++k) wb[k] = scalar_t(2) * xi[k];
+      scalar_t* __restrict__ wb = wa + stride;
+      for (int64_t k = 0; k < M; ++k) {
+        wa[k] = scalar_t(2) * x[2 * k];
+        wb[k] = scalar_t(2) * x[2 * k + 1];
+      }
       std::fill(wb + M, wb + stride, scalar_t(0));
+    } else {
+      for (int64_t k = 0; k < M; ++k) wa[k] = scalar_t(2) * x[2 * k];
     }
+    std::fill(wa + M, wa + stride, scalar_t(0));
   }
 }
 
@@ -510,18 +575,206 @@ void walk_frame_tile(const Problem& P, const std::vector<Stencil<scalar_t>>& st,
                      Visit&& visit) {
   const int64_t r_lo = std::max<int64_t>(0, t0 * P.hop - P.r_max);
   const int64_t r_hi = std::min(P.N - 1, (t1 - 1) * P.hop + P.r_max);
-  for (int64_t n0 = r_lo; n0 <= r_hi; n0 += chunk_rows) {
-    const int64_t n1 = std::min(r_hi + 1, n0 + chunk_rows);
-    wvd_rows<scalar_t>(zb, P.N, P.M, P.stride, n0, n1, fft, wrow);
-    for (int64_t f = 0; f < P.F; ++f) {
-      const int64_t R = st[f].radius;
-      int64_t ta, tb;
-      frames_meeting(n0, n1, R, P.hop, t0, t1 - 1, &ta, &tb);
-      for (int64_t t = ta; t <= tb; ++t) {
-        const int64_t c0 = t * P.hop;
-        visit(f, t, c0, std::max(-R, n0 - c0), std::min(R, n1 - 1 - c0), n0);
+  if (r_lo > r_hi) return;
+  const int64_t h = max_lag(P.M);
+  SplitSignal<scalar_t> zs;
+  zs.load(zb, std::max<int64_t>(0, r_lo - h), std::min(P.N - 1, r_hi + h));
+  WvdScratch<scalar_t> ws(h);
+  // Only rows some frame's support reaches: maximal runs of the union of [t hop - R, t hop + R]
+  // (narrow filters at a large hop leave gaps: at hop 512 and sigma_t / 5, 83% of the rows).
+  auto run = [&](int64_t a_lo, int64_t a_hi) {
+    for (int64_t n0 = a_lo; n0 <= a_hi; n0 += chunk_rows) {
+      const int64_t n1 = std::min(a_hi + 1, n0 + chunk_rows);
+      wvd_rows<scalar_t>(zs, P.N, P.M, P.stride, n0, n1, fft, ws, wrow);
+      for (int64_t f = 0; f < P.F; ++f) {
+        const int64_t R = st[f].radius;
+        int64_t ta, tb;
+        frames_meeting(n0, n1, R, P.hop, t0, t1 - 1, &ta, &tb);
+        for (int64_t t = ta; t <= tb; ++t) {
+          const int64_t c0 = t * P.hop;
+          visit(f, t, c0, std::max(-R, n0 - c0), std::min(R, n1 - 1 - c0), n0);
+        }
       }
     }
+  };
+  int64_t cur_lo = -1, cur_hi = -2;
+  for (int64_t t = t0; t < t1; ++t) {
+    const int64_t lo = std::max<int64_t>(0, t * P.hop - P.r_max), hi = std::min(P.N - 1, t * P.hop + P.r_max);
+    if (lo > hi) continue;
+    if (cur_hi >= cur_lo && lo <= cur_hi + 1) {
+      cur_hi = std::max(cur_hi, hi);
+    } else {
+      if (cur_hi >= cur_lo) run(cur_lo, cur_hi);
+      cur_lo = lo;
+      cur_hi = hi;
+    }
+  }
+  if (cur_hi >= cur_lo) run(cur_lo, cur_hi);
+}
+
+// sum_t G dK/dtheta (theta = center, sigma_t, sigma_nu, rho) of one filter from its G-weighted
+// moments m = (S0, Sd, Sv, Sdd, Sdv, Svv) of W E over the ellipse (d, v = nu_k - center), in double
+// (docs/design.md). The divisions by sigma_nu^2, sigma_nu^3 are applied one factor at a time: the
+// moments carry powers of v ~ sigma_nu, so each step stays in range, where sigma_nu^3 alone
+// underflows to 0 for sigma_nu < ~1e-108 (0/0 = NaN gradients, issue #12). Where every weight
+// underflowed (all moments exactly 0, the output exactly 0) the gradient is exactly 0.
+inline void param_grads_from_moments(double stf, double snf, double r, double norm, const double* m, double* out) {
+  const double S0 = m[0], Sd = m[1], Sv = m[2], Sdd = m[3], Sdv = m[4], Svv = m[5];
+  if (S0 == 0.0 && Sd == 0.0 && Sv == 0.0 && Sdd == 0.0 && Sdv == 0.0 && Svv == 0.0) {
+    out[0] = out[1] = out[2] = out[3] = 0.0;
+    return;
+  }
+  const double i1mr2 = 1.0 / (1.0 - r * r);
+  const double K = norm * S0;
+  // Moments in the filter's own units: a = d / sigma_t, b = v / sigma_nu.
+  const double Sa = Sd / stf, Sb = Sv / snf;
+  const double Saa = Sdd / stf / stf, Sab = Sdv / stf / snf, Sbb = Svv / snf / snf;
+  const double Sq = (Saa - 2.0 * r * Sab + Sbb) * i1mr2;
+  out[0] = norm * ((Sb - r * Sa) * i1mr2) / snf;                  // d/d center
+  out[1] = (norm * (Saa - r * Sab) * i1mr2 - K) / stf;            // d/d sigma_t
+  out[2] = (norm * (Sbb - r * Sab) * i1mr2 - K) / snf;            // d/d sigma_nu
+  out[3] = r * K * i1mr2 + norm * (Sab - r * Sq) * i1mr2;         // d/d rho
+}
+
+// sum over rows i < nrows of sc[i] * <W row i, weights of row i> (sc == nullptr: 1), the rows'
+// runs in info[i] and weights at w + info[i].off, W row i at x + i * S. A small function of its
+// own, so that its pointers and accumulators stay in registers (inlined into the frame walk they
+// spilled to the stack), and two rows at a time with separate accumulators: one accumulator's
+// add latency per block, not the loads, bounded the loop. The order of every sum is fixed.
+template <typename T>
+__attribute__((noinline)) T dot_rows(const RowInfo* __restrict__ info, const T* __restrict__ w,
+                                     const T* __restrict__ sc, const T* __restrict__ x, int64_t S, int64_t nrows) {
+  using V = Vec<T>;
+  V acc0 = vzero<T>(), acc1 = vzero<T>();
+  int64_t i = 0;
+  for (; i + 2 <= nrows; i += 2) {
+    const RowInfo r0 = info[i], r1 = info[i + 1];
+    const T* __restrict__ x0 = x + i * S + r0.k0;
+    const T* __restrict__ x1 = x + (i + 1) * S + r1.k0;
+    const T* __restrict__ w0 = w + r0.off;
+    const T* __restrict__ w1 = w + r1.off;
+    V p0 = vzero<T>(), p1 = vzero<T>();
+    const int64_t nmin = std::min(r0.nblk, r1.nblk);
+    int64_t b = 0;
+    for (; b < nmin; ++b) {
+      p0 += vload(x0 + b * kLanes) * vload(w0 + b * kLanes);
+      p1 += vload(x1 + b * kLanes) * vload(w1 + b * kLanes);
+    }
+    for (int64_t c = b; c < r0.nblk; ++c) p0 += vload(x0 + c * kLanes) * vload(w0 + c * kLanes);
+    for (int64_t c = b; c < r1.nblk; ++c) p1 += vload(x1 + c * kLanes) * vload(w1 + c * kLanes);
+    if (sc != nullptr) {
+      p0 = p0 * sc[i];
+      p1 = p1 * sc[i + 1];
+    }
+    acc0 += p0;
+    acc1 += p1;
+  }
+  if (i < nrows) {
+    const RowInfo r0 = info[i];
+    const T* __restrict__ x0 = x + i * S + r0.k0;
+    const T* __restrict__ w0 = w + r0.off;
+    V p0 = vzero<T>();
+    for (int64_t b = 0; b < r0.nblk; ++b) p0 += vload(x0 + b * kLanes) * vload(w0 + b * kLanes);
+    if (sc != nullptr) p0 = p0 * sc[i];
+    acc0 += p0;
+  }
+  return vsum<T>(acc0 + acc1);
+}
+
+// The rows d_lo .. d_lo + nrows - 1 of a filter whose weights are not tabulated, generated into
+// gen (row i at i * S) with their runs and scales, for dot_rows / moment_rows.
+template <typename scalar_t>
+void generate_rows(const Stencil<scalar_t>& s, int64_t d_lo, int64_t nrows, int64_t S, std::vector<scalar_t>& gen,
+                   std::vector<RowInfo>& gen_info, std::vector<scalar_t>& gen_scale) {
+  gen_info.resize(nrows);
+  gen_scale.resize(nrows);
+  gen.resize(nrows * S);
+  for (int64_t i = 0; i < nrows; ++i) {
+    scalar_t sc;
+    s.row(d_lo + i, gen.data() + i * S, &gen_info[i], &sc);  // writes row i into gen
+    gen_info[i].off = i * S;
+    gen_scale[i] = sc;
+  }
+}
+
+// The six moments (S0, Sd, Sv, Sdd, Sdv, Svv) of W E over rows d = d_lo + i (same layout as
+// dot_rows; v[k] = nu_k - center), into out[6]: per row three lane sums (sum WE, sum WE v,
+// sum WE v^2), folded with d. Two rows at a time, as dot_rows.
+template <typename T>
+__attribute__((noinline)) void moment_rows(const RowInfo* __restrict__ info, const T* __restrict__ w,
+                                           const T* __restrict__ sc, const T* __restrict__ x, int64_t S,
+                                           const T* __restrict__ v, int64_t d_lo, int64_t nrows, T* out) {
+  using V = Vec<T>;
+  V m0 = vzero<T>(), md = m0, mv = m0, mdd = m0, mdv = m0, mvv = m0;
+  auto fold = [&](V p0, V p1, V p2, int64_t i) {
+    if (sc != nullptr) {
+      p0 = p0 * sc[i];
+      p1 = p1 * sc[i];
+      p2 = p2 * sc[i];
+    }
+    const T dd = static_cast<T>(d_lo + i);
+    m0 += p0;
+    md += p0 * dd;
+    mdd += (p0 * dd) * dd;
+    mv += p1;
+    mdv += p1 * dd;
+    mvv += p2;
+  };
+  auto block = [&](const T* x0, const T* w0, const T* v0, int64_t b, V& p0, V& p1, V& p2) {
+    const V vk = vload(v0 + b * kLanes);
+    const V we = vload(x0 + b * kLanes) * vload(w0 + b * kLanes);
+    const V wev = we * vk;
+    p0 += we;
+    p1 += wev;
+    p2 += wev * vk;
+  };
+  int64_t i = 0;
+  for (; i + 2 <= nrows; i += 2) {
+    const RowInfo r0 = info[i], r1 = info[i + 1];
+    const T* x0 = x + i * S + r0.k0;
+    const T* x1 = x + (i + 1) * S + r1.k0;
+    const T* w0 = w + r0.off;
+    const T* w1 = w + r1.off;
+    const T* v0 = v + r0.k0;
+    const T* v1 = v + r1.k0;
+    V a0 = vzero<T>(), a1 = a0, a2 = a0, b0 = a0, b1 = a0, b2 = a0;
+    const int64_t nmin = std::min(r0.nblk, r1.nblk);
+    int64_t b = 0;
+    for (; b < nmin; ++b) {
+      block(x0, w0, v0, b, a0, a1, a2);
+      block(x1, w1, v1, b, b0, b1, b2);
+    }
+    for (int64_t c = b; c < r0.nblk; ++c) block(x0, w0, v0, c, a0, a1, a2);
+    for (int64_t c = b; c < r1.nblk; ++c) block(x1, w1, v1, c, b0, b1, b2);
+    fold(a0, a1, a2, i);
+    fold(b0, b1, b2, i + 1);
+  }
+  if (i < nrows) {
+    const RowInfo r0 = info[i];
+    V a0 = vzero<T>(), a1 = a0, a2 = a0;
+    for (int64_t b = 0; b < r0.nblk; ++b) block(x + i * S + r0.k0, w + r0.off, v + r0.k0, b, a0, a1, a2);
+    fold(a0, a1, a2, i);
+  }
+  out[0] = vsum<T>(m0);
+  out[1] = vsum<T>(md);
+  out[2] = vsum<T>(mv);
+  out[3] = vsum<T>(mdd);
+  out[4] = vsum<T>(mdv);
+  out[5] = vsum<T>(mvv);
+}
+
+// A row i += (coef * sc[i]) * weights of row i (sc == nullptr: 1), rows as in dot_rows: the
+// grad_z pass's scatter of G[f, t] norm_f E_f into the A rows, in a function of its own (registers).
+template <typename T>
+__attribute__((noinline)) void axpy_rows(const RowInfo* __restrict__ info, const T* __restrict__ w,
+                                         const T* __restrict__ sc, T coef, T* __restrict__ a, int64_t S,
+                                         int64_t nrows) {
+  for (int64_t i = 0; i < nrows; ++i) {
+    const RowInfo r = info[i];
+    const T cs = sc != nullptr ? coef * sc[i] : coef;
+    T* __restrict__ ai = a + i * S + r.k0;
+    const T* __restrict__ wi = w + r.off;
+    for (int64_t b = 0; b < r.nblk; ++b) vstore(ai + b * kLanes, vload(ai + b * kLanes) + vload(wi + b * kLanes) * cs);
   }
 }
 
@@ -541,11 +794,11 @@ at::Tensor forward_impl(const at::Tensor& z_in, const at::Tensor& center, const 
   const cplx* zp = z.data_ptr<cplx>();
   scalar_t* Kp = K.data_ptr<scalar_t>();
   const int64_t M = P.M, S = P.stride, pairs_max = chunk_pairs(M), C = 2 * pairs_max;
-  const FFTPlan<scalar_t> plan(M);
 
   at::parallel_for(0, P.B * P.n_frame_tiles, 1, [&](int64_t task0, int64_t task1) {
-    RowFFT<scalar_t> fft(plan, pairs_max, z.options());
-    std::vector<scalar_t> wrow(C * S), scratch(S);
+    RowFFT<scalar_t> fft(M, pairs_max, z.options());
+    std::vector<scalar_t> wrow(C * S), gen, gen_scale;
+    std::vector<RowInfo> gen_info;
     std::vector<double> acc;
     for (int64_t task = task0; task < task1; ++task) {
       const int64_t b = task / P.n_frame_tiles, tile = task % P.n_frame_tiles;
@@ -556,15 +809,18 @@ at::Tensor forward_impl(const at::Tensor& z_in, const at::Tensor& center, const 
       walk_frame_tile<scalar_t>(P, st, zb, t0, t1, C, fft, wrow.data(),
                                 [&](int64_t f, int64_t t, int64_t c0, int64_t d_lo, int64_t d_hi, int64_t n0) {
         const auto& s = st[f];
-        Vec<scalar_t> lanes = vzero<scalar_t>();
-        for (int64_t d = d_lo; d <= d_hi; ++d) {
-          RowInfo ri;
-          const scalar_t* w = s.row(d, scratch.data(), &ri);
-          const scalar_t* x = wrow.data() + (c0 + d - n0) * S + ri.k0;
-          for (int64_t blk = 0; blk < ri.nblk; ++blk)
-            lanes += vload(x + blk * kLanes) * vload(w + blk * kLanes);
+        const int64_t nrows = d_hi - d_lo + 1;
+        const scalar_t* x = wrow.data() + (c0 + d_lo - n0) * S;
+        scalar_t total;
+        if (s.tabulated) {
+          const scalar_t* sc = s.separable ? s.rscale.data() + (d_lo + s.radius) : nullptr;
+          total = dot_rows<scalar_t>(s.info.data() + (d_lo + s.radius), s.w.data(), sc, x, S, nrows);
+        } else {  // the same sum over rows generated into scratch (bitwise the same as tabulated)
+          generate_rows(s, d_lo, nrows, S, gen, gen_info, gen_scale);
+          total = dot_rows<scalar_t>(gen_info.data(), gen.data(), s.separable ? gen_scale.data() : nullptr, x, S,
+                                     nrows);
         }
-        acc[f * nt + (t - t0)] += static_cast<double>(vsum<scalar_t>(lanes));
+        acc[f * nt + (t - t0)] += static_cast<double>(total);
       });
       for (int64_t f = 0; f < P.F; ++f)
         for (int64_t t = t0; t < t1; ++t)
@@ -591,84 +847,48 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_
   const cplx* zp = z.data_ptr<cplx>();
   const scalar_t* Gp = G.data_ptr<scalar_t>();
   const int64_t M = P.M, S = P.stride, h = max_lag(M), pairs_max = chunk_pairs(M), C = 2 * pairs_max;
-  const FFTPlan<scalar_t> plan(M);
 
   // (1) Parameter gradients. Per (item, frame tile): the six moments of every (f, t) over its
   // ellipse, turned into sum_t G dK/dtheta; partial sums go to `work`, reduced below in a fixed order.
+  //
+  // dK/dtheta is linear in the six moments with coefficients that depend on the filter only
+  // (docs/design.md), so sum_t G[f,t] dK[f,t]/dtheta = L_f(sum_t G[f,t] moments(f,t)): a task keeps
+  // the G-weighted moment sums per filter (6 doubles each), not per (filter, frame). Its memory no
+  // longer grows with F x frames (issue #12: F = 1e4, hop = 1 held 2 GB of moments per task).
   std::vector<double> work(P.B * P.n_frame_tiles * P.F * 4, 0.0);
   at::parallel_for(0, P.B * P.n_frame_tiles, 1, [&](int64_t task0, int64_t task1) {
-    RowFFT<scalar_t> fft(plan, pairs_max, z.options());
-    std::vector<scalar_t> wrow(C * S), scratch(S);
-    std::vector<double> mom;  // (F, nt, 6): S0, Sd, Sv, Sdd, Sdv, Svv
+    RowFFT<scalar_t> fft(M, pairs_max, z.options());
+    std::vector<scalar_t> wrow(C * S), gen, gen_scale;
+    std::vector<RowInfo> gen_info;
+    std::vector<double> gmom;  // (F, 6): sum_t G[f,t] (S0, Sd, Sv, Sdd, Sdv, Svv)(f, t)
     for (int64_t task = task0; task < task1; ++task) {
       const int64_t b = task / P.n_frame_tiles, tile = task % P.n_frame_tiles;
       const int64_t t0 = tile * P.frames_per_tile, t1 = std::min(P.T, t0 + P.frames_per_tile);
-      const int64_t nt = t1 - t0;
       const cplx* zb = zp + b * P.N;
-      mom.assign(P.F * nt * 6, 0.0);
+      gmom.assign(P.F * 6, 0.0);
       walk_frame_tile<scalar_t>(P, st, zb, t0, t1, C, fft, wrow.data(),
                                 [&](int64_t f, int64_t t, int64_t c0, int64_t d_lo, int64_t d_hi, int64_t n0) {
-        if (Gp[(b * P.F + f) * P.T + t] == scalar_t(0)) return;  // contributes exactly 0
+        const double g = static_cast<double>(Gp[(b * P.F + f) * P.T + t]);
+        if (g == 0.0) return;  // contributes exactly 0 (even where the moments are NaN)
         const auto& s = st[f];
-        using V = Vec<scalar_t>;
-        V m0 = vzero<scalar_t>(), md = m0, mv = m0, mdd = m0, mdv = m0, mvv = m0;
-        for (int64_t d = d_lo; d <= d_hi; ++d) {
-          RowInfo ri;
-          const scalar_t* e = s.row(d, scratch.data(), &ri);
-          const scalar_t* x = wrow.data() + (c0 + d - n0) * S + ri.k0;
-          const scalar_t* vv = s.v.data() + ri.k0;
-          V p0 = vzero<scalar_t>(), p1 = p0, p2 = p0;
-          for (int64_t blk = 0; blk < ri.nblk; ++blk) {
-            const V vk = vload(vv + blk * kLanes);
-            const V we = vload(x + blk * kLanes) * vload(e + blk * kLanes);
-            const V wev = we * vk;
-            p0 += we;
-            p1 += wev;
-            p2 += wev * vk;
-          }
-          const scalar_t dd = static_cast<scalar_t>(d);
-          m0 += p0;
-          md += p0 * dd;
-          mdd += (p0 * dd) * dd;
-          mv += p1;
-          mdv += p1 * dd;
-          mvv += p2;
+        const int64_t nrows = d_hi - d_lo + 1;
+        const scalar_t* x = wrow.data() + (c0 + d_lo - n0) * S;
+        scalar_t mom6[6];
+        if (s.tabulated) {
+          const scalar_t* sc = s.separable ? s.rscale.data() + (d_lo + s.radius) : nullptr;
+          moment_rows<scalar_t>(s.info.data() + (d_lo + s.radius), s.w.data(), sc, x, S, s.v.data(), d_lo, nrows, mom6);
+        } else {
+          generate_rows(s, d_lo, nrows, S, gen, gen_info, gen_scale);
+          moment_rows<scalar_t>(gen_info.data(), gen.data(), s.separable ? gen_scale.data() : nullptr, x, S,
+                                s.v.data(), d_lo, nrows, mom6);
         }
-        double* m = mom.data() + (f * nt + (t - t0)) * 6;
-        m[0] += vsum<scalar_t>(m0);
-        m[1] += vsum<scalar_t>(md);
-        m[2] += vsum<scalar_t>(mv);
-        m[3] += vsum<scalar_t>(mdd);
-        m[4] += vsum<scalar_t>(mdv);
-        m[5] += vsum<scalar_t>(mvv);
+        double* m = gmom.data() + f * 6;
+        for (int j = 0; j < 6; ++j) m[j] += g * static_cast<double>(mom6[j]);
       });
-      // dK/dtheta (docs/design.md), in double, summed over the tile's frames in order.
       double* out = work.data() + (b * P.n_frame_tiles + tile) * P.F * 4;
-      for (int64_t f = 0; f < P.F; ++f) {
-        const double stf = st[f].g.sigma_t, snf = st[f].sigma_nu, r = st[f].g.rho, norm = st[f].norm_d;
-        const double i1mr2 = 1.0 / (1.0 - r * r);
-        double gc = 0, gst = 0, gsn = 0, gr = 0;
-        for (int64_t t = t0; t < t1; ++t) {
-          const double g = static_cast<double>(Gp[(b * P.F + f) * P.T + t]);
-          if (g == 0.0) continue;
-          const double* m = mom.data() + (f * nt + (t - t0)) * 6;
-          const double S0 = m[0], Sd = m[1], Sv = m[2], Sdd = m[3], Sdv = m[4], Svv = m[5];
-          const double K = norm * S0;
-          const double Sq = (Sdd / (stf * stf) - 2.0 * r * Sdv / (stf * snf) + Svv / (snf * snf)) * i1mr2;
-          const double dc = norm * (Sv / (snf * snf) - r * Sd / (stf * snf)) * i1mr2;
-          const double dst = -K / stf + norm * (Sdd / (stf * stf * stf) - r * Sdv / (stf * stf * snf)) * i1mr2;
-          const double dsn = -K / snf + norm * (Svv / (snf * snf * snf) - r * Sdv / (stf * snf * snf)) * i1mr2;
-          const double dr = r * K * i1mr2 + norm * (Sdv / (stf * snf) - r * Sq) * i1mr2;
-          gc += g * dc;
-          gst += g * dst;
-          gsn += g * dsn;
-          gr += g * dr;
-        }
-        out[f * 4 + 0] = gc;
-        out[f * 4 + 1] = gst;
-        out[f * 4 + 2] = gsn;
-        out[f * 4 + 3] = gr;
-      }
+      for (int64_t f = 0; f < P.F; ++f)
+        param_grads_from_moments(st[f].g.sigma_t, st[f].sigma_nu, st[f].g.rho, st[f].norm_d, gmom.data() + f * 6,
+                                 out + f * 4);
     }
   });
   {
@@ -689,8 +909,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_
   const int64_t n_sample_tiles = ceil_div(P.N, J);
   cplx* gz = grad_z.data_ptr<cplx>();
   at::parallel_for(0, P.B * n_sample_tiles, 1, [&](int64_t task0, int64_t task1) {
-    RowFFT<scalar_t> fft(plan, pairs_max, z.options());
-    std::vector<scalar_t> arow(C * S), scratch(S), ah_re(2 * h + 1), ah_im(2 * h + 1);
+    RowFFT<scalar_t> fft(M, pairs_max, z.options());
+    std::vector<scalar_t> arow(C * S), gen, gen_scale, ah_re(2 * h + 1), ah_im(2 * h + 1);
+    std::vector<RowInfo> gen_info;
     std::vector<scalar_t> acc_re, acc_im, zr_rev, zi_rev;
     for (int64_t task = task0; task < task1; ++task) {
       const int64_t b = task / n_sample_tiles, tile = task % n_sample_tiles;
@@ -709,8 +930,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_
         zr_rev[i] = zb[u_hi - i].real();
         zi_rev[i] = zb[u_hi - i].imag();
       }
-      for (int64_t n0 = r_lo; n0 <= r_hi; n0 += C) {
-        const int64_t n1 = std::min(r_hi + 1, n0 + C);
+      // Rows no frame's support reaches have A = 0, so Ahat = 0 and they add nothing: only the runs
+      // of the union of [t hop - R, t hop + R] within [r_lo, r_hi] are built and gathered.
+      auto do_rows = [&](int64_t a_lo, int64_t a_hi) {
+      for (int64_t n0 = a_lo; n0 <= a_hi; n0 += C) {
+        const int64_t n1 = std::min(a_hi + 1, n0 + C);
         const int64_t rows = n1 - n0, pairs = (rows + 1) / 2;
         std::fill(arow.begin(), arow.begin() + 2 * pairs * S, scalar_t(0));
         for (int64_t f = 0; f < P.F; ++f) {  // fixed order: f, then t, then d
@@ -723,24 +947,25 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_
             if (coef == scalar_t(0)) continue;  // adds exactly 0 (weights are finite)
             const int64_t c0 = t * P.hop;
             const int64_t d_lo = std::max(-R, n0 - c0), d_hi = std::min(R, n1 - 1 - c0);
-            for (int64_t d = d_lo; d <= d_hi; ++d) {
-              RowInfo ri;
-              const scalar_t* e = s.row(d, scratch.data(), &ri);
-              scalar_t* a = arow.data() + (c0 + d - n0) * S + ri.k0;
-              for (int64_t blk = 0; blk < ri.nblk; ++blk)
-                vstore(a + blk * kLanes, vload(a + blk * kLanes) + vload(e + blk * kLanes) * coef);
+            const int64_t nrows = d_hi - d_lo + 1;
+            scalar_t* a = arow.data() + (c0 + d_lo - n0) * S;
+            if (s.tabulated) {
+              const scalar_t* sc = s.separable ? s.rscale.data() + (d_lo + R) : nullptr;
+              axpy_rows<scalar_t>(s.info.data() + (d_lo + R), s.w.data(), sc, coef, a, S, nrows);
+            } else {
+              generate_rows(s, d_lo, nrows, S, gen, gen_info, gen_scale);
+              axpy_rows<scalar_t>(gen_info.data(), gen.data(), s.separable ? gen_scale.data() : nullptr, coef, a, S,
+                                  nrows);
             }
           }
         }
         for (int64_t p = 0; p < pairs; ++p) {  // packed row A[a] + i A[b] (A[b] = 0 past the chunk)
-          const scalar_t* aa = arow.data() + 2 * p * S;
-          const scalar_t* ab = aa + S;
-          scalar_t* xr = fft.re(p);
-          scalar_t* xi = fft.im(p);
+          const scalar_t* __restrict__ aa = arow.data() + 2 * p * S;
+          const scalar_t* __restrict__ ab = aa + S;
+          scalar_t* __restrict__ x = reinterpret_cast<scalar_t*>(fft.in(p));
           for (int64_t k = 0; k < M; ++k) {
-            const int64_t sk = fft.slot(k);
-            xr[sk] = aa[k];
-            xi[sk] = ab[k];
+            x[2 * k] = aa[k];
+            x[2 * k + 1] = ab[k];
           }
         }
         fft.run(pairs);
@@ -751,21 +976,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_
           const int64_t m_hi = std::min(h, std::min(j1 - 1 - n, n));
           if (m_lo > m_hi) continue;
           // 2 Ahat[n, m] for m in [0, h] from X[m], X[-m]; Ahat[n, -m] = conj(Ahat[n, m]).
-          const scalar_t* xr = fft.re(row / 2);
-          const scalar_t* xi = fft.im(row / 2);
+          const scalar_t* x = reinterpret_cast<const scalar_t*>(fft.out(row / 2));
           scalar_t* are = ah_re.data() + h;
           scalar_t* aim = ah_im.data() + h;
           if (row % 2 == 0) {  // Ahat[a, m] = (X[m] + conj(X[-m])) / 2
             for (int64_t m = 0; m <= h; ++m) {
               const int64_t im = m == 0 ? 0 : M - m;
-              are[m] = xr[m] + xr[im];
-              aim[m] = xi[m] - xi[im];
+              are[m] = x[2 * m] + x[2 * im];
+              aim[m] = x[2 * m + 1] - x[2 * im + 1];
             }
           } else {  // Ahat[b, m] = (X[m] - conj(X[-m])) / (2i)
             for (int64_t m = 0; m <= h; ++m) {
               const int64_t im = m == 0 ? 0 : M - m;
-              are[m] = xi[m] + xi[im];
-              aim[m] = xr[im] - xr[m];
+              are[m] = x[2 * m + 1] + x[2 * im + 1];
+              aim[m] = x[2 * im] - x[2 * m];
             }
           }
           for (int64_t m = 1; m <= h; ++m) {
@@ -785,6 +1009,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_
             gim[i] += scalar_t(2) * (zi[i] * ar[i] - zr[i] * ai[i]);
           }
         }
+      }
+      };
+      {
+        int64_t ta, tb, cur_lo = -1, cur_hi = -2;
+        frames_meeting(r_lo, r_hi + 1, P.r_max, P.hop, 0, P.T - 1, &ta, &tb);
+        for (int64_t t = ta; t <= tb; ++t) {
+          const int64_t lo = std::max(r_lo, t * P.hop - P.r_max), hi = std::min(r_hi, t * P.hop + P.r_max);
+          if (lo > hi) continue;
+          if (cur_hi >= cur_lo && lo <= cur_hi + 1) {
+            cur_hi = std::max(cur_hi, hi);
+          } else {
+            if (cur_hi >= cur_lo) do_rows(cur_lo, cur_hi);
+            cur_lo = lo;
+            cur_hi = hi;
+          }
+        }
+        if (cur_hi >= cur_lo) do_rows(cur_lo, cur_hi);
       }
       cplx* out = gz + b * P.N + j0;
       for (int64_t j = 0; j < j1 - j0; ++j) out[j] = cplx(acc_re[j], acc_im[j]);
