@@ -28,7 +28,7 @@ What it does (protocol of ``/work/shared/PAPER_SETUP.md``, scaled by flags):
   ``LWVD.parameter_groups`` (1 = the paper's single rate). Test accuracy is read at the epoch of
   best validation accuracy (the first such epoch).
 * **Output** (``--out``, default ``results/accuracy``): ``runs.json`` (every run: config, per-epoch
-  history, best epoch, seconds per epoch, filter snapshots before/after), ``table.md`` (mean ± std
+  history (test accuracy is evaluated only on epochs where validation accuracy improves), best epoch, seconds per epoch, filter snapshots before/after), ``table.md`` (mean ± std
   over seeds per front end, head and lr; seconds per epoch; filter movement) and ``accuracy.png``
   (accuracy per front end and head; learned LWVD filters before/after). Both are rewritten after
   every run, so an interrupted run leaves a valid partial table. A tqdm bar shows progress.
@@ -133,7 +133,8 @@ def movement(before: dict, after: dict) -> dict:
     out = {}
     if "center_hz" in before:
         c0, c1 = before["center_hz"], after["center_hz"]
-        shift = (c1 - c0).abs() / _spacing(torch.sort(c0).values)[torch.argsort(torch.argsort(c0))]
+        spacing = _spacing(torch.sort(c0).values)[torch.argsort(torch.argsort(c0))]
+        shift = (c1 - c0).abs() / spacing.clamp_min(1e-3 * float(spacing.max()))
         out.update(center_shift_over_spacing_mean=float(shift.mean()), center_shift_over_spacing_max=float(shift.max()))
     if "rho" in after:
         out.update(abs_rho_mean=float(after["rho"].abs().mean()), abs_rho_max=float(after["rho"].abs().max()))
@@ -219,16 +220,19 @@ def run_one(spec: dict, data: dict, args, cache: dict) -> dict:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            losses.append(float(loss))
+            losses.append(loss.item())
         train_s += time.perf_counter() - t0
         train_cpu_s += time.process_time() - c0
         t1 = time.perf_counter()
-        val, test = accuracy(model, hs["val"], ys["val"], args.batch * 4), accuracy(model, hs["test"], ys["test"], args.batch * 4)
+        val = accuracy(model, hs["val"], ys["val"], args.batch * 4)
+        # Only the first epoch of best validation accuracy is reported: test only when val improves.
+        improved = all(val > h["val"] for h in history)
+        test = accuracy(model, hs["test"], ys["test"], args.batch * 4) if improved else None
         eval_s += time.perf_counter() - t1
         history.append(dict(epoch=epoch + 1, loss=float(np.mean(losses)) if losses else float("nan"), val=val, test=test))
         if args.progress is not None:
             args.progress.set_postfix_str(f"{spec['label']} ep {epoch + 1}/{epochs} val {val:.1f}", refresh=True)
-    best = max(history, key=lambda r: r["val"]) if history else None
+    best = max(history, key=lambda r: r["val"]) if history else None  # max() keeps the first of ties
     after = front.snapshot()
     rec = dict(spec, best_epoch=best["epoch"], val=best["val"], test=best["test"], history=history,
                seconds_per_epoch=train_s / max(1, epochs), eval_seconds_per_epoch=eval_s / max(1, epochs),
@@ -392,6 +396,7 @@ def parse_args(argv=None):
     p.add_argument("--smoke", action="store_true", help="tiny: every front end and head, a few steps (synthetic clips if espeak-ng is missing)")
     p.add_argument("--full-grid", action="store_true", help="the paper's grid: all front ends, 7 heads, lrs 2e-4,1e-3,5e-3, 3 seeds, 100 epochs, 40 filters")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--resume", action="store_true", help="keep the runs already in OUT/runs.json and run only the missing ones")
     args = p.parse_args(argv)
     if args.full_grid:
         args.frontends = args.frontends or ",".join(fe_lib.FRONTENDS)
@@ -465,6 +470,14 @@ def main(argv=None) -> dict:
                 log_floor=args.log_floor, epochs=args.epochs, batch=args.batch)
     out = Path(args.out)
     runs, cache = [], {}
+    if args.resume and (out / "runs.json").exists():
+        previous = json.loads((out / "runs.json").read_text())
+        runs = previous["runs"]
+        meta["command"] = previous["meta"]["command"] + " ; then " + meta["command"]
+        meta["started"], meta["loadavg_start"] = previous["meta"]["started"], previous["meta"]["loadavg_start"]
+        started -= previous["meta"].get("elapsed_s", 0.0)
+        done = {r["label"] for r in runs}
+        specs = [s for s in specs if s["label"] not in done]
     bar = None
     if not args.no_progress:
         from tqdm import tqdm

@@ -10,7 +10,8 @@ init uses, so that at initialisation they are as alike as their families allow.
   spectrogram: SPEC §1's identity, frequency-smoothed where the mel spacing is wider than the window's
   bandwidth). Entirely ``fixed``.
 * ``lwvd``: the same layer, learned.
-* ``mel``: a learnable mel filterbank: ``|STFT|^2`` with the same Gaussian window (fixed) times a free
+* ``mel``: a learnable mel filterbank: ``|STFT|^2`` with the same Gaussian window (zero-padded to 4x
+  the window's power of two, so the low triangles span several bins; fixed) times a free
   ``(F, bins)`` matrix initialised to HTK mel triangles over the band (learned, as nnAudio's
   ``trainable_mel``; entries may go negative — the compression floors the result).
 * ``sinc``: SincNet-style band-pass filters (learnable low cut-off and bandwidth, Hann-apodised, unit
@@ -134,7 +135,9 @@ class LearnableMel(FrontEnd):
     def __init__(self, sample_rate, n_filters, hop, window_seconds, f_min, f_max):
         super().__init__()
         std = window_seconds / 6.0 * sample_rate
-        self.n_fft = 1 << math.ceil(math.log2(max(8.0, window_seconds * sample_rate)))
+        # Zero-padded 4x beyond the window: 40 mel triangles at 8 kHz are ~30 Hz apart at the bottom,
+        # narrower than the 62.5 Hz bins of an unpadded 128-sample window (empty, duplicated filters).
+        self.n_fft = 4 << math.ceil(math.log2(max(8.0, window_seconds * sample_rate)))
         self.hop = hop
         self.register_buffer("window", gaussian_window(self.n_fft, std))
         self.weight = nn.Parameter(mel_triangles(self.n_fft // 2 + 1, sample_rate, n_filters, f_min, f_max))

@@ -64,7 +64,8 @@ class PCEN(nn.Module):
 
     Defaults are LEAF's initial values (alpha 0.96, delta 2, root 2, smoothing 0.04). The smoother is
     a first-order IIR filter along time, evaluated exactly (as one weighted sum per frame for up to
-    1024 frames, else as the recurrence).
+    1024 frames, else as the recurrence), in float64 on CPU (float32 energies near 3e38 would
+    overflow its gradient); the result has the input's dtype.
     """
 
     def __init__(
@@ -148,11 +149,15 @@ class PCEN(nn.Module):
     def forward(self, k: torch.Tensor) -> torch.Tensor:
         if k.shape[-2] != self.n_channels:
             raise ValueError(f"k: expected {self.n_channels} channels at dim -2, got shape {tuple(k.shape)}")
-        e = k.clamp_min(0.0)
+        # float64 inside: the smoother's gradient multiplies energies by decay derivatives, which
+        # overflows float32 for energies near its maximum (3e38) and would give inf * 0 = NaN.
+        wide = torch.float64 if k.device.type == "cpu" or k.dtype == torch.float64 else torch.float32
+        e = k.to(wide).clamp_min(0.0)
         m = self.smoother(e)
-        alpha, delta = self.alpha.to(k.dtype)[:, None], self.delta.to(k.dtype)[:, None]
-        inv_root = 1.0 / self.root.to(k.dtype)[:, None]
-        return (e / (self.floor + m) ** alpha + delta) ** inv_root - delta**inv_root
+        alpha, delta = self.alpha.to(wide)[:, None], self.delta.to(wide)[:, None]
+        inv_root = 1.0 / self.root.to(wide)[:, None]
+        out = (e / (self.floor + m) ** alpha + delta) ** inv_root - delta**inv_root
+        return out.to(k.dtype)
 
     def extra_repr(self) -> str:
         return f"n_channels={self.n_channels}, floor={self.floor:g}"
