@@ -336,7 +336,10 @@ class LWVD(nn.Module):
         lo, hi = self.f_min, self.f_max
         if scale == "geometric":
             lo = max(lo, 1e-3 * hi)
-        for _ in range(500):
+        # A step of 0.5 settles many filters in a few dozen iterations; with few filters each edge
+        # moves with the other edge (the spacing is the whole band), so the step shrinks.
+        step = 0.5 * self.n_filters / (self.n_filters + 2.0 * reach / _FWHM_PER_STD)
+        for _ in range(2000):
             centers = self.grid(scale, self.n_filters, lo, hi)
             sigma_nu = (_local_spacing(centers, hi - lo) / _FWHM_PER_STD).clamp_min(min_sigma_nu)
             low_edge = float(centers[0] - reach * sigma_nu[0])
@@ -344,7 +347,7 @@ class LWVD(nn.Module):
             err_lo, err_hi = self.f_min - low_edge, high_edge - self.f_max
             if max(abs(err_lo), abs(err_hi)) <= 1e-9 * self.f_max:
                 return centers, sigma_nu
-            lo, hi = lo + 0.5 * err_lo, hi - 0.5 * err_hi
+            lo, hi = lo + step * err_lo, hi - step * err_hi
             if not (self.f_min <= lo < hi <= self.f_max):
                 break
         raise ValueError(
