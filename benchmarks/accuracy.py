@@ -397,6 +397,7 @@ def parse_args(argv=None):
     p.add_argument("--full-grid", action="store_true", help="the paper's grid: all front ends, 7 heads, lrs 2e-4,1e-3,5e-3, 3 seeds, 100 epochs, 40 filters")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--resume", action="store_true", help="keep the runs already in OUT/runs.json and run only the missing ones")
+    p.add_argument("--merge", default=None, help="comma list of output folders: merge their runs.json into one report in --out (runs nothing)")
     args = p.parse_args(argv)
     if args.full_grid:
         args.frontends = args.frontends or ",".join(fe_lib.FRONTENDS)
@@ -435,8 +436,22 @@ def load_data(args) -> tuple[dict, str]:
     return data, f"{ds.description}; {ds.sizes()}"
 
 
+def merge(folders: list, out: Path) -> dict:
+    """One report from several runs of the command (e.g. run in parallel or in phases)."""
+    parts = [json.loads((Path(f) / "runs.json").read_text()) for f in folders]
+    meta = dict(parts[0]["meta"])
+    meta["command"] = " ; ".join(p["meta"]["command"] for p in parts)
+    meta["elapsed_s"] = sum(p["meta"].get("elapsed_s", 0.0) for p in parts)
+    meta["loadavg_now"] = "; ".join(p["meta"].get("loadavg_now", "") for p in parts)
+    runs = [r for p in parts for r in p["runs"]]
+    print(write_report(runs, meta, out, plot=True))
+    return dict(runs=runs, meta=meta)
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    if args.merge:
+        return merge([f for f in args.merge.split(",") if f], Path(args.out))
     if args.threads:
         torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", message="lwvd_cuda: running the pure-PyTorch reference")
