@@ -220,17 +220,20 @@ def test_silent_input_gives_finite_gradients():
 
 @pytest.mark.parametrize(
     "name, value",
-    [
-        ("sigma_t_s", 1e-7),  # 1e-3 samples: one row inside the ellipse
-        ("sigma_t_s", 10.0),  # 80000 samples: far longer than the signal
-        ("sigma_nu_hz", 1e-3),  # far below one WVD bin (62.5 Hz)
-        ("sigma_nu_hz", 4000.0),  # the whole band
+    [  # the extremes the bounded maps allow ("low" / "high": layer.sigma_*_bounds)
+        ("sigma_t_s", "low"),  # 0.1 sample: one row inside the ellipse
+        ("sigma_t_s", "high"),  # 2 max(n_fft, hop) = 128 samples, against a 400-sample signal
+        ("sigma_nu_hz", "low"),  # a tenth of one WVD bin (62.5 Hz)
+        ("sigma_nu_hz", "high"),  # Nyquist: the whole band
         ("rho", RHO_MAX),  # the margin
         ("rho", -RHO_MAX),
     ],
 )
 def test_extreme_valid_parameters_give_finite_gradients(name, value):
     layer = small_layer()
+    bounds = dict(sigma_t_s=layer.sigma_t_bounds_s, sigma_nu_hz=layer.sigma_nu_bounds_hz)
+    if isinstance(value, str):
+        value = bounds[name][0 if value == "low" else 1]
     phys = dict(center_hz=layer.center_hz, sigma_t_s=layer.sigma_t_seconds, sigma_nu_hz=layer.sigma_nu_hz, rho=layer.rho)
     phys[name] = value
     layer.set_filters(**phys)
