@@ -12,13 +12,13 @@ TORCH ?= torch==2.14.1
 TORCH_INDEX ?=
 export MAX_JOBS ?= 2
 
-.PHONY: setup build develop test install-check bench peers example clean
+.PHONY: setup build develop test install-check bench peers example accuracy accuracy-smoke clean
 
 $(VENV)/.installed: Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -U pip setuptools wheel ninja
 	$(PY) -m pip install "$(TORCH)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
-	$(PY) -m pip install numpy pybind11 pytest hypothesis scipy tqdm matplotlib
+	$(PY) -m pip install numpy pybind11 pytest hypothesis scipy tqdm matplotlib soundfile
 	touch $@
 
 setup: $(VENV)/.installed
@@ -55,6 +55,20 @@ peers: setup
 
 bench: build peers
 	$(PY) -m benchmarks.run
+
+# The accuracy table (benchmarks/accuracy.py; README "Does it learn?"). Needs espeak-ng for the
+# spoken digits: installed here with apt-get when missing (the clips are cached in ~/.cache/lwvd_cuda).
+# SpeechBrain's LEAF (a front end of --full-grid) is installed best-effort. ACCURACY_ARGS passes flags.
+ACCURACY_ARGS ?=
+accuracy: build
+	@command -v espeak-ng >/dev/null || { apt-get update && apt-get install -y espeak-ng; } || { \
+	  echo "espeak-ng is missing and could not be installed: run 'sudo apt-get install -y espeak-ng'"; exit 1; }
+	@$(PY) -m pip install "torchaudio==2.11.0" speechbrain > /dev/null 2>&1 \
+	  || echo "optional speechbrain (LEAF) not installed: its rows will say skipped"
+	$(PY) -m benchmarks.accuracy $(ACCURACY_ARGS)
+
+accuracy-smoke: build
+	$(PY) -m benchmarks.accuracy --smoke --out results/accuracy_smoke
 
 example: build
 	$(PY) examples/chirp_classification.py

@@ -1,15 +1,24 @@
 """``LWVD``: the learnable Wigner-Ville layer as an ``nn.Module``.
 
-Parameters are stored unconstrained and mapped to valid ranges on every call:
+Parameters are stored unconstrained and read through bounded maps in physical units, so that **any
+finite gradient step leaves a valid filter** (also a step of SGD at lr = 100, or a float32 overflow
+of a raw value to +-inf):
 
-* centre  ``= (sample_rate / 2) * sigmoid(raw_center)``        Hz, inside [0, sr/2]
-* time spread ``= exp(log_sigma_t)``                            seconds, > 0
-* bandwidth (frequency spread) ``= exp(log_sigma_nu)``          Hz, > 0
-* tilt ``rho = RHO_MAX * tanh(raw_rho)``                         |rho| <= RHO_MAX < 1
+* centre ``= (sr/2) * (m + (1 - 2m) * sigmoid(raw_center))``, ``m = 1e-6``:  Hz, inside (0, sr/2)
+* time spread ``= exp(soft_clamp(log_sigma_t, log lo_t, log hi_t))``:  seconds, in
+  ``[lo_t, hi_t] = [0.1 sample, 2 * max(n_fft, hop_length) samples]`` (:attr:`LWVD.sigma_t_bounds_s`)
+* bandwidth ``= exp(soft_clamp(log_sigma_nu, log lo_nu, log hi_nu))``:  Hz, in
+  ``[lo_nu, hi_nu] = [0.1 WVD bin, sr/2]`` (one bin is ``sr / (2 n_fft)``; :attr:`LWVD.sigma_nu_bounds_hz`)
+* tilt ``rho = RHO_MAX * tanh(raw_rho)``:  ``|rho| <= RHO_MAX < 1``
 
-so any gradient step leaves a valid filter. (In float32 the sigmoid saturates to exactly 0 or 1 for
-``|raw_center| > ~17``; a centre on 0 Hz or Nyquist is still a valid filter for the op.) The op itself
-works in samples and cycles/sample; :meth:`LWVD.op_parameters` converts.
+``soft_clamp(p, lo, hi) = lo + softplus(p - lo) - softplus(p - hi)`` (``_bounds.py``) is the identity
+to within ``exp(-distance to the nearer bound)`` inside the range, so ``log_sigma_t`` and
+``log_sigma_nu`` are the logs of the spreads wherever a filter normally lives, with the gradient of
+a plain log parametrisation; near a bound the step shrinks smoothly to zero. The bounds are the
+physically meaningful range: a time spread below a tenth of a sample or above twice the lag window
+(or hop) and a bandwidth below a tenth of a WVD bin or above Nyquist describe no useful filter, and
+an unbounded spread also makes the op's cost (which follows each filter's support) unbounded.
+The op itself works in samples and cycles/sample; :meth:`LWVD.op_parameters` converts.
 
 Reading a filter (SPEC §1): the Gaussian has covariance
 ``[[sigma_t^2, rho sigma_t sigma_nu], [rho sigma_t sigma_nu, sigma_nu^2]]`` on the (seconds, Hz) plane.
@@ -32,6 +41,8 @@ import torch
 from torch import nn
 
 from . import functional
+from ._bounds import inside, soft_clamp, soft_clamp_inverse
+from .compression import COMPRESSIONS, make_compression
 
 __all__ = ["LWVD", "RHO_MAX", "INITS", "FilterTable", "hz_to_mel", "mel_to_hz", "HEISENBERG_BOUND"]
 
@@ -39,7 +50,15 @@ __all__ = ["LWVD", "RHO_MAX", "INITS", "FilterTable", "hz_to_mel", "mel_to_hz", 
 RHO_MAX = 0.99
 # sigma_t * sigma_nu (seconds x Hz, or samples x cycles/sample) of the WVD of any Gaussian window.
 HEISENBERG_BOUND = 1.0 / (4.0 * math.pi)
-INITS = ("mel", "linear", "geometric", "cqt")
+# Band-covering filterbanks (bandwidth from the grid spacing), the window-bandwidth spectrograms
+# (every filter the window's bandwidth: the plain Gaussian-window spectrogram at those centres), and
+# the constant-Q scalogram.
+INITS = ("mel", "linear", "geometric", "mel_window", "linear_window", "geometric_window", "cqt")
+# Centres stay this fraction of Nyquist inside (0, sr/2) however far raw_center saturates.
+_CENTER_MARGIN = 1e-6
+# The band-covering inits keep each filter's support (|nu - centre| <= this many sigma_nu, the
+# truncation ellipse's extent at zero time offset) inside [f_min, f_max] when truncate is None.
+_SUPPORT_SIGMAS_UNTRUNCATED = 4.0
 # The spectrogram window the mel/linear/geometric inits equal when neither window_seconds nor
 # win_length is given: 25 ms, the usual speech frame.
 DEFAULT_WINDOW_SECONDS = 0.025
@@ -123,15 +142,33 @@ class LWVD(nn.Module):
             pure-PyTorch reference (with one warning; much slower, and memory of a few
             ``B x N x n_fft`` planes).
         hop_length: samples between frames.
-        f_min, f_max: Hz range of the initial centres (``0 <= f_min < f_max <= sr/2``;
+        f_min, f_max: Hz band of the initial filterbank (``0 <= f_min < f_max <= sr/2``;
             ``f_max=None`` means ``sr/2``). Centres sit at the middles of ``n_filters`` equal cells of
-            the chosen scale, so none lies on ``f_min`` or ``f_max``.
+            the chosen scale, so none lies on ``f_min`` or ``f_max``; the band-covering inits shrink
+            the cells' range until every filter's support lies inside ``[f_min, f_max]`` (below).
         init: the transform the untrained layer equals (all with ``rho = 0``):
 
-            * ``"mel"`` (default), ``"linear"``, ``"geometric"``: a power spectrogram with a Gaussian
-              window of ``window_seconds`` (std ``window_seconds / 6``) at centres spaced on that
-              scale. With ``truncate=None`` and ``n_fft`` at least the window length in samples,
-              the layer equals ``|STFT|^2`` with the unit-energy Gaussian window (SPEC §1).
+            * ``"mel"`` (default), ``"linear"``, ``"geometric"``: a **band-covering filterbank**, like
+              a mel filterbank's triangles: centres equally spaced on that scale, each bandwidth
+              following the local spacing so that neighbours cross at half power
+              (``sigma_nu = spacing / (2 sqrt(2 ln 2))``, FWHM = spacing), but never narrower than the
+              window's (``sigma_nu >= 1 / (2 sqrt(2) pi s)``, ``s = window_seconds / 6``); time spread
+              the window's (``sigma_t = s / sqrt(2)``). So every area ratio is >= 1: each filter is the
+              Gaussian-window power spectrogram, exactly (area ratio 1, where the window's bandwidth
+              already covers the spacing) or further smoothed along frequency by a Gaussian of
+              variance ``sigma_nu^2 - sigma_nu_window^2`` (area ratio > 1) — non-negative either way.
+              No filter's support (``|nu - centre| <= truncate * sigma_nu``; 4 sigma_nu when
+              ``truncate=None``) reaches below ``f_min`` or above ``f_max``: the centres' range is
+              shrunk until the outer supports end on those edges (the discrete WVD has no bins below
+              0 Hz, and a Gaussian cut there is no longer a smoothing kernel: the output can go
+              negative). A band too narrow for that raises a ValueError.
+            * ``"mel_window"``, ``"linear_window"``, ``"geometric_window"``: the plain Gaussian-window
+              power spectrogram (window ``window_seconds``) at centres on that scale over
+              ``(f_min, f_max)``: every filter has the window's bandwidth, whatever the spacing (with
+              few filters, most of the spectrum falls between them), and the lowest or highest
+              filters' supports may reach past 0 Hz or Nyquist (there the output can be negative).
+              With ``truncate=None`` and ``n_fft`` at least the window length in samples, the layer
+              equals ``|STFT|^2`` with the unit-energy Gaussian window (SPEC §1).
             * ``"cqt"``: constant-Q, wavelet-like (a Gabor scalogram): geometric centres, bandwidth
               ``sigma_nu = center / (q_factor * 2 sqrt(2 ln 2))`` (``q_factor`` = centre / FWHM of
               each filter's power response), time spread ``sigma_t = 1 / (4 pi sigma_nu)`` (on the
@@ -159,6 +196,11 @@ class LWVD(nn.Module):
         method, rtol: passed to :func:`lwvd_cuda.lwvd`: ``method="hermite"`` computes the untruncated
             operator without the lag window as a few spectrograms per filter, within ``rtol``
             (``docs/hermite.md``); ``truncate`` is then not used.
+        compression: ``None`` (the energy density ``K``), ``"log"`` (:class:`~lwvd_cuda.compression.Log`:
+            ``log(max(K, 0) + floor)``, finite for any ``K``) or ``"pcen"`` (learnable per-channel
+            :class:`~lwvd_cuda.compression.PCEN` as in LEAF), applied to the output; held in
+            :attr:`compression` (its parameters, if any, are part of the module).
+        compression_floor: the floor of ``"log"`` / ``"pcen"`` in the units of ``K`` (default 1e-6).
 
     Input dtypes: float32/float64 compute in their own precision; half/bfloat16 input (including
     under ``torch.autocast``) is computed in float32 and the result is float32 — autocast is
@@ -187,6 +229,8 @@ class LWVD(nn.Module):
         mel_scale: str = "htk",
         method: str = "exact",
         rtol: float = 1e-4,
+        compression: Optional[str] = None,
+        compression_floor: Optional[float] = None,
     ):
         super().__init__()
         self.method, self.rtol = functional._check_method(method, rtol)
@@ -215,6 +259,8 @@ class LWVD(nn.Module):
             raise ValueError(f"window_seconds must be a finite number > 0, got {window_seconds!r}")
         if q_factor is not None and (not _is_real_number(q_factor) or q_factor <= 0):
             raise ValueError(f"q_factor must be a finite number > 0 or None, got {q_factor!r}")
+        if compression not in COMPRESSIONS:
+            raise ValueError(f"compression must be one of {COMPRESSIONS}, got {compression!r}")
 
         self.sample_rate = float(sample_rate)
         self.n_filters = int(n_filters)
@@ -225,6 +271,9 @@ class LWVD(nn.Module):
         self.center = center
         self.init = init
         self.window_seconds = float(window_seconds)
+        # Ranges the bounded maps keep the spreads in (module docstring), as (low, high).
+        self.sigma_t_bounds_s = (0.1 / self.sample_rate, 2.0 * max(n_fft, hop_length) / self.sample_rate)
+        self.sigma_nu_bounds_hz = (0.1 * self.sample_rate / (2.0 * n_fft), nyquist)
 
         self.raw_center = nn.Parameter(torch.zeros(self.n_filters))
         self.log_sigma_t = nn.Parameter(torch.zeros(self.n_filters))
@@ -235,6 +284,7 @@ class LWVD(nn.Module):
         self.q_factor: Optional[float] = None
         sigma_t = self.reset_parameters()
         self._warn_if_lag_window_short(sigma_t)
+        self.compression = make_compression(compression, self.n_filters, compression_floor)
 
     @torch.no_grad()
     def reset_parameters(self) -> torch.Tensor:
@@ -255,10 +305,14 @@ class LWVD(nn.Module):
             sigma_nu = centers / (self.q_factor * _FWHM_PER_STD)
             sigma_t = HEISENBERG_BOUND / sigma_nu
         else:
-            centers = self.grid(self.init, n, self.f_min, self.f_max)
             window_std = self.window_seconds / 6.0  # seconds
             sigma_t = torch.full((n,), window_std / math.sqrt(2.0), dtype=torch.float64)
-            sigma_nu = torch.full((n,), 1.0 / (2.0 * math.sqrt(2.0) * math.pi * window_std), dtype=torch.float64)
+            window_sigma_nu = 1.0 / (2.0 * math.sqrt(2.0) * math.pi * window_std)
+            if self.init.endswith("_window"):
+                centers = self.grid(self.init[: -len("_window")], n, self.f_min, self.f_max)
+                sigma_nu = torch.full((n,), window_sigma_nu, dtype=torch.float64)
+            else:
+                centers, sigma_nu = self._band_covering(self.init, window_sigma_nu)
         self.set_filters(centers, sigma_t, sigma_nu, torch.zeros(n, dtype=torch.float64))
         return sigma_t
 
@@ -267,8 +321,8 @@ class LWVD(nn.Module):
     def for_speech(cls, n_filters: int = 80, sample_rate: float = 16000.0, **kwargs) -> "LWVD":
         """Speech front end: mel grid over [0, sr/2], 25 ms Gaussian window, 10 ms hop, n_fft 512 at 16 kHz.
 
-        The untrained layer is the usual log-mel's power spectrogram (with a Gaussian window; take
-        ``log`` yourself). ``n_fft`` scales with ``sample_rate`` (the next power of two >= the window
+        The untrained layer is a mel filterbank on a Gaussian-window power spectrogram (band-covering:
+        neighbours cross at half power; pass ``compression="log"`` for a log-mel). ``n_fft`` scales with ``sample_rate`` (the next power of two >= the window
         length in samples, so the lag window covers it). Any argument of ``LWVD`` can be overridden.
         """
         window = kwargs.pop("window_seconds", 0.025)
@@ -312,6 +366,38 @@ class LWVD(nn.Module):
             return lo * (f_max / lo) ** u
         raise ValueError(f"init must be one of {INITS}, got {init!r}")
 
+    def _band_covering(self, scale: str, min_sigma_nu: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Centres on ``scale`` and bandwidths ``max(spacing / FWHM, min_sigma_nu)``, supports inside [f_min, f_max].
+
+        Solves for the cells' range ``(lo, hi)`` such that the lowest filter's support starts at
+        ``f_min`` and the highest one's ends at ``f_max`` (a damped fixed-point iteration; both
+        edges move monotonically with ``lo`` and ``hi``).
+        """
+        reach = _SUPPORT_SIGMAS_UNTRUNCATED if self.truncate is None else self.truncate
+        lo, hi = self.f_min, self.f_max
+        if scale == "geometric":
+            lo = max(lo, 1e-3 * hi)
+        # A step of 0.5 settles many filters in a few dozen iterations; with few filters each edge
+        # moves with the other edge (the spacing is the whole band), so the step shrinks.
+        step = 0.5 * self.n_filters / (self.n_filters + 2.0 * reach / _FWHM_PER_STD)
+        for _ in range(2000):
+            centers = self.grid(scale, self.n_filters, lo, hi)
+            sigma_nu = (_local_spacing(centers, hi - lo) / _FWHM_PER_STD).clamp_min(min_sigma_nu)
+            low_edge = float(centers[0] - reach * sigma_nu[0])
+            high_edge = float(centers[-1] + reach * sigma_nu[-1])
+            err_lo, err_hi = self.f_min - low_edge, high_edge - self.f_max
+            if max(abs(err_lo), abs(err_hi)) <= 1e-9 * self.f_max:
+                return centers, sigma_nu
+            lo, hi = lo + step * err_lo, hi - step * err_hi
+            if not (self.f_min <= lo < hi <= self.f_max):
+                break
+        raise ValueError(
+            f"init={self.init!r}: {self.n_filters} filters at least {min_sigma_nu:.1f} Hz wide (the bandwidth of "
+            f"window_seconds={self.window_seconds}) with supports of +-{reach:g} sigma_nu do not fit in "
+            f"[f_min, f_max] = [{self.f_min}, {self.f_max}] Hz: widen the band, lengthen window_seconds, "
+            f"or use init='{scale}_window'"
+        )
+
     def _warn_if_lag_window_short(self, sigma_t_seconds: torch.Tensor) -> None:
         # A filter on the Heisenberg bound is a spectrogram with a window of std s = sqrt(2) sigma_t;
         # the lag window |m| < n_fft/2 (tau = 2m) covers that window's WVD when n_fft >= 6 s (the
@@ -333,8 +419,9 @@ class LWVD(nn.Module):
     def set_filters(self, center_hz, sigma_t_s, sigma_nu_hz, rho) -> None:
         """Set the filters from physical values (Hz, seconds, Hz, unitless), each ``(F,)`` or scalar.
 
-        ``center_hz`` in ``[0, sr/2]`` (stored clamped to ``[1e-6, 1 - 1e-6] * sr/2``, where the
-        sigmoid is invertible), spreads ``> 0``, ``|rho| <= RHO_MAX``.
+        ``center_hz`` in ``[0, sr/2]`` (stored clamped to ``[2e-6, 1 - 2e-6] * sr/2``, inside the
+        centre map's range), spreads inside :attr:`sigma_t_bounds_s` / :attr:`sigma_nu_bounds_hz`
+        (a value on a bound is stored a hair inside it), ``|rho| <= RHO_MAX``.
         """
         nyq = self.sample_rate / 2.0
         vals = {}
@@ -352,28 +439,47 @@ class LWVD(nn.Module):
         for name in ("sigma_t_s", "sigma_nu_hz"):
             if bool((vals[name] <= 0).any()):
                 raise ValueError(f"{name} must be > 0, got min {vals[name].min().item()}")
+        # float32 read-backs of values on a bound may sit a rounding outside it (the log of the bound
+        # is rounded to float32: ~1e-6 relative after exp): allow 1e-5 relative.
+        for name, (lo, hi), hint in (
+            ("sigma_t_s", self.sigma_t_bounds_s, "0.1 sample .. 2 max(n_fft, hop_length) samples"),
+            ("sigma_nu_hz", self.sigma_nu_bounds_hz, "0.1 WVD bin (sr / (2 n_fft)) .. sample_rate / 2"),
+        ):
+            if bool(((vals[name] < lo * (1 - 1e-5)) | (vals[name] > hi * (1 + 1e-5))).any()):
+                raise ValueError(
+                    f"{name} must lie in [{lo:.4g}, {hi:.4g}] ({hint}), got [{vals[name].min().item():.4g}, "
+                    f"{vals[name].max().item():.4g}]"
+                )
         # A float32 0.99 reads back as 0.9900000095: allow float32 rounding above RHO_MAX (then clamped).
         if bool((vals["rho"].abs() > RHO_MAX * (1 + 1e-6)).any()):
             raise ValueError(f"rho must lie in [-{RHO_MAX}, {RHO_MAX}] (RHO_MAX), got max |rho| = {vals['rho'].abs().max().item()}")
-        c = vals["center_hz"] / nyq
-        self.raw_center.copy_(_logit(c.clamp(1e-6, 1 - 1e-6)))
-        self.log_sigma_t.copy_(torch.log(vals["sigma_t_s"]))
-        self.log_sigma_nu.copy_(torch.log(vals["sigma_nu_hz"]))
+        m = _CENTER_MARGIN
+        c = (vals["center_hz"] / nyq).clamp(2 * m, 1 - 2 * m)
+        self.raw_center.copy_(_logit((c - m) / (1 - 2 * m)))
+        for param, name, (lo, hi) in (
+            (self.log_sigma_t, "sigma_t_s", self.sigma_t_bounds_s),
+            (self.log_sigma_nu, "sigma_nu_hz", self.sigma_nu_bounds_hz),
+        ):
+            lo, hi = math.log(lo), math.log(hi)
+            param.copy_(soft_clamp_inverse(inside(torch.log(vals[name]), lo, hi), lo, hi))
         # |rho| = RHO_MAX exactly (what a saturated tanh reads back as) maps to a large finite raw value.
         self.raw_rho.copy_(torch.atanh((vals["rho"] / RHO_MAX).clamp(-1 + 1e-12, 1 - 1e-12)))
 
     # Physical views of the parameters (differentiable).
     @property
     def center_hz(self) -> torch.Tensor:
-        return (self.sample_rate / 2.0) * torch.sigmoid(self.raw_center)
+        m = _CENTER_MARGIN
+        return (self.sample_rate / 2.0) * (m + (1.0 - 2.0 * m) * torch.sigmoid(self.raw_center))
 
     @property
     def sigma_t_seconds(self) -> torch.Tensor:
-        return torch.exp(self.log_sigma_t)
+        lo, hi = self.sigma_t_bounds_s
+        return torch.exp(soft_clamp(self.log_sigma_t, math.log(lo), math.log(hi)))
 
     @property
     def sigma_nu_hz(self) -> torch.Tensor:
-        return torch.exp(self.log_sigma_nu)
+        lo, hi = self.sigma_nu_bounds_hz
+        return torch.exp(soft_clamp(self.log_sigma_nu, math.log(lo), math.log(hi)))
 
     @property
     def rho(self) -> torch.Tensor:
@@ -388,6 +494,30 @@ class LWVD(nn.Module):
     def area_ratio(self) -> torch.Tensor:
         """``sigma_t sigma_nu sqrt(1 - rho^2) / (1/(4 pi))``: 1 = a (chirped) spectrogram, < 1 = sub-Heisenberg."""
         return self.sigma_t_seconds * self.sigma_nu_hz * torch.sqrt(1.0 - self.rho**2) / HEISENBERG_BOUND
+
+    def filter_parameters(self) -> list[nn.Parameter]:
+        """The four per-filter parameter tensors (not the compression's)."""
+        return [self.raw_center, self.log_sigma_t, self.log_sigma_nu, self.raw_rho]
+
+    def parameter_groups(self, lr: float, filter_lr_scale: float = 10.0) -> list[dict]:
+        """Optimizer parameter groups: the filters at ``lr * filter_lr_scale``, the compression at ``lr``.
+
+        Why: Adam moves each raw parameter about ``lr`` per step whatever its gradient's size, and the
+        filters have only four raw numbers each, on scales of order 1 (a log spread, a logit centre,
+        an atanh tilt), where a head's weights need steps of ``lr``. At ``lr = 1e-3`` for 1000 steps
+        a filter can move at most ~1 unit (a factor e in spread); with noisy gradients the typical
+        move is a few hundredths, i.e. nothing visible. Ten times the head's rate lets the filters
+        move measurably while the bounded maps keep any step valid. Use as
+        ``torch.optim.Adam(layer.parameter_groups(lr) + [{"params": head.parameters()}], lr=lr)``.
+        """
+        if not _is_real_number(lr) or lr <= 0:
+            raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
+        if not _is_real_number(filter_lr_scale) or filter_lr_scale <= 0:
+            raise ValueError(f"filter_lr_scale must be a finite number > 0, got {filter_lr_scale!r}")
+        groups = [{"params": self.filter_parameters(), "lr": lr * filter_lr_scale, "name": "lwvd_filters"}]
+        if self.compression is not None and any(True for _ in self.compression.parameters()):
+            groups.append({"params": list(self.compression.parameters()), "lr": lr, "name": "lwvd_compression"})
+        return groups
 
     def op_parameters(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(center, sigma_t, sigma_nu, rho) in the op's units: cycles/sample, samples, cycles/sample."""
@@ -437,7 +567,9 @@ class LWVD(nn.Module):
             c, st, sn, r = (p.to(real) for p in self.op_parameters())
             out = functional.lwvd(z, c, st, sn, r, n_fft=self.n_fft, hop_length=self.hop_length, truncate=self.truncate,
                                   method=self.method, rtol=self.rtol)
-            return out if frames is None else out[..., frames]
+            if frames is not None:
+                out = out[..., frames]
+            return out if self.compression is None else self.compression(out)
 
     def extra_repr(self) -> str:
         q = f", q_factor={self.q_factor:.3g}" if self.q_factor is not None else ""
@@ -447,6 +579,15 @@ class LWVD(nn.Module):
             f"truncate={self.truncate}" + ("" if self.center else ", center=False")
             + (f", method={self.method!r}, rtol={self.rtol:g}" if self.method != "exact" else "")
         )
+
+
+def _local_spacing(centers: torch.Tensor, band: float) -> torch.Tensor:
+    """Per-filter spacing to the neighbours: central difference inside, one-sided at the ends (``band`` for one filter)."""
+    n = centers.shape[0]
+    if n == 1:
+        return torch.full((1,), float(band), dtype=centers.dtype)
+    gaps = centers[1:] - centers[:-1]
+    return torch.cat([gaps[:1], 0.5 * (gaps[1:] + gaps[:-1]), gaps[-1:]])
 
 
 def _next_pow2(v: float) -> int:

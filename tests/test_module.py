@@ -52,7 +52,7 @@ def interior(a, margin):
 
 # --------------------------------------------------------------------------- inits = spectrograms
 
-@pytest.mark.parametrize("init", ["mel", "linear", "geometric"])
+@pytest.mark.parametrize("init", ["mel_window", "linear_window", "geometric_window"])
 def test_untrained_layer_is_gaussian_spectrogram(init):
     # window 8 ms = 64 samples -> std s = 10.7 samples; n_fft = 128 covers +-6 s of lag (neglected
     # terms ~exp(-36)); centres within [800, 3200] Hz keep >= 12 sigma_nu (56 Hz) from 0 and Nyquist
@@ -77,7 +77,7 @@ def test_float32_init_is_spectrogram_to_float32_rounding():
     # normalisation that is a ~1e-6 relative change of the output; the op's float32 arithmetic adds
     # ~1e-5 (testing.TOLERANCES); 1e-4 bounds both and still fails on any real mismatch.
     torch.manual_seed(1)
-    layer = LWVD(SR, 4, n_fft=128, hop_length=16, f_min=800, f_max=3200, init="linear", window_seconds=0.008, truncate=None)
+    layer = LWVD(SR, 4, n_fft=128, hop_length=16, f_min=800, f_max=3200, init="linear_window", window_seconds=0.008, truncate=None)
     x = torch.randn(1, 512)
     want = gaussian_spectrogram(x.double(), layer.center_hz.detach().double(), torch.full((4,), 0.008 / 6 * SR), 16)
     lwvd_cuda.testing.assert_rel_close(interior(layer(x), 8), interior(want, 8), 1e-4)
@@ -113,13 +113,14 @@ def test_cqt_default_q_crosses_at_half_power():
     torch.testing.assert_close(fwhm[:-1], c[1:] - c[:-1], rtol=1e-5, atol=0)
 
 
-@pytest.mark.parametrize("init", ["mel", "linear", "geometric", "cqt"])
+@pytest.mark.parametrize("init", ["mel", "linear", "geometric", "cqt", "mel_window"])
 def test_grid_honours_f_min_f_max(init):
     f_min, f_max = 300.0, 3300.0
     c = LWVD(SR, 10, n_fft=256, f_min=f_min, f_max=f_max, init=init, window_seconds=0.02).center_hz.detach().double()
     assert (c > f_min).all() and (c < f_max).all(), c
     assert (c[1:] > c[:-1]).all()
     cells = {
+        "mel_window": torch.tensor([hz_to_mel(v) for v in c.tolist()], dtype=torch.float64),
         "linear": c,
         "mel": torch.tensor([hz_to_mel(v) for v in c.tolist()], dtype=torch.float64),
         "geometric": torch.log(c),
@@ -222,9 +223,15 @@ def test_extreme_raw_parameters_stay_valid():
     with torch.no_grad():
         layer.raw_center.copy_(torch.tensor([-200.0, 0.0, 200.0]))  # sigmoid saturates to 0 / 1
         layer.raw_rho.copy_(torch.tensor([-200.0, 0.0, 200.0]))
+        layer.log_sigma_t.copy_(torch.tensor([-1e30, 0.0, float("inf")]))
+        layer.log_sigma_nu.copy_(torch.tensor([float("-inf"), 1e30, 3.0]))
     c = layer.center_hz
-    assert c[0] == 0 and c[2] == SR / 2  # exactly 0 Hz and Nyquist: still valid filters
+    assert (c > 0).all() and (c < SR / 2).all(), c  # strictly inside, however far the sigmoid saturates
     assert layer.rho.abs().max() <= RHO_MAX
+    (t_lo, t_hi), (n_lo, n_hi) = layer.sigma_t_bounds_s, layer.sigma_nu_bounds_hz
+    st, sn = layer.sigma_t_seconds.detach().double(), layer.sigma_nu_hz.detach().double()
+    torch.testing.assert_close(st[[0, 2]], torch.tensor([t_lo, t_hi], dtype=torch.float64), rtol=1e-5, atol=0)
+    torch.testing.assert_close(sn[[0, 1]], torch.tensor([n_lo, n_hi], dtype=torch.float64), rtol=1e-5, atol=0)
     y = layer(torch.randn(2, 300))
     assert torch.isfinite(y).all()
     layer.set_filters(layer.center_hz, layer.sigma_t_seconds, layer.sigma_nu_hz, layer.rho)  # accepted
@@ -332,3 +339,148 @@ def test_plots(tmp_path):
     fig.savefig(tmp_path / "f.png")
     plt.close(fig)
     assert (tmp_path / "f.png").stat().st_size > 1000
+
+
+# --------------------------------------------------------------------------- band-covering inits
+
+def gaussian_stft_power(x, freqs_hz, window_std_samples, hop):
+    """``|STFT(t, nu)|^2`` (unit-energy Gaussian window of std ``s``) at arbitrary frequencies, ``(B, K, T)`` float64."""
+    z = lwvd_cuda.analytic_signal(x.double())
+    n = x.shape[-1]
+    j = torch.arange(n, dtype=torch.float64)
+    t = torch.arange(1 + n // hop, dtype=torch.float64) * hop
+    s = float(window_std_samples)
+    g = (math.pi * s * s) ** -0.25 * torch.exp(-((j[None, :] - t[:, None]) ** 2) / (2 * s * s))  # (T, N)
+    e = torch.exp(-2j * math.pi * (freqs_hz.double() / SR)[None, :] * j[:, None])  # (N, K)
+    frames = z[:, None, :] * g[None]  # (B, T, N)
+    return (frames.to(torch.complex128) @ e).abs().transpose(1, 2) ** 2
+
+
+@pytest.mark.parametrize("init", ["mel", "linear", "geometric"])
+def test_band_covering_init_is_frequency_smoothed_gaussian_spectrogram(init):
+    # Every band-covering filter is the window's spectrogram (area ratio 1) or that spectrogram
+    # smoothed along frequency by a Gaussian of variance sigma_nu^2 - sigma_nu_window^2 (area > 1).
+    # The truth: |STFT(t, nu)|^2 with the explicit Gaussian window, integrated over nu against that
+    # Gaussian on a grid of step <= min(1 Hz, std / 4) out to +-8 std (Riemann sum of a smooth
+    # integrand: exact to rounding;
+    # the tails beyond 8 std weigh exp(-32)). 40 filters over [300, 3700] Hz with a 16 ms window
+    # (std s = 21 samples, sigma_nu_window 28 Hz; the lag window +-128 covers +-6 s, neglected lag
+    # products weigh exp(-36)): the low mel / geometric
+    # filters are window-limited (area ratio 1), the others not. Every 5th filter is checked.
+    torch.manual_seed(3)
+    hop, window = 16, 0.016
+    layer = LWVD(SR, 40, n_fft=256, hop_length=hop, f_min=300, f_max=3700, init=init, window_seconds=window, truncate=None)
+    layer = layer.double()
+    layer.reset_parameters()
+    s = window / 6 * SR
+    window_sn = 1.0 / (2 * math.sqrt(2) * math.pi * (window / 6))
+    sn = layer.sigma_nu_hz.detach()
+    ratio = layer.area_ratio.detach()
+    torch.testing.assert_close(ratio, sn / window_sn, rtol=1e-12, atol=0)
+    assert (ratio >= 1 - 1e-12).all()
+    if init == "linear":  # 85 Hz spacing: every filter window-limited (the pure spectrogram identity)
+        assert (ratio < 1 + 1e-12).all()
+    else:  # the dense low end window-limited, the top frequency-smoothed
+        assert (ratio < 1 + 1e-12).any() and (ratio > 1.1).any()
+    x = torch.randn(2, 640, dtype=torch.float64)
+    checked = list(range(0, 40, 5)) + [39]
+    got = layer(x)[:, checked]
+    want = []
+    for f in checked:
+        c, extra = float(layer.center_hz[f].detach()), max(0.0, float(sn[f]) ** 2 - window_sn**2)
+        if extra < 1e-9:
+            want.append(gaussian_stft_power(x, torch.tensor([c], dtype=torch.float64), s, hop)[:, 0])
+            continue
+        sd = math.sqrt(extra)
+        # Riemann step <= sd / 4: the sum's aliasing error is ~exp(-2 pi^2 (sd / step)^2) ~ 1e-137.
+        step = min(1.0, sd / 4)
+        nu = torch.arange(c - 8 * sd, c + 8 * sd, step, dtype=torch.float64)
+        w = step * torch.exp(-0.5 * ((nu - c) / sd) ** 2) / (math.sqrt(2 * math.pi) * sd)
+        want.append(torch.einsum("k,bkt->bt", w, gaussian_stft_power(x, nu, s, hop)))
+    want = torch.stack(want, dim=1)
+    # frames 12 hops (192 samples = 6 s) from the signal's edges, as in the window-init test.
+    lwvd_cuda.testing.assert_rel_close(interior(got, 12), interior(want, 12), 1e-8, f"init={init}")
+
+
+@pytest.mark.parametrize("init", ["mel", "linear", "geometric"])
+@pytest.mark.parametrize("n_filters, window, truncate", [(40, 0.025, 4.0), (10, 0.008, None), (80, 0.016, 3.0), (1, 0.02, 4.0)])
+def test_band_covering_supports_stay_inside_the_band(init, n_filters, window, truncate):
+    # The support |nu - centre| <= truncate sigma_nu (4 sigma_nu untruncated) of every filter lies
+    # in [f_min, f_max]; the outermost ones end on the edges (the band is used, not wasted).
+    for f_min, f_max in ((0.0, SR / 2), (300.0, 3400.0)):
+        layer = LWVD(SR, n_filters, n_fft=256, f_min=f_min, f_max=f_max, init=init, window_seconds=window, truncate=truncate)
+        reach = 4.0 if truncate is None else truncate
+        c, sn = layer.center_hz.detach().double(), layer.sigma_nu_hz.detach().double()
+        lo, hi = c - reach * sn, c + reach * sn
+        assert float(lo.min()) >= f_min - 1e-3 and float(hi.max()) <= f_max + 1e-3, (init, lo.min(), hi.max())
+        assert math.isclose(float(lo[0]), f_min, abs_tol=0.05) and math.isclose(float(hi[-1]), f_max, abs_tol=0.05)
+        assert (layer.area_ratio >= 1 - 1e-6).all()
+        if n_filters > 1:
+            assert (c[1:] > c[:-1]).all()
+
+
+def test_band_covering_neighbours_cross_at_half_power():
+    # A tone half-way between two neighbouring centres reads half the power of a tone on a centre
+    # (linear grid: every bandwidth follows the common spacing). The window-bandwidth init reads
+    # such a tone orders of magnitude weaker (the issue's 1e-5): most of the spectrum unseen.
+    n = 4000
+    t = torch.arange(n, dtype=torch.float64) / SR
+    cover = LWVD(SR, 10, n_fft=256, hop_length=200, init="linear", window_seconds=0.025, truncate=None).double()
+    cover.reset_parameters()
+    window = LWVD(SR, 10, n_fft=256, hop_length=200, init="linear_window", window_seconds=0.025, truncate=None).double()
+    window.reset_parameters()
+
+    def reading(layer, i, freq):
+        return float(layer(torch.cos(2 * math.pi * freq * t)).detach()[i, 5:-5].mean())
+
+    for layer, lo_ratio, hi_ratio in ((cover, 0.45, 0.55), (window, 0.0, 1e-3)):
+        c = layer.center_hz.detach()
+        i = 4
+        mid = 0.5 * float(c[i] + c[i + 1])
+        assert lo_ratio <= reading(layer, i, mid) / reading(layer, i, float(c[i])) <= hi_ratio, layer.init
+
+
+def test_default_layer_is_non_negative_and_log_is_finite():
+    # The issue's case: torch.log(layer(x) + 1e-6) was NaN on the default layer (its lowest filter
+    # reached below 0 Hz). Band-covering supports end inside the band: with truncate=None the output
+    # is a (smoothed) spectrogram, >= 0 to rounding; the default truncate=4 cuts the Gaussian at
+    # q = 16 (weight exp(-8) = 3e-4), which can leave a negative residue far below 1e-3 of the peak.
+    torch.manual_seed(4)
+    x = torch.randn(3, 4000)
+    for truncate, tol in ((None, 1e-9), (4.0, 1e-3)):
+        layer = LWVD(SR, 40, n_fft=256, hop_length=80, window_seconds=0.025, truncate=truncate)
+        k = layer(x.double() if truncate is None else x)
+        assert float(k.min()) >= -tol * float(k.max()), (truncate, k.min(), k.max())
+    logk = LWVD(SR, 40, n_fft=256, hop_length=80, window_seconds=0.025, compression="log")(x)
+    assert torch.isfinite(logk).all()
+
+
+def test_band_covering_that_cannot_fit_raises():
+    with pytest.raises(ValueError, match="window_seconds"):
+        LWVD(SR, 4, n_fft=256, f_min=1000, f_max=1100, window_seconds=0.01)
+
+
+def test_bounds_reject_out_of_range_filters():
+    layer = LWVD(SR, 2, n_fft=128, hop_length=32, window_seconds=0.01)
+    lo_t, hi_t = layer.sigma_t_bounds_s
+    lo_nu, hi_nu = layer.sigma_nu_bounds_hz
+    assert math.isclose(lo_t, 0.1 / SR) and math.isclose(hi_t, 2 * 128 / SR)
+    assert math.isclose(lo_nu, 0.1 * SR / 256) and math.isclose(hi_nu, SR / 2)
+    with pytest.raises(ValueError, match="sigma_t_s"):
+        layer.set_filters(1000.0, 2 * hi_t, 100.0, 0.0)
+    with pytest.raises(ValueError, match="sigma_nu_hz"):
+        layer.set_filters(1000.0, 1e-3, 0.5 * lo_nu, 0.0)
+    layer.set_filters(1000.0, hi_t, hi_nu, 0.0)  # values on the bounds are accepted
+    torch.testing.assert_close(layer.sigma_t_seconds.detach().double(), torch.full((2,), hi_t, dtype=torch.float64), rtol=1e-5, atol=0)
+
+
+def test_parameter_groups():
+    layer = LWVD(SR, 4, n_fft=64, hop_length=32, window_seconds=0.006, compression="pcen")
+    groups = layer.parameter_groups(1e-3, filter_lr_scale=5.0)
+    ids = [id(p) for g in groups for p in g["params"]]
+    assert sorted(ids) == sorted(id(p) for p in layer.parameters()), "every parameter exactly once"
+    assert [g["lr"] for g in groups] == [5e-3, 1e-3]
+    assert len(LWVD(SR, 4, n_fft=64, hop_length=32, window_seconds=0.006).parameter_groups(1e-3)) == 1
+    with pytest.raises(ValueError, match="lr"):
+        layer.parameter_groups(0.0)
+    torch.optim.Adam(groups, lr=1e-3)  # accepted by an optimizer as is

@@ -220,17 +220,20 @@ def test_silent_input_gives_finite_gradients():
 
 @pytest.mark.parametrize(
     "name, value",
-    [
-        ("sigma_t_s", 1e-7),  # 1e-3 samples: one row inside the ellipse
-        ("sigma_t_s", 10.0),  # 80000 samples: far longer than the signal
-        ("sigma_nu_hz", 1e-3),  # far below one WVD bin (62.5 Hz)
-        ("sigma_nu_hz", 4000.0),  # the whole band
+    [  # the extremes the bounded maps allow ("low" / "high": layer.sigma_*_bounds)
+        ("sigma_t_s", "low"),  # 0.1 sample: one row inside the ellipse
+        ("sigma_t_s", "high"),  # 2 max(n_fft, hop) = 128 samples, against a 400-sample signal
+        ("sigma_nu_hz", "low"),  # a tenth of one WVD bin (62.5 Hz)
+        ("sigma_nu_hz", "high"),  # Nyquist: the whole band
         ("rho", RHO_MAX),  # the margin
         ("rho", -RHO_MAX),
     ],
 )
 def test_extreme_valid_parameters_give_finite_gradients(name, value):
     layer = small_layer()
+    bounds = dict(sigma_t_s=layer.sigma_t_bounds_s, sigma_nu_hz=layer.sigma_nu_bounds_hz)
+    if isinstance(value, str):
+        value = bounds[name][0 if value == "low" else 1]
     phys = dict(center_hz=layer.center_hz, sigma_t_s=layer.sigma_t_seconds, sigma_nu_hz=layer.sigma_nu_hz, rho=layer.rho)
     phys[name] = value
     layer.set_filters(**phys)
@@ -291,3 +294,43 @@ def test_example_runs(tmp_path):
     assert "learned LWVD:" in res.stdout and "chirp Hz/s" in res.stdout
     if "matplotlib not installed" not in res.stdout:
         assert (tmp_path / "chirp_filters.png").stat().st_size > 1000
+
+
+# --------------------------------------------------------------------------- absurd learning rates
+
+def _assert_valid_filters(layer):
+    for name, p in layer.named_parameters():
+        assert torch.isfinite(p).all(), f"{name} became non-finite: {p}"
+    (t_lo, t_hi), (n_lo, n_hi) = layer.sigma_t_bounds_s, layer.sigma_nu_bounds_hz
+    st, sn = layer.sigma_t_seconds.detach().double(), layer.sigma_nu_hz.detach().double()
+    c, r = layer.center_hz.detach().double(), layer.rho.detach().double()
+    assert ((st >= t_lo * (1 - 1e-5)) & (st <= t_hi * (1 + 1e-5))).all(), st
+    assert ((sn >= n_lo * (1 - 1e-5)) & (sn <= n_hi * (1 + 1e-5))).all(), sn
+    assert ((c > 0) & (c < SR / 2)).all(), c
+    assert (r.abs() <= RHO_MAX * (1 + 1e-6)).all(), r  # float32 rounds 0.99 up by 1e-8
+
+
+@pytest.mark.parametrize("make_opt", [
+    lambda params: torch.optim.SGD(params, lr=100.0),
+    lambda params: torch.optim.SGD(params, lr=1e6),
+    lambda params: torch.optim.Adam(params, lr=10.0),
+], ids=["sgd-100", "sgd-1e6", "adam-10"])
+@pytest.mark.parametrize("compression", ["log", "pcen"])
+def test_any_finite_step_leaves_valid_filters(make_opt, compression):
+    # The issue's failure: one SGD step at lr = 100 sent exp(log_sigma) to inf and the next forward
+    # raised "sigma_t must be finite". With the bounded maps every step leaves a valid filter; the
+    # loss is a cross-entropy through a fixed head, so every gradient is finite (the log's is
+    # bounded by 1/floor) and only the filters' parametrisation decides whether training survives.
+    torch.manual_seed(0)
+    layer = small_layer(init="mel", compression=compression)
+    head = torch.randn(4, 3)
+    opt = make_opt(layer.parameters())
+    for step in range(6):
+        x, y = batch(seed=step)
+        loss = nn.functional.cross_entropy(layer(x).mean(-1) @ head, y)
+        assert torch.isfinite(loss), step
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        _assert_valid_filters(layer)
+    assert torch.isfinite(layer(batch(seed=99)[0])).all()
