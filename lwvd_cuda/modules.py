@@ -561,7 +561,8 @@ class LWVD(nn.Module):
             raise TypeError(f"x must be a floating-point tensor, got dtype {x.dtype}")
         real = torch.float64 if x.dtype == torch.float64 else torch.float32
         # Autocast would run the reference's einsum (and any matmul) in half precision: keep float32.
-        with torch.autocast(device_type=x.device.type, enabled=False):
+        # (autocast knows cpu and cuda only: a meta x must reach analytic_signal's own check.)
+        with torch.autocast(device_type="cuda" if x.is_cuda else "cpu", enabled=False):
             z = functional.analytic_signal(x.to(real))
             z, frames = _align_frames(z, self.n_fft, self.hop_length, self.center)
             c, st, sn, r = (p.to(real) for p in self.op_parameters())

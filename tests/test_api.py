@@ -259,6 +259,9 @@ def test_meta_tensors_are_refused_by_name():
          params=[q.to("meta") for q in p])
     with pytest.raises(ValueError, match="x is a meta tensor"):
         lwvd_cuda.analytic_signal(torch.zeros(2, 30, device="meta"))
+    # The module too (it failed inside torch.autocast(device_type="meta") before reaching the check).
+    with pytest.raises(ValueError, match="x is a meta tensor"):
+        lwvd_cuda.LWVD(16000, 4)(torch.zeros(2, 400, device="meta"))
 
 
 @pytest.mark.parametrize("arg,value", [("n_fft", 2**63), ("hop_length", 2**63), ("n_fft", 2**31), ("n_fft", 2**24 + 1)])
