@@ -104,8 +104,9 @@ def standard_config(*, batch: int = 4, n: int = 16000, tilted: bool = False, n_f
 
 def mel_centers(n_filters: int, f_min: float, f_max: float, sample_rate: float) -> torch.Tensor:
     """HTK-mel-spaced centres in cycles/sample (float64), at the midpoints of ``n_filters`` equal
-    mel cells of ``[f_min, f_max]`` - the grid ``lwvd_cuda.LWVD(init="mel")`` starts from, so no
-    centre sits on 0 or on Nyquist."""
+    mel cells of ``[f_min, f_max]`` - the grid of ``lwvd_cuda.LWVD(init="mel_window")``
+    (``init="mel"`` shrinks it to keep every support inside the band), so no centre sits on 0 or
+    on Nyquist."""
     lo, hi = hz_to_mel(f_min), hz_to_mel(f_max)
     u = (torch.arange(n_filters, dtype=torch.float64) + 0.5) / n_filters
     hz = torch.tensor([mel_to_hz(lo + (hi - lo) * x) for x in u.tolist()], dtype=torch.float64)
