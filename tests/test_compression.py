@@ -7,7 +7,6 @@ closed form must equal, the floor's bound), not against stored numbers.
 """
 
 import math
-import warnings
 
 import pytest
 import torch
@@ -18,11 +17,7 @@ from lwvd_cuda.compression import PCEN, Log, make_compression
 SR = 8000.0
 
 
-@pytest.fixture(autouse=True)
-def _quiet_reference_warning():
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="lwvd_cuda: running the pure-PyTorch reference")
-        yield
+pytestmark = pytest.mark.usefixtures("quiet_reference_warning")
 
 
 def _signals(n=1200):

@@ -22,12 +22,7 @@ from lwvd_cuda.modules import HEISENBERG_BOUND, RHO_MAX, FilterTable, hz_to_mel
 SR = 8000.0
 
 
-@pytest.fixture(autouse=True)
-def _quiet_reference_warning():
-    # Without compiled kernels the op says once that it runs the reference; irrelevant here.
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="lwvd_cuda: running the pure-PyTorch reference")
-        yield
+pytestmark = pytest.mark.usefixtures("quiet_reference_warning")
 
 
 def gaussian_spectrogram(x, center_hz, window_std_samples, hop):

@@ -6,7 +6,6 @@ centre), read at the samples ``n_fft // 2 + t * hop`` where ``torch.stft(center=
 its frames - a different frame grid, so the padding that aligns the grid is checked, not reused.
 """
 
-import warnings
 
 import pytest
 import torch
@@ -18,11 +17,7 @@ from lwvd_cuda.testing import TOLERANCES, assert_rel_close
 SR = 8000.0
 
 
-@pytest.fixture(autouse=True)
-def _quiet_reference_warning():
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="lwvd_cuda: running the pure-PyTorch reference")
-        yield
+pytestmark = pytest.mark.usefixtures("quiet_reference_warning")
 
 
 @pytest.mark.parametrize("n,n_fft,hop", [(700, 128, 50), (700, 128, 64), (513, 64, 7), (128, 128, 40)])
