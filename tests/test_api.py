@@ -234,7 +234,7 @@ def test_empty_batch_gives_empty_results_and_gradients(lead):
     assert lwvd_cuda.analytic_signal(x).shape == x.shape
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        layer = lwvd_cuda.LWVD(16000, n_filters=4, n_fft=16, hop_length=8)
+        layer = lwvd_cuda.LWVD(16000, n_filters=4, n_fft=16, hop_length=8, window_seconds=0.001)
     y = call_layer(layer, x)
     assert y.shape == (*lead, 4, 9)
     y.sum().backward()
@@ -248,7 +248,7 @@ def test_analytic_signal_and_layer_name_the_bad_input(x):
         lwvd_cuda.analytic_signal(x)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        layer = lwvd_cuda.LWVD(16000, n_filters=4, n_fft=16, hop_length=8)
+        layer = lwvd_cuda.LWVD(16000, n_filters=4, n_fft=16, hop_length=8, window_seconds=0.001)
     with pytest.raises(ValueError, match="x"):
         layer(x)
 
