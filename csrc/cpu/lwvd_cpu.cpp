@@ -565,6 +565,27 @@ inline void frames_meeting(int64_t n0, int64_t n1, int64_t R, int64_t hop, int64
   *tb = std::min(t_hi, floor_div(n1 - 1 + R, hop));
 }
 
+// The maximal runs [a, b] of rows in [r_lo, r_hi] that frames t_lo..t_hi reach (the union of their
+// supports [t hop - R, t hop + R]), ascending, each handed to run(a, b). Rows no frame reaches
+// (narrow filters at a large hop: at hop 512 and sigma_t / 5, 83% of them) are never visited.
+template <typename Run>
+inline void for_each_reached_row_run(int64_t t_lo, int64_t t_hi, int64_t R, int64_t hop, int64_t r_lo,
+                                     int64_t r_hi, Run&& run) {
+  int64_t cur_lo = -1, cur_hi = -2;
+  for (int64_t t = t_lo; t <= t_hi; ++t) {
+    const int64_t lo = std::max(r_lo, t * hop - R), hi = std::min(r_hi, t * hop + R);
+    if (lo > hi) continue;
+    if (cur_hi >= cur_lo && lo <= cur_hi + 1) {
+      cur_hi = std::max(cur_hi, hi);
+    } else {
+      if (cur_hi >= cur_lo) run(cur_lo, cur_hi);
+      cur_lo = lo;
+      cur_hi = hi;
+    }
+  }
+  if (cur_hi >= cur_lo) run(cur_lo, cur_hi);
+}
+
 // The walk shared by the forward and the parameter-gradient pass: the W rows that frames
 // [t0, t1) of one batch item need, built chunk by chunk (rows ascending) into `wrow`, and for each
 // chunk every (filter, frame) whose ellipse meets it, in a fixed order (f, then t), handed to
@@ -580,8 +601,7 @@ void walk_frame_tile(const Problem& P, const std::vector<Stencil<scalar_t>>& st,
   SplitSignal<scalar_t> zs;
   zs.load(zb, std::max<int64_t>(0, r_lo - h), std::min(P.N - 1, r_hi + h));
   WvdScratch<scalar_t> ws(h);
-  // Only rows some frame's support reaches: maximal runs of the union of [t hop - R, t hop + R]
-  // (narrow filters at a large hop leave gaps: at hop 512 and sigma_t / 5, 83% of the rows).
+  // Only rows some frame's support reaches (for_each_reached_row_run).
   auto run = [&](int64_t a_lo, int64_t a_hi) {
     for (int64_t n0 = a_lo; n0 <= a_hi; n0 += chunk_rows) {
       const int64_t n1 = std::min(a_hi + 1, n0 + chunk_rows);
@@ -597,19 +617,7 @@ void walk_frame_tile(const Problem& P, const std::vector<Stencil<scalar_t>>& st,
       }
     }
   };
-  int64_t cur_lo = -1, cur_hi = -2;
-  for (int64_t t = t0; t < t1; ++t) {
-    const int64_t lo = std::max<int64_t>(0, t * P.hop - P.r_max), hi = std::min(P.N - 1, t * P.hop + P.r_max);
-    if (lo > hi) continue;
-    if (cur_hi >= cur_lo && lo <= cur_hi + 1) {
-      cur_hi = std::max(cur_hi, hi);
-    } else {
-      if (cur_hi >= cur_lo) run(cur_lo, cur_hi);
-      cur_lo = lo;
-      cur_hi = hi;
-    }
-  }
-  if (cur_hi >= cur_lo) run(cur_lo, cur_hi);
+  for_each_reached_row_run(t0, t1 - 1, P.r_max, P.hop, int64_t{0}, P.N - 1, run);
 }
 
 // sum_t G dK/dtheta (theta = center, sigma_t, sigma_nu, rho) of one filter from its G-weighted
@@ -1012,20 +1020,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_
       }
       };
       {
-        int64_t ta, tb, cur_lo = -1, cur_hi = -2;
+        int64_t ta, tb;
         frames_meeting(r_lo, r_hi + 1, P.r_max, P.hop, 0, P.T - 1, &ta, &tb);
-        for (int64_t t = ta; t <= tb; ++t) {
-          const int64_t lo = std::max(r_lo, t * P.hop - P.r_max), hi = std::min(r_hi, t * P.hop + P.r_max);
-          if (lo > hi) continue;
-          if (cur_hi >= cur_lo && lo <= cur_hi + 1) {
-            cur_hi = std::max(cur_hi, hi);
-          } else {
-            if (cur_hi >= cur_lo) do_rows(cur_lo, cur_hi);
-            cur_lo = lo;
-            cur_hi = hi;
-          }
-        }
-        if (cur_hi >= cur_lo) do_rows(cur_lo, cur_hi);
+        for_each_reached_row_run(ta, tb, P.r_max, P.hop, r_lo, r_hi, do_rows);
       }
       cplx* out = gz + b * P.N + j0;
       for (int64_t j = 0; j < j1 - j0; ++j) out[j] = cplx(acc_re[j], acc_im[j]);
