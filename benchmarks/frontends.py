@@ -10,6 +10,8 @@ init uses, so that at initialisation they are as alike as their families allow.
   spectrogram: SPEC §1's identity, frequency-smoothed where the mel spacing is wider than the window's
   bandwidth). Entirely ``fixed``.
 * ``lwvd``: the same layer, learned.
+* ``lwvd_nonneg``: the same layer, learned with ``min_area_ratio=1``: every filter stays at or above
+  the Heisenberg bound, so ``K >= 0`` (no sub-Heisenberg filter whose negative values the log floors).
 * ``mel``: a learnable mel filterbank: ``|STFT|^2`` with the same Gaussian window (zero-padded to 4x
   the window's power of two, so the low triangles span several bins; fixed) times a free
   ``(F, bins)`` matrix initialised to HTK mel triangles over the band (learned, as nnAudio's
@@ -36,7 +38,7 @@ from torch.nn import functional as F
 from lwvd_cuda import LWVD
 from lwvd_cuda.modules import hz_to_mel, mel_to_hz
 
-FRONTENDS = ("spectrogram", "lwvd", "mel", "sinc", "gabor", "leaf")
+FRONTENDS = ("spectrogram", "lwvd", "lwvd_nonneg", "mel", "sinc", "gabor", "leaf")
 
 
 def leaf_available() -> Optional[str]:
@@ -83,11 +85,11 @@ class FrontEnd(nn.Module):
 class LWVDFrontEnd(FrontEnd):
     """The LWVD layer, learned (``frozen=False``) or frozen at its init (``frozen=True``: the spectrogram)."""
 
-    def __init__(self, layer: LWVD, frozen: bool):
+    def __init__(self, layer: LWVD, frozen: bool, name: Optional[str] = None):
         super().__init__()
         self.layer = layer
         self.frozen = frozen
-        self.name = "spectrogram" if frozen else "lwvd"
+        self.name = name or ("spectrogram" if frozen else "lwvd")
         if frozen:
             self.layer.requires_grad_(False)
 
@@ -261,10 +263,11 @@ class LeafFrontEnd(FrontEnd):
 def build(name: str, *, sample_rate: float, n_filters: int, n_fft: int, hop: int, window_seconds: float,
           f_min: float, f_max: float, truncate: Optional[float] = 4.0) -> FrontEnd:
     """One front end by name (``FRONTENDS``), all with the same band, filter count, hop and window."""
-    if name in ("spectrogram", "lwvd"):
+    if name in ("spectrogram", "lwvd", "lwvd_nonneg"):
         layer = LWVD(sample_rate, n_filters, n_fft=n_fft, hop_length=hop, f_min=f_min, f_max=f_max,
-                     init="mel", window_seconds=window_seconds, truncate=truncate)
-        return LWVDFrontEnd(layer, frozen=(name == "spectrogram"))
+                     init="mel", window_seconds=window_seconds, truncate=truncate,
+                     min_area_ratio=1.0 if name == "lwvd_nonneg" else None)
+        return LWVDFrontEnd(layer, frozen=(name == "spectrogram"), name=name)
     if name == "mel":
         return LearnableMel(sample_rate, n_filters, hop, window_seconds, f_min, f_max)
     if name == "sinc":

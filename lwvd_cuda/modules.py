@@ -201,6 +201,13 @@ class LWVD(nn.Module):
             :class:`~lwvd_cuda.compression.PCEN` as in LEAF), applied to the output; held in
             :attr:`compression` (its parameters, if any, are part of the module).
         compression_floor: the floor of ``"log"`` / ``"pcen"`` in the units of ``K`` (default 1e-6).
+        min_area_ratio: ``None`` (default: any area ratio the bounds allow, sub-Heisenberg filters
+            included) or a number ``a > 0``: every filter's bandwidth is read as
+            ``max(sigma_nu, a / (4 pi sigma_t sqrt(1 - rho^2)))`` (capped at Nyquist), so its area
+            ratio never drops below ``a``. With ``a >= 1`` every filter is a (chirped, smoothed)
+            spectrogram and ``K >= 0`` everywhere: no negative values for a log or PCEN to floor.
+            Where the floor is active the stored bandwidth gets no gradient (the floor's does, through
+            ``sigma_t`` and ``rho``), as with any ``max``.
 
     Input dtypes: float32/float64 compute in their own precision; half/bfloat16 input (including
     under ``torch.autocast``) is computed in float32 and the result is float32 — autocast is
@@ -231,6 +238,7 @@ class LWVD(nn.Module):
         rtol: float = 1e-4,
         compression: Optional[str] = None,
         compression_floor: Optional[float] = None,
+        min_area_ratio: Optional[float] = None,
     ):
         super().__init__()
         self.method, self.rtol = functional._check_method(method, rtol)
@@ -261,6 +269,9 @@ class LWVD(nn.Module):
             raise ValueError(f"q_factor must be a finite number > 0 or None, got {q_factor!r}")
         if compression not in COMPRESSIONS:
             raise ValueError(f"compression must be one of {COMPRESSIONS}, got {compression!r}")
+        if min_area_ratio is not None and (not _is_real_number(min_area_ratio) or min_area_ratio <= 0):
+            raise ValueError(f"min_area_ratio must be None or a finite number > 0, got {min_area_ratio!r}")
+        self.min_area_ratio = None if min_area_ratio is None else float(min_area_ratio)
 
         self.sample_rate = float(sample_rate)
         self.n_filters = int(n_filters)
@@ -479,7 +490,12 @@ class LWVD(nn.Module):
     @property
     def sigma_nu_hz(self) -> torch.Tensor:
         lo, hi = self.sigma_nu_bounds_hz
-        return torch.exp(soft_clamp(self.log_sigma_nu, math.log(lo), math.log(hi)))
+        nu = torch.exp(soft_clamp(self.log_sigma_nu, math.log(lo), math.log(hi)))
+        if self.min_area_ratio is None:
+            return nu
+        # The bandwidth at which the area ratio equals min_area_ratio for this sigma_t and rho.
+        floor = self.min_area_ratio * HEISENBERG_BOUND / (self.sigma_t_seconds * torch.sqrt((1.0 - self.rho) * (1.0 + self.rho)))
+        return torch.maximum(nu, floor.clamp(max=hi))
 
     @property
     def rho(self) -> torch.Tensor:
@@ -579,6 +595,7 @@ class LWVD(nn.Module):
             f"hop_length={self.hop_length}, f_min={self.f_min}, f_max={self.f_max}, init={self.init!r}{q}, "
             f"truncate={self.truncate}" + ("" if self.center else ", center=False")
             + (f", method={self.method!r}, rtol={self.rtol:g}" if self.method != "exact" else "")
+            + (f", min_area_ratio={self.min_area_ratio:g}" if self.min_area_ratio is not None else "")
         )
 
 

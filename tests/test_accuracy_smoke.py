@@ -73,3 +73,22 @@ def test_audio_folder(tmp_path):
     assert len(ds.y_val) == len(ds.y_test) == 2  # 15 % of 8 per class, at least one
     with pytest.raises(ValueError, match="root"):
         speech_digits.audio_folder(tmp_path / "missing")
+
+
+def test_head_feature_norm():
+    """``classifier/features/bn`` standardises each pooled feature over the batch before the classifier."""
+    assert accuracy.parse_head("linear/log_pool") == ("linear", "log_pool", "")
+    assert accuracy.parse_head("nonlinear/pcen_pool/bn") == ("nonlinear", "pcen_pool", "bn")
+    for bad in ("linear", "linear/log_pool/zz", "mlp/log_pool", "linear/log/bn", "linear/log_pool/bn/x"):
+        with pytest.raises(ValueError, match="--heads"):
+            accuracy.parse_head(bad)
+    g = torch.Generator().manual_seed(0)
+    # Channels with very different levels (offsets of several log units), as raw log energies have.
+    u = torch.rand(64, 6, 30, generator=g) * torch.logspace(-3, 3, 6)[None, :, None]
+    head = accuracy.Head("linear", "log_pool", 6, 30, 10, 1e-4, "bn").train()
+    z = head.norm(head.features(u))
+    torch.testing.assert_close(z.mean(0), torch.zeros(6), atol=1e-5, rtol=0)
+    torch.testing.assert_close(z.var(0, unbiased=False), torch.ones(6), atol=1e-3, rtol=0)  # BatchNorm's eps = 1e-5
+    plain = accuracy.Head("linear", "log_pool", 6, 30, 10, 1e-4).train()
+    assert isinstance(plain.norm, torch.nn.Identity) and plain(u).shape == (64, 10)
+    assert not any(True for _ in head.norm.parameters())  # no affine: the classifier does the scaling

@@ -479,3 +479,29 @@ def test_parameter_groups():
     with pytest.raises(ValueError, match="lr"):
         layer.parameter_groups(0.0)
     torch.optim.Adam(groups, lr=1e-3)  # accepted by an optimizer as is
+
+
+def test_min_area_ratio_keeps_filters_at_or_above_the_bound():
+    plain = LWVD(8000, 6, n_fft=64, hop_length=32, window_seconds=0.008).double()
+    floored = LWVD(8000, 6, n_fft=64, hop_length=32, window_seconds=0.008, min_area_ratio=1.0).double()
+    # At init (area ratios >= 1) the floor changes nothing.
+    torch.testing.assert_close(floored.sigma_nu_hz, plain.sigma_nu_hz, rtol=1e-12, atol=0)
+    # Sub-Heisenberg requests (area 0.3) and tilted ones are read back at area ratio 1 exactly.
+    st = torch.full((6,), 1e-3, dtype=torch.float64)
+    nu = 0.3 * HEISENBERG_BOUND / st
+    rho = torch.linspace(-0.9, 0.9, 6, dtype=torch.float64)
+    for layer in (plain, floored):
+        layer.set_filters(torch.linspace(500, 3000, 6), st, nu, rho)
+    assert float(plain.area_ratio.detach().max()) < 0.5
+    torch.testing.assert_close(floored.area_ratio, torch.ones(6, dtype=torch.float64), rtol=1e-9, atol=0)
+    x = torch.randn(2, 800, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    assert float(floored(x).min()) > -1e-12 * float(floored(x).abs().max())  # K >= 0 at area >= 1
+    # Where the floor is active, sigma_t and rho still learn through it; the stored bandwidth does not.
+    floored.zero_grad()
+    floored(x).sum().backward()
+    assert floored.log_sigma_t.grad.abs().min() > 0 and floored.raw_rho.grad.abs().max() > 0
+    assert float(floored.log_sigma_nu.grad.abs().max()) == 0.0
+    assert "min_area_ratio=1" in repr(floored)
+    for bad in (0.0, -1.0, float("nan"), "1"):
+        with pytest.raises(ValueError, match="min_area_ratio"):
+            LWVD(8000, 6, n_fft=64, hop_length=32, min_area_ratio=bad)
