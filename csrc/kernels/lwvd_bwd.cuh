@@ -158,67 +158,78 @@ __device__ __forceinline__ void grad_z_block(const GradZArgs<scalar_t>& a, unsig
     }
     __syncthreads();
 
-    // A rows: warp w builds real rows w, w + nwarps, ...; within a row, lane L alone writes the bins
-    // k = L (mod 32), so no two lanes ever touch the same element (no __syncwarp needed).
-    for (int r = warp; r < rows_per_pass; r += nwarps) {
-      [[maybe_unused]] const int rtrip = (r - warp) / nwarps;  // profile key
+    // A rows, two at a time: warp w builds complex rows cr = w, w + nwarps, ...; half-warp h = lane / 16
+    // takes the real row s = r0 + 2 cr + h (h = 0: the re parts of complex row cr, h = 1: the im parts),
+    // and lane l = lane % 16 of a half alone writes the bins k = l (mod 16) of its row, so no two lanes
+    // ever touch one element (no __syncwarp needed). A filter's range (~15 bins at S) then keeps 16
+    // lanes busy instead of 32, both rows share the per-filter shuffles, and the halves' words
+    // interleave (re, im): one warp access hits each bank once (float).
+    constexpr int kHalf = kWarpSize / 2;
+    const int half = lane / kHalf, hl = lane % kHalf;
+    for (int cr = warp; cr < a.complex_rows; cr += nwarps) {
+      [[maybe_unused]] const int rtrip = (cr - warp) / nwarps;  // profile key
       LWVD_PROF_TRIP("gz.row", rtrip);
-      const int64_t s = r0 + r;
-      if (s > pass_hi) continue;
-      scalar_t* row = reinterpret_cast<scalar_t*>(rows + (r >> 1) * n) + (r & 1);  // re or im part
-      // Frames with |s - t*hop| <= radius. The quotient is estimated with a reciprocal and corrected
-      // exactly in integers (a 64-bit division is a SASS subroutine call that makes ptxas spill).
+      const int64_t s_a = r0 + 2 * cr;
+      if (s_a > pass_hi) continue;  // warp-uniform
+      const int64_t s_b = imin(s_a + 1, pass_hi);  // == s_a when the pass ends at the even row
+      const bool mine = s_a + half <= pass_hi;      // this half has a row
+      const int64_t s = s_a + half;
+      scalar_t* row = reinterpret_cast<scalar_t*>(rows + cr * n) + half;  // re or im part
+      // Frames within the radius of either row, |s - t*hop| <= radius. The quotient is estimated with a
+      // reciprocal and corrected exactly in integers (a 64-bit division is a SASS subroutine call that
+      // makes ptxas spill). A frame out of one half's reach gives that half empty ranges.
       int64_t t_lo = 0;
-      if (s - radius > 0) {
-        t_lo = static_cast<int64_t>(static_cast<double>(s - radius) * inv_hop);
-        while (t_lo * a.hop < s - radius) ++t_lo;
-        while (t_lo > 0 && (t_lo - 1) * a.hop >= s - radius) --t_lo;
+      if (s_a - radius > 0) {
+        t_lo = static_cast<int64_t>(static_cast<double>(s_a - radius) * inv_hop);
+        while (t_lo * a.hop < s_a - radius) ++t_lo;
+        while (t_lo > 0 && (t_lo - 1) * a.hop >= s_a - radius) --t_lo;
       }
-      int64_t t_hi = static_cast<int64_t>(static_cast<double>(s + radius) * inv_hop);
-      while ((t_hi + 1) * a.hop <= s + radius) ++t_hi;
-      while (t_hi > 0 && t_hi * a.hop > s + radius) --t_hi;
+      int64_t t_hi = static_cast<int64_t>(static_cast<double>(s_b + radius) * inv_hop);
+      while ((t_hi + 1) * a.hop <= s_b + radius) ++t_hi;
+      while (t_hi > 0 && t_hi * a.hop > s_b + radius) --t_hi;
       t_hi = imin(a.n_frames - 1, t_hi);
       for (int64_t t = t_lo; t <= t_hi; ++t) {
         LWVD_PROF_TRIP("gz.frame", rtrip, t - t_lo);
         const int64_t d = s - t * a.hop;
         const scalar_t ds = static_cast<scalar_t>(d);
-        // Filters in chunks of 32: lane i computes filter f0 + i's bin range and weight, then the warp
-        // walks the chunk, taking each range by shuffle. bin_range's double division and sqrt have
-        // out-of-line slow paths in SASS; calling them here, where the bin loop's state is not live,
-        // keeps the kernel free of register spills.
-        for (int64_t f0 = 0; f0 < a.n_filters; f0 += kWarpSize) {
-          LWVD_PROF_TRIP("gz.chunk", rtrip, t - t_lo, f0 / kWarpSize);
+        // Filters in chunks of 16: lane l of each half computes filter f0 + l's bin range and weight
+        // for its row, then the warp walks the chunk, each half taking its row's range by shuffle.
+        // bin_range's double division and sqrt have out-of-line slow paths in SASS; calling them
+        // here, where the bin loop's state is not live, keeps the kernel free of register spills.
+        for (int64_t f0 = 0; f0 < a.n_filters; f0 += kHalf) {
+          LWVD_PROF_TRIP("gz.chunk", rtrip, t - t_lo, f0 / kHalf);
           int range = 1;  // k_lo | k_hi << 16 (bins < 8192); 1 = empty (k_lo 1 > k_hi 0)
           scalar_t gw = 0;
-          if (f0 + lane < a.n_filters) {
-            const FilterGeometry<scalar_t>& g = a.geom[f0 + lane];
+          if (mine && f0 + hl < a.n_filters) {
+            const FilterGeometry<scalar_t>& g = a.geom[f0 + hl];
             if (d <= g.d_radius && -d <= g.d_radius) {
-              LWVD_PROF_TRIP("gz.binrange", rtrip, t - t_lo, f0 / kWarpSize);
+              LWVD_PROF_TRIP("gz.binrange", rtrip, t - t_lo, f0 / kHalf);
               int64_t k_lo, k_hi;
               bin_range(g, d, a.trunc2, a.n_fft, &k_lo, &k_hi);
               range = static_cast<int>(k_lo) | (static_cast<int>(k_hi) << 16);
-              gw = Gb[(f0 + lane) * a.n_frames + t] * g.norm;
+              gw = Gb[(f0 + hl) * a.n_frames + t] * g.norm;
             }
           }
-          const int chunk = static_cast<int>(imin(kWarpSize, a.n_filters - f0));
+          const int chunk = static_cast<int>(imin(kHalf, a.n_filters - f0));
           for (int i = 0; i < chunk; ++i) {  // warp-uniform trip count: full-mask shuffles
-            const int rg = __shfl_sync(kFullMask, range, i);
+            const int src = i + half * kHalf;  // this half's lane for filter f0 + i
+            const int rg = __shfl_sync(kFullMask, range, src);
             const int k_lo = rg & 0xffff, k_hi = rg >> 16;
-            const scalar_t w = __shfl_sync(kFullMask, gw, i);
+            const scalar_t w = __shfl_sync(kFullMask, gw, src);
             LWVD_PROF_TRIP("gz.filter");  // the epoch (after this filter's shuffles) is the key
             if (k_lo > k_hi) continue;
             const FilterGeometry<scalar_t>& g = a.geom[f0 + i];
-            const int first = k_lo + ((lane - (k_lo & (kWarpSize - 1))) & (kWarpSize - 1));
+            const int first = k_lo + ((hl - (k_lo & (kHalf - 1))) & (kHalf - 1));
             LWVD_NO_UNROLL  // rolled: ~1 trip per row at typical widths; the profile weighs one trip
-            for (int k = first; k <= k_hi; k += kWarpSize) {
-              LWVD_PROF_TRIP("gz.bin", (k - k_lo) / kWarpSize);
+            for (int k = first; k <= k_hi; k += kHalf) {
+              LWVD_PROF_TRIP("gz.bin", (k - k_lo) / kHalf);
               const scalar_t v = static_cast<scalar_t>(k) * inv_two_m - g.center;
               const scalar_t q = quad_form(g, ds, v);
               // read-modify-write for every lane (adding 0 past the ellipse): the same accesses
               // whatever q is, so the access counts do not depend on rounding
               scalar_t* dst = &row[2 * k];  // natural order: block_bitrev_rows permutes before the FFT
-              LWVD_PROF_SMEM("gz.scatter_ld", dst, (k - k_lo) / kWarpSize);
-              LWVD_PROF_SMEM("gz.scatter_st", dst, (k - k_lo) / kWarpSize);
+              LWVD_PROF_SMEM("gz.scatter_ld", dst, (k - k_lo) / kHalf);
+              LWVD_PROF_SMEM("gz.scatter_st", dst, (k - k_lo) / kHalf);
               *dst += q <= trunc2 ? w * lwvd_exp(scalar_t(-0.5) * q) : scalar_t(0);
             }
           }

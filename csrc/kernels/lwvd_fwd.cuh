@@ -172,6 +172,88 @@ __device__ __forceinline__ scalar_t warp_sum(scalar_t v) {
   return v;
 }
 
+// One term W * exp(-q/2) of the forward (kAcc = 1) or of the backward's six raw moments
+// S0, Sd, Sv, Sdd, Sdv, Svv (kAcc = 6; docs/design.md). Kept apart so that the moment basis can
+// change in one place.
+template <typename scalar_t, int kAcc>
+__device__ __forceinline__ void accumulate_term(scalar_t (&acc)[kAcc], scalar_t we, scalar_t ds, scalar_t v) {
+  acc[0] += we;
+  if (kAcc > 1) {
+    acc[1 % kAcc] += we * ds;
+    acc[2 % kAcc] += we * v;
+    acc[3 % kAcc] += we * ds * ds;
+    acc[4 % kAcc] += we * ds * v;
+    acc[5 % kAcc] += we * v * v;
+  }
+}
+
+// The terms of one (filter, frame) pair over rows [n_a, n_b] of a pass (rows r0 .. r0 + 2CR - 1 in
+// shared memory, W[a, k] = 2 Re X[k], W[b, k] = 2 Im X[k] of complex row (s - r0) / 2), with the
+// lanes over (row, bin): rows go in groups of up to 32 (at most two: 2CR <= 64); lane L holds row
+// g0 + L's bin range (range0 for the first group, range1 for the second, computed by the caller
+// before any accumulator is live: bin_range's slow-path calls there cost no spills), a warp scan of the range lengths numbers the group's terms 0 .. total - 1, and each warp trip takes
+// 32 consecutive terms, lane e finding its row by a 5-step binary search over the scan (shuffles)
+// and its bin from that row's offset. Every lane is busy but in the last trip of a group, whatever
+// the ellipse's width; consecutive terms are consecutive bins of one row (conflict-light reads).
+// The trip counts are warp-uniform (full-mask shuffles). Each lane's terms add to its own `acc`.
+template <typename scalar_t, bool kMoments, int kAcc>
+__device__ __forceinline__ void smooth_pair_rows(scalar_t (&acc)[kAcc], const FilterGeometry<scalar_t>& g,
+                                                 const cplx<scalar_t>* rows, int n, int64_t r0, int64_t n_a,
+                                                 int64_t n_b, int64_t c, int lane, int range0, int range1,
+                                                 scalar_t trunc2, scalar_t inv_two_m, [[maybe_unused]] int ptrip) {
+  // The filter's coefficients in registers, once per pair (loaded inside the term loop they were
+  // re-read from global memory every trip).
+  FilterGeometry<scalar_t> gq;
+  gq.center = g.center;
+  gq.inv_sigma_t = g.inv_sigma_t;
+  gq.inv_sigma_nu = g.inv_sigma_nu;
+  gq.rho = g.rho;
+  gq.inv_1mr2 = g.inv_1mr2;
+  // Row offsets within the pass and from the frame centre fit 32 bits (|d| <= 2N + hop, checked by
+  // the plan): 32-bit integer arithmetic in the term loop.
+  const int dc0 = static_cast<int>(n_a - c), rr0 = static_cast<int>(n_a - r0);
+  LWVD_NO_UNROLL
+  for (int64_t g0 = n_a; g0 <= n_b; g0 += kWarpSize) {
+    [[maybe_unused]] const int gi = static_cast<int>(g0 - n_a) / kWarpSize;  // profile key
+    LWVD_PROF_TRIP("smooth.group", ptrip, gi);
+    const int dg = dc0 + gi * kWarpSize, rg = rr0 + gi * kWarpSize;  // d and pass row of lane 0's row
+    const int range = gi == 0 ? range0 : range1;  // k_lo | k_hi << 16; empty: k_lo > k_hi
+    const int k0 = range & 0xffff, k_hi = range >> 16;
+    const int len = k0 <= k_hi ? k_hi - k0 + 1 : 0;
+    int incl = len;  // inclusive scan of the lengths over the lanes
+    for (int o = 1; o < kWarpSize; o <<= 1) {
+      const int y = __shfl_up_sync(kFullMask, incl, o);
+      if (lane >= o) incl += y;
+    }
+    const int total = __shfl_sync(kFullMask, incl, kWarpSize - 1);
+    const int off = k0 - (incl - len);  // term e of lane L's row is bin e + off
+    LWVD_NO_UNROLL  // rolled: one trip is what the profile's SASS weight counts
+    for (int base = 0; base < total; base += kWarpSize) {
+      LWVD_PROF_TRIP("smooth.term", ptrip, gi, base / kWarpSize);
+      const int e = base + lane;
+      int pos = 0;  // the row of term e: the first lane whose inclusive count exceeds e
+      for (int step = kWarpSize / 2; step > 0; step >>= 1) {
+        const int v = __shfl_sync(kFullMask, incl, pos + step - 1);
+        if (v <= e) pos += step;
+      }
+      const int k = e + __shfl_sync(kFullMask, off, pos);
+      if (e < total) {
+        const int r = rg + pos;
+        const cplx<scalar_t>* row = rows + (r >> 1) * n;
+        LWVD_PROF_SMEM("smooth.ldw", &row[k], ptrip, gi, base / kWarpSize);
+        const cplx<scalar_t> x = row[k];
+        const scalar_t ds = static_cast<scalar_t>(dg + pos);
+        const scalar_t v = static_cast<scalar_t>(k) * inv_two_m - gq.center;
+        const scalar_t q = quad_form(gq, ds, v);
+        if (q <= trunc2) {
+          const scalar_t w = scalar_t(2) * ((r & 1) != 0 ? x.im : x.re);
+          accumulate_term<scalar_t, kAcc>(acc, w * lwvd_exp(scalar_t(-0.5) * q), ds, v);
+        }
+      }
+    }
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Forward (kMoments = false) and backward moments (kMoments = true).
 
@@ -251,76 +333,53 @@ __global__ void __launch_bounds__(config::kThreads) lwvd_smooth_kernel(const Smo
       tt_cur += nwarps;
       while (tt_cur >= tt_count) { tt_cur -= tt_count; ++f_cur; }
       if (t >= a.n_frames) continue;
-      const FilterGeometry<scalar_t>& g = a.geom[f];
       const int64_t c = t * a.hop;
-      const int64_t n_a = imax(r0, c - g.d_radius);
-      const int64_t n_b = imin(pass_hi, c + g.d_radius);
-      // Bin ranges of the pair's rows in this pass (at most 2*kMaxComplexRows = 64 rows), one or two
-      // per lane, computed before the accumulation loop: bin_range's double division and sqrt have
-      // out-of-line slow paths in SASS, and keeping those calls out of the loop that holds the
-      // accumulators is what keeps every kernel free of register spills.
-      static_assert(2 * config::kMaxComplexRows <= 2 * kWarpSize, "two rows per lane at most");
-      // Each range packed in one int (k_lo | k_hi << 16; bins < 8192 fit 13 bits): one shuffle per row.
-      int range0 = 1, range1 = 1;  // empty: k_lo = 1 > k_hi = 0
+      const int64_t d_radius = a.geom[f].d_radius;
+      const int64_t n_a = imax(r0, c - d_radius);
+      const int64_t n_b = imin(pass_hi, c + d_radius);
+      if (n_a > n_b) continue;  // no row of this pass is in the pair's reach: nothing to add
       {
-        int64_t k_lo, k_hi;
-        if (n_a + lane <= n_b) {
-          LWVD_PROF_TRIP("smooth.binrange", ptrip);
-          bin_range(g, n_a + lane - c, a.trunc2, a.n_fft, &k_lo, &k_hi);
-          range0 = static_cast<int>(k_lo) | (static_cast<int>(k_hi) << 16);
-        }
-        if (n_a + lane + kWarpSize <= n_b) {
-          LWVD_PROF_TRIP("smooth.binrange2", ptrip);
-          bin_range(g, n_a + lane + kWarpSize - c, a.trunc2, a.n_fft, &k_lo, &k_hi);
-          range1 = static_cast<int>(k_lo) | (static_cast<int>(k_hi) << 16);
-        }
-      }
-      scalar_t acc[kAcc];
-      for (int i = 0; i < kAcc; ++i) acc[i] = 0;
-      for (int64_t s = n_a; s <= n_b; ++s) {
-        const int idx = static_cast<int>(s - n_a);  // warp-uniform: full-mask shuffles are safe
-        LWVD_PROF_TRIP("smooth.row", idx);
-        // idx is warp-uniform, so every lane picks the same register before the one shuffle
-        const int range = __shfl_sync(kFullMask, idx < kWarpSize ? range0 : range1, idx & (kWarpSize - 1));
-        const int k_lo = range & 0xffff;
-        const int k_hi = range >> 16;
-        const int64_t d = s - c;
-        const int r = static_cast<int>(s - r0);
-        const cplx<scalar_t>* row = rows + (r >> 1) * n;
-        const bool odd = (r & 1) != 0;
-        const scalar_t ds = static_cast<scalar_t>(d);
-        LWVD_NO_UNROLL  // rolled: ~1 trip per row at typical widths; the profile weighs one trip
-        for (int k = k_lo + lane; k <= k_hi; k += kWarpSize) {
-          LWVD_PROF_TRIP("smooth.bin", idx, (k - k_lo) / kWarpSize);
-          LWVD_PROF_SMEM("smooth.ldw", &row[k], idx, (k - k_lo) / kWarpSize);
-          const cplx<scalar_t> x = row[k];  // before the q test: the load is issued for every lane
-          const scalar_t v = static_cast<scalar_t>(k) * inv_two_m - g.center;
-          const scalar_t q = quad_form(g, ds, v);
-          if (q <= trunc2) {
-            const scalar_t w = scalar_t(2) * (odd ? x.im : x.re);
-            const scalar_t we = w * lwvd_exp(scalar_t(-0.5) * q);
-            acc[0] += we;
-            if (kMoments) {
-              acc[1 % kAcc] += we * ds;
-              acc[2 % kAcc] += we * v;
-              acc[3 % kAcc] += we * ds * ds;
-              acc[4 % kAcc] += we * ds * v;
-              acc[5 % kAcc] += we * v * v;
-            }
+        LWVD_PROF_TRIP("smooth.pairwork", ptrip);
+        // The pair's first and last pass with rows in reach (every pair has one: R >= its radius).
+        const bool pair_first = first || c - d_radius >= r0;
+        const bool pair_last = last || c + d_radius <= pass_hi;
+        const FilterGeometry<scalar_t>& g = a.geom[f];
+        // Bin ranges of the pair's rows in this pass (at most 2*kMaxComplexRows = 64 rows), one or two
+        // per lane, each packed in one int (k_lo | k_hi << 16; bins < 8192 fit 13 bits), computed
+        // before the accumulators exist: bin_range's double division and sqrt have out-of-line slow
+        // paths in SASS, and keeping those calls away from live accumulators keeps the kernel free of
+        // register spills.
+        static_assert(2 * config::kMaxComplexRows <= 2 * kWarpSize, "two rows per lane at most");
+        int range0 = 1, range1 = 1;  // empty: k_lo = 1 > k_hi = 0
+        {
+          int64_t k_lo, k_hi;
+          if (n_a + lane <= n_b) {
+            LWVD_PROF_TRIP("smooth.binrange", ptrip);
+            bin_range(g, n_a + lane - c, a.trunc2, a.n_fft, &k_lo, &k_hi);
+            range0 = static_cast<int>(k_lo) | (static_cast<int>(k_hi) << 16);
+          }
+          if (n_a + lane + kWarpSize <= n_b) {
+            LWVD_PROF_TRIP("smooth.binrange2", ptrip);
+            bin_range(g, n_a + lane + kWarpSize - c, a.trunc2, a.n_fft, &k_lo, &k_hi);
+            range1 = static_cast<int>(k_lo) | (static_cast<int>(k_hi) << 16);
           }
         }
-      }
-      for (int i = 0; i < kAcc; ++i) acc[i] = warp_sum(acc[i]);
-      if (lane == 0) {
-        LWVD_PROF_TRIP("smooth.out", ptrip);
-        const int64_t o = (b * a.n_filters + f) * a.n_frames + t;
-        if (kMoments) {
-          scalar_t* dst = a.out + o * config::kMoments;
-          for (int i = 0; i < kAcc; ++i) dst[i] = first ? acc[i] : dst[i] + acc[i];
-        } else {
-          scalar_t v = first ? acc[0] : a.out[o] + acc[0];
-          if (last) v *= g.norm;
-          a.out[o] = v;
+        scalar_t acc[kAcc];
+        for (int i = 0; i < kAcc; ++i) acc[i] = 0;
+        smooth_pair_rows<scalar_t, kMoments>(acc, g, rows, n, r0, n_a, n_b, c, lane, range0, range1, trunc2,
+                                             inv_two_m, ptrip);
+        for (int i = 0; i < kAcc; ++i) acc[i] = warp_sum(acc[i]);
+        if (lane == 0) {
+          LWVD_PROF_TRIP("smooth.out", ptrip);
+          const int64_t o = (b * a.n_filters + f) * a.n_frames + t;
+          if (kMoments) {
+            scalar_t* dst = a.out + o * config::kMoments;
+            for (int i = 0; i < kAcc; ++i) dst[i] = pair_first ? acc[i] : dst[i] + acc[i];
+          } else {
+            scalar_t v = pair_first ? acc[0] : a.out[o] + acc[0];
+            if (pair_last) v *= g.norm;
+            a.out[o] = v;
+          }
         }
       }
     }
