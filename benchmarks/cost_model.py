@@ -107,7 +107,7 @@ def _dram_bytes(kernel, p: kc.Problem):
     z = p.batch * p.n_samples * 2 * s
     out = p.batch * p.f * p.frames * s
     return {"prepare": 4 * p.f * s + p.f * 64 + p.n_fft * s, "smooth": z + out, "moments": z + 6 * out,
-            "param_grad": 7 * out, "grad_z": 2 * z + out}.get(kernel, 0)
+            "grad_z": 2 * z + out + 7 * out}.get(kernel, 0)  # grad_z + the parameter gradients (one launch)
 
 
 def kernel_prediction(launch, weights, p: kc.Problem, dev) -> dict:

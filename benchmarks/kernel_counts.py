@@ -672,13 +672,26 @@ def plan_counts(p: Problem, cfg) -> dict:
     if p.batch > 0:
         fwd.append(smooth_counts(p, cfg, geom, moments=False))
         bwd.append(smooth_counts(p, cfg, geom, moments=True))
+    # grad_z and the parameter gradients are one launch (lwvd_bwd.cuh lwvd_grad_z_kernel): block i
+    # builds grad_z tile i (i < gz_blocks), then the gradients of filters i, i + grid, ...
     pg = param_grad_counts(p, cfg)
-    _add(pg["sites"], "grad.role_pg", p.f * (cfg["reduce_threads"] // WARP), p.f * cfg["reduce_threads"])
-    bwd.append(pg)
+    warps = cfg["threads"] // WARP
     if p.batch > 0:
         gz = grad_z_counts(p, cfg, geom)
-        _add(gz["sites"], "grad.role_gz", gz["blocks"] * (cfg["threads"] // WARP), gz["blocks"] * cfg["threads"])
-        bwd.append(gz)
+        gz_blocks = gz["blocks"]
+        _add(gz["sites"], "grad.role_gz", gz_blocks * warps, gz_blocks * cfg["threads"])
+    else:
+        gz = dict(kernel="grad_z", blocks=0, threads=cfg["threads"], smem=0, block_barriers=0, warp_exchanges=0,
+                  sites=_counts())
+        gz_blocks = 0
+    for k, v in pg["sites"].items():
+        gz["sites"][k] += v
+    _add(gz["sites"], "grad.role_pg", p.f * warps, p.f * cfg["threads"])
+    gz["blocks"] = max(gz_blocks, p.f)
+    gz["block_barriers"] += pg["block_barriers"] + p.f  # + the barrier before each filter's reduction
+    gz["warp_exchanges"] += pg["warp_exchanges"]
+    gz["smem"] = max(gz["smem"], pg["smem"])
+    bwd.append(gz)
     for part in (fwd, bwd):
         for launch in part:
             launch["sites"] = {k: [int(x) for x in v] for k, v in launch["sites"].items() if v[0] > 0}

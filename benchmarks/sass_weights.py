@@ -44,8 +44,6 @@ _KERNELS = [
     (r"lwvd_smooth_kernelIdLb1E", "moments", "float64"),
     (r"lwvd_grad_z_kernelIfE", "grad_z", "float32"),
     (r"lwvd_grad_z_kernelIdE", "grad_z", "float64"),
-    (r"lwvd_param_grad_kernelIfE", "param_grad", "float32"),
-    (r"lwvd_param_grad_kernelIdE", "param_grad", "float64"),
     (r"lwvd_prepare_kernelIfE", "prepare", "float32"),
     (r"lwvd_prepare_kernelIdE", "prepare", "float64"),
 ]

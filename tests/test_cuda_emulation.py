@@ -352,12 +352,12 @@ def test_real_kernels_float64_match_reference(builds, tmp_path, case):
     check_against_reference(p, TOLERANCES[torch.float64])
     if case in (CASES[5], CASES[6], MULTI_TILE_CASE):
         # Several output tiles per signal really happened: the row kernels got more blocks than B
-        # (plan order, lwvd_plan.cuh: fwd prepare, smooth; bwd prepare, moments, param_grad, grad_z).
+        # (plan order, lwvd_plan.cuh: fwd prepare, smooth; bwd prepare, moments, grad_z + param_grad).
         grid = launches(proc)
-        assert len(grid) == 6, grid
+        assert len(grid) == 5, grid
         assert grid[1][0] >= 2 * case.b and grid[3][0] == grid[1][0], grid
         if case is MULTI_TILE_CASE:
-            assert grid[5][0] >= 2 * case.b, f"grad_z should have several tiles per signal: {grid}"
+            assert grid[4][0] >= 2 * case.b, f"grad_z should have several tiles per signal: {grid}"
 
 
 @needs_plan
@@ -453,7 +453,7 @@ def _copy_kernels_without_barrier(dst: Path, header: str, pattern: str) -> tuple
 # (header, function signature pattern, plan mode that runs it). The last __syncthreads of each:
 #   block_fft_rows: the barrier ending each FFT stage; without it stage s+1 reads elements another
 #     thread is still writing in stage s;
-#   param_grad_block (the body of lwvd_param_grad_kernel): the barrier of its shared-memory tree
+#   param_grad_block (the parameter-gradient role of lwvd_grad_z_kernel): the barrier of its shared-memory tree
 #     reduction (backward).
 PLANTED_BARRIERS = [
     ("fft.cuh", r"void block_fft_rows\(", "fwd"),

@@ -106,7 +106,6 @@ OCCUPANCY_KIND = {
     "prepare": "prep",
     "smooth": "rows",
     "grad_z": "rows",
-    "param_grad": "reduce",
 }
 
 

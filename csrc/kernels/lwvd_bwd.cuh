@@ -286,27 +286,33 @@ __device__ __forceinline__ void grad_z_block(const GradZArgs<scalar_t>& a, unsig
   }
 }
 
-// The parameter gradients (grid.x = F, one filter per block) and grad_z (grid.x = B * tiles) are two
-// launches. One launch with both roles (blocks past the grad_z tiles doing a filter each) would save
-// a launch, but ptxas then spilled 28 B in the float32 kernel on sm_80 (bin_range's slow-path calls
-// with more values live), which the build forbids; docs/cuda_kernels.md.
-template <typename scalar_t>
-__global__ void __launch_bounds__(config::kReduceThreads) lwvd_param_grad_kernel(const ParamGradArgs<scalar_t> a,
-                                                                                  const unsigned* invalid) {
-  LWVD_PROF_TRIP("grad.role_pg");
-  param_grad_block(a, static_cast<int64_t>(blockIdx.x), *invalid);
-}
-
+// One launch for the parameter gradients and grad_z: block i builds grad_z tile i (i < gz_blocks) and
+// then the parameter gradients of filters i, i + gridDim.x, ... (grid.x = max(gz_blocks, F)). The two
+// roles run one after the other in the same threads, so the registers of one are free for the other
+// (as two branches of one kernel, ptxas spilled 28 B in the float32 kernel on sm_80). The parameter
+// gradients need the moments of the previous launch only; the reduction's shared memory is the
+// start of the rows' dynamic shared memory, behind a barrier.
 // Min 4 blocks/SM (a 64-register budget): left to itself ptxas squeezed grad_z<float> into 48
 // registers on sm_90 and spilled 8 B (after the one-order q of lwvd_math.cuh), and grad_z<double>
-// spilled 24 B on sm_120; with this bound no arch spills (62/58 registers), at the 4 blocks/SM
-// that 40 KiB of shared memory per block allows on sm_80 anyway (sm_90: 4 instead of 5).
+// spilled 24 B on sm_120; with this bound no arch spills, at the 4 blocks/SM that 40 KiB of shared
+// memory per block allows on sm_80 anyway (sm_90: 4 instead of 5).
 template <typename scalar_t>
-__global__ void __launch_bounds__(config::kThreads, 4) lwvd_grad_z_kernel(const GradZArgs<scalar_t> a) {
-  // Invalid parameters need no test here: the prepare kernel then writes NaN twiddles, which make
-  // every sample of grad_z NaN (each has its m = 0 term).
-  LWVD_PROF_TRIP("grad.role_gz");
-  grad_z_block(a, blockIdx.x);
+__global__ void __launch_bounds__(config::kThreads, 4) lwvd_grad_z_kernel(const GradZArgs<scalar_t> a,
+                                                                          const ParamGradArgs<scalar_t> pg,
+                                                                          const unsigned* invalid,
+                                                                          unsigned gz_blocks) {
+  static_assert(config::kReduceThreads == config::kThreads, "the fused launch runs both roles in one block");
+  // Invalid parameters need no test in the grad_z role: the prepare kernel then writes NaN twiddles,
+  // which make every sample of grad_z NaN (each has its m = 0 term).
+  if (blockIdx.x < gz_blocks) {
+    LWVD_PROF_TRIP("grad.role_gz");
+    grad_z_block(a, blockIdx.x);
+  }
+  for (int64_t f = blockIdx.x; f < pg.n_filters; f += gridDim.x) {
+    LWVD_PROF_TRIP("grad.role_pg", (f - blockIdx.x) / gridDim.x);
+    __syncthreads();  // the reduction reuses the rows' shared memory (and its own, filter to filter)
+    param_grad_block(pg, f, *invalid);
+  }
 }
 
 }  // namespace lwvd

@@ -28,8 +28,8 @@
 //
 // Launch sequence (no host sync anywhere, no fill kernels):
 //   forward : prepare (1 block) -> smooth<false> (B * ceil(T / TT) blocks)               2 launches
-//   backward: prepare -> smooth<true> (moments to a workspace) -> param_grad (F blocks)
-//             -> grad_z (B * ceil(N / J) blocks)                                          4 launches
+//   backward: prepare -> smooth<true> (moments to a workspace) -> grad_z + param_grad (one launch of
+//             max(B * ceil(N / J), F) blocks: grad_z tiles, then one filter's gradients per block) 3 launches
 // Parameter values are checked on the device (prepare): invalid ones make every output NaN and set
 // the launcher's error flags (lwvd_fwd.cuh, kInvalid*).
 // Every tile / block / shared-memory choice is in launch_config.h.
@@ -196,16 +196,12 @@ void run_backward(Launcher& L, const BwdProblem<scalar_t>& p) {
         sizeof(scalar_t) * config::kMoments * static_cast<std::size_t>(p.batch * p.n_filters * frames))));
     detail::smooth<Launcher, scalar_t, true>(L, pr, p.z, moments, p.batch, p.n_samples, p.n_filters, p.n_fft, p.hop);
   }
-  // With B = 0 the parameter gradients are sums over nothing: the kernel still runs (F blocks) and
-  // writes zeros, reading no moments.
+  // With B = 0 the parameter gradients are sums over nothing: the launch still runs (F blocks, no
+  // grad_z tile) and writes zeros, reading no moments.
   if (p.n_filters > INT32_MAX) throw std::invalid_argument("lwvd plan: too many filters");
   ParamGradArgs<scalar_t> g{p.grad_out, moments, pr.geom, p.sigma_t, p.sigma_nu, p.grad_center, p.grad_sigma_t,
                             p.grad_sigma_nu, p.grad_rho, p.batch, p.n_filters, frames};
-  L.launch(lwvd_param_grad_kernel<scalar_t>, dim3(static_cast<unsigned>(p.n_filters)), dim3(config::kReduceThreads),
-           4 * config::kReduceThreads * sizeof(scalar_t), g, static_cast<const unsigned*>(pr.invalid));
-  if (p.batch == 0) return;
-
-  GradZArgs<scalar_t> a;
+  GradZArgs<scalar_t> a{};
   a.z = reinterpret_cast<const cplx<scalar_t>*>(p.z);
   a.grad_out = p.grad_out;
   a.geom = pr.geom;
@@ -224,10 +220,14 @@ void run_backward(Launcher& L, const BwdProblem<scalar_t>& p) {
   a.trunc2 = pr.trunc2;
   a.inv_two_m = 1.0 / (2.0 * static_cast<double>(p.n_fft));
   a.inv_hop = 1.0 / static_cast<double>(p.hop);
-  const int64_t blocks = p.batch * a.tiles_per_item;
+  const int64_t gz_blocks = p.batch * a.tiles_per_item;
+  const int64_t blocks = gz_blocks > p.n_filters ? gz_blocks : p.n_filters;
   if (blocks > INT32_MAX) throw std::invalid_argument("lwvd plan: too many blocks (B * tiles > 2^31 - 1)");
-  const std::size_t smem = config::rows_smem_bytes(a.complex_rows, p.n_fft, sizeof(scalar_t));
-  L.launch(lwvd_grad_z_kernel<scalar_t>, dim3(static_cast<unsigned>(blocks)), dim3(config::kThreads), smem, a);
+  std::size_t smem = p.batch > 0 ? config::rows_smem_bytes(a.complex_rows, p.n_fft, sizeof(scalar_t)) : 0;
+  const std::size_t red = 4 * config::kReduceThreads * sizeof(scalar_t);  // param_grad_block's tree
+  if (smem < red) smem = red;
+  L.launch(lwvd_grad_z_kernel<scalar_t>, dim3(static_cast<unsigned>(blocks)), dim3(config::kThreads), smem, a, g,
+           static_cast<const unsigned*>(pr.invalid), static_cast<unsigned>(gz_blocks));
 }
 
 }  // namespace lwvd
