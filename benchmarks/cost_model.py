@@ -74,7 +74,7 @@ def launch_config(path: str = LAUNCH_CONFIG) -> dict:
             raise ValueError(f"{name} not found in {path}")
         return int(eval(m.group(1).replace("std::size_t", ""), {}))  # e.g. "40 * 1024"
 
-    return dict(threads=const("kThreads"), rows_smem_budget=const("kRowsSmemBudget"),
+    return dict(threads=const("kThreads"), grad_threads=const("kGradThreads"), rows_smem_budget=const("kRowsSmemBudget"),
                 max_complex_rows=const("kMaxComplexRows"), max_frames_per_block=const("kMaxFramesPerBlock"),
                 min_blocks=const("kSms"), min_blocks_per_sm=const("kMinBlocksPerSm"), min_grad_tile=const("kMinGradTile"),
                 prep_threads=const("kPrepThreads"), reduce_threads=const("kReduceThreads"))
@@ -193,7 +193,8 @@ def predict(
     s = prob.scalar_bytes
     out["launch"] = dict(threads=cfg["threads"], complex_rows_per_pass=kc.complex_rows(cfg, n_fft, s),
                          frames_per_block=kc.frames_per_block(cfg, n_fft, hop, batch, prob.frames),
-                         grad_tile=kc.grad_tile(cfg, n_fft, batch, n_samples), max_radius=geom.max_radius)
+                         grad_threads=cfg["grad_threads"], grad_tile=kc.grad_tile(cfg, n_fft, batch, n_samples),
+                         max_radius=geom.max_radius)
     for part in ("forward", "backward"):
         ks = [kernel_prediction(L, weights[L["kernel"]], prob, device) for L in counts[part]]
         bfly = sum(L["sites"].get("fft.bfly", [0, 0])[1] for L in counts[part])
@@ -219,7 +220,7 @@ def format_prediction(p: dict) -> str:
              "config: B={batch} N={n_samples} n_fft={n_fft} hop={hop} F={n_filters} T={frames} truncate={truncate} "
              "{dtype}".format(**c),
              "launch: {threads} threads, {complex_rows_per_pass} complex rows/pass, {frames_per_block} frames/block, "
-             "grad tile {grad_tile}, max radius {max_radius}".format(**p["launch"])]
+             "grad tile {grad_tile} ({grad_threads} threads), max radius {max_radius}".format(**p["launch"])]
     for part in ("forward", "backward"):
         e = p[part]
         lines.append(f"{part}: predicted {e['predicted_s'] * 1e3:.3f} ms, {e['launches']} launches, "

@@ -75,9 +75,12 @@ def complex_rows(cfg, n_fft, scalar_bytes):
     return int(min(max(cfg["rows_smem_budget"] // (n_fft * 2 * scalar_bytes), 1), cfg["max_complex_rows"]))
 
 
-def _busiest(cfg, blocks):
-    """launch_config.h busiest_sm_blocks: max(ceil(blocks / kSms), kMinBlocksPerSm)."""
-    return max(-(-blocks // cfg["min_blocks"]), cfg["min_blocks_per_sm"])
+def _busiest(cfg, blocks, threads=None):
+    """launch_config.h busiest_sm_blocks: max(ceil(blocks / kSms), kMinBlocksPerSm blocks of kThreads
+    counted in blocks of `threads`)."""
+    threads = threads or cfg["threads"]
+    min_blocks = -(-(cfg["min_blocks_per_sm"] * cfg["threads"]) // threads)
+    return max(-(-blocks // cfg["min_blocks"]), min_blocks)
 
 
 def frames_per_block(cfg, n_fft, hop, batch, frames):
@@ -94,9 +97,10 @@ def frames_per_block(cfg, n_fft, hop, batch, frames):
 def grad_tile(cfg, n_fft, batch, n_samples):
     """launch_config.h grad_tile: minimise ceil(blocks / SMs) x (J + n_fft) over powers of two."""
     top = max(cfg["min_grad_tile"], 4 * n_fft)
-    best, best_cost, j = cfg["threads"], None, cfg["threads"]
+    gt = cfg.get("grad_threads", cfg["threads"])
+    best, best_cost, j = gt, None, gt
     while j <= top:
-        cost = _busiest(cfg, batch * -(-n_samples // j)) * (j + n_fft)
+        cost = _busiest(cfg, batch * -(-n_samples // j), gt) * (j + n_fft)
         if best_cost is None or cost < best_cost:
             best, best_cost = j, cost
         j *= 2
@@ -215,10 +219,10 @@ def prepare_counts(p: Problem, cfg):
                 sites=sites)
 
 
-def _fft_pass_counts(p: Problem, cfg, cr, esize_c):
-    """Counts of one block_fft_rows call (identical every pass)."""
+def _fft_pass_counts(p: Problem, cfg, cr, esize_c, threads=None):
+    """Counts of one block_fft_rows call (identical every pass) by blocks of `threads` (kThreads)."""
     sites = _counts()
-    n, threads = p.n_fft, cfg["threads"]
+    n, threads = p.n_fft, threads or cfg["threads"]
     log2n = n.bit_length() - 1
     half_n = n // 2
     total = cr * half_n
@@ -251,10 +255,10 @@ def _bitrev(x, bits):
     return r
 
 
-def _bitrev_pass_counts(p: Problem, cfg, cr, esize_c):
+def _bitrev_pass_counts(p: Problem, cfg, cr, esize_c, threads=None):
     """Counts of one block_bitrev_rows call over cr complex rows (identical every pass)."""
     sites = _counts()
-    n, threads = p.n_fft, cfg["threads"]
+    n, threads = p.n_fft, threads or cfg["threads"]
     log2n = n.bit_length() - 1
     i = np.arange(cr * n)
     group = (i // threads) * (threads // WARP) + (i % threads) // WARP
@@ -529,7 +533,7 @@ def grad_z_counts(p: Problem, cfg, geom: Geometry):
     s_bytes = p.scalar_bytes
     esize_c, words_c = 2 * s_bytes, 2 * s_bytes // 4
     n, hop, N, T, F = p.n_fft, p.hop, p.n_samples, p.frames, p.f
-    threads = cfg["threads"]
+    threads = cfg.get("grad_threads", cfg["threads"])
     nwarps = threads // WARP
     cr = complex_rows(cfg, n, s_bytes)
     rp = 2 * cr
@@ -538,8 +542,8 @@ def grad_z_counts(p: Problem, cfg, geom: Geometry):
     h = (n - 1) // 2
     R = geom.max_radius
     sites = _counts()
-    fft_sites, log2n = _fft_pass_counts(p, cfg, cr, esize_c)
-    bitrev_sites = _bitrev_pass_counts(p, cfg, cr, esize_c)
+    fft_sites, log2n = _fft_pass_counts(p, cfg, cr, esize_c, threads)
+    bitrev_sites = _bitrev_pass_counts(p, cfg, cr, esize_c, threads)
     sc_tr, sc_ln, sc_wf, br_tr, br_ln = _scatter_table(p, geom)
     nchunks = -(-F // HALF)
     barriers = exchanges = 0
@@ -586,7 +590,7 @@ def _owned_groups(j_lo, j_hi, j0, threads):
 def _grad_z_tile(p, cfg, geom, b, j0, j1, h, rp, cr, esize_c, words_c, tables, nchunks):
     sc_tr, sc_ln, sc_wf, br_tr, br_ln = tables
     n, hop, N, T, F = p.n_fft, p.hop, p.n_samples, p.frames, p.f
-    threads = cfg["threads"]
+    threads = cfg.get("grad_threads", cfg["threads"])
     nwarps = threads // WARP
     R = geom.max_radius
     sites = _counts()
@@ -675,18 +679,19 @@ def plan_counts(p: Problem, cfg) -> dict:
     # grad_z and the parameter gradients are one launch (lwvd_bwd.cuh lwvd_grad_z_kernel): block i
     # builds grad_z tile i (i < gz_blocks), then the gradients of filters i, i + grid, ...
     pg = param_grad_counts(p, cfg)
-    warps = cfg["threads"] // WARP
+    gthreads = cfg.get("grad_threads", cfg["threads"])
+    warps = gthreads // WARP
     if p.batch > 0:
         gz = grad_z_counts(p, cfg, geom)
         gz_blocks = gz["blocks"]
-        _add(gz["sites"], "grad.role_gz", gz_blocks * warps, gz_blocks * cfg["threads"])
+        _add(gz["sites"], "grad.role_gz", gz_blocks * warps, gz_blocks * gthreads)
     else:
-        gz = dict(kernel="grad_z", blocks=0, threads=cfg["threads"], smem=0, block_barriers=0, warp_exchanges=0,
+        gz = dict(kernel="grad_z", blocks=0, threads=gthreads, smem=0, block_barriers=0, warp_exchanges=0,
                   sites=_counts())
         gz_blocks = 0
     for k, v in pg["sites"].items():
         gz["sites"][k] += v
-    _add(gz["sites"], "grad.role_pg", p.f * warps, p.f * cfg["threads"])
+    _add(gz["sites"], "grad.role_pg", p.f * warps, p.f * gthreads)
     gz["blocks"] = max(gz_blocks, p.f)
     gz["block_barriers"] += pg["block_barriers"] + p.f  # + the barrier before each filter's reduction
     gz["warp_exchanges"] += pg["warp_exchanges"]

@@ -105,7 +105,7 @@ def toolkit_include(nvcc: str) -> str:
 OCCUPANCY_KIND = {
     "prepare": "prep",
     "smooth": "rows",
-    "grad_z": "rows",
+    "grad_z": "grad",
 }
 
 

@@ -128,7 +128,7 @@ __device__ __forceinline__ void grad_z_block(const GradZArgs<scalar_t>& a, unsig
   const int64_t passes = div_small(row_hi - row_lo + rows_per_pass, rows_per_pass);
   const int n = 1 << a.log2_fft;
   const int tid = static_cast<int>(threadIdx.x);
-  const int nthreads = config::kThreads;  // == blockDim.x (the plan launches that)
+  const int nthreads = config::kGradThreads;  // == blockDim.x (the plan launches that)
   const int warp = tid / kWarpSize, lane = tid % kWarpSize, nwarps = nthreads / kWarpSize;
   const int64_t radius = *a.max_radius;
   const scalar_t trunc2 = static_cast<scalar_t>(a.trunc2);
@@ -237,9 +237,9 @@ __device__ __forceinline__ void grad_z_block(const GradZArgs<scalar_t>& a, unsig
       }
     }
     __syncthreads();
-    block_bitrev_rows<config::kThreads>(rows, a.complex_rows, a.log2_fft);
+    block_bitrev_rows<config::kGradThreads>(rows, a.complex_rows, a.log2_fft);
     __syncthreads();
-    block_fft_rows<config::kThreads>(rows, a.complex_rows, a.log2_fft, a.twiddles);  // ends with __syncthreads
+    block_fft_rows<config::kGradThreads>(rows, a.complex_rows, a.log2_fft, a.twiddles);  // ends with __syncthreads
 
     // Samples reached by this pass: j in [r0 - h, pass_hi + h] within the tile; same owner map.
     const int64_t jw_lo = imax(j0, r0 - h), jw_hi = imin(j1, pass_hi + h);
@@ -292,16 +292,15 @@ __device__ __forceinline__ void grad_z_block(const GradZArgs<scalar_t>& a, unsig
 // (as two branches of one kernel, ptxas spilled 28 B in the float32 kernel on sm_80). The parameter
 // gradients need the moments of the previous launch only; the reduction's shared memory is the
 // start of the rows' dynamic shared memory, behind a barrier.
-// Min 4 blocks/SM (a 64-register budget): left to itself ptxas squeezed grad_z<float> into 48
-// registers on sm_90 and spilled 8 B (after the one-order q of lwvd_math.cuh), and grad_z<double>
-// spilled 24 B on sm_120; with this bound no arch spills, at the 4 blocks/SM that 40 KiB of shared
-// memory per block allows on sm_80 anyway (sm_90: 4 instead of 5).
+// Min 2 blocks/SM of kGradThreads = 512 (a 64-register budget, as the former 4 x 256): left to itself
+// ptxas squeezed grad_z<float> into 48 registers on sm_90 and spilled 8 B (after the one-order q of
+// lwvd_math.cuh), and grad_z<double> spilled 24 B on sm_120; with this bound no arch spills.
 template <typename scalar_t>
-__global__ void __launch_bounds__(config::kThreads, 4) lwvd_grad_z_kernel(const GradZArgs<scalar_t> a,
+__global__ void __launch_bounds__(config::kGradThreads, 2) lwvd_grad_z_kernel(const GradZArgs<scalar_t> a,
                                                                           const ParamGradArgs<scalar_t> pg,
                                                                           const unsigned* invalid,
                                                                           unsigned gz_blocks) {
-  static_assert(config::kReduceThreads == config::kThreads, "the fused launch runs both roles in one block");
+  static_assert(config::kReduceThreads == config::kGradThreads, "the fused launch runs both roles in one block");
   // Invalid parameters need no test in the grad_z role: the prepare kernel then writes NaN twiddles,
   // which make every sample of grad_z NaN (each has its m = 0 term).
   if (blockIdx.x < gz_blocks) {

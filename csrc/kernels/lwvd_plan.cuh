@@ -226,7 +226,7 @@ void run_backward(Launcher& L, const BwdProblem<scalar_t>& p) {
   std::size_t smem = p.batch > 0 ? config::rows_smem_bytes(a.complex_rows, p.n_fft, sizeof(scalar_t)) : 0;
   const std::size_t red = 4 * config::kReduceThreads * sizeof(scalar_t);  // param_grad_block's tree
   if (smem < red) smem = red;
-  L.launch(lwvd_grad_z_kernel<scalar_t>, dim3(static_cast<unsigned>(blocks)), dim3(config::kThreads), smem, a, g,
+  L.launch(lwvd_grad_z_kernel<scalar_t>, dim3(static_cast<unsigned>(blocks)), dim3(config::kGradThreads), smem, a, g,
            static_cast<const unsigned*>(pr.invalid), static_cast<unsigned>(gz_blocks));
 }
 
