@@ -35,7 +35,15 @@ import pytest
 import torch
 
 from lwvd_cuda import reference
-from lwvd_cuda.testing import TOLERANCES, Case, assert_rel_close
+from lwvd_cuda.testing import (
+    TOLERANCES,
+    Case,
+    assert_rel_close,
+    high_precision_param_grads,
+    make_signal,
+    near_one_ridge,
+    near_one_tolerance,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 EMU_DIR = ROOT / "tests" / "cuda_emu"
@@ -522,6 +530,39 @@ def test_real_kernels_agree_with_reference_at_truncation_ties(builds, tmp_path, 
         v.numpy().astype(p.np_dtype).tofile(tmp_path / f"{name}.bin")
     driver_ok(p.run(builds.get("driver"), part="real kernels plain"))
     check_against_reference(p, TOLERANCES[dtype])
+
+
+NEAR_ONE_CASES = [(r, torch.float64) for r in (0.99, -0.99, 1 - 1e-4, -(1 - 1e-8), 1 - 1e-12, -(1 - 1e-12))]
+NEAR_ONE_CASES += [(r, torch.float32) for r in (0.99, -(1 - 1e-4))]
+
+
+@needs_plan
+@pytest.mark.parametrize("rho, dtype", NEAR_ONE_CASES, ids=lambda x: repr(x) if isinstance(x, float) else str(x)[6:])
+def test_real_kernels_parameter_gradients_near_rho_one(builds, tmp_path, rho, dtype):
+    """Issue 12 item 6 on the CUDA source: the moments kernel accumulates (S0, Sa, Sc, Saa, Sac, Scc)
+    in q's own coordinates a = d / sigma_t, c = b - rho a, and param_grad applies the formulas of
+    lwvd_math.cuh (shared with the CPU kernels); against 50-digit mpmath (on the inputs rounded to
+    dtype) on the ridge geometry of tests/test_reference.py (testing.near_one_ridge). float64:
+    testing.near_one_tolerance (+1e-13 for the WVD's FFT rounding); float32: TOLERANCES. The (d, v)
+    moments were off in the rho gradient by 9e-9 at -(1 - 1e-8), 2e-4 at 1 - 1e-12 (float64)."""
+    case = EmuCase(1, 10, 8, 3, 1, "mixed", None)
+    p = Problem(case, dtype, tmp_path)
+    p.z = make_signal((1,), case.n, seed=31).to(torch.complex128 if dtype == torch.float64 else torch.complex64)
+    p.params = tuple(x.to(dtype) for x in near_one_ridge(rho, case.n_fft))
+    torch.view_as_real(p.z).numpy().tofile(tmp_path / "z.bin")
+    for name, v in zip(("center", "sigma_t", "sigma_nu", "rho"), p.params):
+        v.numpy().tofile(tmp_path / f"{name}.bin")
+    driver_ok(p.run(builds.get("driver"), part="real kernels plain"))
+    k, _, gp = p.outputs()
+    k_ref, _, _ = p.expected()
+    assert k_ref.abs().max() > 0
+    tol = near_one_tolerance(rho) + 1e-13 if dtype == torch.float64 else TOLERANCES[dtype]
+    assert_rel_close(k, k_ref, tol, f"forward at rho = {rho!r}")
+    w = reference.wigner_ville(p.z[0].to(torch.complex128), case.n_fft)
+    expected = high_precision_param_grads(w, p.grad_out[0, 0].double(), *(x.double() for x in p.params), case.hop)
+    for name, got, e in zip(("center", "sigma_t", "sigma_nu", "rho"), gp, expected):
+        assert e != 0
+        assert_rel_close(got, torch.tensor([e], dtype=torch.float64), tol, f"grad {name} at rho = {rho!r}")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -4,7 +4,8 @@
 //   z      (B, N, 2) scalar_t   the analytic signal, complex as interleaved (re, im)
 //   params (F,)      scalar_t   center, sigma_t, sigma_nu, rho
 //   out    (B, F, T) scalar_t   K[b, f, t]                          (forward)
-//          (B, F, T, 6)         raw moments S0, Sd, Sv, Sdd, Sdv, Svv (backward, kMoments = true)
+//          (B, F, T, 6)         raw moments S0, Sa, Sc, Saa, Sac, Scc (backward, kMoments = true;
+//                               a = d / sigma_t, c = b - rho a: lwvd_math.cuh, add_moment_term)
 // scalar_t is float or double. The host-side sequence of launches is lwvd_plan.cuh.
 //
 // Algorithm (docs/design.md, docs/cuda_kernels.md): a block owns frames [t0, t0 + TT) of one batch
@@ -172,21 +173,6 @@ __device__ __forceinline__ scalar_t warp_sum(scalar_t v) {
   return v;
 }
 
-// One term W * exp(-q/2) of the forward (kAcc = 1) or of the backward's six raw moments
-// S0, Sd, Sv, Sdd, Sdv, Svv (kAcc = 6; docs/design.md). Kept apart so that the moment basis can
-// change in one place.
-template <typename scalar_t, int kAcc>
-__device__ __forceinline__ void accumulate_term(scalar_t (&acc)[kAcc], scalar_t we, scalar_t ds, scalar_t v) {
-  acc[0] += we;
-  if (kAcc > 1) {
-    acc[1 % kAcc] += we * ds;
-    acc[2 % kAcc] += we * v;
-    acc[3 % kAcc] += we * ds * ds;
-    acc[4 % kAcc] += we * ds * v;
-    acc[5 % kAcc] += we * v * v;
-  }
-}
-
 // The terms of one (filter, frame) pair over rows [n_a, n_b] of a pass (rows r0 .. r0 + 2CR - 1 in
 // shared memory, W[a, k] = 2 Re X[k], W[b, k] = 2 Im X[k] of complex row (s - r0) / 2), with the
 // lanes over (row, bin): rows go in groups of up to 32 (at most two: 2CR <= 64); lane L holds row
@@ -244,10 +230,13 @@ __device__ __forceinline__ void smooth_pair_rows(scalar_t (&acc)[kAcc], const Fi
         const cplx<scalar_t> x = row[k];
         const scalar_t ds = static_cast<scalar_t>(dg + pos);
         const scalar_t v = static_cast<scalar_t>(k) * inv_two_m - gq.center;
-        const scalar_t q = quad_form(gq, ds, v);
+        scalar_t qa, qc;  // quad_form's a and c: the moments' coordinates (lwvd_math.cuh)
+        const scalar_t q = quad_form(gq, ds, v, &qa, &qc);
         if (q <= trunc2) {
           const scalar_t w = scalar_t(2) * ((r & 1) != 0 ? x.im : x.re);
-          accumulate_term<scalar_t, kAcc>(acc, w * lwvd_exp(scalar_t(-0.5) * q), ds, v);
+          const scalar_t we = w * lwvd_exp(scalar_t(-0.5) * q);
+          if constexpr (kMoments) add_moment_term(acc, we, qa, qc);
+          else acc[0] += we;
         }
       }
     }
