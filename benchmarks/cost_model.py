@@ -106,8 +106,9 @@ def _dram_bytes(kernel, p: kc.Problem):
     s = p.scalar_bytes
     z = p.batch * p.n_samples * 2 * s
     out = p.batch * p.f * p.frames * s
-    return {"prepare": 4 * p.f * s + p.f * 64 + p.n_fft * s, "smooth": z + out, "moments": z + 6 * out,
-            "grad_z": 2 * z + out + 7 * out}.get(kernel, 0)  # grad_z + the parameter gradients (one launch)
+    mom = 6 * kc.smooth_parts(p, launch_config()) * p.f * s  # G-weighted moments per moments block
+    return {"prepare": 4 * p.f * s + p.f * 64 + p.n_fft * s, "smooth": z + out, "moments": z + out + mom,
+            "grad_z": 2 * z + out + mom}.get(kernel, 0)  # grad_z + the parameter gradients (one launch)
 
 
 def kernel_prediction(launch, weights, p: kc.Problem, dev) -> dict:

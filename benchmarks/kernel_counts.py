@@ -350,6 +350,10 @@ def smooth_counts(p: Problem, cfg, geom: Geometry, moments: bool):
                 memo[key] = res
             tsites, npasses, texch, twork = res
             texch += twork * 5 * kacc  # warp_sum of each accumulator per (pair, pass) with rows
+            if moments:  # lane 0 of a filter's warp: the block's G-weighted moments, every pass
+                _add(sites, "smooth.gout", p.f * npasses, p.f * npasses)
+            else:  # lane 0 of a pair's warp: K, every pass with rows
+                _add(sites, "smooth.out", twork, twork)
             for k, v in tsites.items():
                 sites[k] += v
             for k, v in fft_sites.items():
@@ -423,14 +427,13 @@ def _smooth_tile(p, cfg, geom, b, t0, t_last, row_lo, row_hi, rp, tt, cr, esize_
     zp, sec_q = _lag_gmem(p, cfg, cr, esize_c, b, r0s)
     _add(sites, "lag.zp", zp[0], zp[1], 0, zp[2])
     _add(sites, "lag.zq", zp[0], zp[1], 0, sec_q)
-    # pairs (f, tt): every pass, every pair is one warp trip; pairs past the last frame stop there,
-    # pairs with no row of the pass in reach right after
-    pairs = F * tt
-    _add(sites, "smooth.pair", pairs, pairs * WARP, times=npasses)
-    f_idx = np.repeat(np.arange(F), tt)
-    t = t0 + np.tile(np.arange(tt), F)
-    valid = t < p.frames
-    f_idx, t = f_idx[valid], t[valid]
+    # filters (one warp trip each per pass), then their frames in the tile (the loop stops at the last
+    # frame); pairs with no row of the pass in reach stop right after their trip
+    ntt = min(tt, p.frames - t0)
+    _add(sites, "smooth.filter", F, F * WARP, times=npasses)
+    _add(sites, "smooth.pair", F * ntt, F * ntt * WARP, times=npasses)
+    f_idx = np.repeat(np.arange(F), ntt)
+    t = t0 + np.tile(np.arange(ntt), F)
     c = t * hop
     dr = geom.d_radius[f_idx]
     exch_rows = 0  # shuffles of the groups and term trips
@@ -455,22 +458,29 @@ def _smooth_tile(p, cfg, geom, b, t0, t_last, row_lo, row_hi, rp, tt, cr, esize_
         _add(sites, "smooth.group", ngroups, ngroups * WARP)
         _add(sites, "smooth.term", trips, trips * WARP)
         _add(sites, "smooth.ldw", trips, lanes, wf)
-        _add(sites, "smooth.out", nw, nw)
         exch_rows += ngroups * 6 + trips * 6  # scan (5) + total; search (5) + bin offset
     return sites, npasses, exch_rows, work
+
+
+def smooth_parts(p: Problem, cfg) -> int:
+    """Blocks of the moments launch (lwvd_plan.cuh smooth_blocks): the parts param_grad sums over."""
+    if p.batch == 0:
+        return 0
+    return p.batch * -(-p.frames // frames_per_block(cfg, p.n_fft, p.hop, p.batch, p.frames))
 
 
 def param_grad_counts(p: Problem, cfg):
     sites = _counts()
     t = cfg["reduce_threads"]
-    tr, ln = _strided_trips(p.batch * p.frames, t, t)
+    tr, ln = _strided_trips(smooth_parts(p, cfg), t, t)
     _add(sites, "pg.term", tr, ln, times=p.f)
+    _add(sites, "pg.formula", p.f, p.f)
     s, levels = t // 2, 0
     while s > 0:
         _add(sites, "pg.reduce", -(-s // WARP), s, times=p.f)
         s //= 2
         levels += 1
-    return dict(kernel="param_grad", blocks=p.f, threads=t, smem=4 * t * p.scalar_bytes, block_barriers=p.f * (1 + levels),
+    return dict(kernel="param_grad", blocks=p.f, threads=t, smem=6 * t * p.scalar_bytes, block_barriers=p.f * (1 + levels),
                 warp_exchanges=0, sites=sites)
 
 

@@ -25,20 +25,20 @@ namespace lwvd {
 
 template <typename scalar_t>
 struct ParamGradArgs {
-  const scalar_t* grad_out;               // (B, F, T)
-  const scalar_t* moments;                // (B, F, T, 6)
+  const scalar_t* moments;                // (parts, F, 6): G-weighted moments per smooth block (lwvd_fwd.cuh)
   const FilterGeometry<scalar_t>* geom;   // (F,)
-  const scalar_t* sigma_t;                // (F,)
-  const scalar_t* sigma_nu;               // (F,)
   scalar_t* grad_center;                  // (F,) out
   scalar_t* grad_sigma_t;
   scalar_t* grad_sigma_nu;
   scalar_t* grad_rho;
-  int64_t batch, n_filters, n_frames;
+  int64_t parts, n_filters;               // parts = B * tiles of the moments launch
 };
 
-// One block (kReduceThreads threads) per filter f; `red` is 4 * kReduceThreads scalars of shared
-// memory (the launch's dynamic shared memory).
+// The gradients of filter f, by one block of kReduceThreads threads: the sum over the moments
+// launch's blocks of its G-weighted moments, in a fixed thread->part map and a fixed shared-memory
+// tree (deterministic, no float atomics), then dK/dtheta from those sums (param_grads_from_moments,
+// lwvd_math.cuh: linear in the moments, so sum-then-map is the per-frame formula summed over frames).
+// `red` is kMoments * kReduceThreads scalars at the start of the launch's dynamic shared memory.
 template <typename scalar_t>
 __device__ __forceinline__ void param_grad_block(const ParamGradArgs<scalar_t>& a, int64_t f, unsigned invalid) {
   LWVD_DYNAMIC_SMEM(scalar_t, red_flat);
@@ -49,38 +49,34 @@ __device__ __forceinline__ void param_grad_block(const ParamGradArgs<scalar_t>& 
       a.grad_center[f] = a.grad_sigma_t[f] = a.grad_sigma_nu[f] = a.grad_rho[f] = static_cast<scalar_t>(NAN);
     return;
   }
-  const FilterGeometry<scalar_t> g = a.geom[f];
-  // The reciprocals of make_filter: the loop below has no division (a SASS subroutine call).
-  const scalar_t r = g.rho, inv = g.inv_1mr2, norm = g.norm, ist = g.inv_sigma_t, isn = g.inv_sigma_nu;
-  scalar_t acc[4] = {0, 0, 0, 0};
-  // Thread tid visits flat indices i = tid, tid + blockDim, ... of (b, t), kept as a (b, t) pair
-  // advanced without dividing.
-  int64_t b = 0, t = tid;
-  while (t >= a.n_frames && b < a.batch) { t -= a.n_frames; ++b; }
-  for (; b < a.batch;) {
-    LWVD_PROF_TRIP("pg.term", (b * a.n_frames + t - tid) / config::kReduceThreads);
-    const int64_t o = (b * a.n_filters + f) * a.n_frames + t;
-    const scalar_t G = a.grad_out[o];
-    scalar_t dk[4];  // dK[b, f, t]/dtheta: the formulas shared with the CPU kernels (lwvd_math.cuh)
-    param_grads_from_moments(a.moments + o * config::kMoments, norm, ist, isn, r, inv, dk);
-    for (int i = 0; i < 4; ++i) acc[i] += G * dk[i];
-    t += config::kReduceThreads;
-    while (t >= a.n_frames && b < a.batch) { t -= a.n_frames; ++b; }
+  constexpr int kM = config::kMoments;
+  scalar_t acc[kM];
+  for (int i = 0; i < kM; ++i) acc[i] = 0;
+  for (int64_t j = tid; j < a.parts; j += config::kReduceThreads) {
+    LWVD_PROF_TRIP("pg.term", (j - tid) / config::kReduceThreads);
+    const scalar_t* m = a.moments + (j * a.n_filters + f) * kM;
+    for (int i = 0; i < kM; ++i) acc[i] += m[i];
   }
-  for (int i = 0; i < 4; ++i) red[i][tid] = acc[i];
+  for (int i = 0; i < kM; ++i) red[i][tid] = acc[i];
   __syncthreads();
   for (int s = config::kReduceThreads / 2; s > 0; s >>= 1) {
     if (tid < s) {
       LWVD_PROF_TRIP("pg.reduce");
-      for (int i = 0; i < 4; ++i) red[i][tid] += red[i][tid + s];
+      for (int i = 0; i < kM; ++i) red[i][tid] += red[i][tid + s];
     }
     __syncthreads();
   }
   if (tid == 0) {
-    a.grad_center[f] = red[0][0];
-    a.grad_sigma_t[f] = red[1][0];
-    a.grad_sigma_nu[f] = red[2][0];
-    a.grad_rho[f] = red[3][0];
+    LWVD_PROF_TRIP("pg.formula");
+    const FilterGeometry<scalar_t> g = a.geom[f];
+    scalar_t m[kM], dk[4];
+    for (int i = 0; i < kM; ++i) m[i] = red[i][0];
+    // The reciprocals of make_filter: no division (a SASS subroutine call).
+    param_grads_from_moments(m, g.norm, g.inv_sigma_t, g.inv_sigma_nu, g.rho, g.inv_1mr2, dk);
+    a.grad_center[f] = dk[0];
+    a.grad_sigma_t[f] = dk[1];
+    a.grad_sigma_nu[f] = dk[2];
+    a.grad_rho[f] = dk[3];
   }
 }
 

@@ -4,8 +4,9 @@
 //   z      (B, N, 2) scalar_t   the analytic signal, complex as interleaved (re, im)
 //   params (F,)      scalar_t   center, sigma_t, sigma_nu, rho
 //   out    (B, F, T) scalar_t   K[b, f, t]                          (forward)
-//          (B, F, T, 6)         raw moments S0, Sa, Sc, Saa, Sac, Scc (backward, kMoments = true;
-//                               a = d / sigma_t, c = b - rho a: lwvd_math.cuh, add_moment_term)
+//          (B * tiles, F, 6)    backward (kMoments = true): per block (b, tile of TT frames) and filter,
+//                               sum over its frames t of G[b, f, t] * (S0, Sa, Sc, Saa, Sac, Scc)(f, t)
+//                               (a = d / sigma_t, c = b - rho a: lwvd_math.cuh, add_moment_term)
 // scalar_t is float or double. The host-side sequence of launches is lwvd_plan.cuh.
 //
 // Algorithm (docs/design.md, docs/cuda_kernels.md): a block owns frames [t0, t0 + TT) of one batch
@@ -186,7 +187,8 @@ template <typename scalar_t, bool kMoments, int kAcc>
 __device__ __forceinline__ void smooth_pair_rows(scalar_t (&acc)[kAcc], const FilterGeometry<scalar_t>& g,
                                                  const cplx<scalar_t>* rows, int n, int64_t r0, int64_t n_a,
                                                  int64_t n_b, int64_t c, int lane, int range0, int range1,
-                                                 scalar_t trunc2, scalar_t inv_two_m, [[maybe_unused]] int ptrip) {
+                                                 scalar_t trunc2, scalar_t inv_two_m, [[maybe_unused]] int ftrip,
+                                                 [[maybe_unused]] int tt) {
   // The filter's coefficients in registers, once per pair (loaded inside the term loop they were
   // re-read from global memory every trip).
   FilterGeometry<scalar_t> gq;
@@ -201,7 +203,7 @@ __device__ __forceinline__ void smooth_pair_rows(scalar_t (&acc)[kAcc], const Fi
   LWVD_NO_UNROLL
   for (int64_t g0 = n_a; g0 <= n_b; g0 += kWarpSize) {
     [[maybe_unused]] const int gi = static_cast<int>(g0 - n_a) / kWarpSize;  // profile key
-    LWVD_PROF_TRIP("smooth.group", ptrip, gi);
+    LWVD_PROF_TRIP("smooth.group", ftrip, tt, gi);
     const int dg = dc0 + gi * kWarpSize, rg = rr0 + gi * kWarpSize;  // d and pass row of lane 0's row
     const int range = gi == 0 ? range0 : range1;  // k_lo | k_hi << 16; empty: k_lo > k_hi
     const int k0 = range & 0xffff, k_hi = range >> 16;
@@ -215,7 +217,7 @@ __device__ __forceinline__ void smooth_pair_rows(scalar_t (&acc)[kAcc], const Fi
     const int off = k0 - (incl - len);  // term e of lane L's row is bin e + off
     LWVD_NO_UNROLL  // rolled: one trip is what the profile's SASS weight counts
     for (int base = 0; base < total; base += kWarpSize) {
-      LWVD_PROF_TRIP("smooth.term", ptrip, gi, base / kWarpSize);
+      LWVD_PROF_TRIP("smooth.term", ftrip, tt, gi, base / kWarpSize);
       const int e = base + lane;
       int pos = 0;  // the row of term e: the first lane whose inclusive count exceeds e
       for (int step = kWarpSize / 2; step > 0; step >>= 1) {
@@ -226,7 +228,7 @@ __device__ __forceinline__ void smooth_pair_rows(scalar_t (&acc)[kAcc], const Fi
       if (e < total) {
         const int r = rg + pos;
         const cplx<scalar_t>* row = rows + (r >> 1) * n;
-        LWVD_PROF_SMEM("smooth.ldw", &row[k], ptrip, gi, base / kWarpSize);
+        LWVD_PROF_SMEM("smooth.ldw", &row[k], ftrip, tt, gi, base / kWarpSize);
         const cplx<scalar_t> x = row[k];
         const scalar_t ds = static_cast<scalar_t>(dg + pos);
         const scalar_t v = static_cast<scalar_t>(k) * inv_two_m - gq.center;
@@ -253,7 +255,8 @@ struct SmoothArgs {
   const int64_t* max_radius;                 // (1,)
   const unsigned* invalid;                   // (1,) written by the prepare kernel
   const cplx<scalar_t>* twiddles;            // (M/2,)
-  scalar_t* out;                             // (B, F, T) or (B, F, T, 6)
+  const scalar_t* grad_out;                  // (B, F, T) G (backward only; null in the forward)
+  scalar_t* out;                             // (B, F, T) K, or (B * tiles, F, 6) G-weighted moments
   int64_t n_samples, n_filters, n_frames, hop, n_fft;
   int64_t frames_per_block, tiles_per_item;  // grid.x = B * tiles_per_item
   int log2_fft;
@@ -275,9 +278,14 @@ __global__ void __launch_bounds__(config::kThreads) lwvd_smooth_kernel(const Smo
   const int64_t t0 = tile * tt_count;
   const int64_t t_last = imin(a.n_frames - 1, t0 + tt_count - 1);
   if (*a.invalid) {  // invalid parameters: this block's outputs are NaN (block-uniform: no barrier is skipped)
-    for (int64_t f = 0; f < a.n_filters; ++f) {
-      const int64_t o = (b * a.n_filters + f) * a.n_frames;
-      fill_nan(a.out, (o + t0) * kAcc, (o + t_last + 1) * kAcc);
+    if (kMoments) {
+      const int64_t o = static_cast<int64_t>(blockIdx.x) * a.n_filters * kAcc;
+      fill_nan(a.out, o, o + a.n_filters * kAcc);
+    } else {
+      for (int64_t f = 0; f < a.n_filters; ++f) {
+        const int64_t o = (b * a.n_filters + f) * a.n_frames;
+        fill_nan(a.out, o + t0, o + t_last + 1);
+      }
     }
     return;
   }
@@ -291,7 +299,6 @@ __global__ void __launch_bounds__(config::kThreads) lwvd_smooth_kernel(const Smo
   const int lane = static_cast<int>(threadIdx.x) % kWarpSize;
   const int nwarps = config::kWarps;  // blockDim.x == config::kThreads (the plan launches that)
   const scalar_t trunc2 = static_cast<scalar_t>(a.trunc2);
-  const int pairs = static_cast<int>(a.n_filters) * tt_count;
   // bin_frequency(k) = k / (2M); 2M is a power of two, so k * (1 / 2M) is the same number, bit for
   // bit, without a division in the innermost loop.
   // (taken from the host: a division here would be a SASS subroutine call)
@@ -309,67 +316,75 @@ __global__ void __launch_bounds__(config::kThreads) lwvd_smooth_kernel(const Smo
     __syncthreads();
     block_fft_rows<config::kThreads>(rows, a.complex_rows, a.log2_fft, a.twiddles);  // ends with __syncthreads
 
-    // Pairs are warp-uniform: all 32 lanes run the same loop trips, so the shuffles see full warps.
-    // Pair p = f * TT + tt, visited as p = warp, warp + nwarps, ...; (f, tt) is advanced without a
-    // division (one that stays live across the loop is what ptxas spilled).
-    int f_cur = 0, tt_cur = warp;
-    while (tt_cur >= tt_count) { tt_cur -= tt_count; ++f_cur; }
-    for (int p = warp; p < pairs; p += nwarps) {
-      [[maybe_unused]] const int ptrip = (p - warp) / nwarps;  // profile key
-      LWVD_PROF_TRIP("smooth.pair", ptrip);
-      const int64_t f = f_cur;
-      const int64_t t = t0 + tt_cur;
-      tt_cur += nwarps;
-      while (tt_cur >= tt_count) { tt_cur -= tt_count; ++f_cur; }
-      if (t >= a.n_frames) continue;
-      const int64_t c = t * a.hop;
-      const int64_t d_radius = a.geom[f].d_radius;
-      const int64_t n_a = imax(r0, c - d_radius);
-      const int64_t n_b = imin(pass_hi, c + d_radius);
-      if (n_a > n_b) continue;  // no row of this pass is in the pair's reach: nothing to add
-      {
-        LWVD_PROF_TRIP("smooth.pairwork", ptrip);
-        // The pair's first and last pass with rows in reach (every pair has one: R >= its radius).
-        const bool pair_first = first || c - d_radius >= r0;
-        const bool pair_last = last || c + d_radius <= pass_hi;
-        const FilterGeometry<scalar_t>& g = a.geom[f];
-        // Bin ranges of the pair's rows in this pass (at most 2*kMaxComplexRows = 64 rows), one or two
-        // per lane, each packed in one int (k_lo | k_hi << 16; bins < 8192 fit 13 bits), computed
-        // before the accumulators exist: bin_range's double division and sqrt have out-of-line slow
-        // paths in SASS, and keeping those calls away from live accumulators keeps the kernel free of
-        // register spills.
-        static_assert(2 * config::kMaxComplexRows <= 2 * kWarpSize, "two rows per lane at most");
-        int range0 = 1, range1 = 1;  // empty: k_lo = 1 > k_hi = 0
+    // Pairs (f, tt): warp w takes the filters f = w, w + nwarps, ... and each of their frames in the
+    // tile, so one warp sees all of a filter's frames (the backward sums them, G-weighted, in
+    // registers). Trip counts are warp-uniform: all 32 lanes run the same trips, so the shuffles see
+    // full warps.
+    for (int f = warp; f < static_cast<int>(a.n_filters); f += nwarps) {
+      [[maybe_unused]] const int ftrip = (f - warp) / nwarps;  // profile key
+      LWVD_PROF_TRIP("smooth.filter", ftrip);
+      const FilterGeometry<scalar_t>& g = a.geom[f];
+      const int64_t d_radius = g.d_radius;
+      scalar_t gacc[kAcc];  // backward: sum over this pass's frames of G[b, f, t] * moments(f, t)
+      for (int i = 0; i < kAcc; ++i) gacc[i] = 0;
+      for (int tt = 0; tt < tt_count && t0 + tt < a.n_frames; ++tt) {
+        LWVD_PROF_TRIP("smooth.pair", ftrip, tt);
+        const int64_t t = t0 + tt;
+        const int64_t c = t * a.hop;
+        const int64_t n_a = imax(r0, c - d_radius);
+        const int64_t n_b = imin(pass_hi, c + d_radius);
+        if (n_a > n_b) continue;  // no row of this pass is in the pair's reach: nothing to add
         {
-          int64_t k_lo, k_hi;
-          if (n_a + lane <= n_b) {
-            LWVD_PROF_TRIP("smooth.binrange", ptrip);
-            bin_range(g, n_a + lane - c, a.trunc2, a.n_fft, &k_lo, &k_hi);
-            range0 = static_cast<int>(k_lo) | (static_cast<int>(k_hi) << 16);
+          LWVD_PROF_TRIP("smooth.pairwork", ftrip, tt);
+          // Bin ranges of the pair's rows in this pass (at most 2*kMaxComplexRows = 64 rows), one or
+          // two per lane, each packed in one int (k_lo | k_hi << 16; bins < 8192 fit 13 bits),
+          // computed before the pair's accumulators exist: bin_range's double division and sqrt have
+          // out-of-line slow paths in SASS, and keeping those calls away from live accumulators keeps
+          // the kernel free of register spills.
+          static_assert(2 * config::kMaxComplexRows <= 2 * kWarpSize, "two rows per lane at most");
+          int range0 = 1, range1 = 1;  // empty: k_lo = 1 > k_hi = 0
+          {
+            int64_t k_lo, k_hi;
+            if (n_a + lane <= n_b) {
+              LWVD_PROF_TRIP("smooth.binrange", ftrip, tt);
+              bin_range(g, n_a + lane - c, a.trunc2, a.n_fft, &k_lo, &k_hi);
+              range0 = static_cast<int>(k_lo) | (static_cast<int>(k_hi) << 16);
+            }
+            if (n_a + lane + kWarpSize <= n_b) {
+              LWVD_PROF_TRIP("smooth.binrange2", ftrip, tt);
+              bin_range(g, n_a + lane + kWarpSize - c, a.trunc2, a.n_fft, &k_lo, &k_hi);
+              range1 = static_cast<int>(k_lo) | (static_cast<int>(k_hi) << 16);
+            }
           }
-          if (n_a + lane + kWarpSize <= n_b) {
-            LWVD_PROF_TRIP("smooth.binrange2", ptrip);
-            bin_range(g, n_a + lane + kWarpSize - c, a.trunc2, a.n_fft, &k_lo, &k_hi);
-            range1 = static_cast<int>(k_lo) | (static_cast<int>(k_hi) << 16);
-          }
-        }
-        scalar_t acc[kAcc];
-        for (int i = 0; i < kAcc; ++i) acc[i] = 0;
-        smooth_pair_rows<scalar_t, kMoments>(acc, g, rows, n, r0, n_a, n_b, c, lane, range0, range1, trunc2,
-                                             inv_two_m, ptrip);
-        for (int i = 0; i < kAcc; ++i) acc[i] = warp_sum(acc[i]);
-        if (lane == 0) {
-          LWVD_PROF_TRIP("smooth.out", ptrip);
-          const int64_t o = (b * a.n_filters + f) * a.n_frames + t;
-          if (kMoments) {
-            scalar_t* dst = a.out + o * config::kMoments;
-            for (int i = 0; i < kAcc; ++i) dst[i] = pair_first ? acc[i] : dst[i] + acc[i];
-          } else {
+          scalar_t acc[kAcc];
+          for (int i = 0; i < kAcc; ++i) acc[i] = 0;
+          smooth_pair_rows<scalar_t, kMoments>(acc, g, rows, n, r0, n_a, n_b, c, lane, range0, range1, trunc2,
+                                               inv_two_m, ftrip, tt);
+          for (int i = 0; i < kAcc; ++i) acc[i] = warp_sum(acc[i]);  // every lane holds the sums
+          if constexpr (kMoments) {
+            const scalar_t G = a.grad_out[(b * a.n_filters + f) * a.n_frames + t];
+            for (int i = 0; i < kAcc; ++i) gacc[i] += G * acc[i];
+          } else if (lane == 0) {
+            LWVD_PROF_TRIP("smooth.out", ftrip, tt);
+            // The pair's first and last pass with rows in reach (every pair has one: R >= its radius).
+            const bool pair_first = first || c - d_radius >= r0;
+            const bool pair_last = last || c + d_radius <= pass_hi;
+            const int64_t o = (b * a.n_filters + f) * a.n_frames + t;
             scalar_t v = pair_first ? acc[0] : a.out[o] + acc[0];
             if (pair_last) v *= g.norm;
             a.out[o] = v;
           }
         }
+      }
+      if (kMoments && lane == 0) {
+        // Backward: the block's G-weighted moments of filter f, summed over its frames and passes
+        // (written every pass, so the first pass initialises them): (B * tiles, F, 6) in all, not
+        // (B, F, T, 6) (issue 12 item 7). The parameter gradients are linear in the moments
+        // (param_grads_from_moments), so the grad_z launch sums these over the blocks and applies
+        // the formulas once per filter.
+        LWVD_PROF_TRIP("smooth.gout", ftrip);
+        scalar_t* dst = a.out + (static_cast<int64_t>(blockIdx.x) * a.n_filters + f) * kAcc;
+        for (int i = 0; i < kAcc; ++i) dst[i] = first ? gacc[i] : dst[i] + gacc[i];
       }
     }
     __syncthreads();  // the next pass overwrites the rows
