@@ -198,7 +198,9 @@ def predict(
                          max_radius=geom.max_radius)
     for part in ("forward", "backward"):
         ks = [kernel_prediction(L, weights[L["kernel"]], prob, device) for L in counts[part]]
-        bfly = sum(L["sites"].get("fft.bfly", [0, 0])[1] for L in counts[part])
+        # radix-2 butterflies (a radix-4 step does four)
+        bfly = sum(L["sites"].get("fft.bfly", [0, 0])[1] + 4 * L["sites"].get("fft.bfly4", [0, 0])[1]
+                   for L in counts[part])
         out[part] = dict(kernels={k["kernel"]: k for k in ks}, launches=len(ks),
                          predicted_s=float(sum(k["predicted_s"] for k in ks)),
                          warp_instructions=float(sum(k["warp_instructions"] for k in ks)),

@@ -220,32 +220,53 @@ def prepare_counts(p: Problem, cfg):
 
 
 def _fft_pass_counts(p: Problem, cfg, cr, esize_c, threads=None):
-    """Counts of one block_fft_rows call (identical every pass) by blocks of `threads` (kThreads)."""
+    """Counts of one block_fft_rows call (identical every pass) by blocks of `threads` (kThreads):
+    a radix-2 stage first when log2(n) is odd, then radix-4 steps of two stages. Returns the sites
+    and the call's block barriers (one per step)."""
     sites = _counts()
     n, threads = p.n_fft, threads or cfg["threads"]
     log2n = n.bit_length() - 1
     half_n = n // 2
-    total = cr * half_n
-    for s in range(1, log2n + 1):
+    barriers = 0
+    s = 1
+    if log2n & 1:
         _add(sites, "fft.stage", threads // WARP, threads)
-        half = 1 << (s - 1)
-        shift = log2n - s
+        total = cr * half_n
         i = np.arange(total)
-        trip = i // threads
-        group = trip * (threads // WARP) + (i % threads) // WARP
-        row = i >> (log2n - 1)
-        bf = i & (half_n - 1)
-        j = bf & (half - 1)
-        base = row * n + ((bf >> (s - 1)) << s) + j
+        group = (i // threads) * (threads // WARP) + (i % threads) // WARP
         trips = int(group.max()) + 1
         _add(sites, "fft.bfly", trips, total)
-        tw_sec = group_gmem_sectors(group, (j << shift) * esize_c, esize_c)
-        _add(sites, "fft.tw", trips, total, 0, tw_sec)
+        base = 2 * i
         wa = group_smem_wavefronts(group, base * esize_c, esize_c)
-        wb = group_smem_wavefronts(group, (base + half) * esize_c, esize_c)
+        wb = group_smem_wavefronts(group, (base + 1) * esize_c, esize_c)
         for name, wf in (("fft.lda", wa), ("fft.ldb", wb), ("fft.sta", wa), ("fft.stb", wb)):
             _add(sites, name, trips, total, wf)
-    return sites, log2n
+        barriers += 1
+        s = 2
+    quarter_n = half_n // 2
+    total4 = cr * quarter_n
+    i = np.arange(total4)
+    group = (i // threads) * (threads // WARP) + (i % threads) // WARP
+    while s < log2n:
+        _add(sites, "fft.stage4", threads // WARP, threads)
+        lh = s - 1
+        h = 1 << lh
+        shift2 = log2n - s - 1
+        row = i >> (log2n - 2)
+        q = i & (quarter_n - 1)
+        j = q & (h - 1)
+        base = (row << log2n) + ((q >> lh) << (lh + 2)) + j
+        trips = int(group.max()) + 1
+        _add(sites, "fft.bfly4", trips, total4)
+        for name, idx in (("fft.tw1", j << (shift2 + 1)), ("fft.tw2", j << shift2), ("fft.tw3", (j + h) << shift2)):
+            _add(sites, name, trips, total4, 0, group_gmem_sectors(group, idx * esize_c, esize_c))
+        for k in range(4):
+            wf = group_smem_wavefronts(group, (base + k * h) * esize_c, esize_c)
+            _add(sites, f"fft.ld{k}", trips, total4, wf)
+            _add(sites, f"fft.st{k}", trips, total4, wf)
+        barriers += 1
+        s += 2
+    return sites, barriers
 
 
 def _bitrev(x, bits):
@@ -330,7 +351,7 @@ def smooth_counts(p: Problem, cfg, geom: Geometry, moments: bool):
     kacc = 6 if moments else 1
     sites = _counts()
     barriers = exchanges = 0
-    fft_sites, log2n = _fft_pass_counts(p, cfg, cr, esize_c)
+    fft_sites, fft_bars = _fft_pass_counts(p, cfg, cr, esize_c)
     ls_trips, ls_lanes, ls_wf = _lag_store_counts(p, cfg, cr, esize_c)
     memo = _SMOOTH_MEMO.setdefault((p, tuple(sorted(cfg.items()))), {})
     cap = 2 * (R + n + rp * 2 + tt * hop)
@@ -358,7 +379,7 @@ def smooth_counts(p: Problem, cfg, geom: Geometry, moments: bool):
                 sites[k] += v
             for k, v in fft_sites.items():
                 sites[k] += v * npasses
-            barriers += npasses * (log2n + 2)
+            barriers += npasses * (fft_bars + 2)
             exchanges += texch
     return dict(kernel="moments" if moments else "smooth", blocks=p.batch * tiles, threads=cfg["threads"],
                 smem=cr * n * esize_c, block_barriers=barriers, warp_exchanges=exchanges, sites=sites,
@@ -552,7 +573,7 @@ def grad_z_counts(p: Problem, cfg, geom: Geometry):
     h = (n - 1) // 2
     R = geom.max_radius
     sites = _counts()
-    fft_sites, log2n = _fft_pass_counts(p, cfg, cr, esize_c, threads)
+    fft_sites, fft_bars = _fft_pass_counts(p, cfg, cr, esize_c, threads)
     bitrev_sites = _bitrev_pass_counts(p, cfg, cr, esize_c, threads)
     sc_tr, sc_ln, sc_wf, br_tr, br_ln = _scatter_table(p, geom)
     nchunks = -(-F // HALF)
@@ -576,7 +597,7 @@ def grad_z_counts(p: Problem, cfg, geom: Geometry):
                 sites[k] += v
             for k, v in fft_sites.items():
                 sites[k] += v * passes
-            barriers += passes * (log2n + 4)  # row zero, A rows, bit reversal, FFT stages, end of pass
+            barriers += passes * (fft_bars + 4)  # row zero, A rows, bit reversal, FFT steps, end of pass
             for k, v in bitrev_sites.items():
                 sites[k] += v * passes
             exchanges += texch

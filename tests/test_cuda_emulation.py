@@ -628,11 +628,11 @@ def test_profile_replay_matches_emulator(builds, tmp_path, case, dtype):
 @needs_plan
 def test_profile_aborts_on_a_mis_keyed_site(builds, tmp_path):
     # The counters mean something only if one lane cannot log one warp instruction twice: a mark
-    # whose key misses a loop index must abort. Planted: the FFT butterfly mark without its trip.
+    # whose key misses a loop index must abort. Planted: the FFT's radix-4 butterfly mark without its trip.
     kdir = tmp_path / "kernels"
     shutil.copytree(KERNEL_DIR, kdir)
     fft = kdir / "fft.cuh"
-    fft.write_text(fft.read_text().replace('LWVD_PROF_TRIP("fft.bfly", trip);', 'LWVD_PROF_TRIP("fft.bfly");'))
+    fft.write_text(fft.read_text().replace('LWVD_PROF_TRIP("fft.bfly4", trip);', 'LWVD_PROF_TRIP("fft.bfly4");'))
     exe = builds.get("driver", kernel_dir=kdir, tag="miskeyed")
     p = Problem(EmuCase(1, 40, 64, 8, 2), torch.float64, tmp_path / "run")  # 2 butterfly trips per stage
     proc = p.run(exe, mode="fwd", part="profile plain", env={"LWVD_EMU_PROFILE": "1"})
