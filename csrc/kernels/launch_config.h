@@ -36,11 +36,15 @@ constexpr int kGradThreads = 512;
 constexpr int kReduceThreads = 512;
 static_assert(kReduceThreads == kGradThreads, "the parameter gradients run in the grad_z launch's blocks");
 
-// Shared memory for the lag-product / A rows of one pass. 40 KiB (+ 1 KiB the driver reserves per
-// block) lets 4 blocks share an SM on sm_80 (164 KiB per SM; 48 KiB would allow only 3) and sm_90
-// (228 KiB), and stays under the 48 KiB that needs no opt-in. One complex
-// row holds two real rows (Hermitian packing), so a pass covers 2 * complex_rows output rows.
-constexpr std::size_t kRowsSmemBudget = 40 * 1024;
+// Shared memory for the lag-product / A rows of one pass: 48 KiB, the most that needs no opt-in.
+// (+ 1 KiB the driver reserves per block) 4 blocks fit an SM of sm_90 (228 KiB), 3 of sm_80
+// (164 KiB), 2 of sm_86/89/120 (100 KiB, as with 40 KiB). The former 40 KiB kept a 4th block on
+// sm_80, which grids of ~2 blocks per SM (configuration S: 204 blocks) never use; 48 KiB gives 12
+// instead of 10 complex rows per pass at n_fft = 512 in float: fewer passes per pair, whose fixed
+// costs (pair setup, bin ranges, warp sums) the smoothing pays per pass (cost model: forward
+// 0.95 -> 0.91 ms predicted at S). One complex row holds two real rows (Hermitian packing), so a
+// pass covers 2 * complex_rows output rows.
+constexpr std::size_t kRowsSmemBudget = 48 * 1024;
 // Cap for tiny n_fft: more rows per pass than a tile needs only computes rows nobody reads.
 constexpr int kMaxComplexRows = 32;
 

@@ -137,21 +137,25 @@ __device__ __forceinline__ void build_lag_rows(cplx<scalar_t>* rows, int complex
                                                int64_t r0) {
   const int n = 1 << log2n;
   const int total = complex_rows * n;
+  // Sample indices in 32 bits: the plan bounds N (and so every row and lag index) below 2^31
+  // (lwvd_plan.cuh); unsigned compares test 0 <= p < N in one instruction.
+  const unsigned n_s = static_cast<unsigned>(n_samples);
+  const int r0i = static_cast<int>(r0);
   LWVD_NO_UNROLL
   for (int i = static_cast<int>(threadIdx.x); i < total; i += kBlockThreads) {
     [[maybe_unused]] const int trip = (i - static_cast<int>(threadIdx.x)) / kBlockThreads;  // profile key
     LWVD_PROF_TRIP("lag.entry", trip);
     const int c = i >> log2n;
     const int j = i & (n - 1);
-    const int64_t m = j < n / 2 ? j : j - n;  // j == n/2 is the unused lag M/2
+    const int m = j < n / 2 ? j : j - n;  // j == n/2 is the unused lag M/2
     scalar_t re = 0, im = 0;
     if (j != n / 2) {
-      const int64_t sa = r0 + 2 * c;
+      const int sa = r0i + 2 * c;
       for (int h = 0; h < 2; ++h) {
-        const int64_t s = sa + h;
-        const int64_t p = s + m, q = s - m;
+        const int s = sa + h;
+        const int p = s + m, q = s - m;
         scalar_t pr = 0, pi = 0;
-        if (p >= 0 && p < n_samples && q >= 0 && q < n_samples) {
+        if (static_cast<unsigned>(p) < n_s && static_cast<unsigned>(q) < n_s) {
           LWVD_PROF_GMEM("lag.zp", &zb[p], trip, h);
           LWVD_PROF_GMEM("lag.zq", &zb[q], trip, h);
           const cplx<scalar_t> zp = zb[p], zq = zb[q];
