@@ -10,7 +10,8 @@ import torch
 from .reference import analytic_signal
 
 __all__ = ["TOLERANCES", "rel_err", "assert_rel_close", "make_signal", "make_filters", "spectrogram_filters", "Case",
-           "near_one_ridge", "high_precision_param_grads", "near_one_tolerance"]
+           "near_one_ridge", "high_precision_param_grads", "near_one_tolerance",
+           "overflowing_slope_params", "check_overflowing_slope"]
 
 # Relative error (max |a - b| / max |b|) allowed against the float64 reference, per compute dtype.
 # float64: rounding of O(N M) sums and an FFT of length M is ~1e-14; 1e-10 leaves room for
@@ -194,3 +195,34 @@ def near_one_tolerance(rho: float) -> float:
     formulas that cancel to O(1 - rho^2) and divide by it are off by eps / (1 - rho^2), orders above."""
     eps = 2.0**-52
     return max(1e-12, 150 * eps / math.sqrt((1 - abs(rho)) * (1 + abs(rho))))
+
+
+# --- absurd but valid geometry (issue 12 item 9) ---------------------------------------------------
+# Slopes rho sigma_nu / sigma_t that overflow: filter 0 has values ~1e289, filter 1 is ordinary, and
+# filter 2 (sigma_t = 1e-300, sigma_nu = 1e300) only has its row d = 0, where b ~ 1e-300 and E = 1 on
+# every bin, so K = norm sum_k W[t hop, k] with norm ~ 1 / (sigma_t sigma_nu sqrt(1 - rho^2)):
+# dK/dsigma_t = -K / sigma_t, dK/dsigma_nu = -K / sigma_nu, dK/drho = rho K / (1 - rho^2), dK/dc = 0.
+def overflowing_slope_params():
+    """(center, sigma_t, sigma_nu, rho) lists of the three filters described above."""
+    return ([0.2, 0.1, 0.3], [1e-300, 3.0, 1e-300], [1e10, 0.01, 1e300], [0.5, -0.9, 0.7])
+
+
+def check_overflowing_slope(k, gz, gp, k_ref, gz_ref, gp_ref, grad_out, params, tol):
+    """Kernel results ``k (B, F, T)``, ``gz``, ``gp`` (four (F,) gradients) against the reference's
+    ``k_ref``, ``gz_ref``, ``gp_ref`` for upstream ``grad_out`` on ``overflowing_slope_params``."""
+    for f in range(k.shape[1]):  # per filter: filter 0's values are ~1e289, the others' ~1
+        assert k_ref[:, f].abs().max() > 0
+        assert_rel_close(k[:, f], k_ref[:, f], tol, f"forward filter {f}")
+    assert_rel_close(torch.view_as_real(gz), torch.view_as_real(gz_ref), tol, "grad z")
+    # Filter 0's sigma_t, sigma_nu and rho gradients overflow (-K / sigma_t ~ 1e589): the reference
+    # gives NaN or -inf there; not compared. Filter 2's sigma_t and rho gradients are finite, but the
+    # reference's autograd gives NaN (0 * inf): they are checked against the closed forms above.
+    assert_rel_close(gp[0][:1], gp_ref[0][:1], tol, "grad center, filter 0")
+    for name, a, e in zip(("center", "sigma_t", "sigma_nu", "rho"), gp, gp_ref):
+        assert_rel_close(a[1:2], e[1:2], tol, f"grad {name}, filter 1")
+    gk = (grad_out[:, 2] * k_ref[:, 2]).sum()
+    st, sn, r = params[1][2].item(), params[2][2].item(), params[3][2].item()
+    assert gp[0][2].item() == 0.0
+    for name, a, e in [("sigma_t", gp[1][2], -gk / st), ("sigma_nu", gp[2][2], -gk / sn),
+                       ("rho", gp[3][2], gk * r / ((1 - r) * (1 + r)))]:
+        assert_rel_close(a.reshape(1), e.reshape(1), tol, f"grad {name}, filter 2 (closed form)")

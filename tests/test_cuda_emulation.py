@@ -39,10 +39,13 @@ from lwvd_cuda.testing import (
     TOLERANCES,
     Case,
     assert_rel_close,
+    rel_err,
     high_precision_param_grads,
     make_signal,
     near_one_ridge,
     near_one_tolerance,
+    overflowing_slope_params,
+    check_overflowing_slope,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -563,6 +566,125 @@ def test_real_kernels_parameter_gradients_near_rho_one(builds, tmp_path, rho, dt
     for name, got, e in zip(("center", "sigma_t", "sigma_nu", "rho"), gp, expected):
         assert e != 0
         assert_rel_close(got, torch.tensor([e], dtype=torch.float64), tol, f"grad {name} at rho = {rho!r}")
+
+
+def _with_params(p: Problem, params) -> Problem:
+    p.params = tuple(torch.tensor(v, dtype=p.dtype) for v in params)
+    for name, v in zip(("center", "sigma_t", "sigma_nu", "rho"), p.params):
+        v.numpy().tofile(p.dir / f"{name}.bin")
+    return p
+
+
+@needs_plan
+def test_real_kernels_tiny_sigma_nu_give_zero_gradients_not_nan(builds, tmp_path):
+    """Issue 12 item 9 on the CUDA source: sigma_nu <= ~1e-108, every weight underflows and the output
+    is exactly 0. param_grad multiplied all-zero moments by 1/sigma_nu^3 = inf (NaN gradients); the
+    shared param_grads_from_moments now gives exactly 0, as the reference's autograd does."""
+    case = EmuCase(1, 60, 16, 10, 3, "mixed", 4.0, seed=1)
+    p = _with_params(Problem(case, torch.float64, tmp_path),
+                     ([0.1234, 0.3, 0.2], [5.0, 5.0, 3.0], [1e-120, 1e-109, 1e-200], [0.0, 0.3, -0.5]))
+    driver_ok(p.run(builds.get("driver"), part="real kernels plain"))
+    k, gz, gp = p.outputs()
+    assert torch.equal(k, torch.zeros_like(k))
+    assert torch.equal(gz, torch.zeros_like(gz))
+    leaves = [x.clone().requires_grad_() for x in p.params]
+    k_ref = reference.lwvd(p.z, *leaves, n_fft=case.n_fft, hop_length=case.hop, truncate=case.truncate)
+    assert torch.equal(k_ref.detach(), k)
+    gp_ref = torch.autograd.grad(k_ref, leaves, grad_outputs=p.grad_out)
+    for name, a, e in zip(("center", "sigma_t", "sigma_nu", "rho"), gp, gp_ref):
+        assert torch.equal(a, torch.zeros_like(a)) and torch.equal(e, a), f"grad {name}: {a} (reference {e})"
+
+
+@needs_plan
+@pytest.mark.parametrize("truncate", [4.0, None], ids=["trunc4", "truncNone"])
+def test_real_kernels_overflowing_slope_match_reference(builds, tmp_path, truncate):
+    """Issue 12 item 9, second half, on the CUDA source: rho sigma_nu / sigma_t overflows (tiny sigma_t,
+    huge sigma_nu), so bin_range's row centre center + slope * d was inf * 0 = NaN at d = 0 and the
+    output exactly 0 where the reference is not; bin_range (lwvd_math.cuh, every backend) now hands
+    such rows every bin and the per-term q test decides. Forward and gradients, TOLERANCES."""
+    case = EmuCase(1, 60, 16, 10, 3, "mixed", truncate, seed=1)
+    p = _with_params(Problem(case, torch.float64, tmp_path), overflowing_slope_params())
+    driver_ok(p.run(builds.get("driver"), part="real kernels plain"))
+    check_overflowing_slope(*p.outputs(), *p.expected(), p.grad_out, p.params, TOLERANCES[torch.float64])
+
+
+def _q_float32_quad_form(d, k, n_fft, center, sigma_t, sigma_nu, divide=False):
+    """q of lwvd_math.cuh quad_form for rho = 0 in float32 (numpy, each operation rounded once), as the
+    float32 device code evaluates it: reciprocals rounded from double (make_filter), v = k * (1/2M) -
+    center in float32. ``divide``: d / sigma_t and v / sigma_nu instead (the order before issue 12)."""
+    f32 = np.float32
+    v = f32(k) * f32(1.0 / (2 * n_fft)) - f32(center)
+    if divide:
+        a, b = f32(d) / f32(sigma_t), v / f32(sigma_nu)
+    else:
+        a, b = f32(d) * f32(1.0 / float(sigma_t)), v * f32(1.0 / float(sigma_nu))
+    return a * a + (b * b) * f32(1.0)
+
+
+def _masked_lwvd(z, params, mask_fn, n_fft, hop):
+    """SPEC §1 in float64 with the truncation decided by ``mask_fn(d, k, n_fft, c, st, sn) -> bool``
+    (rho = 0 filters), differentiable in z and the parameters: the oracle for a given tie rule."""
+    w = reference.wigner_ville(z, n_fft)[0]  # (N, M), z (1, N)
+    n = w.shape[0]
+    frames = reference.num_frames(n, hop)
+    nu = torch.arange(n_fft, dtype=torch.float64) / (2 * n_fft)
+    out = []
+    for f in range(params[0].shape[0]):
+        c, st, sn, r = (x[f] for x in params)
+        radius = int(math.floor(2.5 * float(st))) + 1
+        d = torch.arange(-radius, radius + 1, dtype=torch.float64)
+        mask = torch.tensor([[bool(mask_fn(int(dd), k, n_fft, float(c), float(st), float(sn))) for k in range(n_fft)]
+                             for dd in d.tolist()])
+        a, res = (d / st)[:, None], ((nu - c) / sn)[None, :] - r * (d / st)[:, None]
+        one_m_r2 = (1 - r) * (1 + r)
+        weight = torch.where(mask, torch.exp(-0.5 * (a * a + res * res / one_m_r2)), torch.zeros(()))
+        norm = (1.0 / (2 * n_fft)) / (2 * math.pi * st * sn * torch.sqrt(one_m_r2))
+        padded = torch.cat([w.new_zeros(radius, n_fft), w, w.new_zeros(radius + frames * hop, n_fft)])
+        out.append(torch.stack([norm * (padded[t * hop : t * hop + 2 * radius + 1] * weight).sum()
+                                for t in range(frames)]))
+    return torch.stack(out)[None]
+
+
+@needs_plan
+def test_real_kernels_float32_ties_follow_quad_form_order_in_float32(builds, tmp_path):
+    """Issue 12 item 5 in float32 on the CUDA source: the float32 kernels evaluate q in quad_form's
+    order in float32 (the CPU kernels and the reference evaluate the same order in float64). Two
+    filters with terms within float32 rounding of q = truncate^2 (centres on bins, rho = 0,
+    truncate * sigma_t and truncate * sigma_nu whole numbers): sigma_t = 14, 2 bins: float32 quad_form
+    excludes d = +-21, k = 0, 8, which float64 and float32 division include; sigma_t = 6, 2.8 bins:
+    it includes d = 0, k = 8, which float64 excludes. Forward and all gradients equal the oracle with
+    that float32 rule (TOLERANCES), and the division and float64 rules are > 3x the tolerance away on
+    those filters, so the check sees which rule the kernels apply. Where the float32 and float64 rules differ the
+    float32 CUDA kernels and the float32 CPU kernels / reference (float64 q) still differ: by design,
+    docs/design.md ("One evaluation of q")."""
+    case = EmuCase(1, 64, 16, 8, 2, "untilted", 2.5, seed=21)
+    p = Problem(case, torch.float32, tmp_path)
+    two_m = 2 * case.n_fft
+    p = _with_params(p, ([4.0 / two_m, 1.0 / two_m], [14.0, 6.0], [2.0 / two_m, 2.8 / two_m], [0.0, 0.0]))
+    driver_ok(p.run(builds.get("driver"), part="real kernels plain"))
+    k, gz, gp = p.outputs()
+    z = p.z.to(torch.complex128).requires_grad_(True)
+    params = [x.to(torch.float64).requires_grad_(True) for x in p.params]
+    f32t2 = np.float32(6.25)
+    rules = {
+        "float32 quad_form": lambda *a: _q_float32_quad_form(*a) <= f32t2,
+        "float32 division": lambda *a: _q_float32_quad_form(*a, divide=True) <= f32t2,
+        "float64": lambda d, kk, m, c, st, sn: ((d * (1.0 / st)) ** 2 + ((kk / (2 * m) - c) * (1.0 / sn)) ** 2) <= 6.25,
+    }
+    ks = {name: _masked_lwvd(z, params, rule, case.n_fft, case.hop) for name, rule in rules.items()}
+    tol = TOLERANCES[torch.float32]
+    # The other rules are > 3 tol away on the filter where they differ (kernels applying one of them
+    # would fail by > 2 tol; their own float32 error here is ~1e-6).
+    for f, name in ((0, "float32 division"), (1, "float64")):
+        gap = rel_err(ks[name][:, f], ks["float32 quad_form"][:, f])
+        assert gap > 3 * tol, f"the {name} rule puts no tie elsewhere on filter {f} ({gap:.1e})"
+    k_ref = ks["float32 quad_form"]
+    for f in range(case.f):
+        assert_rel_close(k[:, f], k_ref[:, f].detach(), tol, f"forward filter {f}, float32 rule")
+    grads = torch.autograd.grad(k_ref, [z, *params], grad_outputs=p.grad_out.to(torch.float64))
+    assert_rel_close(torch.view_as_real(gz), torch.view_as_real(grads[0]), tol, "grad z, float32 rule")
+    for name, a, e in zip(("center", "sigma_t", "sigma_nu", "rho"), gp, grads[1:]):
+        assert_rel_close(a, e, tol, f"grad {name}, float32 rule")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -82,29 +82,6 @@ int64_t chunk_pairs(int64_t n_fft) {
 constexpr int64_t kLanes = 4;
 inline int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
 
-// bin_range (lwvd_math.cuh) for one stencil row, also where the ellipse's slope
-// rho sigma_nu / sigma_t overflows (huge sigma_nu, tiny sigma_t): bin_range's centre
-// center + slope * d is then inf * 0 = NaN at d = 0 and the row comes back empty, so the output
-// was exactly 0 where the reference (which evaluates q on the whole box) is not (issue #12). There
-// the row's centre is `center` at d = 0, and for d != 0 every bin is a candidate: the per-term
-// q <= trunc2 test (quad_form, shared with every backend) decides, as for any other row.
-template <typename T>
-inline void stencil_bin_range(const FilterGeometry<T>& g, int64_t d, double trunc2, int64_t n_fft, int64_t* lo,
-                              int64_t* hi) {
-  if (std::isfinite(g.slope)) {
-    bin_range(g, d, trunc2, n_fft, lo, hi);
-    return;
-  }
-  if (d == 0) {
-    FilterGeometry<T> g0 = g;
-    g0.slope = 0.0;
-    bin_range(g0, d, trunc2, n_fft, lo, hi);
-    return;
-  }
-  *lo = 0;
-  *hi = n_fft - 1;
-}
-
 struct RowInfo {
   int64_t off;    // into Stencil::w (tabulated filters)
   int32_t k0;     // first bin of the padded run
@@ -160,7 +137,7 @@ struct Stencil {
   RowInfo extent(int64_t d) const {
     RowInfo ri{0, 0, 0, 0, 0};
     int64_t lo, hi;
-    stencil_bin_range(g, d, trunc2, n_fft, &lo, &hi);
+    bin_range(g, d, trunc2, n_fft, &lo, &hi);  // (also where the slope overflows: lwvd_math.cuh)
     int64_t first = -1, last = -2;
     for (int64_t k = lo; k <= hi; ++k) {
       if (q_of(d, k) <= q_max) {

@@ -107,6 +107,16 @@ LWVD_HD FilterGeometry<scalar_t> make_filter(double center, double sigma_t, doub
                                  (two_pi * sigma_t * sigma_nu * sqrt(one_m_r2)));
   g.cond_sd = sigma_nu * sqrt(one_m_r2);
   g.slope = rho * sigma_nu / sigma_t;
+  // Where slope * d can overflow for some |d| <= d_limit (huge sigma_nu, tiny sigma_t; also a slope
+  // that overflowed itself), bin_range's row centre center + slope * d is inf, or inf * 0 = NaN at
+  // d = 0: rows came back empty and the output was exactly 0 where the reference is not (issue #12).
+  // Such a filter's rows get every bin instead (slope 0 and a half-width of DBL_MAX * sqrt(rest),
+  // beyond every bin wherever rest > 0) and the per-term q test decides, in every backend. (Done
+  // here, once per filter: a test in bin_range made ptxas spill in the float32 moments kernel.)
+  if (!(fabs(g.slope) * (static_cast<double>(d_limit) + 1.0) <= 1e300)) {
+    g.slope = 0.0;
+    g.cond_sd = std::numeric_limits<double>::max();
+  }
   g.sigma_t = sigma_t;
   // |a| <= sqrt(trunc2) on the ellipse; +1 is a margin against rounding (the per-term q test decides).
   const double r = sqrt(trunc2) * sigma_t + 1.0;
@@ -202,6 +212,7 @@ LWVD_HD void param_grads_from_moments(const T* m, T norm, T inv_sigma_t, T inv_s
 
 // Inclusive bin range [*k_lo, *k_hi] that contains every k with q(d, nu_k - center) <= trunc2,
 // with one bin of margin on each side (the per-term q test decides); empty when *k_hi < *k_lo.
+// (A filter whose slope * d could overflow has slope 0 and cond_sd = DBL_MAX: make_filter.)
 template <typename scalar_t>
 LWVD_HD void bin_range(const FilterGeometry<scalar_t>& g, int64_t d, double trunc2, int64_t n_fft,
                        int64_t* k_lo, int64_t* k_hi) {
