@@ -2,16 +2,22 @@
 //
 // Shapes (contiguous, 64-bit indexing):
 //   grad_out (B, F, T)     scalar_t   G = dL/dK
-//   moments  (B, F, T, 6)  scalar_t   raw S0, Sa, Sc, Saa, Sac, Scc (lwvd_smooth_kernel<.., true>; lwvd_math.cuh)
+//   moments  (P, F, 6)     scalar_t   per moments block (P = B * ceil(T / TT)): sum over its frames of
+//                                     G * (S0, Sa, Sc, Saa, Sac, Scc) (lwvd_smooth_kernel<.., true>; lwvd_math.cuh)
 //   grad_*   (F,)          scalar_t   parameter gradients
 //   z, grad_z (B, N, 2)    scalar_t   complex as interleaved (re, im)
 //
-// Parameter gradients: one block per filter reduces G[b,f,t] * dK[b,f,t]/dtheta over (b, t) with a
-// fixed thread->index map and a fixed shared-memory tree: deterministic, no float atomics.
+// One launch (lwvd_grad_z_kernel, 512 threads per block): block i builds grad_z tile i, then the
+// parameter gradients of filters i, i + grid, ...
+//
+// Parameter gradients: a block sums filter f's G-weighted moments over the moments launch's blocks
+// (parts) with a fixed thread->part map and a fixed shared-memory tree (deterministic, no float
+// atomics) and maps the sums to dK/dtheta once (param_grads_from_moments: linear in the moments).
 //
 // grad_z: a block owns samples [j0, j0 + J) of one batch item (output-stationary) and walks the rows
 // n within h = M/2 - 1 of them in passes of 2*CR rows. A pass builds A[n, k] = sum_{f,t} G norm E
-// (two real rows per complex row, natural order, then permuted to bit-reversed), FFTs it, recovers Ahat of both rows from X[m] and
+// (two real rows per complex row and per warp, half a warp each; natural order, then permuted to
+// bit-reversed), FFTs it, recovers Ahat of both rows from X[m] and
 // X[-m], and each thread adds 4 * z[2n - j] * conj(Ahat[n, j - n]) to the samples j it owns. The
 // thread that owns j is the only writer of grad_z[j]: no atomics, bitwise reproducible.
 #pragma once

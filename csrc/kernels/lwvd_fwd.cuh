@@ -13,12 +13,14 @@
 // item (output-stationary) and walks the rows n those frames can reach (|n - t*hop| <= R, R the
 // largest filter radius) in passes of 2*CR rows. A pass builds CR complex lag rows
 // r_a[m] + i r_b[m] (two Hermitian rows per complex row) in shared memory, bit-reversed, FFTs them
-// (fft.cuh) and so holds W[a, k] = 2 Re X[k], W[b, k] = 2 Im X[k]. Then each warp takes (filter,
-// frame) pairs and sums W * exp(-q/2) over that filter's ellipse rows in the pass, lanes striding
-// over the bins of bin_range(d) (consecutive k: conflict-free shared reads). The warp's sum is reduced
-// by shuffles in a fixed order and added by lane 0 to the pair's output: the block owns that output,
-// the same lane of the same warp updates it every pass, so there are no atomics and the result is
-// bitwise reproducible. The (B, N, M) WVD never leaves shared memory.
+// (fft.cuh) and so holds W[a, k] = 2 Re X[k], W[b, k] = 2 Im X[k]. Then warp w takes filters
+// w, w + 8, ... and their frames in the tile, (filter, frame) pairs, and sums W * exp(-q/2) over the
+// pair's ellipse rows in the pass with the lanes over (row, bin) (smooth_pair_rows: a warp scan of
+// the rows' bin counts, 32 consecutive terms per warp trip). The warp's sum is reduced by shuffles
+// in a fixed order and added by lane 0 to the pair's output (forward) or, G-weighted, to the
+// filter's sum over the block's frames (backward): the block owns that output, the same lane of the
+// same warp updates it every pass, so there are no atomics and the result is bitwise reproducible.
+// The (B, N, M) WVD never leaves shared memory.
 #pragma once
 
 #include "cuda_compat.cuh"
