@@ -74,7 +74,7 @@ def launch_config(path: str = LAUNCH_CONFIG) -> dict:
             raise ValueError(f"{name} not found in {path}")
         return int(eval(m.group(1).replace("std::size_t", ""), {}))  # e.g. "40 * 1024"
 
-    return dict(threads=const("kThreads"), rows_smem_budget=const("kRowsSmemBudget"),
+    return dict(threads=const("kThreads"), grad_threads=const("kGradThreads"), rows_smem_budget=const("kRowsSmemBudget"),
                 max_complex_rows=const("kMaxComplexRows"), max_frames_per_block=const("kMaxFramesPerBlock"),
                 min_blocks=const("kSms"), min_blocks_per_sm=const("kMinBlocksPerSm"), min_grad_tile=const("kMinGradTile"),
                 prep_threads=const("kPrepThreads"), reduce_threads=const("kReduceThreads"))
@@ -106,8 +106,9 @@ def _dram_bytes(kernel, p: kc.Problem):
     s = p.scalar_bytes
     z = p.batch * p.n_samples * 2 * s
     out = p.batch * p.f * p.frames * s
-    return {"prepare": 4 * p.f * s + p.f * 64 + p.n_fft * s, "smooth": z + out, "moments": z + 6 * out,
-            "param_grad": 7 * out, "grad_z": 2 * z + out}.get(kernel, 0)
+    mom = 6 * kc.smooth_parts(p, launch_config()) * p.f * s  # G-weighted moments per moments block
+    return {"prepare": 4 * p.f * s + p.f * 64 + p.n_fft * s, "smooth": z + out, "moments": z + out + mom,
+            "grad_z": 2 * z + out + mom}.get(kernel, 0)  # grad_z + the parameter gradients (one launch)
 
 
 def kernel_prediction(launch, weights, p: kc.Problem, dev) -> dict:
@@ -193,10 +194,13 @@ def predict(
     s = prob.scalar_bytes
     out["launch"] = dict(threads=cfg["threads"], complex_rows_per_pass=kc.complex_rows(cfg, n_fft, s),
                          frames_per_block=kc.frames_per_block(cfg, n_fft, hop, batch, prob.frames),
-                         grad_tile=kc.grad_tile(cfg, n_fft, batch, n_samples), max_radius=geom.max_radius)
+                         grad_threads=cfg["grad_threads"], grad_tile=kc.grad_tile(cfg, n_fft, batch, n_samples),
+                         max_radius=geom.max_radius)
     for part in ("forward", "backward"):
         ks = [kernel_prediction(L, weights[L["kernel"]], prob, device) for L in counts[part]]
-        bfly = sum(L["sites"].get("fft.bfly", [0, 0])[1] for L in counts[part])
+        # radix-2 butterflies (a radix-4 step does four)
+        bfly = sum(L["sites"].get("fft.bfly", [0, 0])[1] + 4 * L["sites"].get("fft.bfly4", [0, 0])[1]
+                   for L in counts[part])
         out[part] = dict(kernels={k["kernel"]: k for k in ks}, launches=len(ks),
                          predicted_s=float(sum(k["predicted_s"] for k in ks)),
                          warp_instructions=float(sum(k["warp_instructions"] for k in ks)),
@@ -219,7 +223,7 @@ def format_prediction(p: dict) -> str:
              "config: B={batch} N={n_samples} n_fft={n_fft} hop={hop} F={n_filters} T={frames} truncate={truncate} "
              "{dtype}".format(**c),
              "launch: {threads} threads, {complex_rows_per_pass} complex rows/pass, {frames_per_block} frames/block, "
-             "grad tile {grad_tile}, max radius {max_radius}".format(**p["launch"])]
+             "grad tile {grad_tile} ({grad_threads} threads), max radius {max_radius}".format(**p["launch"])]
     for part in ("forward", "backward"):
         e = p[part]
         lines.append(f"{part}: predicted {e['predicted_s'] * 1e3:.3f} ms, {e['launches']} launches, "

@@ -75,9 +75,12 @@ def complex_rows(cfg, n_fft, scalar_bytes):
     return int(min(max(cfg["rows_smem_budget"] // (n_fft * 2 * scalar_bytes), 1), cfg["max_complex_rows"]))
 
 
-def _busiest(cfg, blocks):
-    """launch_config.h busiest_sm_blocks: max(ceil(blocks / kSms), kMinBlocksPerSm)."""
-    return max(-(-blocks // cfg["min_blocks"]), cfg["min_blocks_per_sm"])
+def _busiest(cfg, blocks, threads=None):
+    """launch_config.h busiest_sm_blocks: max(ceil(blocks / kSms), kMinBlocksPerSm blocks of kThreads
+    counted in blocks of `threads`)."""
+    threads = threads or cfg["threads"]
+    min_blocks = -(-(cfg["min_blocks_per_sm"] * cfg["threads"]) // threads)
+    return max(-(-blocks // cfg["min_blocks"]), min_blocks)
 
 
 def frames_per_block(cfg, n_fft, hop, batch, frames):
@@ -94,9 +97,10 @@ def frames_per_block(cfg, n_fft, hop, batch, frames):
 def grad_tile(cfg, n_fft, batch, n_samples):
     """launch_config.h grad_tile: minimise ceil(blocks / SMs) x (J + n_fft) over powers of two."""
     top = max(cfg["min_grad_tile"], 4 * n_fft)
-    best, best_cost, j = cfg["threads"], None, cfg["threads"]
+    gt = cfg.get("grad_threads", cfg["threads"])
+    best, best_cost, j = gt, None, gt
     while j <= top:
-        cost = _busiest(cfg, batch * -(-n_samples // j)) * (j + n_fft)
+        cost = _busiest(cfg, batch * -(-n_samples // j), gt) * (j + n_fft)
         if best_cost is None or cost < best_cost:
             best, best_cost = j, cost
         j *= 2
@@ -219,33 +223,54 @@ def prepare_counts(p: Problem, cfg):
                 sites=sites)
 
 
-def _fft_pass_counts(p: Problem, cfg, cr, esize_c):
-    """Counts of one block_fft_rows call (identical every pass)."""
+def _fft_pass_counts(p: Problem, cfg, cr, esize_c, threads=None):
+    """Counts of one block_fft_rows call (identical every pass) by blocks of `threads` (kThreads):
+    a radix-2 stage first when log2(n) is odd, then radix-4 steps of two stages. Returns the sites
+    and the call's block barriers (one per step)."""
     sites = _counts()
-    n, threads = p.n_fft, cfg["threads"]
+    n, threads = p.n_fft, threads or cfg["threads"]
     log2n = n.bit_length() - 1
     half_n = n // 2
-    total = cr * half_n
-    for s in range(1, log2n + 1):
+    barriers = 0
+    s = 1
+    if log2n & 1:
         _add(sites, "fft.stage", threads // WARP, threads)
-        half = 1 << (s - 1)
-        shift = log2n - s
+        total = cr * half_n
         i = np.arange(total)
-        trip = i // threads
-        group = trip * (threads // WARP) + (i % threads) // WARP
-        row = i >> (log2n - 1)
-        bf = i & (half_n - 1)
-        j = bf & (half - 1)
-        base = row * n + ((bf >> (s - 1)) << s) + j
+        group = (i // threads) * (threads // WARP) + (i % threads) // WARP
         trips = int(group.max()) + 1
         _add(sites, "fft.bfly", trips, total)
-        tw_sec = group_gmem_sectors(group, (j << shift) * esize_c, esize_c)
-        _add(sites, "fft.tw", trips, total, 0, tw_sec)
+        base = 2 * i
         wa = group_smem_wavefronts(group, base * esize_c, esize_c)
-        wb = group_smem_wavefronts(group, (base + half) * esize_c, esize_c)
+        wb = group_smem_wavefronts(group, (base + 1) * esize_c, esize_c)
         for name, wf in (("fft.lda", wa), ("fft.ldb", wb), ("fft.sta", wa), ("fft.stb", wb)):
             _add(sites, name, trips, total, wf)
-    return sites, log2n
+        barriers += 1
+        s = 2
+    quarter_n = half_n // 2
+    total4 = cr * quarter_n
+    i = np.arange(total4)
+    group = (i // threads) * (threads // WARP) + (i % threads) // WARP
+    while s < log2n:
+        _add(sites, "fft.stage4", threads // WARP, threads)
+        lh = s - 1
+        h = 1 << lh
+        shift2 = log2n - s - 1
+        row = i >> (log2n - 2)
+        q = i & (quarter_n - 1)
+        j = q & (h - 1)
+        base = (row << log2n) + ((q >> lh) << (lh + 2)) + j
+        trips = int(group.max()) + 1
+        _add(sites, "fft.bfly4", trips, total4)
+        for name, idx in (("fft.tw1", j << (shift2 + 1)), ("fft.tw2", j << shift2), ("fft.tw3", (j + h) << shift2)):
+            _add(sites, name, trips, total4, 0, group_gmem_sectors(group, idx * esize_c, esize_c))
+        for k in range(4):
+            wf = group_smem_wavefronts(group, (base + k * h) * esize_c, esize_c)
+            _add(sites, f"fft.ld{k}", trips, total4, wf)
+            _add(sites, f"fft.st{k}", trips, total4, wf)
+        barriers += 1
+        s += 2
+    return sites, barriers
 
 
 def _bitrev(x, bits):
@@ -255,10 +280,10 @@ def _bitrev(x, bits):
     return r
 
 
-def _bitrev_pass_counts(p: Problem, cfg, cr, esize_c):
+def _bitrev_pass_counts(p: Problem, cfg, cr, esize_c, threads=None):
     """Counts of one block_bitrev_rows call over cr complex rows (identical every pass)."""
     sites = _counts()
-    n, threads = p.n_fft, cfg["threads"]
+    n, threads = p.n_fft, threads or cfg["threads"]
     log2n = n.bit_length() - 1
     i = np.arange(cr * n)
     group = (i // threads) * (threads // WARP) + (i % threads) // WARP
@@ -314,25 +339,8 @@ def _lag_gmem(p: Problem, cfg, cr, esize_c, b, passes_r0):
     return out, sec_q
 
 
-def _bin_tables(geom: Geometry, p: Problem, words_c):
-    """Per filter, over d in [-R, R]: bin trips, lanes and contiguous-read wavefronts (prefix sums)."""
-    R = geom.max_radius
-    d = np.arange(-R, R + 1)
-    F = p.f
-    trips = np.zeros((F, 2 * R + 2), dtype=np.int64)
-    lanes = np.zeros_like(trips)
-    wf = np.zeros_like(trips)
-    for f in range(F):
-        k_lo, k_hi = geom.bin_range(np.full(d.shape, f), d)
-        ln = np.maximum(0, k_hi - k_lo + 1)
-        ln = np.where(np.abs(d) <= geom.d_radius[f], ln, 0)
-        full, rem = ln // WARP, ln % WARP
-        tr = full + (rem > 0)
-        w = full * _contig_wavefronts(WARP, words_c) + np.where(rem > 0, -(-(rem * words_c) // BANKS), 0)
-        trips[f, 1:] = np.cumsum(tr)
-        lanes[f, 1:] = np.cumsum(ln)
-        wf[f, 1:] = np.cumsum(w)
-    return trips, lanes, wf
+# smooth and moments count the same sites (only the warp_sum shuffles differ): tiles counted once
+_SMOOTH_MEMO: dict = {}
 
 
 def smooth_counts(p: Problem, cfg, geom: Geometry, moments: bool):
@@ -347,10 +355,9 @@ def smooth_counts(p: Problem, cfg, geom: Geometry, moments: bool):
     kacc = 6 if moments else 1
     sites = _counts()
     barriers = exchanges = 0
-    fft_sites, log2n = _fft_pass_counts(p, cfg, cr, esize_c)
+    fft_sites, fft_bars = _fft_pass_counts(p, cfg, cr, esize_c)
     ls_trips, ls_lanes, ls_wf = _lag_store_counts(p, cfg, cr, esize_c)
-    btr, bln, bwf = _bin_tables(geom, p, words_c)
-    memo = {}
+    memo = _SMOOTH_MEMO.setdefault((p, tuple(sorted(cfg.items()))), {})
     cap = 2 * (R + n + rp * 2 + tt * hop)
     for b in range(p.batch):
         for tile in range(tiles):
@@ -364,26 +371,71 @@ def smooth_counts(p: Problem, cfg, geom: Geometry, moments: bool):
                 res = memo[key]
             else:
                 res = _smooth_tile(p, cfg, geom, b, t0, t_last, row_lo, row_hi, rp, tt, cr, esize_c, kacc,
-                                   (btr, bln, bwf), (ls_trips, ls_lanes, ls_wf))
+                                   (ls_trips, ls_lanes, ls_wf))
                 memo[key] = res
-            tsites, npasses, texch = res
+            tsites, npasses, texch, twork = res
+            texch += twork * 5 * kacc  # warp_sum of each accumulator per (pair, pass) with rows
+            if moments:  # lane 0 of a filter's warp: the block's G-weighted moments, every pass
+                _add(sites, "smooth.gout", p.f * npasses, p.f * npasses)
+            else:  # lane 0 of a pair's warp: K, every pass with rows
+                _add(sites, "smooth.out", twork, twork)
             for k, v in tsites.items():
                 sites[k] += v
             for k, v in fft_sites.items():
                 sites[k] += v * npasses
-            barriers += npasses * (log2n + 2)
+            barriers += npasses * (fft_bars + 2)
             exchanges += texch
     return dict(kernel="moments" if moments else "smooth", blocks=p.batch * tiles, threads=cfg["threads"],
                 smem=cr * n * esize_c, block_barriers=barriers, warp_exchanges=exchanges, sites=sites,
                 passes_per_block=None)
 
 
-def _smooth_tile(p, cfg, geom, b, t0, t_last, row_lo, row_hi, rp, tt, cr, esize_c, kacc, tables, lag_store):
-    btr, bln, bwf = tables
+def _pair_terms(p: Problem, geom: Geometry, f_idx, c, n_a, n_b, r0, esize_c, words_c):
+    """smooth_pair_rows of lwvd_fwd.cuh for the pairs (f_idx, c) with rows [n_a, n_b] (all non-empty)
+    of the pass starting at row r0: lanes over (row, bin) in groups of up to 32 rows, 32 consecutive
+    terms per warp trip. Returns (groups, binrange lanes of group 0 / group 1, term trips, active
+    term lanes, wavefronts of the W loads)."""
+    n = p.n_fft
+    R = geom.max_radius
+    nr = n_b - n_a + 1
+    groups = -(-nr // WARP)
+    pr = np.repeat(np.arange(len(nr)), nr)  # (pair, row) entries
+    first = np.repeat(np.cumsum(nr) - nr, nr)
+    off = np.arange(len(pr)) - first  # row offset within the pair
+    s = np.repeat(n_a, nr) + off
+    d = s - np.repeat(c, nr)
+    k_lo, k_hi = geom.bin_range(f_idx[pr], d)
+    ln = np.maximum(0, k_hi - k_lo + 1)
+    gid = np.repeat(np.cumsum(groups) - groups, nr) + off // WARP  # global group id per row
+    ngroups = int(groups.sum())
+    total = np.bincount(gid, weights=ln, minlength=ngroups).astype(np.int64)
+    trips = int((-(-total // WARP)).sum())
+    lanes = int(total.sum())
+    # terms: row entry per term, e within the group, k
+    tr_row = np.repeat(np.arange(len(pr)), ln)
+    if len(tr_row) == 0:
+        return ngroups, trips, lanes, 0
+    row_first_term = np.cumsum(ln) - ln
+    within_row = np.arange(len(tr_row)) - row_first_term[tr_row]
+    # exclusive count of terms before each row inside its group
+    cs = np.cumsum(ln) - ln  # over all rows; groups are contiguous runs of rows
+    gstart_row = np.searchsorted(gid, np.arange(ngroups))  # first row entry of each group
+    excl = cs - cs[gstart_row[gid]]
+    e = excl[tr_row] + within_row
+    tgroup = np.cumsum(-(-total // WARP)) - (-(-total // WARP))  # first trip id of each group
+    trip_id = tgroup[gid[tr_row]] + e // WARP
+    k = k_lo[tr_row] + within_row
+    r = (s[tr_row] - r0)
+    addr = ((r >> 1) * n + k) * esize_c
+    wf = group_smem_wavefronts(trip_id, addr, esize_c)
+    return ngroups, trips, lanes, wf
+
+
+def _smooth_tile(p, cfg, geom, b, t0, t_last, row_lo, row_hi, rp, tt, cr, esize_c, kacc, lag_store):
     threads = cfg["threads"]
     nwarps = threads // WARP
-    R = geom.max_radius
     F, hop = p.f, p.hop
+    words_c = esize_c // 4
     sites = _counts()
     r0s = []
     r0 = row_lo
@@ -400,120 +452,123 @@ def _smooth_tile(p, cfg, geom, b, t0, t_last, row_lo, row_hi, rp, tt, cr, esize_
     zp, sec_q = _lag_gmem(p, cfg, cr, esize_c, b, r0s)
     _add(sites, "lag.zp", zp[0], zp[1], 0, zp[2])
     _add(sites, "lag.zq", zp[0], zp[1], 0, sec_q)
-    # pairs (f, tt): every pass, every pair is one warp trip; pairs past the last frame stop there
-    pairs = F * tt
-    _add(sites, "smooth.pair", pairs, pairs * WARP, times=npasses)
-    f_idx = np.repeat(np.arange(F), tt)
-    t = t0 + np.tile(np.arange(tt), F)
-    valid = t < p.frames
-    f_idx, t = f_idx[valid], t[valid]
+    # filters (one warp trip each per pass), then their frames in the tile (the loop stops at the last
+    # frame); pairs with no row of the pass in reach stop right after their trip
+    ntt = min(tt, p.frames - t0)
+    _add(sites, "smooth.filter", F, F * WARP, times=npasses)
+    _add(sites, "smooth.pair", F * ntt, F * ntt * WARP, times=npasses)
+    f_idx = np.repeat(np.arange(F), ntt)
+    t = t0 + np.tile(np.arange(ntt), F)
     c = t * hop
     dr = geom.d_radius[f_idx]
-    exch = 0
+    exch_rows = 0  # shuffles of the groups and term trips
+    work = 0       # pairs with rows in a pass (warp_sum + output each)
     for r0 in r0s:
         pass_hi = min(row_hi, r0 + rp - 1)
         n_a = np.maximum(r0, c - dr)
         n_b = np.minimum(pass_hi, c + dr)
-        rows = np.maximum(0, n_b - n_a + 1)
+        has = n_b >= n_a
+        nw = int(has.sum())
+        if nw == 0:
+            continue
+        work += nw
+        rows = (n_b - n_a + 1)[has]
         l1 = np.minimum(WARP, rows)
         l2 = np.maximum(0, np.minimum(WARP, rows - WARP))
+        _add(sites, "smooth.pairwork", nw, nw * WARP)
         _add(sites, "smooth.binrange", int((l1 > 0).sum()), int(l1.sum()))
         _add(sites, "smooth.binrange2", int((l2 > 0).sum()), int(l2.sum()))
-        _add(sites, "smooth.row", int(rows.sum()), int(rows.sum()) * WARP)
-        has = rows > 0
-        lo = (n_a - c + R)[has]
-        hi = (n_b - c + R + 1)[has]
-        fi = f_idx[has]
-        tr = int((btr[fi, hi] - btr[fi, lo]).sum())
-        ln = int((bln[fi, hi] - bln[fi, lo]).sum())
-        wf = int((bwf[fi, hi] - bwf[fi, lo]).sum())
-        _add(sites, "smooth.bin", tr, ln)
-        _add(sites, "smooth.ldw", tr, ln, wf)
-        _add(sites, "smooth.out", len(f_idx), len(f_idx))
-        exch += int(rows.sum()) * 1 + len(f_idx) * 5 * kacc  # one shuffle per row, warp_sum per pair
-    return sites, npasses, exch
+        ngroups, trips, lanes, wf = _pair_terms(p, geom, f_idx[has], c[has], n_a[has], n_b[has], r0, esize_c,
+                                                words_c)
+        _add(sites, "smooth.group", ngroups, ngroups * WARP)
+        _add(sites, "smooth.term", trips, trips * WARP)
+        _add(sites, "smooth.ldw", trips, lanes, wf)
+        exch_rows += ngroups * 6 + trips * 6  # scan (5) + total; search (5) + bin offset
+    return sites, npasses, exch_rows, work
+
+
+def smooth_parts(p: Problem, cfg) -> int:
+    """Blocks of the moments launch (lwvd_plan.cuh smooth_blocks): the parts param_grad sums over."""
+    if p.batch == 0:
+        return 0
+    return p.batch * -(-p.frames // frames_per_block(cfg, p.n_fft, p.hop, p.batch, p.frames))
 
 
 def param_grad_counts(p: Problem, cfg):
     sites = _counts()
     t = cfg["reduce_threads"]
-    tr, ln = _strided_trips(p.batch * p.frames, t, t)
+    tr, ln = _strided_trips(smooth_parts(p, cfg), t, t)
     _add(sites, "pg.term", tr, ln, times=p.f)
+    _add(sites, "pg.formula", p.f, p.f)
     s, levels = t // 2, 0
     while s > 0:
         _add(sites, "pg.reduce", -(-s // WARP), s, times=p.f)
         s //= 2
         levels += 1
-    return dict(kernel="param_grad", blocks=p.f, threads=t, smem=4 * t * p.scalar_bytes, block_barriers=p.f * (1 + levels),
+    return dict(kernel="param_grad", blocks=p.f, threads=t, smem=6 * t * p.scalar_bytes, block_barriers=p.f * (1 + levels),
                 warp_exchanges=0, sites=sites)
 
 
-def _row_period(p: Problem):
-    """Rows r of a pass whose scatter addresses fall on the same banks repeat with this period: the
-    complex row (r >> 1) starts (r >> 1) * 2n scalars in, which is a multiple of 32 words for
-    2n * scalar_bytes >= 128, and r & 1 picks re or im."""
-    words_per_crow = p.n_fft * 2 * p.scalar_bytes // 4
-    return 2 * (BANKS // math.gcd(BANKS, words_per_crow))
+HALF = WARP // 2
 
 
 def _scatter_table(p: Problem, geom: Geometry):
-    """Per d in [-R, R] and row class r mod _row_period, summed over filters: the grad_z scatter's bin
-    trips, lanes and wavefronts (bit-reversed addresses); per d, the filter chunks' bin_range trips and
-    lanes."""
-    n = p.n_fft
-    log2n = n.bit_length() - 1
-    s_bytes = p.scalar_bytes
+    """The grad_z scatter, two real rows (d, d + 1 at one frame) per warp, 16 lanes per row, for each
+    d = dA in [-R - 1, R] of the even row, summed over filters; index 0 of the last axis: both rows
+    built, 1: the odd row absent (the pass ends at the even row). Returns bin trips, active lanes and
+    wavefronts of the scatter, and the bin_range trips (per 16-filter chunk) and lanes.
+    Wavefronts: a half's 16 consecutive bins k hit banks (2k + h) * words mod 32 (h = re/im part, the
+    complex row's base is common to the warp), so a trip costs max over the halves of ceil(bins / (16 /
+    words per scalar))."""
     R = geom.max_radius
-    Q = _row_period(p)
-    d = np.arange(-R, R + 1)
-    wf_cache = {}
-
-    def wf(k0, cnt, rcls):
-        key = (k0, cnt, rcls)
-        if key not in wf_cache:
-            words = set()
-            for k in range(k0, k0 + cnt):
-                idx = (rcls >> 1) * n * 2 + 2 * k + (rcls & 1)  # scalar index (natural order)
-                words.update(range(idx * s_bytes // 4, (idx + 1) * s_bytes // 4))
-            per_bank = [0] * BANKS
-            for wd in words:
-                per_bank[wd % BANKS] += 1
-            wf_cache[key] = max(per_bank)
-        return wf_cache[key]
-
-    tr = np.zeros(2 * R + 1, dtype=np.int64)
+    wps = p.scalar_bytes // 4
+    q = HALF // wps
+    dA = np.arange(-R - 1, R + 1)
+    nd = len(dA)
+    tr = np.zeros((nd, 2), dtype=np.int64)
     ln = np.zeros_like(tr)
-    w = np.zeros((2 * R + 1, Q), dtype=np.int64)
-    br_trips = np.zeros(2 * R + 1, dtype=np.int64)
-    br_lanes = np.zeros(2 * R + 1, dtype=np.int64)
+    wf = np.zeros_like(tr)
+    br_lanes = np.zeros_like(tr)
+    br_trips = np.zeros_like(tr)
+    jmax = -(-p.n_fft // HALF)
+    j = np.arange(jmax)
+    lens = []
     for f in range(p.f):
-        inside = np.abs(d) <= geom.d_radius[f]
-        k_lo, k_hi = geom.bin_range(np.full(d.shape, f), d)
-        cnt = np.where(inside, np.maximum(0, k_hi - k_lo + 1), 0)
-        tr += -(-cnt // WARP)
-        ln += cnt
-        for di in np.nonzero(cnt)[0]:
-            for rc in range(Q):
-                kk, left = int(k_lo[di]), int(cnt[di])
-                while left > 0:
-                    m = min(WARP, left)
-                    w[di, rc] += wf(kk, m, rc)
-                    kk += m
-                    left -= m
-        br_lanes += inside
-    for ch in range(-(-p.f // WARP)):
-        any_in = np.zeros(2 * R + 1, dtype=bool)
-        for f in range(ch * WARP, min(p.f, (ch + 1) * WARP)):
-            any_in |= np.abs(d) <= geom.d_radius[f]
-        br_trips += any_in
-    return tr, ln, w, br_trips, br_lanes
+        la = []
+        for dd in (dA, dA + 1):
+            inside = np.abs(dd) <= geom.d_radius[f]
+            k_lo, k_hi = geom.bin_range(np.full(dd.shape, f), dd)
+            la.append((np.where(inside, np.maximum(0, k_hi - k_lo + 1), 0), inside))
+        lens.append(la)
+        (lnA, inA), (lnB, inB) = la
+        tA, tB = -(-lnA // HALF), -(-lnB // HALF)
+        tr[:, 0] += np.maximum(tA, tB)
+        tr[:, 1] += tA
+        ln[:, 0] += lnA + lnB
+        ln[:, 1] += lnA
+        cA = np.clip(lnA[:, None] - HALF * j[None, :], 0, HALF)  # bins of each trip
+        cB = np.clip(lnB[:, None] - HALF * j[None, :], 0, HALF)
+        wA, wB = -(-cA // q), -(-cB // q)
+        wf[:, 0] += np.maximum(wA, wB).sum(axis=1)
+        wf[:, 1] += wA.sum(axis=1)
+        br_lanes[:, 0] += inA.astype(np.int64) + inB
+        br_lanes[:, 1] += inA
+    for ch in range(-(-p.f // HALF)):
+        anyA = np.zeros(nd, dtype=bool)
+        anyB = np.zeros(nd, dtype=bool)
+        for f in range(ch * HALF, min(p.f, (ch + 1) * HALF)):
+            anyA |= lens[f][0][1]
+            anyB |= lens[f][1][1]
+        br_trips[:, 0] += anyA | anyB
+        br_trips[:, 1] += anyA
+    return tr, ln, wf, br_trips, br_lanes
 
 
 def grad_z_counts(p: Problem, cfg, geom: Geometry):
     s_bytes = p.scalar_bytes
     esize_c, words_c = 2 * s_bytes, 2 * s_bytes // 4
     n, hop, N, T, F = p.n_fft, p.hop, p.n_samples, p.frames, p.f
-    threads = cfg["threads"]
+    threads = cfg.get("grad_threads", cfg["threads"])
     nwarps = threads // WARP
     cr = complex_rows(cfg, n, s_bytes)
     rp = 2 * cr
@@ -522,10 +577,10 @@ def grad_z_counts(p: Problem, cfg, geom: Geometry):
     h = (n - 1) // 2
     R = geom.max_radius
     sites = _counts()
-    fft_sites, log2n = _fft_pass_counts(p, cfg, cr, esize_c)
-    bitrev_sites = _bitrev_pass_counts(p, cfg, cr, esize_c)
+    fft_sites, fft_bars = _fft_pass_counts(p, cfg, cr, esize_c, threads)
+    bitrev_sites = _bitrev_pass_counts(p, cfg, cr, esize_c, threads)
     sc_tr, sc_ln, sc_wf, br_tr, br_ln = _scatter_table(p, geom)
-    nchunks = -(-F // WARP)
+    nchunks = -(-F // HALF)
     barriers = exchanges = 0
     memo = {}
     # Beyond `cap` samples from either end no index of the tile is clipped: tiles equal in the clipped
@@ -546,7 +601,7 @@ def grad_z_counts(p: Problem, cfg, geom: Geometry):
                 sites[k] += v
             for k, v in fft_sites.items():
                 sites[k] += v * passes
-            barriers += passes * (log2n + 4)  # row zero, A rows, bit reversal, FFT stages, end of pass
+            barriers += passes * (fft_bars + 4)  # row zero, A rows, bit reversal, FFT steps, end of pass
             for k, v in bitrev_sites.items():
                 sites[k] += v * passes
             exchanges += texch
@@ -570,7 +625,7 @@ def _owned_groups(j_lo, j_hi, j0, threads):
 def _grad_z_tile(p, cfg, geom, b, j0, j1, h, rp, cr, esize_c, words_c, tables, nchunks):
     sc_tr, sc_ln, sc_wf, br_tr, br_ln = tables
     n, hop, N, T, F = p.n_fft, p.hop, p.n_samples, p.frames, p.f
-    threads = cfg["threads"]
+    threads = cfg.get("grad_threads", cfg["threads"])
     nwarps = threads // WARP
     R = geom.max_radius
     sites = _counts()
@@ -585,26 +640,28 @@ def _grad_z_tile(p, cfg, geom, b, j0, j1, h, rp, cr, esize_c, words_c, tables, n
     rz_tr, rz_ln = _strided_trips(cr * n, threads, threads)
     _add(sites, "gz.rowzero", rz_tr, rz_ln, times=passes)
     _add(sites, "gz.rowzero_st", rz_tr, rz_ln, rz_tr * words_c, times=passes)
-    _add(sites, "gz.row", rp, rp * WARP, times=passes)
+    _add(sites, "gz.row", cr, cr * WARP, times=passes)
     exch = 0
     for k in range(passes):
         r0 = row_lo + k * rp
         pass_hi = min(row_hi, r0 + rp - 1)
-        s = np.arange(r0, pass_hi + 1)
-        if len(s):
-            t_lo = np.where(s - R > 0, -(-(s - R) // hop), 0)
-            t_hi = np.minimum(T - 1, (s + R) // hop)
+        s_a = np.arange(r0, pass_hi + 1, 2)  # even rows: one complex row each, with its odd row
+        if len(s_a):
+            both = (s_a + 1 <= pass_hi).astype(np.int64)
+            s_b = np.minimum(s_a + 1, pass_hi)
+            t_lo = np.where(s_a - R > 0, -(-(s_a - R) // hop), 0)
+            t_hi = np.minimum(T - 1, (s_b + R) // hop)
             nf = np.maximum(0, t_hi - t_lo + 1)
             _add(sites, "gz.frame", int(nf.sum()), int(nf.sum()) * WARP)
             _add(sites, "gz.chunk", int(nf.sum()) * nchunks, int(nf.sum()) * nchunks * WARP)
             _add(sites, "gz.filter", int(nf.sum()) * F, int(nf.sum()) * F * WARP)
             exch += int(nf.sum()) * F * 2  # packed range + weight per filter
-            ss = np.repeat(s, nf)
+            ss = np.repeat(s_a, nf)
+            cls = 1 - np.repeat(both, nf)  # 0: both rows, 1: odd row absent
             tt = np.concatenate([np.arange(a, bb + 1) for a, bb in zip(t_lo, t_hi) if bb >= a]) if nf.sum() else ss
-            d = ss - tt * hop + R
-            rcls = (ss - r0) % sc_wf.shape[1]
-            _add(sites, "gz.binrange", int(br_tr[d].sum()), int(br_ln[d].sum()))
-            tr, ln, wf = int(sc_tr[d].sum()), int(sc_ln[d].sum()), int(sc_wf[d, rcls].sum())
+            d = ss - tt * hop + R + 1
+            _add(sites, "gz.binrange", int(br_tr[d, cls].sum()), int(br_ln[d, cls].sum()))
+            tr, ln, wf = int(sc_tr[d, cls].sum()), int(sc_ln[d, cls].sum()), int(sc_wf[d, cls].sum())
             _add(sites, "gz.bin", tr, ln)
             _add(sites, "gz.scatter_ld", tr, ln, wf)
             _add(sites, "gz.scatter_st", tr, ln, wf)
@@ -654,13 +711,27 @@ def plan_counts(p: Problem, cfg) -> dict:
     if p.batch > 0:
         fwd.append(smooth_counts(p, cfg, geom, moments=False))
         bwd.append(smooth_counts(p, cfg, geom, moments=True))
+    # grad_z and the parameter gradients are one launch (lwvd_bwd.cuh lwvd_grad_z_kernel): block i
+    # builds grad_z tile i (i < gz_blocks), then the gradients of filters i, i + grid, ...
     pg = param_grad_counts(p, cfg)
-    _add(pg["sites"], "grad.role_pg", p.f * (cfg["reduce_threads"] // WARP), p.f * cfg["reduce_threads"])
-    bwd.append(pg)
+    gthreads = cfg.get("grad_threads", cfg["threads"])
+    warps = gthreads // WARP
     if p.batch > 0:
         gz = grad_z_counts(p, cfg, geom)
-        _add(gz["sites"], "grad.role_gz", gz["blocks"] * (cfg["threads"] // WARP), gz["blocks"] * cfg["threads"])
-        bwd.append(gz)
+        gz_blocks = gz["blocks"]
+        _add(gz["sites"], "grad.role_gz", gz_blocks * warps, gz_blocks * gthreads)
+    else:
+        gz = dict(kernel="grad_z", blocks=0, threads=gthreads, smem=0, block_barriers=0, warp_exchanges=0,
+                  sites=_counts())
+        gz_blocks = 0
+    for k, v in pg["sites"].items():
+        gz["sites"][k] += v
+    _add(gz["sites"], "grad.role_pg", p.f * warps, p.f * gthreads)
+    gz["blocks"] = max(gz_blocks, p.f)
+    gz["block_barriers"] += pg["block_barriers"] + p.f  # + the barrier before each filter's reduction
+    gz["warp_exchanges"] += pg["warp_exchanges"]
+    gz["smem"] = max(gz["smem"], pg["smem"])
+    bwd.append(gz)
     for part in (fwd, bwd):
         for launch in part:
             launch["sites"] = {k: [int(x) for x in v] for k, v in launch["sites"].items() if v[0] > 0}

@@ -8,7 +8,9 @@ instruction with its source line and, for inlined code, the line it was inlined 
 counts for the innermost region that contains its own line, else the one that contains its
 inlined-at line (helpers without marks, such as ``bin_range`` in lwvd_math.cuh, count where they are
 called), else for the kernel's ``_entry`` (once per warp). Out-of-line slow paths (the
-``$__internal_*`` subroutines of double division and sqrt) and padding NOPs are not counted.
+``$__internal_*`` subroutines of double division and sqrt), the divergent-warp fallback copies of
+the shuffles that ptxas places after the last EXIT (reached through ``BRA.DIV`` only when a warp
+arrives diverged, which the kernels' full-mask shuffles never do) and padding NOPs are not counted.
 
 The weight of a site is the number of SASS instructions of its region: the warp instructions one
 trip issues when every instruction of the body runs once (branches inside a body are counted as
@@ -42,8 +44,6 @@ _KERNELS = [
     (r"lwvd_smooth_kernelIdLb1E", "moments", "float64"),
     (r"lwvd_grad_z_kernelIfE", "grad_z", "float32"),
     (r"lwvd_grad_z_kernelIdE", "grad_z", "float64"),
-    (r"lwvd_param_grad_kernelIfE", "param_grad", "float32"),
-    (r"lwvd_param_grad_kernelIdE", "param_grad", "float64"),
     (r"lwvd_prepare_kernelIfE", "prepare", "float32"),
     (r"lwvd_prepare_kernelIdE", "prepare", "float64"),
 ]
@@ -142,6 +142,35 @@ def registers(cubin: str) -> dict:
     return regs
 
 
+def _divergent_fallback_starts(lines) -> set:
+    """Line indices where a kernel's divergent-warp fallback code begins. For every warp-synchronous
+    instruction (SHFL, VOTE, ...) ptxas emits ``BRA.DIV`` to a copy of it (WARPSYNC.COLLECTIVE ...)
+    placed after the kernel's last EXIT; a warp that arrives converged (the kernels' full-mask
+    shuffles: every lane runs the same trips) never runs it. The first such target label after the
+    last EXIT starts code that is not counted, up to the next section."""
+    starts = set()
+    sec_start = None
+    bounds = [i for i, ln in enumerate(lines) if ln.startswith(".text.")] + [len(lines)]
+    for a, b in zip(bounds, bounds[1:]):
+        targets = set()
+        last_exit = None
+        for i in range(a, b):
+            ln = lines[i]
+            m = re.search(r"BRA\.DIV\s+\S+,\s*`\((\.L_x_\d+)\)", ln)
+            if m:
+                targets.add(m.group(1))
+            if re.search(r"\*/\s+(@!?U?P\w+\s+)?EXIT\b", ln):
+                last_exit = i
+        if last_exit is None or not targets:
+            continue
+        for i in range(last_exit + 1, b):
+            if lines[i].rstrip(":") in targets:
+                starts.add(i)
+                break
+    del sec_start
+    return starts
+
+
 def weights_from_cubin(cubin: str, kernel_dir: str = KERNEL_DIR) -> dict:
     regions = source_regions(kernel_dir)
     text = subprocess.run([tool("nvdisasm"), "-gi", cubin], capture_output=True, text=True, check=True).stdout
@@ -162,7 +191,9 @@ def weights_from_cubin(cubin: str, kernel_dir: str = KERNEL_DIR) -> dict:
                     reg = next((v for k, v in regs.items() if re.search(pat, k)), None)
                     result.setdefault(dtype, {})[key] = dict(weights=dict(counts), registers=reg)
 
-    for raw in text.splitlines():
+    lines = text.splitlines()
+    div_from = _divergent_fallback_starts(lines)
+    for idx, raw in enumerate(lines):
         if raw.startswith(".text."):
             flush()
             section = raw[len(".text."):].rstrip(":")
@@ -171,8 +202,8 @@ def weights_from_cubin(cubin: str, kernel_dir: str = KERNEL_DIR) -> dict:
             continue
         if section is None:
             continue
-        if raw.startswith("$__internal"):
-            in_sub = True  # out-of-line slow-path subroutine: not counted
+        if raw.startswith("$__internal") or idx in div_from:
+            in_sub = True  # out-of-line slow-path subroutine / divergent-warp fallback: not counted
             continue
         m = line_re.search(raw)
         if m:

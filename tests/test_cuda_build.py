@@ -311,9 +311,9 @@ def test_cuda_graph_captures_a_training_step():
 
 _EMU = os.path.join(ROOT, "tests", "test_cuda_emulation.py")
 LARGE_FFT_CASES = [
-    # B*T = 402 frames: the SM-fill rule of launch_config.h picks 3 frames per block (multi-frame tiles)
+    # B*T = 402 frames: the wave rule of launch_config.h picks 2 frames per block (multi-frame tiles)
     ((2, 200, 8, 1, 3, "mixed", 4.0, 24), torch.float64),
-    # N = 600, B = 1: the grad_z tile is halved to 256 samples (3 tiles, one sample per thread)
+    # N = 600, B = 1: two grad_z tiles of 512 samples, the second partial (88 samples)
     ((1, 600, 16, 50, 2, "mixed", 4.0, 25), torch.float64),
     ((1, 40, 1024, 10, 2, "mixed", 4.0, 21), torch.float64),
     ((1, 24, 8192, 8, 2, "wide", 4.0, 22), torch.float32),

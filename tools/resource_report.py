@@ -105,8 +105,7 @@ def toolkit_include(nvcc: str) -> str:
 OCCUPANCY_KIND = {
     "prepare": "prep",
     "smooth": "rows",
-    "grad_z": "rows",
-    "param_grad": "reduce",
+    "grad_z": "grad",
 }
 
 

@@ -7,7 +7,8 @@
 // kernel; read through L1: a shared copy would cost n*sizeof(scalar) more shared memory, which at
 // n = 8192 in double does not fit beside the rows on sm_80).
 // Iterative decimation in time: log2n stages of n/2 butterflies per row; stage s pairs elements
-// half = 2^(s-1) apart and uses tw[j * n / 2^s]. Every thread of the block must call it (it contains
+// half = 2^(s-1) apart and uses tw[j * n / 2^s]. Two stages at a time (radix-4 steps: one shared-
+// memory round trip and one barrier per two stages), after one radix-2 stage when log2n is odd. Every thread of the block must call it (it contains
 // __syncthreads); the caller must __syncthreads() between writing x and calling it.
 #pragma once
 
@@ -21,32 +22,76 @@ template <int kBlockThreads, typename scalar_t>
 __device__ __forceinline__ void block_fft_rows(cplx<scalar_t>* x, int rows, int log2n,
                                                const cplx<scalar_t>* __restrict__ tw) {
   const int half_n = 1 << (log2n - 1);
-  const int total = rows * half_n;  // butterflies per stage
-  LWVD_NO_UNROLL
-  for (int s = 1; s <= log2n; ++s) {
+  // Odd log2n: one radix-2 stage first (s = 1, twiddle 1), then radix-4 steps of two stages each.
+  int s = 1;
+  if (log2n & 1) {
     LWVD_PROF_TRIP("fft.stage");
-    const int half = 1 << (s - 1);
-    const int tw_shift = log2n - s;
+    const int total = rows * half_n;  // butterflies of the stage
     LWVD_NO_UNROLL
     for (int i = static_cast<int>(threadIdx.x); i < total; i += kBlockThreads) {
       [[maybe_unused]] const int trip = (i - static_cast<int>(threadIdx.x)) / kBlockThreads;  // profile key
       LWVD_PROF_TRIP("fft.bfly", trip);
-      const int row = i >> (log2n - 1);
-      const int bf = i & (half_n - 1);
-      const int j = bf & (half - 1);
-      const int base = row * (2 * half_n) + ((bf >> (s - 1)) << s) + j;
-      LWVD_PROF_GMEM("fft.tw", &tw[j << tw_shift], trip);
+      const int base = 2 * i;  // stage 1 pairs neighbours; its twiddle is tw[0] = 1
       LWVD_PROF_SMEM("fft.lda", &x[base], trip);
-      LWVD_PROF_SMEM("fft.ldb", &x[base + half], trip);
+      LWVD_PROF_SMEM("fft.ldb", &x[base + 1], trip);
       LWVD_PROF_SMEM("fft.sta", &x[base], trip);
-      LWVD_PROF_SMEM("fft.stb", &x[base + half], trip);
-      const cplx<scalar_t> w = tw[j << tw_shift];
+      LWVD_PROF_SMEM("fft.stb", &x[base + 1], trip);
       const cplx<scalar_t> a = x[base];
-      const cplx<scalar_t> b = x[base + half];
-      const scalar_t tr = w.re * b.re - w.im * b.im;
-      const scalar_t ti = w.re * b.im + w.im * b.re;
-      x[base] = cplx<scalar_t>{a.re + tr, a.im + ti};
-      x[base + half] = cplx<scalar_t>{a.re - tr, a.im - ti};
+      const cplx<scalar_t> b = x[base + 1];
+      x[base] = cplx<scalar_t>{a.re + b.re, a.im + b.im};
+      x[base + 1] = cplx<scalar_t>{a.re - b.re, a.im - b.im};
+    }
+    __syncthreads();
+    s = 2;
+  }
+  // Radix-4 step = radix-2 stages s and s + 1 on the 4 elements j, j + h, j + 2h, j + 3h of a block of
+  // 4h (h = 2^(s-1), j < h): stage s pairs (j, j+h) and (j+2h, j+3h) with twiddle w1 = tw[j n / 2^s],
+  // stage s + 1 pairs (j, j+2h) with w2 = tw[j n / 2^(s+1)] and (j+h, j+3h) with w3 = tw[(j+h) n / 2^(s+1)].
+  // The same operations as two radix-2 stages, half the barriers, shared-memory round trips and index
+  // arithmetic per butterfly.
+  const int quarter_n = half_n >> 1;
+  const int total4 = rows * quarter_n;  // radix-4 butterflies of a step
+  LWVD_NO_UNROLL
+  for (; s < log2n; s += 2) {
+    LWVD_PROF_TRIP("fft.stage4");
+    const int lh = s - 1;  // log2 h
+    const int h = 1 << lh;
+    const int shift2 = log2n - s - 1;  // twiddle stride of stage s + 1; stage s uses twice that
+    LWVD_NO_UNROLL
+    for (int i = static_cast<int>(threadIdx.x); i < total4; i += kBlockThreads) {
+      [[maybe_unused]] const int trip = (i - static_cast<int>(threadIdx.x)) / kBlockThreads;  // profile key
+      LWVD_PROF_TRIP("fft.bfly4", trip);
+      const int row = i >> (log2n - 2);
+      const int q = i & (quarter_n - 1);
+      const int j = q & (h - 1);
+      const int base = (row << log2n) + ((q >> lh) << (lh + 2)) + j;
+      LWVD_PROF_GMEM("fft.tw1", &tw[j << (shift2 + 1)], trip);
+      LWVD_PROF_GMEM("fft.tw2", &tw[j << shift2], trip);
+      LWVD_PROF_GMEM("fft.tw3", &tw[(j + h) << shift2], trip);
+      LWVD_PROF_SMEM("fft.ld0", &x[base], trip);
+      LWVD_PROF_SMEM("fft.ld1", &x[base + h], trip);
+      LWVD_PROF_SMEM("fft.ld2", &x[base + 2 * h], trip);
+      LWVD_PROF_SMEM("fft.ld3", &x[base + 3 * h], trip);
+      LWVD_PROF_SMEM("fft.st0", &x[base], trip);
+      LWVD_PROF_SMEM("fft.st1", &x[base + h], trip);
+      LWVD_PROF_SMEM("fft.st2", &x[base + 2 * h], trip);
+      LWVD_PROF_SMEM("fft.st3", &x[base + 3 * h], trip);
+      const cplx<scalar_t> w1 = tw[j << (shift2 + 1)];
+      const cplx<scalar_t> w2 = tw[j << shift2];
+      const cplx<scalar_t> w3 = tw[(j + h) << shift2];
+      const cplx<scalar_t> x0 = x[base], x1 = x[base + h], x2 = x[base + 2 * h], x3 = x[base + 3 * h];
+      // stage s
+      const scalar_t t1r = w1.re * x1.re - w1.im * x1.im, t1i = w1.re * x1.im + w1.im * x1.re;
+      const scalar_t t3r = w1.re * x3.re - w1.im * x3.im, t3i = w1.re * x3.im + w1.im * x3.re;
+      const cplx<scalar_t> y0{x0.re + t1r, x0.im + t1i}, y1{x0.re - t1r, x0.im - t1i};
+      const cplx<scalar_t> y2{x2.re + t3r, x2.im + t3i}, y3{x2.re - t3r, x2.im - t3i};
+      // stage s + 1
+      const scalar_t u2r = w2.re * y2.re - w2.im * y2.im, u2i = w2.re * y2.im + w2.im * y2.re;
+      const scalar_t u3r = w3.re * y3.re - w3.im * y3.im, u3i = w3.re * y3.im + w3.im * y3.re;
+      x[base] = cplx<scalar_t>{y0.re + u2r, y0.im + u2i};
+      x[base + 2 * h] = cplx<scalar_t>{y0.re - u2r, y0.im - u2i};
+      x[base + h] = cplx<scalar_t>{y1.re + u3r, y1.im + u3i};
+      x[base + 3 * h] = cplx<scalar_t>{y1.re - u3r, y1.im - u3i};
     }
     __syncthreads();
   }

@@ -23,15 +23,28 @@ constexpr int kWarps = kThreads / 32;
 // shared memory without atomics.
 constexpr int kPrepThreads = 256;
 
-// Threads per block of the parameter-gradient reduction (one block per filter, reducing over
-// (batch, frame) in a fixed tree order: deterministic, no float atomics).
-constexpr int kReduceThreads = 256;
+// Threads per block of the grad_z launch (16 warps). Its tile of J samples needs the A rows within
+// n_fft/2 of it, J + n_fft rows: the larger the tile, the less of that halo is rebuilt by two blocks.
+// At configuration S (N = 16000, B = 4, n_fft = 512) J = 256 gave 252 blocks of 8 warps (2 per SM,
+// rows rebuilt 3x); J = 512 with 16 warps gives 128 blocks, one per SM with as many warps to hide
+// latency, and rows rebuilt 2x. (One 8-warp block per SM would be latency-bound: kMinBlocksPerSm.)
+constexpr int kGradThreads = 512;
 
-// Shared memory for the lag-product / A rows of one pass. 40 KiB (+ 1 KiB the driver reserves per
-// block) lets 4 blocks share an SM on sm_80 (164 KiB per SM; 48 KiB would allow only 3) and sm_90
-// (228 KiB), and stays under the 48 KiB that needs no opt-in. One complex
-// row holds two real rows (Hermitian packing), so a pass covers 2 * complex_rows output rows.
-constexpr std::size_t kRowsSmemBudget = 40 * 1024;
+// Threads per block of the parameter-gradient reduction (one filter per block and trip, reducing
+// over (batch, frame) in a fixed tree order: deterministic, no float atomics). It runs in the blocks
+// of the grad_z launch (lwvd_bwd.cuh), so it has their size: kGradThreads.
+constexpr int kReduceThreads = 512;
+static_assert(kReduceThreads == kGradThreads, "the parameter gradients run in the grad_z launch's blocks");
+
+// Shared memory for the lag-product / A rows of one pass: 48 KiB, the most that needs no opt-in.
+// (+ 1 KiB the driver reserves per block) 4 blocks fit an SM of sm_90 (228 KiB), 3 of sm_80
+// (164 KiB), 2 of sm_86/89/120 (100 KiB, as with 40 KiB). The former 40 KiB kept a 4th block on
+// sm_80, which grids of ~2 blocks per SM (configuration S: 204 blocks) never use; 48 KiB gives 12
+// instead of 10 complex rows per pass at n_fft = 512 in float: fewer passes per pair, whose fixed
+// costs (pair setup, bin ranges, warp sums) the smoothing pays per pass (cost model: forward
+// 0.95 -> 0.91 ms predicted at S). One complex row holds two real rows (Hermitian packing), so a
+// pass covers 2 * complex_rows output rows.
+constexpr std::size_t kRowsSmemBudget = 48 * 1024;
 // Cap for tiny n_fft: more rows per pass than a tile needs only computes rows nobody reads.
 constexpr int kMaxComplexRows = 32;
 
@@ -61,11 +74,14 @@ inline std::size_t rows_smem_bytes(int complex_rows, int64_t n_fft, std::size_t 
 // An SM also wants at least kMinBlocksPerSm resident blocks: one 8-warp block leaves each of its 4
 // schedulers 2 warps, too few to hide dependent-issue (~4 cycles) and shared-memory (~30 cycles)
 // latency, so one block per SM costs about as much as two. Hence cost = max(busiest, 2) x work.
+// kMinBlocksPerSm is counted in blocks of kThreads (8 warps): a block of kGradThreads (16 warps)
+// alone keeps an SM as busy as two of them.
 constexpr int64_t kSms = 132;
 constexpr int64_t kMinBlocksPerSm = 2;
-inline int64_t busiest_sm_blocks(int64_t blocks) {
+inline int64_t busiest_sm_blocks(int64_t blocks, int64_t threads = kThreads) {
   const int64_t b = (blocks + kSms - 1) / kSms;
-  return b > kMinBlocksPerSm ? b : kMinBlocksPerSm;
+  const int64_t min_blocks = (kMinBlocksPerSm * kThreads + threads - 1) / threads;
+  return b > min_blocks ? b : min_blocks;
 }
 
 // Frames per block TT of the forward / moments kernel: a block builds the rows of its frames plus a
@@ -89,16 +105,16 @@ inline int64_t frames_per_block(int64_t n_fft, int64_t hop, int64_t batch, int64
 }
 
 // Output samples per block J of the grad_z kernel: the block builds the A rows within h = n_fft/2 of
-// its tile, J + n_fft rows. Candidates: powers of two from kThreads (every thread owns a sample) to
-// max(1024, 4 n_fft); ties go to the smaller J. At configuration S: J = 256, 252 blocks.
+// its tile, J + n_fft rows. Candidates: powers of two from kGradThreads (every thread owns a sample)
+// to max(1024, 4 n_fft); ties go to the smaller J. At configuration S: J = 512, 128 blocks.
 constexpr int64_t kMinGradTile = 1024;
 inline int64_t grad_tile(int64_t n_fft, int64_t batch, int64_t n_samples) {
   const int64_t top = 4 * n_fft > kMinGradTile ? 4 * n_fft : kMinGradTile;
-  int64_t best = kThreads;
+  int64_t best = kGradThreads;
   int64_t best_cost = -1;
-  for (int64_t j = kThreads; j <= top; j *= 2) {
+  for (int64_t j = kGradThreads; j <= top; j *= 2) {
     const int64_t blocks = batch * ((n_samples + j - 1) / j);
-    const int64_t cost = busiest_sm_blocks(blocks) * (j + n_fft);
+    const int64_t cost = busiest_sm_blocks(blocks, kGradThreads) * (j + n_fft);
     if (best_cost < 0 || cost < best_cost) { best = j; best_cost = cost; }
   }
   return best;

@@ -2,16 +2,22 @@
 //
 // Shapes (contiguous, 64-bit indexing):
 //   grad_out (B, F, T)     scalar_t   G = dL/dK
-//   moments  (B, F, T, 6)  scalar_t   raw S0, Sa, Sc, Saa, Sac, Scc (lwvd_smooth_kernel<.., true>; lwvd_math.cuh)
+//   moments  (P, F, 6)     scalar_t   per moments block (P = B * ceil(T / TT)): sum over its frames of
+//                                     G * (S0, Sa, Sc, Saa, Sac, Scc) (lwvd_smooth_kernel<.., true>; lwvd_math.cuh)
 //   grad_*   (F,)          scalar_t   parameter gradients
 //   z, grad_z (B, N, 2)    scalar_t   complex as interleaved (re, im)
 //
-// Parameter gradients: one block per filter reduces G[b,f,t] * dK[b,f,t]/dtheta over (b, t) with a
-// fixed thread->index map and a fixed shared-memory tree: deterministic, no float atomics.
+// One launch (lwvd_grad_z_kernel, 512 threads per block): block i builds grad_z tile i, then the
+// parameter gradients of filters i, i + grid, ...
+//
+// Parameter gradients: a block sums filter f's G-weighted moments over the moments launch's blocks
+// (parts) with a fixed thread->part map and a fixed shared-memory tree (deterministic, no float
+// atomics) and maps the sums to dK/dtheta once (param_grads_from_moments: linear in the moments).
 //
 // grad_z: a block owns samples [j0, j0 + J) of one batch item (output-stationary) and walks the rows
 // n within h = M/2 - 1 of them in passes of 2*CR rows. A pass builds A[n, k] = sum_{f,t} G norm E
-// (two real rows per complex row, natural order, then permuted to bit-reversed), FFTs it, recovers Ahat of both rows from X[m] and
+// (two real rows per complex row and per warp, half a warp each; natural order, then permuted to
+// bit-reversed), FFTs it, recovers Ahat of both rows from X[m] and
 // X[-m], and each thread adds 4 * z[2n - j] * conj(Ahat[n, j - n]) to the samples j it owns. The
 // thread that owns j is the only writer of grad_z[j]: no atomics, bitwise reproducible.
 #pragma once
@@ -25,20 +31,20 @@ namespace lwvd {
 
 template <typename scalar_t>
 struct ParamGradArgs {
-  const scalar_t* grad_out;               // (B, F, T)
-  const scalar_t* moments;                // (B, F, T, 6)
+  const scalar_t* moments;                // (parts, F, 6): G-weighted moments per smooth block (lwvd_fwd.cuh)
   const FilterGeometry<scalar_t>* geom;   // (F,)
-  const scalar_t* sigma_t;                // (F,)
-  const scalar_t* sigma_nu;               // (F,)
   scalar_t* grad_center;                  // (F,) out
   scalar_t* grad_sigma_t;
   scalar_t* grad_sigma_nu;
   scalar_t* grad_rho;
-  int64_t batch, n_filters, n_frames;
+  int64_t parts, n_filters;               // parts = B * tiles of the moments launch
 };
 
-// One block (kReduceThreads threads) per filter f; `red` is 4 * kReduceThreads scalars of shared
-// memory (the launch's dynamic shared memory).
+// The gradients of filter f, by one block of kReduceThreads threads: the sum over the moments
+// launch's blocks of its G-weighted moments, in a fixed thread->part map and a fixed shared-memory
+// tree (deterministic, no float atomics), then dK/dtheta from those sums (param_grads_from_moments,
+// lwvd_math.cuh: linear in the moments, so sum-then-map is the per-frame formula summed over frames).
+// `red` is kMoments * kReduceThreads scalars at the start of the launch's dynamic shared memory.
 template <typename scalar_t>
 __device__ __forceinline__ void param_grad_block(const ParamGradArgs<scalar_t>& a, int64_t f, unsigned invalid) {
   LWVD_DYNAMIC_SMEM(scalar_t, red_flat);
@@ -49,38 +55,34 @@ __device__ __forceinline__ void param_grad_block(const ParamGradArgs<scalar_t>& 
       a.grad_center[f] = a.grad_sigma_t[f] = a.grad_sigma_nu[f] = a.grad_rho[f] = static_cast<scalar_t>(NAN);
     return;
   }
-  const FilterGeometry<scalar_t> g = a.geom[f];
-  // The reciprocals of make_filter: the loop below has no division (a SASS subroutine call).
-  const scalar_t r = g.rho, inv = g.inv_1mr2, norm = g.norm, ist = g.inv_sigma_t, isn = g.inv_sigma_nu;
-  scalar_t acc[4] = {0, 0, 0, 0};
-  // Thread tid visits flat indices i = tid, tid + blockDim, ... of (b, t), kept as a (b, t) pair
-  // advanced without dividing.
-  int64_t b = 0, t = tid;
-  while (t >= a.n_frames && b < a.batch) { t -= a.n_frames; ++b; }
-  for (; b < a.batch;) {
-    LWVD_PROF_TRIP("pg.term", (b * a.n_frames + t - tid) / config::kReduceThreads);
-    const int64_t o = (b * a.n_filters + f) * a.n_frames + t;
-    const scalar_t G = a.grad_out[o];
-    scalar_t dk[4];  // dK[b, f, t]/dtheta: the formulas shared with the CPU kernels (lwvd_math.cuh)
-    param_grads_from_moments(a.moments + o * config::kMoments, norm, ist, isn, r, inv, dk);
-    for (int i = 0; i < 4; ++i) acc[i] += G * dk[i];
-    t += config::kReduceThreads;
-    while (t >= a.n_frames && b < a.batch) { t -= a.n_frames; ++b; }
+  constexpr int kM = config::kMoments;
+  scalar_t acc[kM];
+  for (int i = 0; i < kM; ++i) acc[i] = 0;
+  for (int64_t j = tid; j < a.parts; j += config::kReduceThreads) {
+    LWVD_PROF_TRIP("pg.term", (j - tid) / config::kReduceThreads);
+    const scalar_t* m = a.moments + (j * a.n_filters + f) * kM;
+    for (int i = 0; i < kM; ++i) acc[i] += m[i];
   }
-  for (int i = 0; i < 4; ++i) red[i][tid] = acc[i];
+  for (int i = 0; i < kM; ++i) red[i][tid] = acc[i];
   __syncthreads();
   for (int s = config::kReduceThreads / 2; s > 0; s >>= 1) {
     if (tid < s) {
       LWVD_PROF_TRIP("pg.reduce");
-      for (int i = 0; i < 4; ++i) red[i][tid] += red[i][tid + s];
+      for (int i = 0; i < kM; ++i) red[i][tid] += red[i][tid + s];
     }
     __syncthreads();
   }
   if (tid == 0) {
-    a.grad_center[f] = red[0][0];
-    a.grad_sigma_t[f] = red[1][0];
-    a.grad_sigma_nu[f] = red[2][0];
-    a.grad_rho[f] = red[3][0];
+    LWVD_PROF_TRIP("pg.formula");
+    const FilterGeometry<scalar_t> g = a.geom[f];
+    scalar_t m[kM], dk[4];
+    for (int i = 0; i < kM; ++i) m[i] = red[i][0];
+    // The reciprocals of make_filter: no division (a SASS subroutine call).
+    param_grads_from_moments(m, g.norm, g.inv_sigma_t, g.inv_sigma_nu, g.rho, g.inv_1mr2, dk);
+    a.grad_center[f] = dk[0];
+    a.grad_sigma_t[f] = dk[1];
+    a.grad_sigma_nu[f] = dk[2];
+    a.grad_rho[f] = dk[3];
   }
 }
 
@@ -117,7 +119,7 @@ __device__ __forceinline__ void grad_z_block(const GradZArgs<scalar_t>& a, unsig
   const int64_t passes = div_small(row_hi - row_lo + rows_per_pass, rows_per_pass);
   const int n = 1 << a.log2_fft;
   const int tid = static_cast<int>(threadIdx.x);
-  const int nthreads = config::kThreads;  // == blockDim.x (the plan launches that)
+  const int nthreads = config::kGradThreads;  // == blockDim.x (the plan launches that)
   const int warp = tid / kWarpSize, lane = tid % kWarpSize, nwarps = nthreads / kWarpSize;
   const int64_t radius = *a.max_radius;
   const scalar_t trunc2 = static_cast<scalar_t>(a.trunc2);
@@ -147,67 +149,78 @@ __device__ __forceinline__ void grad_z_block(const GradZArgs<scalar_t>& a, unsig
     }
     __syncthreads();
 
-    // A rows: warp w builds real rows w, w + nwarps, ...; within a row, lane L alone writes the bins
-    // k = L (mod 32), so no two lanes ever touch the same element (no __syncwarp needed).
-    for (int r = warp; r < rows_per_pass; r += nwarps) {
-      [[maybe_unused]] const int rtrip = (r - warp) / nwarps;  // profile key
+    // A rows, two at a time: warp w builds complex rows cr = w, w + nwarps, ...; half-warp h = lane / 16
+    // takes the real row s = r0 + 2 cr + h (h = 0: the re parts of complex row cr, h = 1: the im parts),
+    // and lane l = lane % 16 of a half alone writes the bins k = l (mod 16) of its row, so no two lanes
+    // ever touch one element (no __syncwarp needed). A filter's range (~15 bins at S) then keeps 16
+    // lanes busy instead of 32, both rows share the per-filter shuffles, and the halves' words
+    // interleave (re, im): one warp access hits each bank once (float).
+    constexpr int kHalf = kWarpSize / 2;
+    const int half = lane / kHalf, hl = lane % kHalf;
+    for (int cr = warp; cr < a.complex_rows; cr += nwarps) {
+      [[maybe_unused]] const int rtrip = (cr - warp) / nwarps;  // profile key
       LWVD_PROF_TRIP("gz.row", rtrip);
-      const int64_t s = r0 + r;
-      if (s > pass_hi) continue;
-      scalar_t* row = reinterpret_cast<scalar_t*>(rows + (r >> 1) * n) + (r & 1);  // re or im part
-      // Frames with |s - t*hop| <= radius. The quotient is estimated with a reciprocal and corrected
-      // exactly in integers (a 64-bit division is a SASS subroutine call that makes ptxas spill).
+      const int64_t s_a = r0 + 2 * cr;
+      if (s_a > pass_hi) continue;  // warp-uniform
+      const int64_t s_b = imin(s_a + 1, pass_hi);  // == s_a when the pass ends at the even row
+      const bool mine = s_a + half <= pass_hi;      // this half has a row
+      const int64_t s = s_a + half;
+      scalar_t* row = reinterpret_cast<scalar_t*>(rows + cr * n) + half;  // re or im part
+      // Frames within the radius of either row, |s - t*hop| <= radius. The quotient is estimated with a
+      // reciprocal and corrected exactly in integers (a 64-bit division is a SASS subroutine call that
+      // makes ptxas spill). A frame out of one half's reach gives that half empty ranges.
       int64_t t_lo = 0;
-      if (s - radius > 0) {
-        t_lo = static_cast<int64_t>(static_cast<double>(s - radius) * inv_hop);
-        while (t_lo * a.hop < s - radius) ++t_lo;
-        while (t_lo > 0 && (t_lo - 1) * a.hop >= s - radius) --t_lo;
+      if (s_a - radius > 0) {
+        t_lo = static_cast<int64_t>(static_cast<double>(s_a - radius) * inv_hop);
+        while (t_lo * a.hop < s_a - radius) ++t_lo;
+        while (t_lo > 0 && (t_lo - 1) * a.hop >= s_a - radius) --t_lo;
       }
-      int64_t t_hi = static_cast<int64_t>(static_cast<double>(s + radius) * inv_hop);
-      while ((t_hi + 1) * a.hop <= s + radius) ++t_hi;
-      while (t_hi > 0 && t_hi * a.hop > s + radius) --t_hi;
+      int64_t t_hi = static_cast<int64_t>(static_cast<double>(s_b + radius) * inv_hop);
+      while ((t_hi + 1) * a.hop <= s_b + radius) ++t_hi;
+      while (t_hi > 0 && t_hi * a.hop > s_b + radius) --t_hi;
       t_hi = imin(a.n_frames - 1, t_hi);
       for (int64_t t = t_lo; t <= t_hi; ++t) {
         LWVD_PROF_TRIP("gz.frame", rtrip, t - t_lo);
         const int64_t d = s - t * a.hop;
         const scalar_t ds = static_cast<scalar_t>(d);
-        // Filters in chunks of 32: lane i computes filter f0 + i's bin range and weight, then the warp
-        // walks the chunk, taking each range by shuffle. bin_range's double division and sqrt have
-        // out-of-line slow paths in SASS; calling them here, where the bin loop's state is not live,
-        // keeps the kernel free of register spills.
-        for (int64_t f0 = 0; f0 < a.n_filters; f0 += kWarpSize) {
-          LWVD_PROF_TRIP("gz.chunk", rtrip, t - t_lo, f0 / kWarpSize);
+        // Filters in chunks of 16: lane l of each half computes filter f0 + l's bin range and weight
+        // for its row, then the warp walks the chunk, each half taking its row's range by shuffle.
+        // bin_range's double division and sqrt have out-of-line slow paths in SASS; calling them
+        // here, where the bin loop's state is not live, keeps the kernel free of register spills.
+        for (int64_t f0 = 0; f0 < a.n_filters; f0 += kHalf) {
+          LWVD_PROF_TRIP("gz.chunk", rtrip, t - t_lo, f0 / kHalf);
           int range = 1;  // k_lo | k_hi << 16 (bins < 8192); 1 = empty (k_lo 1 > k_hi 0)
           scalar_t gw = 0;
-          if (f0 + lane < a.n_filters) {
-            const FilterGeometry<scalar_t>& g = a.geom[f0 + lane];
+          if (mine && f0 + hl < a.n_filters) {
+            const FilterGeometry<scalar_t>& g = a.geom[f0 + hl];
             if (d <= g.d_radius && -d <= g.d_radius) {
-              LWVD_PROF_TRIP("gz.binrange", rtrip, t - t_lo, f0 / kWarpSize);
+              LWVD_PROF_TRIP("gz.binrange", rtrip, t - t_lo, f0 / kHalf);
               int64_t k_lo, k_hi;
               bin_range(g, d, a.trunc2, a.n_fft, &k_lo, &k_hi);
               range = static_cast<int>(k_lo) | (static_cast<int>(k_hi) << 16);
-              gw = Gb[(f0 + lane) * a.n_frames + t] * g.norm;
+              gw = Gb[(f0 + hl) * a.n_frames + t] * g.norm;
             }
           }
-          const int chunk = static_cast<int>(imin(kWarpSize, a.n_filters - f0));
+          const int chunk = static_cast<int>(imin(kHalf, a.n_filters - f0));
           for (int i = 0; i < chunk; ++i) {  // warp-uniform trip count: full-mask shuffles
-            const int rg = __shfl_sync(kFullMask, range, i);
+            const int src = i + half * kHalf;  // this half's lane for filter f0 + i
+            const int rg = __shfl_sync(kFullMask, range, src);
             const int k_lo = rg & 0xffff, k_hi = rg >> 16;
-            const scalar_t w = __shfl_sync(kFullMask, gw, i);
+            const scalar_t w = __shfl_sync(kFullMask, gw, src);
             LWVD_PROF_TRIP("gz.filter");  // the epoch (after this filter's shuffles) is the key
             if (k_lo > k_hi) continue;
             const FilterGeometry<scalar_t>& g = a.geom[f0 + i];
-            const int first = k_lo + ((lane - (k_lo & (kWarpSize - 1))) & (kWarpSize - 1));
+            const int first = k_lo + ((hl - (k_lo & (kHalf - 1))) & (kHalf - 1));
             LWVD_NO_UNROLL  // rolled: ~1 trip per row at typical widths; the profile weighs one trip
-            for (int k = first; k <= k_hi; k += kWarpSize) {
-              LWVD_PROF_TRIP("gz.bin", (k - k_lo) / kWarpSize);
+            for (int k = first; k <= k_hi; k += kHalf) {
+              LWVD_PROF_TRIP("gz.bin", (k - k_lo) / kHalf);
               const scalar_t v = static_cast<scalar_t>(k) * inv_two_m - g.center;
               const scalar_t q = quad_form(g, ds, v);
               // read-modify-write for every lane (adding 0 past the ellipse): the same accesses
               // whatever q is, so the access counts do not depend on rounding
               scalar_t* dst = &row[2 * k];  // natural order: block_bitrev_rows permutes before the FFT
-              LWVD_PROF_SMEM("gz.scatter_ld", dst, (k - k_lo) / kWarpSize);
-              LWVD_PROF_SMEM("gz.scatter_st", dst, (k - k_lo) / kWarpSize);
+              LWVD_PROF_SMEM("gz.scatter_ld", dst, (k - k_lo) / kHalf);
+              LWVD_PROF_SMEM("gz.scatter_st", dst, (k - k_lo) / kHalf);
               *dst += q <= trunc2 ? w * lwvd_exp(scalar_t(-0.5) * q) : scalar_t(0);
             }
           }
@@ -215,9 +228,9 @@ __device__ __forceinline__ void grad_z_block(const GradZArgs<scalar_t>& a, unsig
       }
     }
     __syncthreads();
-    block_bitrev_rows<config::kThreads>(rows, a.complex_rows, a.log2_fft);
+    block_bitrev_rows<config::kGradThreads>(rows, a.complex_rows, a.log2_fft);
     __syncthreads();
-    block_fft_rows<config::kThreads>(rows, a.complex_rows, a.log2_fft, a.twiddles);  // ends with __syncthreads
+    block_fft_rows<config::kGradThreads>(rows, a.complex_rows, a.log2_fft, a.twiddles);  // ends with __syncthreads
 
     // Samples reached by this pass: j in [r0 - h, pass_hi + h] within the tile; same owner map.
     const int64_t jw_lo = imax(j0, r0 - h), jw_hi = imin(j1, pass_hi + h);
@@ -264,27 +277,32 @@ __device__ __forceinline__ void grad_z_block(const GradZArgs<scalar_t>& a, unsig
   }
 }
 
-// The parameter gradients (grid.x = F, one filter per block) and grad_z (grid.x = B * tiles) are two
-// launches. One launch with both roles (blocks past the grad_z tiles doing a filter each) would save
-// a launch, but ptxas then spilled 28 B in the float32 kernel on sm_80 (bin_range's slow-path calls
-// with more values live), which the build forbids; docs/cuda_kernels.md.
+// One launch for the parameter gradients and grad_z: block i builds grad_z tile i (i < gz_blocks) and
+// then the parameter gradients of filters i, i + gridDim.x, ... (grid.x = max(gz_blocks, F)). The two
+// roles run one after the other in the same threads, so the registers of one are free for the other
+// (as two branches of one kernel, ptxas spilled 28 B in the float32 kernel on sm_80). The parameter
+// gradients need the moments of the previous launch only; the reduction's shared memory is the
+// start of the rows' dynamic shared memory, behind a barrier.
+// Min 2 blocks/SM of kGradThreads = 512 (a 64-register budget, as the former 4 x 256): left to itself
+// ptxas squeezed grad_z<float> into 48 registers on sm_90 and spilled 8 B (after the one-order q of
+// lwvd_math.cuh), and grad_z<double> spilled 24 B on sm_120; with this bound no arch spills.
 template <typename scalar_t>
-__global__ void __launch_bounds__(config::kReduceThreads) lwvd_param_grad_kernel(const ParamGradArgs<scalar_t> a,
-                                                                                  const unsigned* invalid) {
-  LWVD_PROF_TRIP("grad.role_pg");
-  param_grad_block(a, static_cast<int64_t>(blockIdx.x), *invalid);
-}
-
-// Min 4 blocks/SM (a 64-register budget): left to itself ptxas squeezed grad_z<float> into 48
-// registers on sm_90 and spilled 8 B (after the one-order q of lwvd_math.cuh), and grad_z<double>
-// spilled 24 B on sm_120; with this bound no arch spills (62/58 registers), at the 4 blocks/SM
-// that 40 KiB of shared memory per block allows on sm_80 anyway (sm_90: 4 instead of 5).
-template <typename scalar_t>
-__global__ void __launch_bounds__(config::kThreads, 4) lwvd_grad_z_kernel(const GradZArgs<scalar_t> a) {
-  // Invalid parameters need no test here: the prepare kernel then writes NaN twiddles, which make
-  // every sample of grad_z NaN (each has its m = 0 term).
-  LWVD_PROF_TRIP("grad.role_gz");
-  grad_z_block(a, blockIdx.x);
+__global__ void __launch_bounds__(config::kGradThreads, 2) lwvd_grad_z_kernel(const GradZArgs<scalar_t> a,
+                                                                          const ParamGradArgs<scalar_t> pg,
+                                                                          const unsigned* invalid,
+                                                                          unsigned gz_blocks) {
+  static_assert(config::kReduceThreads == config::kGradThreads, "the fused launch runs both roles in one block");
+  // Invalid parameters need no test in the grad_z role: the prepare kernel then writes NaN twiddles,
+  // which make every sample of grad_z NaN (each has its m = 0 term).
+  if (blockIdx.x < gz_blocks) {
+    LWVD_PROF_TRIP("grad.role_gz");
+    grad_z_block(a, blockIdx.x);
+  }
+  for (int64_t f = blockIdx.x; f < pg.n_filters; f += gridDim.x) {
+    LWVD_PROF_TRIP("grad.role_pg", (f - blockIdx.x) / gridDim.x);
+    __syncthreads();  // the reduction reuses the rows' shared memory (and its own, filter to filter)
+    param_grad_block(pg, f, *invalid);
+  }
 }
 
 }  // namespace lwvd

@@ -4,20 +4,23 @@
 //   z      (B, N, 2) scalar_t   the analytic signal, complex as interleaved (re, im)
 //   params (F,)      scalar_t   center, sigma_t, sigma_nu, rho
 //   out    (B, F, T) scalar_t   K[b, f, t]                          (forward)
-//          (B, F, T, 6)         raw moments S0, Sa, Sc, Saa, Sac, Scc (backward, kMoments = true;
-//                               a = d / sigma_t, c = b - rho a: lwvd_math.cuh, add_moment_term)
+//          (B * tiles, F, 6)    backward (kMoments = true): per block (b, tile of TT frames) and filter,
+//                               sum over its frames t of G[b, f, t] * (S0, Sa, Sc, Saa, Sac, Scc)(f, t)
+//                               (a = d / sigma_t, c = b - rho a: lwvd_math.cuh, add_moment_term)
 // scalar_t is float or double. The host-side sequence of launches is lwvd_plan.cuh.
 //
 // Algorithm (docs/design.md, docs/cuda_kernels.md): a block owns frames [t0, t0 + TT) of one batch
 // item (output-stationary) and walks the rows n those frames can reach (|n - t*hop| <= R, R the
 // largest filter radius) in passes of 2*CR rows. A pass builds CR complex lag rows
 // r_a[m] + i r_b[m] (two Hermitian rows per complex row) in shared memory, bit-reversed, FFTs them
-// (fft.cuh) and so holds W[a, k] = 2 Re X[k], W[b, k] = 2 Im X[k]. Then each warp takes (filter,
-// frame) pairs and sums W * exp(-q/2) over that filter's ellipse rows in the pass, lanes striding
-// over the bins of bin_range(d) (consecutive k: conflict-free shared reads). The warp's sum is reduced
-// by shuffles in a fixed order and added by lane 0 to the pair's output: the block owns that output,
-// the same lane of the same warp updates it every pass, so there are no atomics and the result is
-// bitwise reproducible. The (B, N, M) WVD never leaves shared memory.
+// (fft.cuh) and so holds W[a, k] = 2 Re X[k], W[b, k] = 2 Im X[k]. Then warp w takes filters
+// w, w + 8, ... and their frames in the tile, (filter, frame) pairs, and sums W * exp(-q/2) over the
+// pair's ellipse rows in the pass with the lanes over (row, bin) (smooth_pair_rows: a warp scan of
+// the rows' bin counts, 32 consecutive terms per warp trip). The warp's sum is reduced by shuffles
+// in a fixed order and added by lane 0 to the pair's output (forward) or, G-weighted, to the
+// filter's sum over the block's frames (backward): the block owns that output, the same lane of the
+// same warp updates it every pass, so there are no atomics and the result is bitwise reproducible.
+// The (B, N, M) WVD never leaves shared memory.
 #pragma once
 
 #include "cuda_compat.cuh"
@@ -136,21 +139,25 @@ __device__ __forceinline__ void build_lag_rows(cplx<scalar_t>* rows, int complex
                                                int64_t r0) {
   const int n = 1 << log2n;
   const int total = complex_rows * n;
+  // Sample indices in 32 bits: the plan bounds N (and so every row and lag index) below 2^31
+  // (lwvd_plan.cuh); unsigned compares test 0 <= p < N in one instruction.
+  const unsigned n_s = static_cast<unsigned>(n_samples);
+  const int r0i = static_cast<int>(r0);
   LWVD_NO_UNROLL
   for (int i = static_cast<int>(threadIdx.x); i < total; i += kBlockThreads) {
     [[maybe_unused]] const int trip = (i - static_cast<int>(threadIdx.x)) / kBlockThreads;  // profile key
     LWVD_PROF_TRIP("lag.entry", trip);
     const int c = i >> log2n;
     const int j = i & (n - 1);
-    const int64_t m = j < n / 2 ? j : j - n;  // j == n/2 is the unused lag M/2
+    const int m = j < n / 2 ? j : j - n;  // j == n/2 is the unused lag M/2
     scalar_t re = 0, im = 0;
     if (j != n / 2) {
-      const int64_t sa = r0 + 2 * c;
+      const int sa = r0i + 2 * c;
       for (int h = 0; h < 2; ++h) {
-        const int64_t s = sa + h;
-        const int64_t p = s + m, q = s - m;
+        const int s = sa + h;
+        const int p = s + m, q = s - m;
         scalar_t pr = 0, pi = 0;
-        if (p >= 0 && p < n_samples && q >= 0 && q < n_samples) {
+        if (static_cast<unsigned>(p) < n_s && static_cast<unsigned>(q) < n_s) {
           LWVD_PROF_GMEM("lag.zp", &zb[p], trip, h);
           LWVD_PROF_GMEM("lag.zq", &zb[q], trip, h);
           const cplx<scalar_t> zp = zb[p], zq = zb[q];
@@ -173,6 +180,77 @@ __device__ __forceinline__ scalar_t warp_sum(scalar_t v) {
   return v;
 }
 
+// The terms of one (filter, frame) pair over rows [n_a, n_b] of a pass (rows r0 .. r0 + 2CR - 1 in
+// shared memory, W[a, k] = 2 Re X[k], W[b, k] = 2 Im X[k] of complex row (s - r0) / 2), with the
+// lanes over (row, bin): rows go in groups of up to 32 (at most two: 2CR <= 64); lane L holds row
+// g0 + L's bin range (range0 for the first group, range1 for the second, computed by the caller
+// before any accumulator is live: bin_range's slow-path calls there cost no spills), a warp scan of the range lengths numbers the group's terms 0 .. total - 1, and each warp trip takes
+// 32 consecutive terms, lane e finding its row by a 5-step binary search over the scan (shuffles)
+// and its bin from that row's offset. Every lane is busy but in the last trip of a group, whatever
+// the ellipse's width; consecutive terms are consecutive bins of one row (conflict-light reads).
+// The trip counts are warp-uniform (full-mask shuffles). Each lane's terms add to its own `acc`.
+template <typename scalar_t, bool kMoments, int kAcc>
+__device__ __forceinline__ void smooth_pair_rows(scalar_t (&acc)[kAcc], const FilterGeometry<scalar_t>& g,
+                                                 const cplx<scalar_t>* rows, int n, int64_t r0, int64_t n_a,
+                                                 int64_t n_b, int64_t c, int lane, int range0, int range1,
+                                                 scalar_t trunc2, scalar_t inv_two_m, [[maybe_unused]] int ftrip,
+                                                 [[maybe_unused]] int tt) {
+  // The filter's coefficients in registers, once per pair (loaded inside the term loop they were
+  // re-read from global memory every trip).
+  FilterGeometry<scalar_t> gq;
+  gq.center = g.center;
+  gq.inv_sigma_t = g.inv_sigma_t;
+  gq.inv_sigma_nu = g.inv_sigma_nu;
+  gq.rho = g.rho;
+  gq.inv_1mr2 = g.inv_1mr2;
+  // Row offsets within the pass and from the frame centre fit 32 bits (|d| <= 2N + hop, checked by
+  // the plan): 32-bit integer arithmetic in the term loop.
+  const int dc0 = static_cast<int>(n_a - c), rr0 = static_cast<int>(n_a - r0);
+  LWVD_NO_UNROLL
+  for (int64_t g0 = n_a; g0 <= n_b; g0 += kWarpSize) {
+    [[maybe_unused]] const int gi = static_cast<int>(g0 - n_a) / kWarpSize;  // profile key
+    LWVD_PROF_TRIP("smooth.group", ftrip, tt, gi);
+    const int dg = dc0 + gi * kWarpSize, rg = rr0 + gi * kWarpSize;  // d and pass row of lane 0's row
+    const int range = gi == 0 ? range0 : range1;  // k_lo | k_hi << 16; empty: k_lo > k_hi
+    const int k0 = range & 0xffff, k_hi = range >> 16;
+    const int len = k0 <= k_hi ? k_hi - k0 + 1 : 0;
+    int incl = len;  // inclusive scan of the lengths over the lanes
+    for (int o = 1; o < kWarpSize; o <<= 1) {
+      const int y = __shfl_up_sync(kFullMask, incl, o);
+      if (lane >= o) incl += y;
+    }
+    const int total = __shfl_sync(kFullMask, incl, kWarpSize - 1);
+    const int off = k0 - (incl - len);  // term e of lane L's row is bin e + off
+    LWVD_NO_UNROLL  // rolled: one trip is what the profile's SASS weight counts
+    for (int base = 0; base < total; base += kWarpSize) {
+      LWVD_PROF_TRIP("smooth.term", ftrip, tt, gi, base / kWarpSize);
+      const int e = base + lane;
+      int pos = 0;  // the row of term e: the first lane whose inclusive count exceeds e
+      for (int step = kWarpSize / 2; step > 0; step >>= 1) {
+        const int v = __shfl_sync(kFullMask, incl, pos + step - 1);
+        if (v <= e) pos += step;
+      }
+      const int k = e + __shfl_sync(kFullMask, off, pos);
+      if (e < total) {
+        const int r = rg + pos;
+        const cplx<scalar_t>* row = rows + (r >> 1) * n;
+        LWVD_PROF_SMEM("smooth.ldw", &row[k], ftrip, tt, gi, base / kWarpSize);
+        const cplx<scalar_t> x = row[k];
+        const scalar_t ds = static_cast<scalar_t>(dg + pos);
+        const scalar_t v = static_cast<scalar_t>(k) * inv_two_m - gq.center;
+        scalar_t qa, qc;  // quad_form's a and c: the moments' coordinates (lwvd_math.cuh)
+        const scalar_t q = quad_form(gq, ds, v, &qa, &qc);
+        if (q <= trunc2) {
+          const scalar_t w = scalar_t(2) * ((r & 1) != 0 ? x.im : x.re);
+          const scalar_t we = w * lwvd_exp(scalar_t(-0.5) * q);
+          if constexpr (kMoments) add_moment_term(acc, we, qa, qc);
+          else acc[0] += we;
+        }
+      }
+    }
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Forward (kMoments = false) and backward moments (kMoments = true).
 
@@ -183,7 +261,8 @@ struct SmoothArgs {
   const int64_t* max_radius;                 // (1,)
   const unsigned* invalid;                   // (1,) written by the prepare kernel
   const cplx<scalar_t>* twiddles;            // (M/2,)
-  scalar_t* out;                             // (B, F, T) or (B, F, T, 6)
+  const scalar_t* grad_out;                  // (B, F, T) G (backward only; null in the forward)
+  scalar_t* out;                             // (B, F, T) K, or (B * tiles, F, 6) G-weighted moments
   int64_t n_samples, n_filters, n_frames, hop, n_fft;
   int64_t frames_per_block, tiles_per_item;  // grid.x = B * tiles_per_item
   int log2_fft;
@@ -205,9 +284,14 @@ __global__ void __launch_bounds__(config::kThreads) lwvd_smooth_kernel(const Smo
   const int64_t t0 = tile * tt_count;
   const int64_t t_last = imin(a.n_frames - 1, t0 + tt_count - 1);
   if (*a.invalid) {  // invalid parameters: this block's outputs are NaN (block-uniform: no barrier is skipped)
-    for (int64_t f = 0; f < a.n_filters; ++f) {
-      const int64_t o = (b * a.n_filters + f) * a.n_frames;
-      fill_nan(a.out, (o + t0) * kAcc, (o + t_last + 1) * kAcc);
+    if (kMoments) {
+      const int64_t o = static_cast<int64_t>(blockIdx.x) * a.n_filters * kAcc;
+      fill_nan(a.out, o, o + a.n_filters * kAcc);
+    } else {
+      for (int64_t f = 0; f < a.n_filters; ++f) {
+        const int64_t o = (b * a.n_filters + f) * a.n_frames;
+        fill_nan(a.out, o + t0, o + t_last + 1);
+      }
     }
     return;
   }
@@ -221,7 +305,6 @@ __global__ void __launch_bounds__(config::kThreads) lwvd_smooth_kernel(const Smo
   const int lane = static_cast<int>(threadIdx.x) % kWarpSize;
   const int nwarps = config::kWarps;  // blockDim.x == config::kThreads (the plan launches that)
   const scalar_t trunc2 = static_cast<scalar_t>(a.trunc2);
-  const int pairs = static_cast<int>(a.n_filters) * tt_count;
   // bin_frequency(k) = k / (2M); 2M is a power of two, so k * (1 / 2M) is the same number, bit for
   // bit, without a division in the innermost loop.
   // (taken from the host: a division here would be a SASS subroutine call)
@@ -239,85 +322,75 @@ __global__ void __launch_bounds__(config::kThreads) lwvd_smooth_kernel(const Smo
     __syncthreads();
     block_fft_rows<config::kThreads>(rows, a.complex_rows, a.log2_fft, a.twiddles);  // ends with __syncthreads
 
-    // Pairs are warp-uniform: all 32 lanes run the same loop trips, so the shuffles see full warps.
-    // Pair p = f * TT + tt, visited as p = warp, warp + nwarps, ...; (f, tt) is advanced without a
-    // division (one that stays live across the loop is what ptxas spilled).
-    int f_cur = 0, tt_cur = warp;
-    while (tt_cur >= tt_count) { tt_cur -= tt_count; ++f_cur; }
-    for (int p = warp; p < pairs; p += nwarps) {
-      [[maybe_unused]] const int ptrip = (p - warp) / nwarps;  // profile key
-      LWVD_PROF_TRIP("smooth.pair", ptrip);
-      const int64_t f = f_cur;
-      const int64_t t = t0 + tt_cur;
-      tt_cur += nwarps;
-      while (tt_cur >= tt_count) { tt_cur -= tt_count; ++f_cur; }
-      if (t >= a.n_frames) continue;
+    // Pairs (f, tt): warp w takes the filters f = w, w + nwarps, ... and each of their frames in the
+    // tile, so one warp sees all of a filter's frames (the backward sums them, G-weighted, in
+    // registers). Trip counts are warp-uniform: all 32 lanes run the same trips, so the shuffles see
+    // full warps.
+    for (int f = warp; f < static_cast<int>(a.n_filters); f += nwarps) {
+      [[maybe_unused]] const int ftrip = (f - warp) / nwarps;  // profile key
+      LWVD_PROF_TRIP("smooth.filter", ftrip);
       const FilterGeometry<scalar_t>& g = a.geom[f];
-      const int64_t c = t * a.hop;
-      const int64_t n_a = imax(r0, c - g.d_radius);
-      const int64_t n_b = imin(pass_hi, c + g.d_radius);
-      // Bin ranges of the pair's rows in this pass (at most 2*kMaxComplexRows = 64 rows), one or two
-      // per lane, computed before the accumulation loop: bin_range's double division and sqrt have
-      // out-of-line slow paths in SASS, and keeping those calls out of the loop that holds the
-      // accumulators is what keeps every kernel free of register spills.
-      static_assert(2 * config::kMaxComplexRows <= 2 * kWarpSize, "two rows per lane at most");
-      // Each range packed in one int (k_lo | k_hi << 16; bins < 8192 fit 13 bits): one shuffle per row.
-      int range0 = 1, range1 = 1;  // empty: k_lo = 1 > k_hi = 0
-      {
-        int64_t k_lo, k_hi;
-        if (n_a + lane <= n_b) {
-          LWVD_PROF_TRIP("smooth.binrange", ptrip);
-          bin_range(g, n_a + lane - c, a.trunc2, a.n_fft, &k_lo, &k_hi);
-          range0 = static_cast<int>(k_lo) | (static_cast<int>(k_hi) << 16);
-        }
-        if (n_a + lane + kWarpSize <= n_b) {
-          LWVD_PROF_TRIP("smooth.binrange2", ptrip);
-          bin_range(g, n_a + lane + kWarpSize - c, a.trunc2, a.n_fft, &k_lo, &k_hi);
-          range1 = static_cast<int>(k_lo) | (static_cast<int>(k_hi) << 16);
-        }
-      }
-      scalar_t acc[kAcc];
-      for (int i = 0; i < kAcc; ++i) acc[i] = 0;
-      for (int64_t s = n_a; s <= n_b; ++s) {
-        const int idx = static_cast<int>(s - n_a);  // warp-uniform: full-mask shuffles are safe
-        LWVD_PROF_TRIP("smooth.row", idx);
-        // idx is warp-uniform, so every lane picks the same register before the one shuffle
-        const int range = __shfl_sync(kFullMask, idx < kWarpSize ? range0 : range1, idx & (kWarpSize - 1));
-        const int k_lo = range & 0xffff;
-        const int k_hi = range >> 16;
-        const int64_t d = s - c;
-        const int r = static_cast<int>(s - r0);
-        const cplx<scalar_t>* row = rows + (r >> 1) * n;
-        const bool odd = (r & 1) != 0;
-        const scalar_t ds = static_cast<scalar_t>(d);
-        LWVD_NO_UNROLL  // rolled: ~1 trip per row at typical widths; the profile weighs one trip
-        for (int k = k_lo + lane; k <= k_hi; k += kWarpSize) {
-          LWVD_PROF_TRIP("smooth.bin", idx, (k - k_lo) / kWarpSize);
-          LWVD_PROF_SMEM("smooth.ldw", &row[k], idx, (k - k_lo) / kWarpSize);
-          const cplx<scalar_t> x = row[k];  // before the q test: the load is issued for every lane
-          const scalar_t v = static_cast<scalar_t>(k) * inv_two_m - g.center;
-          scalar_t qa, qc;  // quad_form's a and c: the moments' coordinates
-          const scalar_t q = quad_form(g, ds, v, &qa, &qc);
-          if (q <= trunc2) {
-            const scalar_t w = scalar_t(2) * (odd ? x.im : x.re);
-            const scalar_t we = w * lwvd_exp(scalar_t(-0.5) * q);
-            if constexpr (kMoments) add_moment_term(acc, we, qa, qc);
-            else acc[0] += we;
+      const int64_t d_radius = g.d_radius;
+      scalar_t gacc[kAcc];  // backward: sum over this pass's frames of G[b, f, t] * moments(f, t)
+      for (int i = 0; i < kAcc; ++i) gacc[i] = 0;
+      for (int tt = 0; tt < tt_count && t0 + tt < a.n_frames; ++tt) {
+        LWVD_PROF_TRIP("smooth.pair", ftrip, tt);
+        const int64_t t = t0 + tt;
+        const int64_t c = t * a.hop;
+        const int64_t n_a = imax(r0, c - d_radius);
+        const int64_t n_b = imin(pass_hi, c + d_radius);
+        if (n_a > n_b) continue;  // no row of this pass is in the pair's reach: nothing to add
+        {
+          LWVD_PROF_TRIP("smooth.pairwork", ftrip, tt);
+          // Bin ranges of the pair's rows in this pass (at most 2*kMaxComplexRows = 64 rows), one or
+          // two per lane, each packed in one int (k_lo | k_hi << 16; bins < 8192 fit 13 bits),
+          // computed before the pair's accumulators exist: bin_range's double division and sqrt have
+          // out-of-line slow paths in SASS, and keeping those calls away from live accumulators keeps
+          // the kernel free of register spills.
+          static_assert(2 * config::kMaxComplexRows <= 2 * kWarpSize, "two rows per lane at most");
+          int range0 = 1, range1 = 1;  // empty: k_lo = 1 > k_hi = 0
+          {
+            int64_t k_lo, k_hi;
+            if (n_a + lane <= n_b) {
+              LWVD_PROF_TRIP("smooth.binrange", ftrip, tt);
+              bin_range(g, n_a + lane - c, a.trunc2, a.n_fft, &k_lo, &k_hi);
+              range0 = static_cast<int>(k_lo) | (static_cast<int>(k_hi) << 16);
+            }
+            if (n_a + lane + kWarpSize <= n_b) {
+              LWVD_PROF_TRIP("smooth.binrange2", ftrip, tt);
+              bin_range(g, n_a + lane + kWarpSize - c, a.trunc2, a.n_fft, &k_lo, &k_hi);
+              range1 = static_cast<int>(k_lo) | (static_cast<int>(k_hi) << 16);
+            }
+          }
+          scalar_t acc[kAcc];
+          for (int i = 0; i < kAcc; ++i) acc[i] = 0;
+          smooth_pair_rows<scalar_t, kMoments>(acc, g, rows, n, r0, n_a, n_b, c, lane, range0, range1, trunc2,
+                                               inv_two_m, ftrip, tt);
+          for (int i = 0; i < kAcc; ++i) acc[i] = warp_sum(acc[i]);  // every lane holds the sums
+          if constexpr (kMoments) {
+            const scalar_t G = a.grad_out[(b * a.n_filters + f) * a.n_frames + t];
+            for (int i = 0; i < kAcc; ++i) gacc[i] += G * acc[i];
+          } else if (lane == 0) {
+            LWVD_PROF_TRIP("smooth.out", ftrip, tt);
+            // The pair's first and last pass with rows in reach (every pair has one: R >= its radius).
+            const bool pair_first = first || c - d_radius >= r0;
+            const bool pair_last = last || c + d_radius <= pass_hi;
+            const int64_t o = (b * a.n_filters + f) * a.n_frames + t;
+            scalar_t v = pair_first ? acc[0] : a.out[o] + acc[0];
+            if (pair_last) v *= g.norm;
+            a.out[o] = v;
           }
         }
       }
-      for (int i = 0; i < kAcc; ++i) acc[i] = warp_sum(acc[i]);
-      if (lane == 0) {
-        LWVD_PROF_TRIP("smooth.out", ptrip);
-        const int64_t o = (b * a.n_filters + f) * a.n_frames + t;
-        if (kMoments) {
-          scalar_t* dst = a.out + o * config::kMoments;
-          for (int i = 0; i < kAcc; ++i) dst[i] = first ? acc[i] : dst[i] + acc[i];
-        } else {
-          scalar_t v = first ? acc[0] : a.out[o] + acc[0];
-          if (last) v *= g.norm;
-          a.out[o] = v;
-        }
+      if (kMoments && lane == 0) {
+        // Backward: the block's G-weighted moments of filter f, summed over its frames and passes
+        // (written every pass, so the first pass initialises them): (B * tiles, F, 6) in all, not
+        // (B, F, T, 6) (issue 12 item 7). The parameter gradients are linear in the moments
+        // (param_grads_from_moments), so the grad_z launch sums these over the blocks and applies
+        // the formulas once per filter.
+        LWVD_PROF_TRIP("smooth.gout", ftrip);
+        scalar_t* dst = a.out + (static_cast<int64_t>(blockIdx.x) * a.n_filters + f) * kAcc;
+        for (int i = 0; i < kAcc; ++i) dst[i] = first ? gacc[i] : dst[i] + gacc[i];
       }
     }
     __syncthreads();  // the next pass overwrites the rows

@@ -28,8 +28,8 @@
 //
 // Launch sequence (no host sync anywhere, no fill kernels):
 //   forward : prepare (1 block) -> smooth<false> (B * ceil(T / TT) blocks)               2 launches
-//   backward: prepare -> smooth<true> (moments to a workspace) -> param_grad (F blocks)
-//             -> grad_z (B * ceil(N / J) blocks)                                          4 launches
+//   backward: prepare -> smooth<true> (moments to a workspace) -> grad_z + param_grad (one launch of
+//             max(B * ceil(N / J), F) blocks: grad_z tiles, then one filter's gradients per block) 3 launches
 // Parameter values are checked on the device (prepare): invalid ones make every output NaN and set
 // the launcher's error flags (lwvd_fwd.cuh, kInvalid*).
 // Every tile / block / shared-memory choice is in launch_config.h.
@@ -141,11 +141,18 @@ Prepared<scalar_t> prepare(Launcher& L, const scalar_t* center, const scalar_t* 
   return pr;
 }
 
+// Blocks of the smooth / moments launch: B * ceil(T / TT).
+inline int64_t smooth_blocks(int64_t batch, int64_t n_samples, int64_t n_fft, int64_t hop) {
+  const int64_t frames = num_frames(n_samples, hop);
+  return batch * ceil_div(frames, config::frames_per_block(n_fft, hop, batch, frames));
+}
+
 template <class Launcher, typename scalar_t, bool kMoments>
-void smooth(Launcher& L, const Prepared<scalar_t>& pr, const scalar_t* z, scalar_t* out, int64_t batch,
-            int64_t n_samples, int64_t n_filters, int64_t n_fft, int64_t hop) {
+void smooth(Launcher& L, const Prepared<scalar_t>& pr, const scalar_t* z, const scalar_t* grad_out, scalar_t* out,
+            int64_t batch, int64_t n_samples, int64_t n_filters, int64_t n_fft, int64_t hop) {
   SmoothArgs<scalar_t> a;
   a.z = reinterpret_cast<const cplx<scalar_t>*>(z);
+  a.grad_out = grad_out;
   a.geom = pr.geom;
   a.max_radius = pr.max_radius;
   a.invalid = pr.invalid;
@@ -181,7 +188,8 @@ void run_forward(Launcher& L, const FwdProblem<scalar_t>& p) {
   if (p.batch == 0) return;  // a zero-block grid is not a valid launch; the output is empty
   const auto pr = detail::prepare(L, p.center, p.sigma_t, p.sigma_nu, p.rho, p.n_samples, p.n_filters, p.n_fft,
                                   p.hop, p.truncate);
-  detail::smooth<Launcher, scalar_t, false>(L, pr, p.z, p.out, p.batch, p.n_samples, p.n_filters, p.n_fft, p.hop);
+  detail::smooth<Launcher, scalar_t, false>(L, pr, p.z, nullptr, p.out, p.batch, p.n_samples, p.n_filters, p.n_fft,
+                                            p.hop);
 }
 
 template <class Launcher, typename scalar_t>
@@ -190,22 +198,22 @@ void run_backward(Launcher& L, const BwdProblem<scalar_t>& p) {
   const int64_t frames = num_frames(p.n_samples, p.hop);
   const auto pr = detail::prepare(L, p.center, p.sigma_t, p.sigma_nu, p.rho, p.n_samples, p.n_filters, p.n_fft,
                                   p.hop, p.truncate);
+  // G-weighted moments per (moments block, filter): 6 * B * ceil(T / TT) * F scalars, TT times fewer
+  // than per frame (issue 12 item 7: at F = 1e4, hop = 1, TT = 64 that is 0.09x the output's size).
   scalar_t* moments = nullptr;
+  const int64_t parts = p.batch > 0 ? detail::smooth_blocks(p.batch, p.n_samples, p.n_fft, p.hop) : 0;
   if (p.batch > 0) {
     moments = static_cast<scalar_t*>(L.workspace(detail::align16(
-        sizeof(scalar_t) * config::kMoments * static_cast<std::size_t>(p.batch * p.n_filters * frames))));
-    detail::smooth<Launcher, scalar_t, true>(L, pr, p.z, moments, p.batch, p.n_samples, p.n_filters, p.n_fft, p.hop);
+        sizeof(scalar_t) * config::kMoments * static_cast<std::size_t>(parts * p.n_filters))));
+    detail::smooth<Launcher, scalar_t, true>(L, pr, p.z, p.grad_out, moments, p.batch, p.n_samples, p.n_filters,
+                                           p.n_fft, p.hop);
   }
-  // With B = 0 the parameter gradients are sums over nothing: the kernel still runs (F blocks) and
-  // writes zeros, reading no moments.
+  // With B = 0 the parameter gradients are sums over nothing: the launch still runs (F blocks, no
+  // grad_z tile) and writes zeros, reading no moments.
   if (p.n_filters > INT32_MAX) throw std::invalid_argument("lwvd plan: too many filters");
-  ParamGradArgs<scalar_t> g{p.grad_out, moments, pr.geom, p.sigma_t, p.sigma_nu, p.grad_center, p.grad_sigma_t,
-                            p.grad_sigma_nu, p.grad_rho, p.batch, p.n_filters, frames};
-  L.launch(lwvd_param_grad_kernel<scalar_t>, dim3(static_cast<unsigned>(p.n_filters)), dim3(config::kReduceThreads),
-           4 * config::kReduceThreads * sizeof(scalar_t), g, static_cast<const unsigned*>(pr.invalid));
-  if (p.batch == 0) return;
-
-  GradZArgs<scalar_t> a;
+  ParamGradArgs<scalar_t> g{moments, pr.geom, p.grad_center, p.grad_sigma_t, p.grad_sigma_nu, p.grad_rho, parts,
+                            p.n_filters};
+  GradZArgs<scalar_t> a{};
   a.z = reinterpret_cast<const cplx<scalar_t>*>(p.z);
   a.grad_out = p.grad_out;
   a.geom = pr.geom;
@@ -224,10 +232,14 @@ void run_backward(Launcher& L, const BwdProblem<scalar_t>& p) {
   a.trunc2 = pr.trunc2;
   a.inv_two_m = 1.0 / (2.0 * static_cast<double>(p.n_fft));
   a.inv_hop = 1.0 / static_cast<double>(p.hop);
-  const int64_t blocks = p.batch * a.tiles_per_item;
+  const int64_t gz_blocks = p.batch * a.tiles_per_item;
+  const int64_t blocks = gz_blocks > p.n_filters ? gz_blocks : p.n_filters;
   if (blocks > INT32_MAX) throw std::invalid_argument("lwvd plan: too many blocks (B * tiles > 2^31 - 1)");
-  const std::size_t smem = config::rows_smem_bytes(a.complex_rows, p.n_fft, sizeof(scalar_t));
-  L.launch(lwvd_grad_z_kernel<scalar_t>, dim3(static_cast<unsigned>(blocks)), dim3(config::kThreads), smem, a);
+  std::size_t smem = p.batch > 0 ? config::rows_smem_bytes(a.complex_rows, p.n_fft, sizeof(scalar_t)) : 0;
+  const std::size_t red = config::kMoments * config::kReduceThreads * sizeof(scalar_t);  // param_grad_block's tree
+  if (smem < red) smem = red;
+  L.launch(lwvd_grad_z_kernel<scalar_t>, dim3(static_cast<unsigned>(blocks)), dim3(config::kGradThreads), smem, a, g,
+           static_cast<const unsigned*>(pr.invalid), static_cast<unsigned>(gz_blocks));
 }
 
 }  // namespace lwvd

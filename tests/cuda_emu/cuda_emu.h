@@ -787,6 +787,7 @@ class Launcher {
   // uninitialised buffer the CUDA launcher hands out: a kernel reading what nobody wrote shows up.
   void* workspace(size_t bytes) {
     const size_t n = bytes ? bytes : 1;
+    workspace_bytes_ += bytes;
     void* p = ::operator new(n, std::align_val_t{256});
     std::memset(p, 0xFF, n);
     buffers_.emplace_back(p);
@@ -796,12 +797,17 @@ class Launcher {
   // The persistent error word of lwvd_plan.cuh (the prepare kernel ORs invalid-parameter bits in).
   unsigned* error_flags() { return &error_flags_; }
 
+  // Bytes of every workspace the plan asked this launcher for (the device memory a call needs
+  // beyond its inputs and outputs).
+  size_t workspace_bytes() const { return workspace_bytes_; }
+
  private:
   struct AlignedDelete {
     void operator()(void* p) const { ::operator delete(p, std::align_val_t{256}); }
   };
   std::vector<std::unique_ptr<void, AlignedDelete>> buffers_;
   unsigned error_flags_ = 0;
+  size_t workspace_bytes_ = 0;
 };
 
 }  // namespace lwvd_emu

@@ -111,6 +111,7 @@ void run(const std::string& dir, const std::map<std::string, std::string>& spec,
     lwvd::run_forward(L, p);
     write_array(dir + "/out_forward.bin", out);
     std::printf("ERROR_FLAGS forward %u\n", *L.error_flags());
+    std::printf("WORKSPACE forward %zu\n", L.workspace_bytes());
   }
   if (mode == "bwd" || mode == "both") {
     const auto grad_out = read_array<S>(dir + "/grad_out.bin", static_cast<size_t>(B * F * n_frames));
@@ -120,6 +121,7 @@ void run(const std::string& dir, const std::map<std::string, std::string>& spec,
                           gz.data(), gc.data(), gst.data(), gsn.data(), gr.data(), B, N, F, M, hop, truncate};
     lwvd::run_backward(L, q);
     std::printf("ERROR_FLAGS backward %u\n", *L.error_flags());
+    std::printf("WORKSPACE backward %zu\n", L.workspace_bytes());
     write_array(dir + "/out_grad_z.bin", gz);
     write_array(dir + "/out_grad_center.bin", gc);
     write_array(dir + "/out_grad_sigma_t.bin", gst);
