@@ -120,13 +120,13 @@ def main():
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--sweep", action="store_true")
     ap.add_argument("--area4", action="store_true")
-    ap.add_argument("--only", default="")
+    ap.add_argument("--only", default="", help="configurations to run, separated by ';' (or ',' where no name has one)")
     a = ap.parse_args()
     torch.set_num_threads(1)
     print(f"torch {torch.__version__}, 1 thread, process CPU time, medians of {a.repeats} interleaved repeats; "
           f"loadavg {open('/proc/loadavg').read().split()[:3]}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     for name, cfg, p64, dtype in _cases(a.sweep):
-        if a.only and name not in a.only.split(","):
+        if a.only and name not in a.only.split(";") and name not in a.only.split(","):
             continue
         profile(name, cfg, p64, dtype, a.repeats)
     if a.area4:

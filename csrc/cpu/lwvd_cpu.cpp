@@ -344,6 +344,99 @@ std::vector<Stencil<scalar_t>> make_stencils(const at::Tensor& center, const at:
   return out;
 }
 
+// ---- Separable filters (rho == 0): ring projections + a time correlation (issue #13). ----
+// For rho == 0, E(d, k) = rs(d) p(k) with rs(d) = exp(-a_d^2/2), p(k) = exp(-b_k^2/2), and the run of
+// row d is the set of bins with b_k^2 <= q_max - a_d^2: the runs of all rows are J nested intervals
+// I_0 (smallest) c ... c I_{J-1} = the run of d = 0. So, per W row n, the J cumulative ring sums
+//   Q_j[n] = sum_{k in I_j} p(k) W[n, k]
+// (one pass over I_{J-1}: the row's bins once, whatever the number of frames that read it) give every
+// row dot of the ellipse, and a frame is a correlation in time:
+//   K[f, t] = norm * sum_d rs(d) Q_{j(d)}[t hop + d],
+// in segments of d with the same j (contiguous, vectorised). The direct walk dots every (frame, row)
+// pair, so it recomputes each row's projection (2R+1)/hop times: 2.4x at S, 12x at hop 32, 7x for wide
+// filters - the configurations that were 5-23x the FFT floor. The same identity transposed builds the
+// A rows of the grad_z pass. The tables are per filter O(R + bins) and do not depend on the stencil
+// budget (so budget 0 and the default take the same path, bitwise); filters past kSepMaxRows rows
+// keep the direct path.
+constexpr int64_t kSepMaxRows = int64_t(1) << 21;
+constexpr int64_t kSepBlock = 16;  // rows per projection block (4 vectors of kLanes)
+
+template <typename T>
+struct SepPlan {
+  bool on = false;
+  int64_t R = 0, J = 0;
+  std::vector<int32_t> ring_start;  // J + 1 offsets into ring_k / ring_p: ring j = I_j \ I_{j-1}
+  std::vector<int32_t> ring_k;      // bins, ring by ring (ascending within a ring)
+  std::vector<T> ring_p;            // p(k) of those bins
+  std::vector<T> ring_v;            // nu_k - center of those bins (backward moments)
+  std::vector<T> rs;                // exp(-a_d^2 / 2) per d + R (0 where the row is empty)
+  std::vector<int32_t> jidx;        // per d + R: the interval of row d, -1 where the row is empty
+  std::vector<int32_t> seg_end;     // per d + R: the last d + R of the segment of equal jidx holding d
+};
+
+template <typename scalar_t>
+SepPlan<scalar_t> make_sep_plan(const Stencil<scalar_t>& s) {
+  SepPlan<scalar_t> sp;
+  if (!s.separable || 2 * s.radius + 1 > kSepMaxRows) return sp;
+  const int64_t R = s.radius, rows = 2 * R + 1;
+  std::vector<int32_t> first(rows), last(rows);
+  for (int64_t i = 0; i < rows; ++i) {
+    const RowInfo ri = (s.has_info ? s.info[i] : s.extent(i - R));
+    first[i] = ri.nblk > 0 ? ri.first : 0;
+    last[i] = ri.nblk > 0 ? ri.first + ri.len - 1 : -1;
+  }
+  // Distinct non-empty runs, nested: sort by length; each must contain the previous.
+  std::vector<std::pair<int32_t, int32_t>> iv;
+  for (int64_t i = 0; i < rows; ++i)
+    if (last[i] >= first[i]) iv.emplace_back(first[i], last[i]);
+  std::sort(iv.begin(), iv.end(), [](const auto& a, const auto& b) {
+    return (a.second - a.first) != (b.second - b.first) ? (a.second - a.first) < (b.second - b.first) : a.first < b.first;
+  });
+  iv.erase(std::unique(iv.begin(), iv.end()), iv.end());
+  for (size_t j = 1; j < iv.size(); ++j)
+    if (iv[j].first > iv[j - 1].first || iv[j].second < iv[j - 1].second) return sp;  // not nested: direct path
+  sp.R = R;
+  sp.J = static_cast<int64_t>(iv.size());
+  sp.rs.assign(rows, scalar_t(0));
+  sp.jidx.assign(rows, -1);
+  sp.seg_end.assign(rows, 0);
+  for (int64_t i = 0; i < rows; ++i) {
+    if (last[i] < first[i]) continue;
+    const auto it = std::lower_bound(iv.begin(), iv.end(), std::make_pair(first[i], last[i]),
+                                     [](const auto& a, const auto& b) {
+                                       return (a.second - a.first) != (b.second - b.first)
+                                                  ? (a.second - a.first) < (b.second - b.first)
+                                                  : a.first < b.first;
+                                     });
+    sp.jidx[i] = static_cast<int32_t>(it - iv.begin());
+    sp.rs[i] = s.has_info ? s.rscale[i] : s.row_scale(i - R);
+  }
+  for (int64_t i = rows - 1; i >= 0; --i)
+    sp.seg_end[i] = (i + 1 < rows && sp.jidx[i + 1] == sp.jidx[i]) ? sp.seg_end[i + 1] : static_cast<int32_t>(i);
+  // Rings and their weights: p(k) = exp(-q(0, k)/2) in double, stored in scalar_t.
+  sp.ring_start.assign(sp.J + 1, 0);
+  int32_t lo = 0, hi = -1;
+  for (int64_t j = 0; j < sp.J; ++j) {
+    auto add = [&](int32_t k) {
+      sp.ring_k.push_back(k);
+      sp.ring_p.push_back(static_cast<scalar_t>(std::exp(-0.5 * s.q_of(0, k))));
+      sp.ring_v.push_back(static_cast<scalar_t>(bin_frequency<double>(k, s.n_fft) - s.g.center));
+    };
+    const int32_t nlo = iv[j].first, nhi = iv[j].second;
+    if (j == 0) {
+      for (int32_t k = nlo; k <= nhi; ++k) add(k);
+    } else {
+      for (int32_t k = nlo; k < lo; ++k) add(k);
+      for (int32_t k = hi + 1; k <= nhi; ++k) add(k);
+    }
+    lo = nlo;
+    hi = nhi;
+    sp.ring_start[j + 1] = static_cast<int32_t>(sp.ring_k.size());
+  }
+  sp.on = true;
+  return sp;
+}
+
 // ---- Row kernels: one kLanes block is one fixed-width vector. ----
 // GCC/Clang vector extensions state the SIMD shape explicitly (SSE2 on baseline x86-64, NEON on
 // arm64; a 4-double vector is split in two by the compiler): the auto-vectoriser left these short
@@ -479,7 +572,8 @@ struct WvdScratch {
 // W[a] = 2 Re X and W[b] = 2 Im X.
 template <typename scalar_t>
 void wvd_rows(const SplitSignal<scalar_t>& zs, int64_t N, int64_t n_fft, int64_t stride, int64_t n0, int64_t n1,
-              RowFFT<scalar_t>& fft, WvdScratch<scalar_t>& ws, scalar_t* wrow) {
+              RowFFT<scalar_t>& fft, WvdScratch<scalar_t>& ws, scalar_t* wrow, scalar_t* wt = nullptr,
+              int64_t cs = 0) {
   const int64_t M = n_fft, h = max_lag(n_fft);
   const int64_t rows = n1 - n0, pairs = (rows + 1) / 2;
   for (int64_t p = 0; p < pairs; ++p) {
@@ -510,7 +604,29 @@ void wvd_rows(const SplitSignal<scalar_t>& zs, int64_t N, int64_t n_fft, int64_t
     }
   }
   fft.run(pairs);
-  for (int64_t p = 0; p < pairs; ++p) {
+  if (wt != nullptr) {  // transposed copy for the separable filters: W[n0 + r, k] at wt[k * cs + r]
+    int64_t p = 0;
+    for (; p + 2 <= pairs; p += 2) {
+      const scalar_t* __restrict__ x0 = reinterpret_cast<const scalar_t*>(fft.out(p));
+      const scalar_t* __restrict__ x1 = reinterpret_cast<const scalar_t*>(fft.out(p + 1));
+      scalar_t* __restrict__ o = wt + 2 * p;
+      for (int64_t k = 0; k < M; ++k) {
+        o[k * cs] = scalar_t(2) * x0[2 * k];
+        o[k * cs + 1] = scalar_t(2) * x0[2 * k + 1];
+        o[k * cs + 2] = scalar_t(2) * x1[2 * k];
+        o[k * cs + 3] = scalar_t(2) * x1[2 * k + 1];
+      }
+    }
+    for (; p < pairs; ++p) {
+      const scalar_t* __restrict__ x0 = reinterpret_cast<const scalar_t*>(fft.out(p));
+      scalar_t* __restrict__ o = wt + 2 * p;
+      for (int64_t k = 0; k < M; ++k) {
+        o[k * cs] = scalar_t(2) * x0[2 * k];
+        o[k * cs + 1] = scalar_t(2) * x0[2 * k + 1];
+      }
+    }
+  }
+  for (int64_t p = 0; wrow != nullptr && p < pairs; ++p) {
     const scalar_t* __restrict__ x = reinterpret_cast<const scalar_t*>(fft.out(p));
     scalar_t* __restrict__ wa = wrow + (2 * p) * stride;
     if (2 * p + 1 < rows) {
@@ -618,6 +734,56 @@ void walk_frame_tile(const Problem& P, const std::vector<Stencil<scalar_t>>& st,
     }
   };
   for_each_reached_row_run(t0, t1 - 1, P.r_max, P.hop, int64_t{0}, P.N - 1, run);
+}
+
+// walk_frame_tile with the separable filters (sp[f].on) handed per chunk to
+// visit_sep(f, n0, n1, ta, tb) (frames ta..tb meet the chunk) with the chunk's W also transposed
+// into wt (bin k at wt + k * cs); the others per (f, t) to visit as in walk_frame_tile. W rows are
+// only stored row-major (wrow) when some filter takes the direct path.
+template <typename scalar_t, typename Visit, typename VisitSep>
+void walk_frame_tile_sep(const Problem& P, const std::vector<Stencil<scalar_t>>& st,
+                         const std::vector<SepPlan<scalar_t>>& sp, bool any_direct, bool any_sep,
+                         const c10::complex<scalar_t>* zb, int64_t t0, int64_t t1, int64_t chunk_rows,
+                         RowFFT<scalar_t>& fft, scalar_t* wrow, scalar_t* wt, int64_t cs, Visit&& visit,
+                         VisitSep&& visit_sep) {
+  const int64_t r_lo = std::max<int64_t>(0, t0 * P.hop - P.r_max);
+  const int64_t r_hi = std::min(P.N - 1, (t1 - 1) * P.hop + P.r_max);
+  if (r_lo > r_hi) return;
+  const int64_t h = max_lag(P.M);
+  SplitSignal<scalar_t> zs;
+  zs.load(zb, std::max<int64_t>(0, r_lo - h), std::min(P.N - 1, r_hi + h));
+  WvdScratch<scalar_t> ws(h);
+  auto run = [&](int64_t a_lo, int64_t a_hi) {
+    for (int64_t n0 = a_lo; n0 <= a_hi; n0 += chunk_rows) {
+      const int64_t n1 = std::min(a_hi + 1, n0 + chunk_rows);
+      wvd_rows<scalar_t>(zs, P.N, P.M, P.stride, n0, n1, fft, ws, any_direct ? wrow : nullptr,
+                         any_sep ? wt : nullptr, cs);
+      for (int64_t f = 0; f < P.F; ++f) {
+        const int64_t R = st[f].radius;
+        int64_t ta, tb;
+        frames_meeting(n0, n1, R, P.hop, t0, t1 - 1, &ta, &tb);
+        if (ta > tb) continue;
+        if (sp[f].on) {
+          visit_sep(f, n0, n1, ta, tb);
+          continue;
+        }
+        for (int64_t t = ta; t <= tb; ++t) {
+          const int64_t c0 = t * P.hop;
+          visit(f, t, c0, std::max(-R, n0 - c0), std::min(R, n1 - 1 - c0), n0);
+        }
+      }
+    }
+  };
+  for_each_reached_row_run(t0, t1 - 1, P.r_max, P.hop, int64_t{0}, P.N - 1, run);
+}
+
+// Rows [r0, r1) of a chunk (relative to n0, rounded out to kSepBlock within cs) that frames ta..tb
+// of a filter of radius R reach.
+inline void sep_hull(int64_t n0, int64_t n1, int64_t ta, int64_t tb, int64_t R, int64_t hop, int64_t cs,
+                     int64_t* r0, int64_t* r1) {
+  const int64_t a = std::max(n0, ta * hop - R) - n0, b = std::min(n1 - 1, tb * hop + R) - n0;
+  *r0 = (a / kSepBlock) * kSepBlock;
+  *r1 = std::min(cs, round_up(b + 1, kSepBlock));
 }
 
 // sum_t G dK/dtheta (theta = center, sigma_t, sigma_nu, rho) of one filter from its G-weighted
@@ -786,6 +952,109 @@ __attribute__((noinline)) void axpy_rows(const RowInfo* __restrict__ info, const
   }
 }
 
+// Ring projections of a separable filter over rows [r0, r1) of a transposed W chunk (bin k at
+// wt + k * cs, rows contiguous; r0, r1 multiples of kSepBlock within cs): Q[j * cs + r] =
+// sum_{k in I_j} p(k) wt[k * cs + r], cumulative over the rings. kSepBlock rows at a time in four
+// independent vector accumulators (the add latency, not the loads, bounds one accumulator).
+template <typename T>
+__attribute__((noinline)) void ring_project(const int32_t* __restrict__ ring_start, const int32_t* __restrict__ ring_k,
+                                            const T* __restrict__ ring_p, int64_t J, const T* __restrict__ wt,
+                                            int64_t cs, int64_t r0, int64_t r1, T* __restrict__ Q) {
+  using V = Vec<T>;
+  for (int64_t rb = r0; rb < r1; rb += kSepBlock) {
+    V a0 = vzero<T>(), a1 = a0, a2 = a0, a3 = a0;
+    for (int64_t j = 0; j < J; ++j) {
+      for (int32_t i = ring_start[j]; i < ring_start[j + 1]; ++i) {
+        const T* __restrict__ w = wt + int64_t(ring_k[i]) * cs + rb;
+        const T pk = ring_p[i];
+        a0 += vload(w) * pk;
+        a1 += vload(w + kLanes) * pk;
+        a2 += vload(w + 2 * kLanes) * pk;
+        a3 += vload(w + 3 * kLanes) * pk;
+      }
+      T* q = Q + j * cs + rb;
+      vstore(q, a0);
+      vstore(q + kLanes, a1);
+      vstore(q + 2 * kLanes, a2);
+      vstore(q + 3 * kLanes, a3);
+    }
+  }
+}
+
+// sum_{i < n} a[i] b[i] in a fixed order (two vector accumulators, then a scalar tail).
+template <typename T>
+inline T dot_seg(const T* __restrict__ a, const T* __restrict__ b, int64_t n) {
+  using V = Vec<T>;
+  V s0 = vzero<T>(), s1 = s0;
+  int64_t i = 0;
+  for (; i + 2 * kLanes <= n; i += 2 * kLanes) {
+    s0 += vload(a + i) * vload(b + i);
+    s1 += vload(a + i + kLanes) * vload(b + i + kLanes);
+  }
+  if (i + kLanes <= n) {
+    s0 += vload(a + i) * vload(b + i);
+    i += kLanes;
+  }
+  T t = vsum<T>(s0 + s1);
+  for (; i < n; ++i) t += a[i] * b[i];
+  return t;
+}
+
+// One frame's part of a separable filter's output from the chunk's ring sums: sum over rows
+// d = d_lo .. d_hi of rs(d) Q_{j(d)}[c0 + d - n0], segment by segment (Q row j at Q + j * cs).
+template <typename T>
+__attribute__((noinline)) T sep_frame(const SepPlan<T>& sp, const T* __restrict__ Q, int64_t cs, int64_t d_lo,
+                                      int64_t d_hi, int64_t base /* = c0 - n0 */) {
+  T total = T(0);
+  for (int64_t i = d_lo + sp.R; i <= d_hi + sp.R;) {
+    const int64_t e = std::min<int64_t>(sp.seg_end[i], d_hi + sp.R);
+    const int32_t j = sp.jidx[i];
+    if (j >= 0) total += dot_seg(sp.rs.data() + i, Q + j * cs + (base + i - sp.R), e - i + 1);
+    i = e + 1;
+  }
+  return total;
+}
+
+// The transpose of sep_frame for the grad_z pass: H_{j(d)}[base + d] += coef * rs(d) over rows
+// d = d_lo .. d_hi, segment by segment (H row j at H + j * cs).
+template <typename T>
+__attribute__((noinline)) void sep_scatter(const SepPlan<T>& sp, T coef, T* __restrict__ H, int64_t cs, int64_t d_lo,
+                                           int64_t d_hi, int64_t base) {
+  using V = Vec<T>;
+  for (int64_t i = d_lo + sp.R; i <= d_hi + sp.R;) {
+    const int64_t e = std::min<int64_t>(sp.seg_end[i], d_hi + sp.R);
+    const int32_t j = sp.jidx[i];
+    if (j >= 0) {
+      T* __restrict__ h = H + j * cs + (base + i - sp.R);
+      const T* __restrict__ r = sp.rs.data() + i;
+      const int64_t n = e - i + 1;
+      int64_t u = 0;
+      for (; u + kLanes <= n; u += kLanes) vstore(h + u, vload(h + u) + vload(r + u) * coef);
+      for (; u < n; ++u) h[u] += r[u] * coef;
+    }
+    i = e + 1;
+  }
+}
+
+// A^T rows (bin k at at + k * cs) += p(k) Hc_{ring(k)} over rows [r0, r1), Hc_j = sum_{j' >= j} H_j'
+// (a row d uses every ring up to j(d)): H is turned into Hc in place, then scattered ring by ring.
+template <typename T>
+__attribute__((noinline)) void ring_scatter(const int32_t* __restrict__ ring_start, const int32_t* __restrict__ ring_k,
+                                            const T* __restrict__ ring_p, int64_t J, T* __restrict__ H, int64_t cs,
+                                            int64_t r0, int64_t r1, T* __restrict__ at) {
+  using V = Vec<T>;
+  for (int64_t j = J - 2; j >= 0; --j)
+    for (int64_t r = r0; r < r1; r += kLanes) vstore(H + j * cs + r, vload(H + j * cs + r) + vload(H + (j + 1) * cs + r));
+  for (int64_t j = 0; j < J; ++j) {
+    const T* __restrict__ hj = H + j * cs;
+    for (int32_t i = ring_start[j]; i < ring_start[j + 1]; ++i) {
+      T* __restrict__ a = at + int64_t(ring_k[i]) * cs;
+      const T pk = ring_p[i];
+      for (int64_t r = r0; r < r1; r += kLanes) vstore(a + r, vload(a + r) + vload(hj + r) * pk);
+    }
+  }
+}
+
 // ---- Forward. ----
 template <typename scalar_t>
 at::Tensor forward_impl(const at::Tensor& z_in, const at::Tensor& center, const at::Tensor& sigma_t,
@@ -803,9 +1072,23 @@ at::Tensor forward_impl(const at::Tensor& z_in, const at::Tensor& center, const 
   scalar_t* Kp = K.data_ptr<scalar_t>();
   const int64_t M = P.M, S = P.stride, pairs_max = chunk_pairs(M), C = 2 * pairs_max;
 
+  std::vector<SepPlan<scalar_t>> sp(P.F);
+  at::parallel_for(0, P.F, 1, [&](int64_t f0, int64_t f1) {
+    for (int64_t f = f0; f < f1; ++f) sp[f] = make_sep_plan(st[f]);
+  });
+  bool any_sep = false, any_direct = false;
+  int64_t j_max = 0;
+  for (const auto& q : sp) {
+    any_sep = any_sep || q.on;
+    any_direct = any_direct || !q.on;
+    j_max = std::max(j_max, q.J);
+  }
+  const int64_t cs = round_up(C, kSepBlock);
+
   at::parallel_for(0, P.B * P.n_frame_tiles, 1, [&](int64_t task0, int64_t task1) {
     RowFFT<scalar_t> fft(M, pairs_max, z.options());
-    std::vector<scalar_t> wrow(C * S), gen, gen_scale;
+    std::vector<scalar_t> wrow(any_direct ? C * S : 0), gen, gen_scale;
+    std::vector<scalar_t> wt(any_sep ? M * cs : 0, scalar_t(0)), Q(any_sep ? j_max * cs : 0, scalar_t(0));
     std::vector<RowInfo> gen_info;
     std::vector<double> acc;
     for (int64_t task = task0; task < task1; ++task) {
@@ -814,7 +1097,20 @@ at::Tensor forward_impl(const at::Tensor& z_in, const at::Tensor& center, const 
       const int64_t nt = t1 - t0;
       const cplx* zb = zp + b * P.N;
       acc.assign(P.F * nt, 0.0);
-      walk_frame_tile<scalar_t>(P, st, zb, t0, t1, C, fft, wrow.data(),
+      auto visit_sep = [&](int64_t f, int64_t n0, int64_t n1, int64_t ta, int64_t tb) {
+        const auto& q = sp[f];
+        int64_t r0, r1;
+        sep_hull(n0, n1, ta, tb, q.R, P.hop, cs, &r0, &r1);
+        ring_project<scalar_t>(q.ring_start.data(), q.ring_k.data(), q.ring_p.data(), q.J, wt.data(), cs, r0, r1,
+                               Q.data());
+        for (int64_t t = ta; t <= tb; ++t) {
+          const int64_t c0 = t * P.hop;
+          const scalar_t total = sep_frame<scalar_t>(q, Q.data(), cs, std::max(-q.R, n0 - c0),
+                                                     std::min(q.R, n1 - 1 - c0), c0 - n0);
+          acc[f * nt + (t - t0)] += static_cast<double>(total);
+        }
+      };
+      walk_frame_tile_sep<scalar_t>(P, st, sp, any_direct, any_sep, zb, t0, t1, C, fft, wrow.data(), wt.data(), cs,
                                 [&](int64_t f, int64_t t, int64_t c0, int64_t d_lo, int64_t d_hi, int64_t n0) {
         const auto& s = st[f];
         const int64_t nrows = d_hi - d_lo + 1;
@@ -829,7 +1125,7 @@ at::Tensor forward_impl(const at::Tensor& z_in, const at::Tensor& center, const 
                                      nrows);
         }
         acc[f * nt + (t - t0)] += static_cast<double>(total);
-      });
+      }, visit_sep);
       for (int64_t f = 0; f < P.F; ++f)
         for (int64_t t = t0; t < t1; ++t)
           Kp[(b * P.F + f) * P.T + t] = static_cast<scalar_t>(st[f].norm_d * acc[f * nt + (t - t0)]);
@@ -916,9 +1212,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_
   const int64_t J = std::max(kTileRows, 4 * (2 * h + 1));
   const int64_t n_sample_tiles = ceil_div(P.N, J);
   cplx* gz = grad_z.data_ptr<cplx>();
+  // Separable filters build A^T (bin-major) through their ring plans (sep_scatter, ring_scatter);
+  // the others add their stencil rows into arow (row-major). The packing reads both and clears A^T.
+  std::vector<SepPlan<scalar_t>> sp(P.F);
+  at::parallel_for(0, P.F, 1, [&](int64_t f0, int64_t f1) {
+    for (int64_t f = f0; f < f1; ++f) sp[f] = make_sep_plan(st[f]);
+  });
+  bool any_sep = false, any_direct = false;
+  int64_t j_max = 0;
+  for (const auto& q : sp) {
+    any_sep = any_sep || q.on;
+    any_direct = any_direct || !q.on;
+    j_max = std::max(j_max, q.J);
+  }
+  const int64_t cs = round_up(C, kSepBlock);
   at::parallel_for(0, P.B * n_sample_tiles, 1, [&](int64_t task0, int64_t task1) {
     RowFFT<scalar_t> fft(M, pairs_max, z.options());
-    std::vector<scalar_t> arow(C * S), gen, gen_scale, ah_re(2 * h + 1), ah_im(2 * h + 1);
+    std::vector<scalar_t> arow(any_direct ? C * S : 0), gen, gen_scale, ah_re(2 * h + 1), ah_im(2 * h + 1);
+    std::vector<scalar_t> at_rows(any_sep ? M * cs : 0, scalar_t(0)), H(any_sep ? j_max * cs : 0, scalar_t(0));
     std::vector<RowInfo> gen_info;
     std::vector<scalar_t> acc_re, acc_im, zr_rev, zi_rev;
     for (int64_t task = task0; task < task1; ++task) {
@@ -944,12 +1255,31 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_
       for (int64_t n0 = a_lo; n0 <= a_hi; n0 += C) {
         const int64_t n1 = std::min(a_hi + 1, n0 + C);
         const int64_t rows = n1 - n0, pairs = (rows + 1) / 2;
-        std::fill(arow.begin(), arow.begin() + 2 * pairs * S, scalar_t(0));
+        if (any_direct) std::fill(arow.begin(), arow.begin() + 2 * pairs * S, scalar_t(0));
         for (int64_t f = 0; f < P.F; ++f) {  // fixed order: f, then t, then d
           const auto& s = st[f];
           const int64_t R = s.radius;
           int64_t ta, tb;
           frames_meeting(n0, n1, R, P.hop, 0, P.T - 1, &ta, &tb);
+          if (ta > tb) continue;
+          if (sp[f].on) {
+            const auto& q = sp[f];
+            int64_t r0, r1;
+            sep_hull(n0, n1, ta, tb, R, P.hop, cs, &r0, &r1);
+            for (int64_t j = 0; j < q.J; ++j) std::fill(H.begin() + j * cs + r0, H.begin() + j * cs + r1, scalar_t(0));
+            bool any = false;
+            for (int64_t t = ta; t <= tb; ++t) {
+              const scalar_t coef = Gb[f * P.T + t] * s.norm;
+              if (coef == scalar_t(0)) continue;  // adds exactly 0 (weights are finite)
+              const int64_t c0 = t * P.hop;
+              sep_scatter<scalar_t>(q, coef, H.data(), cs, std::max(-R, n0 - c0), std::min(R, n1 - 1 - c0), c0 - n0);
+              any = true;
+            }
+            if (any)
+              ring_scatter<scalar_t>(q.ring_start.data(), q.ring_k.data(), q.ring_p.data(), q.J, H.data(), cs, r0, r1,
+                                     at_rows.data());
+            continue;
+          }
           for (int64_t t = ta; t <= tb; ++t) {
             const scalar_t coef = Gb[f * P.T + t] * s.norm;
             if (coef == scalar_t(0)) continue;  // adds exactly 0 (weights are finite)
@@ -968,12 +1298,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_
           }
         }
         for (int64_t p = 0; p < pairs; ++p) {  // packed row A[a] + i A[b] (A[b] = 0 past the chunk)
-          const scalar_t* __restrict__ aa = arow.data() + 2 * p * S;
-          const scalar_t* __restrict__ ab = aa + S;
           scalar_t* __restrict__ x = reinterpret_cast<scalar_t*>(fft.in(p));
-          for (int64_t k = 0; k < M; ++k) {
-            x[2 * k] = aa[k];
-            x[2 * k + 1] = ab[k];
+          if (any_direct) {
+            const scalar_t* __restrict__ aa = arow.data() + 2 * p * S;
+            const scalar_t* __restrict__ ab = aa + S;
+            for (int64_t k = 0; k < M; ++k) {
+              x[2 * k] = aa[k];
+              x[2 * k + 1] = ab[k];
+            }
+          } else {
+            std::fill(x, x + 2 * M, scalar_t(0));
+          }
+          if (any_sep) {  // + A^T, read and cleared (zero again for the next chunk)
+            scalar_t* __restrict__ t = at_rows.data() + 2 * p;
+            for (int64_t k = 0; k < M; ++k) {
+              x[2 * k] += t[k * cs];
+              x[2 * k + 1] += t[k * cs + 1];
+              t[k * cs] = t[k * cs + 1] = scalar_t(0);
+            }
           }
         }
         fft.run(pairs);
