@@ -32,6 +32,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "kernels/lwvd_math.cuh"
@@ -359,7 +360,7 @@ std::vector<Stencil<scalar_t>> make_stencils(const at::Tensor& center, const at:
 // budget (so budget 0 and the default take the same path, bitwise); filters past kSepMaxRows rows
 // keep the direct path.
 constexpr int64_t kSepMaxRows = int64_t(1) << 21;
-constexpr int64_t kSepBlock = 16;  // rows per projection block (4 vectors of kLanes)
+constexpr int64_t kSepBlock = 32;  // rows per projection block (a multiple of every kernel's block)
 
 template <typename T>
 struct SepPlan {
@@ -606,6 +607,16 @@ void wvd_rows(const SplitSignal<scalar_t>& zs, int64_t N, int64_t n_fft, int64_t
   fft.run(pairs);
   if (wt != nullptr) {  // transposed copy for the separable filters: W[n0 + r, k] at wt[k * cs + r]
     int64_t p = 0;
+#ifdef LWVD_AVX2_DISPATCH
+    if constexpr (std::is_same<scalar_t, float>::value) {
+      if (use_avx2())
+        for (; p + 4 <= pairs; p += 4) {
+          const float* xs[4] = {reinterpret_cast<const float*>(fft.out(p)), reinterpret_cast<const float*>(fft.out(p + 1)),
+                                reinterpret_cast<const float*>(fft.out(p + 2)), reinterpret_cast<const float*>(fft.out(p + 3))};
+          avx2::transpose_out(xs, M, wt + 2 * p, cs);
+        }
+    }
+#endif
     for (; p + 2 <= pairs; p += 2) {
       const scalar_t* __restrict__ x0 = reinterpret_cast<const scalar_t*>(fft.out(p));
       const scalar_t* __restrict__ x1 = reinterpret_cast<const scalar_t*>(fft.out(p + 1));
@@ -961,7 +972,7 @@ __attribute__((noinline)) void ring_project(const int32_t* __restrict__ ring_sta
                                             const T* __restrict__ ring_p, int64_t J, const T* __restrict__ wt,
                                             int64_t cs, int64_t r0, int64_t r1, T* __restrict__ Q) {
   using V = Vec<T>;
-  for (int64_t rb = r0; rb < r1; rb += kSepBlock) {
+  for (int64_t rb = r0; rb < r1; rb += 4 * kLanes) {
     V a0 = vzero<T>(), a1 = a0, a2 = a0, a3 = a0;
     for (int64_t j = 0; j < J; ++j) {
       for (int32_t i = ring_start[j]; i < ring_start[j + 1]; ++i) {
@@ -1055,6 +1066,265 @@ __attribute__((noinline)) void ring_scatter(const int32_t* __restrict__ ring_sta
   }
 }
 
+// ---- AVX2 + FMA versions of the separable-filter kernels (runtime dispatch, x86-64 GCC). ----
+// The baseline build is x86-64 (SSE2); these few kernels are throughput-bound (ring projections,
+// segment dots, transposes), unlike the latency-bound direct row kernels for which a whole-file AVX2
+// recompile bought nothing. Chosen once per process by cpuid (LWVD_CPU_NO_AVX2=1 forces the baseline
+// kernels): results are deterministic on a machine and across thread counts, and differ from the
+// baseline kernels' by rounding (FMA, 8 lanes).
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define LWVD_AVX2_DISPATCH 1
+}  // namespace
+}  // namespace cpu
+}  // namespace lwvd
+#include <immintrin.h>
+namespace lwvd {
+namespace cpu {
+namespace {
+bool use_avx2() {
+  static const bool on = [] {
+    const char* env = std::getenv("LWVD_CPU_NO_AVX2");
+    if (env != nullptr && *env != '\0' && *env != '0') return false;
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  }();
+  return on;
+}
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+namespace avx2 {
+alignas(32) static const int32_t kMask32[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
+alignas(32) static const int64_t kMask64[8] = {-1, -1, -1, -1, 0, 0, 0, 0};
+
+struct F32 {
+  using T = float;
+  using V = __m256;
+  static constexpr int L = 8;
+  static V zero() { return _mm256_setzero_ps(); }
+  static V ld(const T* p) { return _mm256_loadu_ps(p); }
+  static void st(T* p, V v) { _mm256_storeu_ps(p, v); }
+  static V set(T x) { return _mm256_set1_ps(x); }
+  static V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+  static V add(V a, V b) { return _mm256_add_ps(a, b); }
+  static __m256i mask(int64_t n) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kMask32 + 8 - n)); }
+  static V mld(const T* p, __m256i m) { return _mm256_maskload_ps(p, m); }
+  static void mst(T* p, __m256i m, V v) { _mm256_maskstore_ps(p, m, v); }
+  static T hsum(V v) {
+    __m128 a = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    a = _mm_add_ps(a, _mm_movehl_ps(a, a));
+    a = _mm_add_ss(a, _mm_shuffle_ps(a, a, 1));
+    return _mm_cvtss_f32(a);
+  }
+};
+struct F64 {
+  using T = double;
+  using V = __m256d;
+  static constexpr int L = 4;
+  static V zero() { return _mm256_setzero_pd(); }
+  static V ld(const T* p) { return _mm256_loadu_pd(p); }
+  static void st(T* p, V v) { _mm256_storeu_pd(p, v); }
+  static V set(T x) { return _mm256_set1_pd(x); }
+  static V fma(V a, V b, V c) { return _mm256_fmadd_pd(a, b, c); }
+  static V add(V a, V b) { return _mm256_add_pd(a, b); }
+  static __m256i mask(int64_t n) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kMask64 + 4 - n)); }
+  static V mld(const T* p, __m256i m) { return _mm256_maskload_pd(p, m); }
+  static void mst(T* p, __m256i m, V v) { _mm256_maskstore_pd(p, m, v); }
+  static T hsum(V v) {
+    __m128d a = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
+    return _mm_cvtsd_f64(_mm_add_sd(a, _mm_unpackhi_pd(a, a)));
+  }
+};
+template <typename T> struct Ops;
+template <> struct Ops<float> : F32 {};
+template <> struct Ops<double> : F64 {};
+
+// rows [r0, r1): multiples of kSepBlock (32 floats = 4 vectors; 32 doubles = 8 vectors).
+template <typename T>
+__attribute__((noinline)) void ring_project(const int32_t* __restrict__ ring_start, const int32_t* __restrict__ ring_k,
+                                            const T* __restrict__ ring_p, int64_t J, const T* __restrict__ wt,
+                                            int64_t cs, int64_t r0, int64_t r1, T* __restrict__ Q) {
+  using O = Ops<T>;
+  constexpr int64_t W = 4 * O::L;
+  for (int64_t rb = r0; rb < r1; rb += W) {
+    auto a0 = O::zero(), a1 = a0, a2 = a0, a3 = a0;
+    for (int64_t j = 0; j < J; ++j) {
+      for (int32_t i = ring_start[j]; i < ring_start[j + 1]; ++i) {
+        const T* __restrict__ w = wt + int64_t(ring_k[i]) * cs + rb;
+        const auto pk = O::set(ring_p[i]);
+        a0 = O::fma(O::ld(w), pk, a0);
+        a1 = O::fma(O::ld(w + O::L), pk, a1);
+        a2 = O::fma(O::ld(w + 2 * O::L), pk, a2);
+        a3 = O::fma(O::ld(w + 3 * O::L), pk, a3);
+      }
+      T* q = Q + j * cs + rb;
+      O::st(q, a0);
+      O::st(q + O::L, a1);
+      O::st(q + 2 * O::L, a2);
+      O::st(q + 3 * O::L, a3);
+    }
+  }
+}
+
+template <typename T>
+inline T dot_seg(const T* __restrict__ a, const T* __restrict__ b, int64_t n) {
+  using O = Ops<T>;
+  auto s0 = O::zero(), s1 = s0;
+  int64_t i = 0;
+  for (; i + 2 * O::L <= n; i += 2 * O::L) {
+    s0 = O::fma(O::ld(a + i), O::ld(b + i), s0);
+    s1 = O::fma(O::ld(a + i + O::L), O::ld(b + i + O::L), s1);
+  }
+  if (i + O::L <= n) {
+    s0 = O::fma(O::ld(a + i), O::ld(b + i), s0);
+    i += O::L;
+  }
+  if (i < n) {  // masked lanes read as 0 (nothing past the segment is touched)
+    const __m256i m = O::mask(n - i);
+    s1 = O::fma(O::mld(a + i, m), O::mld(b + i, m), s1);
+  }
+  return O::hsum(O::add(s0, s1));
+}
+
+template <typename T>
+__attribute__((noinline)) T sep_frame(const SepPlan<T>& sp, const T* __restrict__ Q, int64_t cs, int64_t d_lo,
+                                      int64_t d_hi, int64_t base) {
+  T total = T(0);
+  for (int64_t i = d_lo + sp.R; i <= d_hi + sp.R;) {
+    const int64_t e = std::min<int64_t>(sp.seg_end[i], d_hi + sp.R);
+    const int32_t j = sp.jidx[i];
+    if (j >= 0) total += dot_seg(sp.rs.data() + i, Q + j * cs + (base + i - sp.R), e - i + 1);
+    i = e + 1;
+  }
+  return total;
+}
+
+template <typename T>
+__attribute__((noinline)) void sep_scatter(const SepPlan<T>& sp, T coef, T* __restrict__ H, int64_t cs, int64_t d_lo,
+                                           int64_t d_hi, int64_t base) {
+  using O = Ops<T>;
+  const auto c = O::set(coef);
+  for (int64_t i = d_lo + sp.R; i <= d_hi + sp.R;) {
+    const int64_t e = std::min<int64_t>(sp.seg_end[i], d_hi + sp.R);
+    const int32_t j = sp.jidx[i];
+    if (j >= 0) {
+      T* __restrict__ h = H + j * cs + (base + i - sp.R);
+      const T* __restrict__ r = sp.rs.data() + i;
+      const int64_t n = e - i + 1;
+      int64_t u = 0;
+      for (; u + O::L <= n; u += O::L) O::st(h + u, O::fma(O::ld(r + u), c, O::ld(h + u)));
+      if (u < n) {
+        const __m256i m = O::mask(n - u);
+        O::mst(h + u, m, O::fma(O::mld(r + u, m), c, O::mld(h + u, m)));
+      }
+    }
+    i = e + 1;
+  }
+}
+
+template <typename T>
+__attribute__((noinline)) void ring_scatter(const int32_t* __restrict__ ring_start, const int32_t* __restrict__ ring_k,
+                                            const T* __restrict__ ring_p, int64_t J, T* __restrict__ H, int64_t cs,
+                                            int64_t r0, int64_t r1, T* __restrict__ at) {
+  using O = Ops<T>;
+  for (int64_t j = J - 2; j >= 0; --j)
+    for (int64_t r = r0; r < r1; r += O::L) O::st(H + j * cs + r, O::add(O::ld(H + j * cs + r), O::ld(H + (j + 1) * cs + r)));
+  for (int64_t j = 0; j < J; ++j) {
+    const T* __restrict__ hj = H + j * cs;
+    for (int32_t i = ring_start[j]; i < ring_start[j + 1]; ++i) {
+      T* __restrict__ a = at + int64_t(ring_k[i]) * cs;
+      const auto pk = O::set(ring_p[i]);
+      for (int64_t r = r0; r < r1; r += O::L) O::st(a + r, O::fma(O::ld(hj + r), pk, O::ld(a + r)));
+    }
+  }
+}
+
+// 4 x 4 transpose of 64-bit units (one unit = a complex64 = the W values of two rows at one bin).
+inline void transpose4(__m256d& a0, __m256d& a1, __m256d& a2, __m256d& a3) {
+  const __m256d t0 = _mm256_unpacklo_pd(a0, a1), t1 = _mm256_unpackhi_pd(a0, a1);
+  const __m256d t2 = _mm256_unpacklo_pd(a2, a3), t3 = _mm256_unpackhi_pd(a2, a3);
+  a0 = _mm256_permute2f128_pd(t0, t2, 0x20);
+  a1 = _mm256_permute2f128_pd(t1, t3, 0x20);
+  a2 = _mm256_permute2f128_pd(t0, t2, 0x31);
+  a3 = _mm256_permute2f128_pd(t1, t3, 0x31);
+}
+
+// wt[k * cs + 2p + {0, 1}] = 2 x_p[2k + {0, 1}] for pairs p0 .. p0 + 3 (4 complex64 rows x_p), bins k < M.
+__attribute__((noinline)) void transpose_out(const float* const* x, int64_t M, float* __restrict__ wt, int64_t cs) {
+  const __m256 two = _mm256_set1_ps(2.0f);
+  int64_t k = 0;
+  for (; k + 4 <= M; k += 4) {
+    __m256d a0 = _mm256_castps_pd(_mm256_loadu_ps(x[0] + 2 * k)), a1 = _mm256_castps_pd(_mm256_loadu_ps(x[1] + 2 * k));
+    __m256d a2 = _mm256_castps_pd(_mm256_loadu_ps(x[2] + 2 * k)), a3 = _mm256_castps_pd(_mm256_loadu_ps(x[3] + 2 * k));
+    transpose4(a0, a1, a2, a3);
+    _mm256_storeu_ps(wt + (k + 0) * cs, _mm256_mul_ps(_mm256_castpd_ps(a0), two));
+    _mm256_storeu_ps(wt + (k + 1) * cs, _mm256_mul_ps(_mm256_castpd_ps(a1), two));
+    _mm256_storeu_ps(wt + (k + 2) * cs, _mm256_mul_ps(_mm256_castpd_ps(a2), two));
+    _mm256_storeu_ps(wt + (k + 3) * cs, _mm256_mul_ps(_mm256_castpd_ps(a3), two));
+  }
+  for (; k < M; ++k)
+    for (int p = 0; p < 4; ++p) {
+      wt[k * cs + 2 * p] = 2.0f * x[p][2 * k];
+      wt[k * cs + 2 * p + 1] = 2.0f * x[p][2 * k + 1];
+    }
+}
+
+// x_p[2k + {0, 1}] += at[k * cs + 2p + {0, 1}], then those at entries = 0, for 4 pairs, bins k < M.
+__attribute__((noinline)) void transpose_in(float* const* x, int64_t M, float* __restrict__ at, int64_t cs) {
+  const __m256 zero = _mm256_setzero_ps();
+  int64_t k = 0;
+  for (; k + 4 <= M; k += 4) {
+    __m256d a0 = _mm256_castps_pd(_mm256_loadu_ps(at + (k + 0) * cs)), a1 = _mm256_castps_pd(_mm256_loadu_ps(at + (k + 1) * cs));
+    __m256d a2 = _mm256_castps_pd(_mm256_loadu_ps(at + (k + 2) * cs)), a3 = _mm256_castps_pd(_mm256_loadu_ps(at + (k + 3) * cs));
+    for (int i = 0; i < 4; ++i) _mm256_storeu_ps(at + (k + i) * cs, zero);
+    transpose4(a0, a1, a2, a3);
+    _mm256_storeu_ps(x[0] + 2 * k, _mm256_add_ps(_mm256_loadu_ps(x[0] + 2 * k), _mm256_castpd_ps(a0)));
+    _mm256_storeu_ps(x[1] + 2 * k, _mm256_add_ps(_mm256_loadu_ps(x[1] + 2 * k), _mm256_castpd_ps(a1)));
+    _mm256_storeu_ps(x[2] + 2 * k, _mm256_add_ps(_mm256_loadu_ps(x[2] + 2 * k), _mm256_castpd_ps(a2)));
+    _mm256_storeu_ps(x[3] + 2 * k, _mm256_add_ps(_mm256_loadu_ps(x[3] + 2 * k), _mm256_castpd_ps(a3)));
+  }
+  for (; k < M; ++k)
+    for (int p = 0; p < 4; ++p) {
+      x[p][2 * k] += at[k * cs + 2 * p];
+      x[p][2 * k + 1] += at[k * cs + 2 * p + 1];
+      at[k * cs + 2 * p] = at[k * cs + 2 * p + 1] = 0.0f;
+    }
+}
+}  // namespace avx2
+#pragma GCC pop_options
+#else
+bool use_avx2() { return false; }
+#endif
+
+// Dispatchers.
+template <typename T>
+inline void ring_project_any(const SepPlan<T>& q, const T* wt, int64_t cs, int64_t r0, int64_t r1, T* Q) {
+#ifdef LWVD_AVX2_DISPATCH
+  if (use_avx2()) return avx2::ring_project<T>(q.ring_start.data(), q.ring_k.data(), q.ring_p.data(), q.J, wt, cs, r0, r1, Q);
+#endif
+  ring_project<T>(q.ring_start.data(), q.ring_k.data(), q.ring_p.data(), q.J, wt, cs, r0, r1, Q);
+}
+template <typename T>
+inline T sep_frame_any(const SepPlan<T>& q, const T* Q, int64_t cs, int64_t d_lo, int64_t d_hi, int64_t base) {
+#ifdef LWVD_AVX2_DISPATCH
+  if (use_avx2()) return avx2::sep_frame<T>(q, Q, cs, d_lo, d_hi, base);
+#endif
+  return sep_frame<T>(q, Q, cs, d_lo, d_hi, base);
+}
+template <typename T>
+inline void sep_scatter_any(const SepPlan<T>& q, T coef, T* H, int64_t cs, int64_t d_lo, int64_t d_hi, int64_t base) {
+#ifdef LWVD_AVX2_DISPATCH
+  if (use_avx2()) return avx2::sep_scatter<T>(q, coef, H, cs, d_lo, d_hi, base);
+#endif
+  sep_scatter<T>(q, coef, H, cs, d_lo, d_hi, base);
+}
+template <typename T>
+inline void ring_scatter_any(const SepPlan<T>& q, T* H, int64_t cs, int64_t r0, int64_t r1, T* at) {
+#ifdef LWVD_AVX2_DISPATCH
+  if (use_avx2()) return avx2::ring_scatter<T>(q.ring_start.data(), q.ring_k.data(), q.ring_p.data(), q.J, H, cs, r0, r1, at);
+#endif
+  ring_scatter<T>(q.ring_start.data(), q.ring_k.data(), q.ring_p.data(), q.J, H, cs, r0, r1, at);
+}
+
 // ---- Forward. ----
 template <typename scalar_t>
 at::Tensor forward_impl(const at::Tensor& z_in, const at::Tensor& center, const at::Tensor& sigma_t,
@@ -1101,11 +1371,10 @@ at::Tensor forward_impl(const at::Tensor& z_in, const at::Tensor& center, const 
         const auto& q = sp[f];
         int64_t r0, r1;
         sep_hull(n0, n1, ta, tb, q.R, P.hop, cs, &r0, &r1);
-        ring_project<scalar_t>(q.ring_start.data(), q.ring_k.data(), q.ring_p.data(), q.J, wt.data(), cs, r0, r1,
-                               Q.data());
+        ring_project_any<scalar_t>(q, wt.data(), cs, r0, r1, Q.data());
         for (int64_t t = ta; t <= tb; ++t) {
           const int64_t c0 = t * P.hop;
-          const scalar_t total = sep_frame<scalar_t>(q, Q.data(), cs, std::max(-q.R, n0 - c0),
+          const scalar_t total = sep_frame_any<scalar_t>(q, Q.data(), cs, std::max(-q.R, n0 - c0),
                                                      std::min(q.R, n1 - 1 - c0), c0 - n0);
           acc[f * nt + (t - t0)] += static_cast<double>(total);
         }
@@ -1272,12 +1541,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_
               const scalar_t coef = Gb[f * P.T + t] * s.norm;
               if (coef == scalar_t(0)) continue;  // adds exactly 0 (weights are finite)
               const int64_t c0 = t * P.hop;
-              sep_scatter<scalar_t>(q, coef, H.data(), cs, std::max(-R, n0 - c0), std::min(R, n1 - 1 - c0), c0 - n0);
+              sep_scatter_any<scalar_t>(q, coef, H.data(), cs, std::max(-R, n0 - c0), std::min(R, n1 - 1 - c0), c0 - n0);
               any = true;
             }
             if (any)
-              ring_scatter<scalar_t>(q.ring_start.data(), q.ring_k.data(), q.ring_p.data(), q.J, H.data(), cs, r0, r1,
-                                     at_rows.data());
+              ring_scatter_any<scalar_t>(q, H.data(), cs, r0, r1, at_rows.data());
             continue;
           }
           for (int64_t t = ta; t <= tb; ++t) {
@@ -1309,7 +1577,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_
           } else {
             std::fill(x, x + 2 * M, scalar_t(0));
           }
-          if (any_sep) {  // + A^T, read and cleared (zero again for the next chunk)
+        }
+        for (int64_t p = 0; any_sep && p < pairs; ++p) {  // + A^T, read and cleared (zero again for the next chunk)
+          scalar_t* __restrict__ x = reinterpret_cast<scalar_t*>(fft.in(p));
+#ifdef LWVD_AVX2_DISPATCH
+          if constexpr (std::is_same<scalar_t, float>::value) {
+            if (use_avx2() && p + 4 <= pairs) {
+              float* xs[4] = {reinterpret_cast<float*>(fft.in(p)), reinterpret_cast<float*>(fft.in(p + 1)),
+                              reinterpret_cast<float*>(fft.in(p + 2)), reinterpret_cast<float*>(fft.in(p + 3))};
+              avx2::transpose_in(xs, M, at_rows.data() + 2 * p, cs);
+              p += 3;
+              continue;
+            }
+          }
+#endif
+          {
             scalar_t* __restrict__ t = at_rows.data() + 2 * p;
             for (int64_t k = 0; k < M; ++k) {
               x[2 * k] += t[k * cs];
