@@ -438,6 +438,285 @@ SepPlan<scalar_t> make_sep_plan(const Stencil<scalar_t>& s) {
   return sp;
 }
 
+// ---- AVX2 + FMA versions of the separable-filter kernels (runtime dispatch, x86-64 GCC). ----
+// The baseline build is x86-64 (SSE2); these few kernels are throughput-bound (ring projections,
+// segment dots, transposes), unlike the latency-bound direct row kernels for which a whole-file AVX2
+// recompile bought nothing. Chosen once per process by cpuid (LWVD_CPU_NO_AVX2=1 forces the baseline
+// kernels): results are deterministic on a machine and across thread counts, and differ from the
+// baseline kernels' by rounding (FMA, 8 lanes).
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define LWVD_AVX2_DISPATCH 1
+}  // namespace
+}  // namespace cpu
+}  // namespace lwvd
+#include <immintrin.h>
+namespace lwvd {
+namespace cpu {
+namespace {
+bool use_avx2() {
+  static const bool on = [] {
+    const char* env = std::getenv("LWVD_CPU_NO_AVX2");
+    if (env != nullptr && *env != '\0' && *env != '0') return false;
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  }();
+  return on;
+}
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+namespace avx2 {
+alignas(32) static const int32_t kMask32[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
+alignas(32) static const int64_t kMask64[8] = {-1, -1, -1, -1, 0, 0, 0, 0};
+
+struct F32 {
+  using T = float;
+  using V = __m256;
+  static constexpr int L = 8;
+  static V zero() { return _mm256_setzero_ps(); }
+  static V ld(const T* p) { return _mm256_loadu_ps(p); }
+  static void st(T* p, V v) { _mm256_storeu_ps(p, v); }
+  static V set(T x) { return _mm256_set1_ps(x); }
+  static V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+  static V add(V a, V b) { return _mm256_add_ps(a, b); }
+  static __m256i mask(int64_t n) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kMask32 + 8 - n)); }
+  static V mld(const T* p, __m256i m) { return _mm256_maskload_ps(p, m); }
+  static void mst(T* p, __m256i m, V v) { _mm256_maskstore_ps(p, m, v); }
+  static T hsum(V v) {
+    __m128 a = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    a = _mm_add_ps(a, _mm_movehl_ps(a, a));
+    a = _mm_add_ss(a, _mm_shuffle_ps(a, a, 1));
+    return _mm_cvtss_f32(a);
+  }
+};
+struct F64 {
+  using T = double;
+  using V = __m256d;
+  static constexpr int L = 4;
+  static V zero() { return _mm256_setzero_pd(); }
+  static V ld(const T* p) { return _mm256_loadu_pd(p); }
+  static void st(T* p, V v) { _mm256_storeu_pd(p, v); }
+  static V set(T x) { return _mm256_set1_pd(x); }
+  static V fma(V a, V b, V c) { return _mm256_fmadd_pd(a, b, c); }
+  static V add(V a, V b) { return _mm256_add_pd(a, b); }
+  static __m256i mask(int64_t n) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kMask64 + 4 - n)); }
+  static V mld(const T* p, __m256i m) { return _mm256_maskload_pd(p, m); }
+  static void mst(T* p, __m256i m, V v) { _mm256_maskstore_pd(p, m, v); }
+  static T hsum(V v) {
+    __m128d a = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
+    return _mm_cvtsd_f64(_mm_add_sd(a, _mm_unpackhi_pd(a, a)));
+  }
+};
+template <typename T> struct Ops;
+template <> struct Ops<float> : F32 {};
+template <> struct Ops<double> : F64 {};
+
+// rows [r0, r1): multiples of kSepBlock (32 floats = 4 vectors; 32 doubles = 8 vectors).
+template <typename T>
+__attribute__((noinline)) void ring_project(const int32_t* __restrict__ ring_start, const int32_t* __restrict__ ring_k,
+                                            const T* __restrict__ ring_p, int64_t J, const T* __restrict__ wt,
+                                            int64_t cs, int64_t r0, int64_t r1, T* __restrict__ Q) {
+  using O = Ops<T>;
+  constexpr int64_t W = 4 * O::L;
+  for (int64_t rb = r0; rb < r1; rb += W) {
+    auto a0 = O::zero(), a1 = a0, a2 = a0, a3 = a0;
+    for (int64_t j = 0; j < J; ++j) {
+      for (int32_t i = ring_start[j]; i < ring_start[j + 1]; ++i) {
+        const T* __restrict__ w = wt + int64_t(ring_k[i]) * cs + rb;
+        const auto pk = O::set(ring_p[i]);
+        a0 = O::fma(O::ld(w), pk, a0);
+        a1 = O::fma(O::ld(w + O::L), pk, a1);
+        a2 = O::fma(O::ld(w + 2 * O::L), pk, a2);
+        a3 = O::fma(O::ld(w + 3 * O::L), pk, a3);
+      }
+      T* q = Q + j * cs + rb;
+      O::st(q, a0);
+      O::st(q + O::L, a1);
+      O::st(q + 2 * O::L, a2);
+      O::st(q + 3 * O::L, a3);
+    }
+  }
+}
+
+template <typename T>
+inline T dot_seg(const T* __restrict__ a, const T* __restrict__ b, int64_t n) {
+  using O = Ops<T>;
+  auto s0 = O::zero(), s1 = s0;
+  int64_t i = 0;
+  for (; i + 2 * O::L <= n; i += 2 * O::L) {
+    s0 = O::fma(O::ld(a + i), O::ld(b + i), s0);
+    s1 = O::fma(O::ld(a + i + O::L), O::ld(b + i + O::L), s1);
+  }
+  if (i + O::L <= n) {
+    s0 = O::fma(O::ld(a + i), O::ld(b + i), s0);
+    i += O::L;
+  }
+  if (i < n) {  // masked lanes read as 0 (nothing past the segment is touched)
+    const __m256i m = O::mask(n - i);
+    s1 = O::fma(O::mld(a + i, m), O::mld(b + i, m), s1);
+  }
+  return O::hsum(O::add(s0, s1));
+}
+
+template <typename T>
+__attribute__((noinline)) T sep_frame(const SepPlan<T>& sp, const T* __restrict__ Q, int64_t cs, int64_t d_lo,
+                                      int64_t d_hi, int64_t base) {
+  T total = T(0);
+  for (int64_t i = d_lo + sp.R; i <= d_hi + sp.R;) {
+    const int64_t e = std::min<int64_t>(sp.seg_end[i], d_hi + sp.R);
+    const int32_t j = sp.jidx[i];
+    if (j >= 0) total += dot_seg(sp.rs.data() + i, Q + j * cs + (base + i - sp.R), e - i + 1);
+    i = e + 1;
+  }
+  return total;
+}
+
+template <typename T>
+__attribute__((noinline)) void sep_scatter(const SepPlan<T>& sp, T coef, T* __restrict__ H, int64_t cs, int64_t d_lo,
+                                           int64_t d_hi, int64_t base) {
+  using O = Ops<T>;
+  const auto c = O::set(coef);
+  for (int64_t i = d_lo + sp.R; i <= d_hi + sp.R;) {
+    const int64_t e = std::min<int64_t>(sp.seg_end[i], d_hi + sp.R);
+    const int32_t j = sp.jidx[i];
+    if (j >= 0) {
+      T* __restrict__ h = H + j * cs + (base + i - sp.R);
+      const T* __restrict__ r = sp.rs.data() + i;
+      const int64_t n = e - i + 1;
+      int64_t u = 0;
+      for (; u + O::L <= n; u += O::L) O::st(h + u, O::fma(O::ld(r + u), c, O::ld(h + u)));
+      if (u < n) {
+        const __m256i m = O::mask(n - u);
+        O::mst(h + u, m, O::fma(O::mld(r + u, m), c, O::mld(h + u, m)));
+      }
+    }
+    i = e + 1;
+  }
+}
+
+template <typename T>
+__attribute__((noinline)) void ring_scatter(const int32_t* __restrict__ ring_start, const int32_t* __restrict__ ring_k,
+                                            const T* __restrict__ ring_p, int64_t J, T* __restrict__ H, int64_t cs,
+                                            int64_t r0, int64_t r1, T* __restrict__ at) {
+  using O = Ops<T>;
+  for (int64_t j = J - 2; j >= 0; --j)
+    for (int64_t r = r0; r < r1; r += O::L) O::st(H + j * cs + r, O::add(O::ld(H + j * cs + r), O::ld(H + (j + 1) * cs + r)));
+  for (int64_t j = 0; j < J; ++j) {
+    const T* __restrict__ hj = H + j * cs;
+    for (int32_t i = ring_start[j]; i < ring_start[j + 1]; ++i) {
+      T* __restrict__ a = at + int64_t(ring_k[i]) * cs;
+      const auto pk = O::set(ring_p[i]);
+      for (int64_t r = r0; r < r1; r += O::L) O::st(a + r, O::fma(O::ld(hj + r), pk, O::ld(a + r)));
+    }
+  }
+}
+
+// 4 x 4 transpose of 64-bit units (one unit = a complex64 = the W values of two rows at one bin).
+inline void transpose4(__m256d& a0, __m256d& a1, __m256d& a2, __m256d& a3) {
+  const __m256d t0 = _mm256_unpacklo_pd(a0, a1), t1 = _mm256_unpackhi_pd(a0, a1);
+  const __m256d t2 = _mm256_unpacklo_pd(a2, a3), t3 = _mm256_unpackhi_pd(a2, a3);
+  a0 = _mm256_permute2f128_pd(t0, t2, 0x20);
+  a1 = _mm256_permute2f128_pd(t1, t3, 0x20);
+  a2 = _mm256_permute2f128_pd(t0, t2, 0x31);
+  a3 = _mm256_permute2f128_pd(t1, t3, 0x31);
+}
+
+// wt[k * cs + 2p + {0, 1}] = 2 x_p[2k + {0, 1}] for pairs p0 .. p0 + 3 (4 complex64 rows x_p), bins k < M.
+__attribute__((noinline)) void transpose_out(const float* const* x, int64_t M, float* __restrict__ wt, int64_t cs) {
+  const __m256 two = _mm256_set1_ps(2.0f);
+  int64_t k = 0;
+  for (; k + 4 <= M; k += 4) {
+    __m256d a0 = _mm256_castps_pd(_mm256_loadu_ps(x[0] + 2 * k)), a1 = _mm256_castps_pd(_mm256_loadu_ps(x[1] + 2 * k));
+    __m256d a2 = _mm256_castps_pd(_mm256_loadu_ps(x[2] + 2 * k)), a3 = _mm256_castps_pd(_mm256_loadu_ps(x[3] + 2 * k));
+    transpose4(a0, a1, a2, a3);
+    _mm256_storeu_ps(wt + (k + 0) * cs, _mm256_mul_ps(_mm256_castpd_ps(a0), two));
+    _mm256_storeu_ps(wt + (k + 1) * cs, _mm256_mul_ps(_mm256_castpd_ps(a1), two));
+    _mm256_storeu_ps(wt + (k + 2) * cs, _mm256_mul_ps(_mm256_castpd_ps(a2), two));
+    _mm256_storeu_ps(wt + (k + 3) * cs, _mm256_mul_ps(_mm256_castpd_ps(a3), two));
+  }
+  for (; k < M; ++k)
+    for (int p = 0; p < 4; ++p) {
+      wt[k * cs + 2 * p] = 2.0f * x[p][2 * k];
+      wt[k * cs + 2 * p + 1] = 2.0f * x[p][2 * k + 1];
+    }
+}
+
+// x_p[2k + {0, 1}] += at[k * cs + 2p + {0, 1}], then those at entries = 0, for 4 pairs, bins k < M.
+__attribute__((noinline)) void transpose_in(float* const* x, int64_t M, float* __restrict__ at, int64_t cs) {
+  const __m256 zero = _mm256_setzero_ps();
+  int64_t k = 0;
+  for (; k + 4 <= M; k += 4) {
+    __m256d a0 = _mm256_castps_pd(_mm256_loadu_ps(at + (k + 0) * cs)), a1 = _mm256_castps_pd(_mm256_loadu_ps(at + (k + 1) * cs));
+    __m256d a2 = _mm256_castps_pd(_mm256_loadu_ps(at + (k + 2) * cs)), a3 = _mm256_castps_pd(_mm256_loadu_ps(at + (k + 3) * cs));
+    for (int i = 0; i < 4; ++i) _mm256_storeu_ps(at + (k + i) * cs, zero);
+    transpose4(a0, a1, a2, a3);
+    _mm256_storeu_ps(x[0] + 2 * k, _mm256_add_ps(_mm256_loadu_ps(x[0] + 2 * k), _mm256_castpd_ps(a0)));
+    _mm256_storeu_ps(x[1] + 2 * k, _mm256_add_ps(_mm256_loadu_ps(x[1] + 2 * k), _mm256_castpd_ps(a1)));
+    _mm256_storeu_ps(x[2] + 2 * k, _mm256_add_ps(_mm256_loadu_ps(x[2] + 2 * k), _mm256_castpd_ps(a2)));
+    _mm256_storeu_ps(x[3] + 2 * k, _mm256_add_ps(_mm256_loadu_ps(x[3] + 2 * k), _mm256_castpd_ps(a3)));
+  }
+  for (; k < M; ++k)
+    for (int p = 0; p < 4; ++p) {
+      x[p][2 * k] += at[k * cs + 2 * p];
+      x[p][2 * k + 1] += at[k * cs + 2 * p + 1];
+      at[k * cs + 2 * p] = at[k * cs + 2 * p + 1] = 0.0f;
+    }
+}
+// The packed FFT input of rows a and b = a + 1 (both at least h samples from either end):
+// x[m] = r_a[m] + i r_b[m] for m in [0, h], x[M - m] = conj(r_a[m]) + i conj(r_b[m]) for m in [1, h],
+// 0 between, r_n[m] = z[n + m] conj(z[n - m]); z[n + m] at (far, fai) + m, z[n - m] at (rra, ria) + m
+// (row a; row b reads one further forwards and one back in the reversed copy).
+__attribute__((noinline)) void pack_pair(const float* __restrict__ far, const float* __restrict__ fai,
+                                         const float* __restrict__ rra, const float* __restrict__ ria, int64_t h,
+                                         int64_t M, float* __restrict__ x) {
+  auto prods = [&](int64_t m, __m256& re1, __m256& im1, __m256& re2, __m256& im2) {
+    const __m256 zr = _mm256_loadu_ps(far + m), zi = _mm256_loadu_ps(fai + m);
+    const __m256 wr = _mm256_loadu_ps(rra + m), wi = _mm256_loadu_ps(ria + m);
+    const __m256 zr1 = _mm256_loadu_ps(far + 1 + m), zi1 = _mm256_loadu_ps(fai + 1 + m);
+    const __m256 wr1 = _mm256_loadu_ps(rra - 1 + m), wi1 = _mm256_loadu_ps(ria - 1 + m);
+    const __m256 ar = _mm256_fmadd_ps(zr, wr, _mm256_mul_ps(zi, wi));
+    const __m256 ai = _mm256_fmsub_ps(zi, wr, _mm256_mul_ps(zr, wi));
+    const __m256 br = _mm256_fmadd_ps(zr1, wr1, _mm256_mul_ps(zi1, wi1));
+    const __m256 bi = _mm256_fmsub_ps(zi1, wr1, _mm256_mul_ps(zr1, wi1));
+    re1 = _mm256_sub_ps(ar, bi);
+    im1 = _mm256_add_ps(ai, br);
+    re2 = _mm256_add_ps(ar, bi);
+    im2 = _mm256_sub_ps(br, ai);
+  };
+  auto scalar = [&](int64_t m, float* o1, float* o2) {
+    const float ar = std::fma(far[m], rra[m], fai[m] * ria[m]);
+    const float ai = std::fma(fai[m], rra[m], -(far[m] * ria[m]));
+    const float br = std::fma(far[1 + m], rra[m - 1], fai[1 + m] * ria[m - 1]);
+    const float bi = std::fma(fai[1 + m], rra[m - 1], -(far[1 + m] * ria[m - 1]));
+    o1[0] = ar - bi;
+    o1[1] = ai + br;
+    if (o2 != nullptr) {
+      o2[0] = ar + bi;
+      o2[1] = br - ai;
+    }
+  };
+  scalar(0, x, nullptr);
+  int64_t m = 1;
+  for (; m + 8 <= h + 1; m += 8) {
+    __m256 re1, im1, re2, im2;
+    prods(m, re1, im1, re2, im2);
+    const __m256 lo1 = _mm256_unpacklo_ps(re1, im1), hi1 = _mm256_unpackhi_ps(re1, im1);
+    _mm256_storeu_ps(x + 2 * m, _mm256_permute2f128_ps(lo1, hi1, 0x20));
+    _mm256_storeu_ps(x + 2 * m + 8, _mm256_permute2f128_ps(lo1, hi1, 0x31));
+    const __m256 lo2 = _mm256_unpacklo_ps(re2, im2), hi2 = _mm256_unpackhi_ps(re2, im2);
+    const __m256d c0 = _mm256_castps_pd(_mm256_permute2f128_ps(lo2, hi2, 0x20));  // complex m .. m+3
+    const __m256d c1 = _mm256_castps_pd(_mm256_permute2f128_ps(lo2, hi2, 0x31));  // complex m+4 .. m+7
+    _mm256_storeu_ps(x + 2 * (M - m - 7), _mm256_castpd_ps(_mm256_permute4x64_pd(c1, 0x1B)));
+    _mm256_storeu_ps(x + 2 * (M - m - 3), _mm256_castpd_ps(_mm256_permute4x64_pd(c0, 0x1B)));
+  }
+  for (; m <= h; ++m) scalar(m, x + 2 * m, x + 2 * (M - m));
+  for (int64_t q = h + 1; q <= M - 1 - h; ++q) x[2 * q] = x[2 * q + 1] = 0.0f;
+}
+}  // namespace avx2
+#pragma GCC pop_options
+#else
+bool use_avx2() { return false; }
+#endif
+
 // ---- Row kernels: one kLanes block is one fixed-width vector. ----
 // GCC/Clang vector extensions state the SIMD shape explicitly (SSE2 on baseline x86-64, NEON on
 // arm64; a 4-double vector is split in two by the compiler): the auto-vectoriser left these short
@@ -509,17 +788,20 @@ class RowFFT {
  public:
   using cplx = c10::complex<T>;
   RowFFT(int64_t n, int64_t max_rows, const at::TensorOptions& complex_opts)
-      : n_(n), in_(at::zeros({max_rows, n}, complex_opts)), out_(at::empty({max_rows, n}, complex_opts)) {}
+      : n_(n), in_(at::zeros({max_rows, n}, complex_opts)) {}
   cplx* in(int64_t p) { return in_.data_ptr<cplx>() + p * n_; }
-  const cplx* out(int64_t p) const { return out_.data_ptr<cplx>() + p * n_; }
+  const cplx* out(int64_t p) const { return res_.data_ptr<cplx>() + p * n_; }
+  // at::_fft_c2c, not _fft_c2c_out: the out= form of the MKL kernel transforms into a fresh tensor and
+  // then copies it into `out` (3% of the forward at S in perf); the result tensor is kept until the
+  // next run().
   void run(int64_t rows) {
-    at::Tensor src = in_.narrow(0, 0, rows), dst = out_.narrow(0, 0, rows);
-    at::_fft_c2c_out(dst, src, {1}, /*normalization=*/0, /*forward=*/true);
+    res_ = at::Tensor();
+    res_ = at::_fft_c2c(in_.narrow(0, 0, rows), {1}, /*normalization=*/0, /*forward=*/true);
   }
 
  private:
   int64_t n_;
-  at::Tensor in_, out_;
+  at::Tensor in_, res_;
 };
 
 // One batch item's samples [u_lo, u_hi] split into re / im, forwards and reversed, so that the lag
@@ -579,6 +861,15 @@ void wvd_rows(const SplitSignal<scalar_t>& zs, int64_t N, int64_t n_fft, int64_t
   const int64_t rows = n1 - n0, pairs = (rows + 1) / 2;
   for (int64_t p = 0; p < pairs; ++p) {
     const int64_t na = n0 + 2 * p, nb = na + 1;
+#ifdef LWVD_AVX2_DISPATCH
+    if constexpr (std::is_same<scalar_t, float>::value) {
+      if (use_avx2() && nb < n1 && na >= h && nb + h <= N - 1) {  // both rows away from the ends
+        avx2::pack_pair(zs.fr.data() + (na - zs.u_lo), zs.fi.data() + (na - zs.u_lo), zs.rr.data() + (zs.u_hi - na),
+                        zs.ri.data() + (zs.u_hi - na), h, M, reinterpret_cast<float*>(fft.in(p)));
+        continue;
+      }
+    }
+#endif
     lag_products(zs, N, h, na, ws.ar.data(), ws.ai.data());
     if (nb < n1) {
       lag_products(zs, N, h, nb, ws.br.data(), ws.bi.data());
@@ -1065,235 +1356,6 @@ __attribute__((noinline)) void ring_scatter(const int32_t* __restrict__ ring_sta
     }
   }
 }
-
-// ---- AVX2 + FMA versions of the separable-filter kernels (runtime dispatch, x86-64 GCC). ----
-// The baseline build is x86-64 (SSE2); these few kernels are throughput-bound (ring projections,
-// segment dots, transposes), unlike the latency-bound direct row kernels for which a whole-file AVX2
-// recompile bought nothing. Chosen once per process by cpuid (LWVD_CPU_NO_AVX2=1 forces the baseline
-// kernels): results are deterministic on a machine and across thread counts, and differ from the
-// baseline kernels' by rounding (FMA, 8 lanes).
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define LWVD_AVX2_DISPATCH 1
-}  // namespace
-}  // namespace cpu
-}  // namespace lwvd
-#include <immintrin.h>
-namespace lwvd {
-namespace cpu {
-namespace {
-bool use_avx2() {
-  static const bool on = [] {
-    const char* env = std::getenv("LWVD_CPU_NO_AVX2");
-    if (env != nullptr && *env != '\0' && *env != '0') return false;
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  }();
-  return on;
-}
-#pragma GCC push_options
-#pragma GCC target("avx2,fma")
-namespace avx2 {
-alignas(32) static const int32_t kMask32[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
-alignas(32) static const int64_t kMask64[8] = {-1, -1, -1, -1, 0, 0, 0, 0};
-
-struct F32 {
-  using T = float;
-  using V = __m256;
-  static constexpr int L = 8;
-  static V zero() { return _mm256_setzero_ps(); }
-  static V ld(const T* p) { return _mm256_loadu_ps(p); }
-  static void st(T* p, V v) { _mm256_storeu_ps(p, v); }
-  static V set(T x) { return _mm256_set1_ps(x); }
-  static V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
-  static V add(V a, V b) { return _mm256_add_ps(a, b); }
-  static __m256i mask(int64_t n) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kMask32 + 8 - n)); }
-  static V mld(const T* p, __m256i m) { return _mm256_maskload_ps(p, m); }
-  static void mst(T* p, __m256i m, V v) { _mm256_maskstore_ps(p, m, v); }
-  static T hsum(V v) {
-    __m128 a = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    a = _mm_add_ps(a, _mm_movehl_ps(a, a));
-    a = _mm_add_ss(a, _mm_shuffle_ps(a, a, 1));
-    return _mm_cvtss_f32(a);
-  }
-};
-struct F64 {
-  using T = double;
-  using V = __m256d;
-  static constexpr int L = 4;
-  static V zero() { return _mm256_setzero_pd(); }
-  static V ld(const T* p) { return _mm256_loadu_pd(p); }
-  static void st(T* p, V v) { _mm256_storeu_pd(p, v); }
-  static V set(T x) { return _mm256_set1_pd(x); }
-  static V fma(V a, V b, V c) { return _mm256_fmadd_pd(a, b, c); }
-  static V add(V a, V b) { return _mm256_add_pd(a, b); }
-  static __m256i mask(int64_t n) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kMask64 + 4 - n)); }
-  static V mld(const T* p, __m256i m) { return _mm256_maskload_pd(p, m); }
-  static void mst(T* p, __m256i m, V v) { _mm256_maskstore_pd(p, m, v); }
-  static T hsum(V v) {
-    __m128d a = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
-    return _mm_cvtsd_f64(_mm_add_sd(a, _mm_unpackhi_pd(a, a)));
-  }
-};
-template <typename T> struct Ops;
-template <> struct Ops<float> : F32 {};
-template <> struct Ops<double> : F64 {};
-
-// rows [r0, r1): multiples of kSepBlock (32 floats = 4 vectors; 32 doubles = 8 vectors).
-template <typename T>
-__attribute__((noinline)) void ring_project(const int32_t* __restrict__ ring_start, const int32_t* __restrict__ ring_k,
-                                            const T* __restrict__ ring_p, int64_t J, const T* __restrict__ wt,
-                                            int64_t cs, int64_t r0, int64_t r1, T* __restrict__ Q) {
-  using O = Ops<T>;
-  constexpr int64_t W = 4 * O::L;
-  for (int64_t rb = r0; rb < r1; rb += W) {
-    auto a0 = O::zero(), a1 = a0, a2 = a0, a3 = a0;
-    for (int64_t j = 0; j < J; ++j) {
-      for (int32_t i = ring_start[j]; i < ring_start[j + 1]; ++i) {
-        const T* __restrict__ w = wt + int64_t(ring_k[i]) * cs + rb;
-        const auto pk = O::set(ring_p[i]);
-        a0 = O::fma(O::ld(w), pk, a0);
-        a1 = O::fma(O::ld(w + O::L), pk, a1);
-        a2 = O::fma(O::ld(w + 2 * O::L), pk, a2);
-        a3 = O::fma(O::ld(w + 3 * O::L), pk, a3);
-      }
-      T* q = Q + j * cs + rb;
-      O::st(q, a0);
-      O::st(q + O::L, a1);
-      O::st(q + 2 * O::L, a2);
-      O::st(q + 3 * O::L, a3);
-    }
-  }
-}
-
-template <typename T>
-inline T dot_seg(const T* __restrict__ a, const T* __restrict__ b, int64_t n) {
-  using O = Ops<T>;
-  auto s0 = O::zero(), s1 = s0;
-  int64_t i = 0;
-  for (; i + 2 * O::L <= n; i += 2 * O::L) {
-    s0 = O::fma(O::ld(a + i), O::ld(b + i), s0);
-    s1 = O::fma(O::ld(a + i + O::L), O::ld(b + i + O::L), s1);
-  }
-  if (i + O::L <= n) {
-    s0 = O::fma(O::ld(a + i), O::ld(b + i), s0);
-    i += O::L;
-  }
-  if (i < n) {  // masked lanes read as 0 (nothing past the segment is touched)
-    const __m256i m = O::mask(n - i);
-    s1 = O::fma(O::mld(a + i, m), O::mld(b + i, m), s1);
-  }
-  return O::hsum(O::add(s0, s1));
-}
-
-template <typename T>
-__attribute__((noinline)) T sep_frame(const SepPlan<T>& sp, const T* __restrict__ Q, int64_t cs, int64_t d_lo,
-                                      int64_t d_hi, int64_t base) {
-  T total = T(0);
-  for (int64_t i = d_lo + sp.R; i <= d_hi + sp.R;) {
-    const int64_t e = std::min<int64_t>(sp.seg_end[i], d_hi + sp.R);
-    const int32_t j = sp.jidx[i];
-    if (j >= 0) total += dot_seg(sp.rs.data() + i, Q + j * cs + (base + i - sp.R), e - i + 1);
-    i = e + 1;
-  }
-  return total;
-}
-
-template <typename T>
-__attribute__((noinline)) void sep_scatter(const SepPlan<T>& sp, T coef, T* __restrict__ H, int64_t cs, int64_t d_lo,
-                                           int64_t d_hi, int64_t base) {
-  using O = Ops<T>;
-  const auto c = O::set(coef);
-  for (int64_t i = d_lo + sp.R; i <= d_hi + sp.R;) {
-    const int64_t e = std::min<int64_t>(sp.seg_end[i], d_hi + sp.R);
-    const int32_t j = sp.jidx[i];
-    if (j >= 0) {
-      T* __restrict__ h = H + j * cs + (base + i - sp.R);
-      const T* __restrict__ r = sp.rs.data() + i;
-      const int64_t n = e - i + 1;
-      int64_t u = 0;
-      for (; u + O::L <= n; u += O::L) O::st(h + u, O::fma(O::ld(r + u), c, O::ld(h + u)));
-      if (u < n) {
-        const __m256i m = O::mask(n - u);
-        O::mst(h + u, m, O::fma(O::mld(r + u, m), c, O::mld(h + u, m)));
-      }
-    }
-    i = e + 1;
-  }
-}
-
-template <typename T>
-__attribute__((noinline)) void ring_scatter(const int32_t* __restrict__ ring_start, const int32_t* __restrict__ ring_k,
-                                            const T* __restrict__ ring_p, int64_t J, T* __restrict__ H, int64_t cs,
-                                            int64_t r0, int64_t r1, T* __restrict__ at) {
-  using O = Ops<T>;
-  for (int64_t j = J - 2; j >= 0; --j)
-    for (int64_t r = r0; r < r1; r += O::L) O::st(H + j * cs + r, O::add(O::ld(H + j * cs + r), O::ld(H + (j + 1) * cs + r)));
-  for (int64_t j = 0; j < J; ++j) {
-    const T* __restrict__ hj = H + j * cs;
-    for (int32_t i = ring_start[j]; i < ring_start[j + 1]; ++i) {
-      T* __restrict__ a = at + int64_t(ring_k[i]) * cs;
-      const auto pk = O::set(ring_p[i]);
-      for (int64_t r = r0; r < r1; r += O::L) O::st(a + r, O::fma(O::ld(hj + r), pk, O::ld(a + r)));
-    }
-  }
-}
-
-// 4 x 4 transpose of 64-bit units (one unit = a complex64 = the W values of two rows at one bin).
-inline void transpose4(__m256d& a0, __m256d& a1, __m256d& a2, __m256d& a3) {
-  const __m256d t0 = _mm256_unpacklo_pd(a0, a1), t1 = _mm256_unpackhi_pd(a0, a1);
-  const __m256d t2 = _mm256_unpacklo_pd(a2, a3), t3 = _mm256_unpackhi_pd(a2, a3);
-  a0 = _mm256_permute2f128_pd(t0, t2, 0x20);
-  a1 = _mm256_permute2f128_pd(t1, t3, 0x20);
-  a2 = _mm256_permute2f128_pd(t0, t2, 0x31);
-  a3 = _mm256_permute2f128_pd(t1, t3, 0x31);
-}
-
-// wt[k * cs + 2p + {0, 1}] = 2 x_p[2k + {0, 1}] for pairs p0 .. p0 + 3 (4 complex64 rows x_p), bins k < M.
-__attribute__((noinline)) void transpose_out(const float* const* x, int64_t M, float* __restrict__ wt, int64_t cs) {
-  const __m256 two = _mm256_set1_ps(2.0f);
-  int64_t k = 0;
-  for (; k + 4 <= M; k += 4) {
-    __m256d a0 = _mm256_castps_pd(_mm256_loadu_ps(x[0] + 2 * k)), a1 = _mm256_castps_pd(_mm256_loadu_ps(x[1] + 2 * k));
-    __m256d a2 = _mm256_castps_pd(_mm256_loadu_ps(x[2] + 2 * k)), a3 = _mm256_castps_pd(_mm256_loadu_ps(x[3] + 2 * k));
-    transpose4(a0, a1, a2, a3);
-    _mm256_storeu_ps(wt + (k + 0) * cs, _mm256_mul_ps(_mm256_castpd_ps(a0), two));
-    _mm256_storeu_ps(wt + (k + 1) * cs, _mm256_mul_ps(_mm256_castpd_ps(a1), two));
-    _mm256_storeu_ps(wt + (k + 2) * cs, _mm256_mul_ps(_mm256_castpd_ps(a2), two));
-    _mm256_storeu_ps(wt + (k + 3) * cs, _mm256_mul_ps(_mm256_castpd_ps(a3), two));
-  }
-  for (; k < M; ++k)
-    for (int p = 0; p < 4; ++p) {
-      wt[k * cs + 2 * p] = 2.0f * x[p][2 * k];
-      wt[k * cs + 2 * p + 1] = 2.0f * x[p][2 * k + 1];
-    }
-}
-
-// x_p[2k + {0, 1}] += at[k * cs + 2p + {0, 1}], then those at entries = 0, for 4 pairs, bins k < M.
-__attribute__((noinline)) void transpose_in(float* const* x, int64_t M, float* __restrict__ at, int64_t cs) {
-  const __m256 zero = _mm256_setzero_ps();
-  int64_t k = 0;
-  for (; k + 4 <= M; k += 4) {
-    __m256d a0 = _mm256_castps_pd(_mm256_loadu_ps(at + (k + 0) * cs)), a1 = _mm256_castps_pd(_mm256_loadu_ps(at + (k + 1) * cs));
-    __m256d a2 = _mm256_castps_pd(_mm256_loadu_ps(at + (k + 2) * cs)), a3 = _mm256_castps_pd(_mm256_loadu_ps(at + (k + 3) * cs));
-    for (int i = 0; i < 4; ++i) _mm256_storeu_ps(at + (k + i) * cs, zero);
-    transpose4(a0, a1, a2, a3);
-    _mm256_storeu_ps(x[0] + 2 * k, _mm256_add_ps(_mm256_loadu_ps(x[0] + 2 * k), _mm256_castpd_ps(a0)));
-    _mm256_storeu_ps(x[1] + 2 * k, _mm256_add_ps(_mm256_loadu_ps(x[1] + 2 * k), _mm256_castpd_ps(a1)));
-    _mm256_storeu_ps(x[2] + 2 * k, _mm256_add_ps(_mm256_loadu_ps(x[2] + 2 * k), _mm256_castpd_ps(a2)));
-    _mm256_storeu_ps(x[3] + 2 * k, _mm256_add_ps(_mm256_loadu_ps(x[3] + 2 * k), _mm256_castpd_ps(a3)));
-  }
-  for (; k < M; ++k)
-    for (int p = 0; p < 4; ++p) {
-      x[p][2 * k] += at[k * cs + 2 * p];
-      x[p][2 * k + 1] += at[k * cs + 2 * p + 1];
-      at[k * cs + 2 * p] = at[k * cs + 2 * p + 1] = 0.0f;
-    }
-}
-}  // namespace avx2
-#pragma GCC pop_options
-#else
-bool use_avx2() { return false; }
-#endif
 
 // Dispatchers.
 template <typename T>
