@@ -120,6 +120,10 @@ class Geometry:
         self.slope = rho * sigma_nu / sigma_t
         self.sigma_t = sigma_t
         d_limit = p.n_samples - 1 + (p.frames - 1) * p.hop
+        with np.errstate(invalid="ignore"):  # make_filter: a slope * d that may overflow -> every bin
+            wild = ~(np.abs(self.slope) * (float(d_limit) + 1.0) <= 1e300)
+        self.slope = np.where(wild, 0.0, self.slope)
+        self.cond_sd = np.where(wild, np.finfo(np.float64).max, self.cond_sd)
         r = math.sqrt(self.trunc2) * sigma_t + 1.0
         self.d_radius = np.where(r < d_limit, np.floor(np.minimum(r, d_limit)), d_limit).astype(np.int64)
         self.max_radius = int(self.d_radius.max())

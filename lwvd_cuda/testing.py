@@ -9,7 +9,9 @@ import torch
 
 from .reference import analytic_signal
 
-__all__ = ["TOLERANCES", "rel_err", "assert_rel_close", "make_signal", "make_filters", "spectrogram_filters", "Case"]
+__all__ = ["TOLERANCES", "rel_err", "assert_rel_close", "make_signal", "make_filters", "spectrogram_filters", "Case",
+           "near_one_ridge", "high_precision_param_grads", "near_one_tolerance",
+           "overflowing_slope_params", "check_overflowing_slope"]
 
 # Relative error (max |a - b| / max |b|) allowed against the float64 reference, per compute dtype.
 # float64: rounding of O(N M) sums and an FFT of length M is ~1e-14; 1e-10 leaves room for
@@ -124,3 +126,103 @@ class Case:
         z = make_signal(self.batch, self.n, dtype=dtype, seed=self.seed, device=device)
         params = make_filters(self.f, dtype=dtype, seed=self.seed + 1, kind=self.kind, n_fft=self.n_fft, device=device)
         return z, params
+
+
+# --- rho near +-1 (issue 12 item 6): a geometry and a 50-digit truth for the parameter gradients ----
+def near_one_ridge(rho: float, n_fft: int = 8, offset: float = 0.7):
+    """One filter ``(center, sigma_t, sigma_nu, rho)`` (float64, shape (1,)) whose ellipse is a ridge of
+    slope ``rho sigma_nu / sigma_t`` = 1 bin per 2 samples (sigma_t = 2, sigma_nu = 1 bin), shifted
+    ``offset`` conditional standard deviations (``sqrt(1 - rho^2)`` bins) beside the bins it would
+    pass through exactly. As ``|rho| -> 1`` the ridge gets thinner than a bin: only bins within a few
+    conditional deviations of it count, so the offset keeps their residual ``c = b - rho a`` at
+    ``~sqrt(1 - rho^2)``. With ``offset = 0``, ``c`` of those bins is ``O(1 - rho^2)`` and the exact
+    gradients change by ``eps / (1 - rho^2)`` relative when ``sigma_t`` moves by one ulp (ill-conditioned:
+    no float64 evaluation can do better there)."""
+    s = (1 - abs(rho)) * (1 + abs(rho))
+    f64 = torch.float64
+    center = torch.tensor([(4.0 - offset * math.sqrt(s)) / (2 * n_fft)], dtype=f64)
+    sigma_t, sigma_nu = torch.tensor([2.0], dtype=f64), torch.tensor([1.0 / (2 * n_fft)], dtype=f64)
+    return center, sigma_t, sigma_nu, torch.tensor([rho], dtype=f64)
+
+
+def high_precision_param_grads(w, grad_out, center, sigma_t, sigma_nu, rho, hop: int, dps: int = 50):
+    """``sum_t grad_out[t] dK[t]/dtheta`` for theta = (center, sigma_t, sigma_nu, rho) of one filter on a
+    float64 WVD ``w`` ``(N, M)``, every term of SPEC §1's sum (truncate=None) in ``dps``-digit arithmetic
+    from the exact float64 inputs, differentiated numerically by ``mpmath.diff`` at that precision
+    (independent of any gradient formula of the package). Returns four floats."""
+    import mpmath
+
+    mp = mpmath.mp.clone() if hasattr(mpmath.mp, "clone") else mpmath.mp
+    old = mp.dps
+    mp.dps = dps
+    try:
+        wl, gl = w.tolist(), [mp.mpf(float(g)) for g in grad_out.tolist()]
+        n_samples, m_size = w.shape
+
+        def loss(c, st, sn, r):
+            one_m_r2 = (1 - r) * (1 + r)
+            norm = (mp.mpf(1) / (2 * m_size)) / (2 * mp.pi * st * sn * mp.sqrt(one_m_r2))
+            total = mp.mpf(0)
+            for t, g in enumerate(gl):
+                acc = mp.mpf(0)
+                for n in range(n_samples):
+                    a = mp.mpf(n - t * hop) / st
+                    for k in range(m_size):
+                        res = (mp.mpf(k) / (2 * m_size) - c) / sn - r * a
+                        acc += wl[n][k] * mp.exp(-(a * a + res * res / one_m_r2) / 2)
+                total += g * norm * acc
+            return total
+
+        x = [mp.mpf(float(v)) for v in (center, sigma_t, sigma_nu, rho)]
+        out = []
+        for i in range(4):
+            def along(v, i=i):
+                y = list(x)
+                y[i] = v
+                return loss(*y)
+
+            out.append(float(mp.diff(along, x[i])))
+        return out
+    finally:
+        mp.dps = old
+
+
+def near_one_tolerance(rho: float) -> float:
+    """What float64 rounding allows near ``|rho| = 1`` on ``near_one_ridge``: a and b carry relative
+    errors ~eps, so the residual c = b - rho a (of size ~sqrt(1 - rho^2) on the terms that count) is
+    known to ~eps / sqrt(1 - rho^2) relative, and so are the weights and each gradient term; with
+    |a|, |b|, q <= ~6 there and sums of many terms, 150 eps / sqrt(1 - rho^2) (at least 1e-12). Moment
+    formulas that cancel to O(1 - rho^2) and divide by it are off by eps / (1 - rho^2), orders above."""
+    eps = 2.0**-52
+    return max(1e-12, 150 * eps / math.sqrt((1 - abs(rho)) * (1 + abs(rho))))
+
+
+# --- absurd but valid geometry (issue 12 item 9) ---------------------------------------------------
+# Slopes rho sigma_nu / sigma_t that overflow: filter 0 has values ~1e289, filter 1 is ordinary, and
+# filter 2 (sigma_t = 1e-300, sigma_nu = 1e300) only has its row d = 0, where b ~ 1e-300 and E = 1 on
+# every bin, so K = norm sum_k W[t hop, k] with norm ~ 1 / (sigma_t sigma_nu sqrt(1 - rho^2)):
+# dK/dsigma_t = -K / sigma_t, dK/dsigma_nu = -K / sigma_nu, dK/drho = rho K / (1 - rho^2), dK/dc = 0.
+def overflowing_slope_params():
+    """(center, sigma_t, sigma_nu, rho) lists of the three filters described above."""
+    return ([0.2, 0.1, 0.3], [1e-300, 3.0, 1e-300], [1e10, 0.01, 1e300], [0.5, -0.9, 0.7])
+
+
+def check_overflowing_slope(k, gz, gp, k_ref, gz_ref, gp_ref, grad_out, params, tol):
+    """Kernel results ``k (B, F, T)``, ``gz``, ``gp`` (four (F,) gradients) against the reference's
+    ``k_ref``, ``gz_ref``, ``gp_ref`` for upstream ``grad_out`` on ``overflowing_slope_params``."""
+    for f in range(k.shape[1]):  # per filter: filter 0's values are ~1e289, the others' ~1
+        assert k_ref[:, f].abs().max() > 0
+        assert_rel_close(k[:, f], k_ref[:, f], tol, f"forward filter {f}")
+    assert_rel_close(torch.view_as_real(gz), torch.view_as_real(gz_ref), tol, "grad z")
+    # Filter 0's sigma_t, sigma_nu and rho gradients overflow (-K / sigma_t ~ 1e589): the reference
+    # gives NaN or -inf there; not compared. Filter 2's sigma_t and rho gradients are finite, but the
+    # reference's autograd gives NaN (0 * inf): they are checked against the closed forms above.
+    assert_rel_close(gp[0][:1], gp_ref[0][:1], tol, "grad center, filter 0")
+    for name, a, e in zip(("center", "sigma_t", "sigma_nu", "rho"), gp, gp_ref):
+        assert_rel_close(a[1:2], e[1:2], tol, f"grad {name}, filter 1")
+    gk = (grad_out[:, 2] * k_ref[:, 2]).sum()
+    st, sn, r = params[1][2].item(), params[2][2].item(), params[3][2].item()
+    assert gp[0][2].item() == 0.0
+    for name, a, e in [("sigma_t", gp[1][2], -gk / st), ("sigma_nu", gp[2][2], -gk / sn),
+                       ("rho", gp[3][2], gk * r / ((1 - r) * (1 + r)))]:
+        assert_rel_close(a.reshape(1), e.reshape(1), tol, f"grad {name}, filter 2 (closed form)")

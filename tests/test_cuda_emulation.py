@@ -35,7 +35,17 @@ import pytest
 import torch
 
 from lwvd_cuda import reference
-from lwvd_cuda.testing import TOLERANCES, Case, assert_rel_close
+from lwvd_cuda.testing import (
+    TOLERANCES,
+    Case,
+    assert_rel_close,
+    high_precision_param_grads,
+    make_signal,
+    near_one_ridge,
+    near_one_tolerance,
+    overflowing_slope_params,
+    check_overflowing_slope,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 EMU_DIR = ROOT / "tests" / "cuda_emu"
@@ -522,6 +532,79 @@ def test_real_kernels_agree_with_reference_at_truncation_ties(builds, tmp_path, 
         v.numpy().astype(p.np_dtype).tofile(tmp_path / f"{name}.bin")
     driver_ok(p.run(builds.get("driver"), part="real kernels plain"))
     check_against_reference(p, TOLERANCES[dtype])
+
+
+NEAR_ONE_CASES = [(r, torch.float64) for r in (0.99, -0.99, 1 - 1e-4, -(1 - 1e-8), 1 - 1e-12, -(1 - 1e-12))]
+NEAR_ONE_CASES += [(r, torch.float32) for r in (0.99, -(1 - 1e-4))]
+
+
+@needs_plan
+@pytest.mark.parametrize("rho, dtype", NEAR_ONE_CASES, ids=lambda x: repr(x) if isinstance(x, float) else str(x)[6:])
+def test_real_kernels_parameter_gradients_near_rho_one(builds, tmp_path, rho, dtype):
+    """Issue 12 item 6 on the CUDA source: the moments kernel accumulates (S0, Sa, Sc, Saa, Sac, Scc)
+    in q's own coordinates a = d / sigma_t, c = b - rho a, and param_grad applies the formulas of
+    lwvd_math.cuh (shared with the CPU kernels); against 50-digit mpmath (on the inputs rounded to
+    dtype) on the ridge geometry of tests/test_reference.py (testing.near_one_ridge). float64:
+    testing.near_one_tolerance (+1e-13 for the WVD's FFT rounding); float32: TOLERANCES. The (d, v)
+    moments were off in the rho gradient by 9e-9 at -(1 - 1e-8), 2e-4 at 1 - 1e-12 (float64)."""
+    case = EmuCase(1, 10, 8, 3, 1, "mixed", None)
+    p = Problem(case, dtype, tmp_path)
+    p.z = make_signal((1,), case.n, seed=31).to(torch.complex128 if dtype == torch.float64 else torch.complex64)
+    p.params = tuple(x.to(dtype) for x in near_one_ridge(rho, case.n_fft))
+    torch.view_as_real(p.z).numpy().tofile(tmp_path / "z.bin")
+    for name, v in zip(("center", "sigma_t", "sigma_nu", "rho"), p.params):
+        v.numpy().tofile(tmp_path / f"{name}.bin")
+    driver_ok(p.run(builds.get("driver"), part="real kernels plain"))
+    k, _, gp = p.outputs()
+    k_ref, _, _ = p.expected()
+    assert k_ref.abs().max() > 0
+    tol = near_one_tolerance(rho) + 1e-13 if dtype == torch.float64 else TOLERANCES[dtype]
+    assert_rel_close(k, k_ref, tol, f"forward at rho = {rho!r}")
+    w = reference.wigner_ville(p.z[0].to(torch.complex128), case.n_fft)
+    expected = high_precision_param_grads(w, p.grad_out[0, 0].double(), *(x.double() for x in p.params), case.hop)
+    for name, got, e in zip(("center", "sigma_t", "sigma_nu", "rho"), gp, expected):
+        assert e != 0
+        assert_rel_close(got, torch.tensor([e], dtype=torch.float64), tol, f"grad {name} at rho = {rho!r}")
+
+
+def _with_params(p: Problem, params) -> Problem:
+    p.params = tuple(torch.tensor(v, dtype=p.dtype) for v in params)
+    for name, v in zip(("center", "sigma_t", "sigma_nu", "rho"), p.params):
+        v.numpy().tofile(p.dir / f"{name}.bin")
+    return p
+
+
+@needs_plan
+def test_real_kernels_tiny_sigma_nu_give_zero_gradients_not_nan(builds, tmp_path):
+    """Issue 12 item 9 on the CUDA source: sigma_nu <= ~1e-108, every weight underflows and the output
+    is exactly 0. param_grad multiplied all-zero moments by 1/sigma_nu^3 = inf (NaN gradients); the
+    shared param_grads_from_moments now gives exactly 0, as the reference's autograd does."""
+    case = EmuCase(1, 60, 16, 10, 3, "mixed", 4.0, seed=1)
+    p = _with_params(Problem(case, torch.float64, tmp_path),
+                     ([0.1234, 0.3, 0.2], [5.0, 5.0, 3.0], [1e-120, 1e-109, 1e-200], [0.0, 0.3, -0.5]))
+    driver_ok(p.run(builds.get("driver"), part="real kernels plain"))
+    k, gz, gp = p.outputs()
+    assert torch.equal(k, torch.zeros_like(k))
+    assert torch.equal(gz, torch.zeros_like(gz))
+    leaves = [x.clone().requires_grad_() for x in p.params]
+    k_ref = reference.lwvd(p.z, *leaves, n_fft=case.n_fft, hop_length=case.hop, truncate=case.truncate)
+    assert torch.equal(k_ref.detach(), k)
+    gp_ref = torch.autograd.grad(k_ref, leaves, grad_outputs=p.grad_out)
+    for name, a, e in zip(("center", "sigma_t", "sigma_nu", "rho"), gp, gp_ref):
+        assert torch.equal(a, torch.zeros_like(a)) and torch.equal(e, a), f"grad {name}: {a} (reference {e})"
+
+
+@needs_plan
+@pytest.mark.parametrize("truncate", [4.0, None], ids=["trunc4", "truncNone"])
+def test_real_kernels_overflowing_slope_match_reference(builds, tmp_path, truncate):
+    """Issue 12 item 9, second half, on the CUDA source: rho sigma_nu / sigma_t overflows (tiny sigma_t,
+    huge sigma_nu), so bin_range's row centre center + slope * d was inf * 0 = NaN at d = 0 and the
+    output exactly 0 where the reference is not; bin_range (lwvd_math.cuh, every backend) now hands
+    such rows every bin and the per-term q test decides. Forward and gradients, TOLERANCES."""
+    case = EmuCase(1, 60, 16, 10, 3, "mixed", truncate, seed=1)
+    p = _with_params(Problem(case, torch.float64, tmp_path), overflowing_slope_params())
+    driver_ok(p.run(builds.get("driver"), part="real kernels plain"))
+    check_overflowing_slope(*p.outputs(), *p.expected(), p.grad_out, p.params, TOLERANCES[torch.float64])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,7 +8,16 @@ import pytest
 import torch
 
 from lwvd_cuda import reference
-from lwvd_cuda.testing import assert_rel_close, make_filters, make_signal, rel_err, spectrogram_filters
+from lwvd_cuda.testing import (
+    assert_rel_close,
+    high_precision_param_grads,
+    make_filters,
+    make_signal,
+    near_one_ridge,
+    near_one_tolerance,
+    rel_err,
+    spectrogram_filters,
+)
 
 
 def brute_force_lwvd(z, center, sigma_t, sigma_nu, rho, n_fft, hop, truncate):
@@ -246,3 +255,39 @@ def test_rho_near_one_against_high_precision(rho):
         k = torch.ops.lwvd_cuda.lwvd_fwd(z[None].contiguous(), center, st, sn, r, n_fft, hop, math.inf)[0, 0]
         # + the WVD's own rounding in the kernels' FFT (1e-14 relative, TOLERANCES' reasoning)
         assert_rel_close(k, expected, tol + 1e-13, f"CPU kernels at rho = {rho!r}")
+
+
+# Parameter gradients near |rho| = 1 (issue 12 item 6): the reference's autograd (through its stable
+# value form) and the CPU kernels' moment formulas (lwvd_math.cuh, param_grads_from_moments) against
+# 50-digit mpmath. Before the kernels' moments moved to the (a, c) basis, their rho gradient was off
+# by 2e-8 at 1 - 1e-8 and 6e-4 at -(1 - 1e-12) here; the others by 5e-10 (1e-8).
+RHO_GRAD_NEAR_ONE = [0.99, -0.99, 1 - 1e-4, -(1 - 1e-4), 1 - 1e-8, -(1 - 1e-8), 1 - 1e-12, -(1 - 1e-12),
+                     math.nextafter(1.0, 0.0)]
+
+
+@pytest.mark.parametrize("rho", RHO_GRAD_NEAR_ONE, ids=lambda r: repr(r))
+def test_parameter_gradients_near_rho_one_against_high_precision(rho):
+    n, n_fft, hop = 10, 8, 3
+    z = make_signal((), n, seed=31)
+    w = reference.wigner_ville(z, n_fft)
+    params = near_one_ridge(rho, n_fft)
+    g = torch.randn(reference.num_frames(n, hop), dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    expected = torch.tensor(high_precision_param_grads(w, g, *params, hop), dtype=torch.float64)
+    assert (expected != 0).all()
+    tol = near_one_tolerance(rho)
+    leaves = [p.clone().requires_grad_() for p in params]
+    k = reference.smooth(w[None], *leaves, hop_length=hop, truncate=None)[0, 0]
+    assert k.abs().max() > 0
+    got = torch.stack(torch.autograd.grad((k * g).sum(), leaves)).flatten()
+    for i, name in enumerate(("center", "sigma_t", "sigma_nu", "rho")):
+        assert_rel_close(got[i : i + 1], expected[i : i + 1], tol, f"reference grad {name} at rho = {rho!r}")
+    import lwvd_cuda
+
+    if lwvd_cuda.has_cpu_kernels():
+        out = torch.ops.lwvd_cuda.lwvd_bwd(g[None, None].contiguous(), z[None].contiguous(), *params, n_fft, hop,
+                                           math.inf)
+        got = torch.stack(out[1:]).flatten()
+        for i, name in enumerate(("center", "sigma_t", "sigma_nu", "rho")):
+            # + the WVD's own rounding in the kernels' FFT (1e-14 relative, as for the values above)
+            assert_rel_close(got[i : i + 1], expected[i : i + 1], tol + 1e-13,
+                             f"CPU kernels grad {name} at rho = {rho!r}")

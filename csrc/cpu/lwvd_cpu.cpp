@@ -83,29 +83,6 @@ int64_t chunk_pairs(int64_t n_fft) {
 constexpr int64_t kLanes = 4;
 inline int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
 
-// bin_range (lwvd_math.cuh) for one stencil row, also where the ellipse's slope
-// rho sigma_nu / sigma_t overflows (huge sigma_nu, tiny sigma_t): bin_range's centre
-// center + slope * d is then inf * 0 = NaN at d = 0 and the row comes back empty, so the output
-// was exactly 0 where the reference (which evaluates q on the whole box) is not (issue #12). There
-// the row's centre is `center` at d = 0, and for d != 0 every bin is a candidate: the per-term
-// q <= trunc2 test (quad_form, shared with every backend) decides, as for any other row.
-template <typename T>
-inline void stencil_bin_range(const FilterGeometry<T>& g, int64_t d, double trunc2, int64_t n_fft, int64_t* lo,
-                              int64_t* hi) {
-  if (std::isfinite(g.slope)) {
-    bin_range(g, d, trunc2, n_fft, lo, hi);
-    return;
-  }
-  if (d == 0) {
-    FilterGeometry<T> g0 = g;
-    g0.slope = 0.0;
-    bin_range(g0, d, trunc2, n_fft, lo, hi);
-    return;
-  }
-  *lo = 0;
-  *hi = n_fft - 1;
-}
-
 struct RowInfo {
   int64_t off;    // into Stencil::w (tabulated filters)
   int32_t k0;     // first bin of the padded run
@@ -118,6 +95,9 @@ struct RowInfo {
 // recurrence's rounding error grows with the square of the steps per lane (16 here, ~1e-14
 // relative in double), and two exp per anchor over 64 terms cost about one multiply per term.
 constexpr int64_t kAnchorTerms = 64;
+
+// |b| beyond this is far outside every ellipse (see Stencil::b); its square fits float32.
+constexpr double kMomentBClamp = 1e15;
 
 template <typename scalar_t>
 struct Stencil {
@@ -141,7 +121,10 @@ struct Stencil {
   std::vector<RowInfo> info;  // per d + radius
   std::vector<scalar_t> w;    // exp(-q/2) where q <= trunc2, 0 elsewhere (padded runs); separable: profiles
   std::vector<scalar_t> rscale;  // separable, with info: exp(-a^2/2) per d + radius
-  std::vector<scalar_t> v;    // nu_k - center for k < n_fft, 0 in the padding (backward moments)
+  // Backward moments: b = (nu_k - center) / sigma_nu for k < n_fft as quad_form forms it, 0 in the
+  // padding, clamped to +-kMomentBClamp (far beyond the ellipse, |b| <= |c| + |a| < 80, so only
+  // where the weight is 0: c stays finite there and W E c = 0, also in float32 for tiny sigma_nu).
+  std::vector<scalar_t> b;
 
   double q_of(int64_t d, int64_t k) const {
     return quad_form(g, static_cast<double>(d), bin_frequency<double>(k, n_fft) - g.center);
@@ -155,7 +138,7 @@ struct Stencil {
   RowInfo extent(int64_t d) const {
     RowInfo ri{0, 0, 0, 0, 0};
     int64_t lo, hi;
-    stencil_bin_range(g, d, trunc2, n_fft, &lo, &hi);
+    bin_range(g, d, trunc2, n_fft, &lo, &hi);  // (also where the slope overflows: lwvd_math.cuh)
     int64_t first = -1, last = -2;
     for (int64_t k = lo; k <= hi; ++k) {
       if (q_of(d, k) <= q_max) {
@@ -277,9 +260,11 @@ std::vector<Stencil<scalar_t>> make_stencils(const at::Tensor& center, const at:
     s.norm = make_filter<scalar_t>(pc[f], pst[f], psn[f], pr[f], trunc2, n_fft, d_limit).norm;
     s.separable = pr[f] == 0.0;
     if (with_v) {
-      s.v.assign(stride, scalar_t(0));
-      for (int64_t k = 0; k < n_fft; ++k)
-        s.v[k] = static_cast<scalar_t>(bin_frequency<double>(k, n_fft) - s.g.center);
+      s.b.assign(stride, scalar_t(0));
+      for (int64_t k = 0; k < n_fft; ++k) {
+        const double bk = (bin_frequency<double>(k, n_fft) - s.g.center) * s.g.inv_sigma_nu;
+        s.b[k] = static_cast<scalar_t>(bk > kMomentBClamp ? kMomentBClamp : bk < -kMomentBClamp ? -kMomentBClamp : bk);
+      }
     }
   }
   // Row runs first (one q per term of the bounding runs, no exp), then which filters' weights fit
@@ -369,7 +354,7 @@ struct SepPlan {
   std::vector<int32_t> ring_start;  // J + 1 offsets into ring_k / ring_p: ring j = I_j \ I_{j-1}
   std::vector<int32_t> ring_k;      // bins, ring by ring (ascending within a ring)
   std::vector<T> ring_p;            // p(k) of those bins
-  std::vector<T> ring_v;            // nu_k - center of those bins (backward moments)
+  std::vector<T> ring_b;            // b = (nu_k - center) / sigma_nu of those bins, as Stencil::b (moments)
   std::vector<T> rs;                // exp(-a_d^2 / 2) per d + R (0 where the row is empty)
   std::vector<int32_t> jidx;        // per d + R: the interval of row d, -1 where the row is empty
   std::vector<int32_t> seg_end;     // per d + R: the last d + R of the segment of equal jidx holding d
@@ -421,7 +406,8 @@ SepPlan<scalar_t> make_sep_plan(const Stencil<scalar_t>& s) {
     auto add = [&](int32_t k) {
       sp.ring_k.push_back(k);
       sp.ring_p.push_back(static_cast<scalar_t>(std::exp(-0.5 * s.q_of(0, k))));
-      sp.ring_v.push_back(static_cast<scalar_t>(bin_frequency<double>(k, s.n_fft) - s.g.center));
+      const double bk = (bin_frequency<double>(k, s.n_fft) - s.g.center) * s.g.inv_sigma_nu;
+      sp.ring_b.push_back(static_cast<scalar_t>(bk > kMomentBClamp ? kMomentBClamp : bk < -kMomentBClamp ? -kMomentBClamp : bk));
     };
     const int32_t nlo = iv[j].first, nhi = iv[j].second;
     if (j == 0) {
@@ -1088,30 +1074,6 @@ inline void sep_hull(int64_t n0, int64_t n1, int64_t ta, int64_t tb, int64_t R, 
   *r1 = std::min(cs, round_up(b + 1, kSepBlock));
 }
 
-// sum_t G dK/dtheta (theta = center, sigma_t, sigma_nu, rho) of one filter from its G-weighted
-// moments m = (S0, Sd, Sv, Sdd, Sdv, Svv) of W E over the ellipse (d, v = nu_k - center), in double
-// (docs/design.md). The divisions by sigma_nu^2, sigma_nu^3 are applied one factor at a time: the
-// moments carry powers of v ~ sigma_nu, so each step stays in range, where sigma_nu^3 alone
-// underflows to 0 for sigma_nu < ~1e-108 (0/0 = NaN gradients, issue #12). Where every weight
-// underflowed (all moments exactly 0, the output exactly 0) the gradient is exactly 0.
-inline void param_grads_from_moments(double stf, double snf, double r, double norm, const double* m, double* out) {
-  const double S0 = m[0], Sd = m[1], Sv = m[2], Sdd = m[3], Sdv = m[4], Svv = m[5];
-  if (S0 == 0.0 && Sd == 0.0 && Sv == 0.0 && Sdd == 0.0 && Sdv == 0.0 && Svv == 0.0) {
-    out[0] = out[1] = out[2] = out[3] = 0.0;
-    return;
-  }
-  const double i1mr2 = 1.0 / (1.0 - r * r);
-  const double K = norm * S0;
-  // Moments in the filter's own units: a = d / sigma_t, b = v / sigma_nu.
-  const double Sa = Sd / stf, Sb = Sv / snf;
-  const double Saa = Sdd / stf / stf, Sab = Sdv / stf / snf, Sbb = Svv / snf / snf;
-  const double Sq = (Saa - 2.0 * r * Sab + Sbb) * i1mr2;
-  out[0] = norm * ((Sb - r * Sa) * i1mr2) / snf;                  // d/d center
-  out[1] = (norm * (Saa - r * Sab) * i1mr2 - K) / stf;            // d/d sigma_t
-  out[2] = (norm * (Sbb - r * Sab) * i1mr2 - K) / snf;            // d/d sigma_nu
-  out[3] = r * K * i1mr2 + norm * (Sab - r * Sq) * i1mr2;         // d/d rho
-}
-
 // sum over rows i < nrows of sc[i] * <W row i, weights of row i> (sc == nullptr: 1), the rows'
 // runs in info[i] and weights at w + info[i].off, W row i at x + i * S. A small function of its
 // own, so that its pointers and accumulators stay in registers (inlined into the frame walk they
@@ -1173,36 +1135,35 @@ void generate_rows(const Stencil<scalar_t>& s, int64_t d_lo, int64_t nrows, int6
   }
 }
 
-// The six moments (S0, Sd, Sv, Sdd, Sdv, Svv) of W E over rows d = d_lo + i (same layout as
-// dot_rows; v[k] = nu_k - center), into out[6]: per row three lane sums (sum WE, sum WE v,
-// sum WE v^2), folded with d. Two rows at a time, as dot_rows.
+// The six moments (S0, Sa, Sc, Saa, Sac, Scc) of W E over rows d = d_lo + i (same layout as
+// dot_rows), in the (a, c) coordinates of lwvd_math.cuh, into out[6]: row d has a = d / sigma_t and
+// c[k] = bv[k] - rho a (bv = Stencil::b), formed as quad_form forms them (bitwise in double); per
+// row three lane sums (sum WE, sum WE c, sum WE c^2), folded with a (fold_moments). Two rows at a
+// time, as dot_rows.
 template <typename T>
 __attribute__((noinline)) void moment_rows(const RowInfo* __restrict__ info, const T* __restrict__ w,
                                            const T* __restrict__ sc, const T* __restrict__ x, int64_t S,
-                                           const T* __restrict__ v, int64_t d_lo, int64_t nrows, T* out) {
+                                           const T* __restrict__ bv, double inv_sigma_t, double rho, int64_t d_lo,
+                                           int64_t nrows, T* out) {
   using V = Vec<T>;
-  V m0 = vzero<T>(), md = m0, mv = m0, mdd = m0, mdv = m0, mvv = m0;
+  V m[6];
+  for (int j = 0; j < 6; ++j) m[j] = vzero<T>();
+  auto row_a = [&](int64_t i) { return static_cast<double>(d_lo + i) * inv_sigma_t; };
   auto fold = [&](V p0, V p1, V p2, int64_t i) {
     if (sc != nullptr) {
       p0 = p0 * sc[i];
       p1 = p1 * sc[i];
       p2 = p2 * sc[i];
     }
-    const T dd = static_cast<T>(d_lo + i);
-    m0 += p0;
-    md += p0 * dd;
-    mdd += (p0 * dd) * dd;
-    mv += p1;
-    mdv += p1 * dd;
-    mvv += p2;
+    fold_moments(m, p0, p1, p2, static_cast<T>(row_a(i)));
   };
-  auto block = [&](const T* x0, const T* w0, const T* v0, int64_t b, V& p0, V& p1, V& p2) {
-    const V vk = vload(v0 + b * kLanes);
+  auto block = [&](const T* x0, const T* w0, const T* b0, T ra, int64_t b, V& p0, V& p1, V& p2) {
+    const V ck = vload(b0 + b * kLanes) - ra;
     const V we = vload(x0 + b * kLanes) * vload(w0 + b * kLanes);
-    const V wev = we * vk;
+    const V wec = we * ck;
     p0 += we;
-    p1 += wev;
-    p2 += wev * vk;
+    p1 += wec;
+    p2 += wec * ck;
   };
   int64_t i = 0;
   for (; i + 2 <= nrows; i += 2) {
@@ -1211,32 +1172,29 @@ __attribute__((noinline)) void moment_rows(const RowInfo* __restrict__ info, con
     const T* x1 = x + (i + 1) * S + r1.k0;
     const T* w0 = w + r0.off;
     const T* w1 = w + r1.off;
-    const T* v0 = v + r0.k0;
-    const T* v1 = v + r1.k0;
-    V a0 = vzero<T>(), a1 = a0, a2 = a0, b0 = a0, b1 = a0, b2 = a0;
+    const T* b0 = bv + r0.k0;
+    const T* b1 = bv + r1.k0;
+    const T ra0 = static_cast<T>(rho * row_a(i)), ra1 = static_cast<T>(rho * row_a(i + 1));
+    V a0 = vzero<T>(), a1 = a0, a2 = a0, c0 = a0, c1 = a0, c2 = a0;
     const int64_t nmin = std::min(r0.nblk, r1.nblk);
     int64_t b = 0;
     for (; b < nmin; ++b) {
-      block(x0, w0, v0, b, a0, a1, a2);
-      block(x1, w1, v1, b, b0, b1, b2);
+      block(x0, w0, b0, ra0, b, a0, a1, a2);
+      block(x1, w1, b1, ra1, b, c0, c1, c2);
     }
-    for (int64_t c = b; c < r0.nblk; ++c) block(x0, w0, v0, c, a0, a1, a2);
-    for (int64_t c = b; c < r1.nblk; ++c) block(x1, w1, v1, c, b0, b1, b2);
+    for (int64_t c = b; c < r0.nblk; ++c) block(x0, w0, b0, ra0, c, a0, a1, a2);
+    for (int64_t c = b; c < r1.nblk; ++c) block(x1, w1, b1, ra1, c, c0, c1, c2);
     fold(a0, a1, a2, i);
-    fold(b0, b1, b2, i + 1);
+    fold(c0, c1, c2, i + 1);
   }
   if (i < nrows) {
     const RowInfo r0 = info[i];
+    const T ra0 = static_cast<T>(rho * row_a(i));
     V a0 = vzero<T>(), a1 = a0, a2 = a0;
-    for (int64_t b = 0; b < r0.nblk; ++b) block(x + i * S + r0.k0, w + r0.off, v + r0.k0, b, a0, a1, a2);
+    for (int64_t b = 0; b < r0.nblk; ++b) block(x + i * S + r0.k0, w + r0.off, bv + r0.k0, ra0, b, a0, a1, a2);
     fold(a0, a1, a2, i);
   }
-  out[0] = vsum<T>(m0);
-  out[1] = vsum<T>(md);
-  out[2] = vsum<T>(mv);
-  out[3] = vsum<T>(mdd);
-  out[4] = vsum<T>(mdv);
-  out[5] = vsum<T>(mvv);
+  for (int j = 0; j < 6; ++j) out[j] = vsum<T>(m[j]);
 }
 
 // A row i += (coef * sc[i]) * weights of row i (sc == nullptr: 1), rows as in dot_rows: the
@@ -1495,7 +1453,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_
     RowFFT<scalar_t> fft(M, pairs_max, z.options());
     std::vector<scalar_t> wrow(C * S), gen, gen_scale;
     std::vector<RowInfo> gen_info;
-    std::vector<double> gmom;  // (F, 6): sum_t G[f,t] (S0, Sd, Sv, Sdd, Sdv, Svv)(f, t)
+    std::vector<double> gmom;  // (F, 6): sum_t G[f,t] (S0, Sa, Sc, Saa, Sac, Scc)(f, t) (lwvd_math.cuh)
     for (int64_t task = task0; task < task1; ++task) {
       const int64_t b = task / P.n_frame_tiles, tile = task % P.n_frame_tiles;
       const int64_t t0 = tile * P.frames_per_tile, t1 = std::min(P.T, t0 + P.frames_per_tile);
@@ -1511,19 +1469,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_
         scalar_t mom6[6];
         if (s.tabulated) {
           const scalar_t* sc = s.separable ? s.rscale.data() + (d_lo + s.radius) : nullptr;
-          moment_rows<scalar_t>(s.info.data() + (d_lo + s.radius), s.w.data(), sc, x, S, s.v.data(), d_lo, nrows, mom6);
+          moment_rows<scalar_t>(s.info.data() + (d_lo + s.radius), s.w.data(), sc, x, S, s.b.data(), s.g.inv_sigma_t,
+                                s.g.rho, d_lo, nrows, mom6);
         } else {
           generate_rows(s, d_lo, nrows, S, gen, gen_info, gen_scale);
           moment_rows<scalar_t>(gen_info.data(), gen.data(), s.separable ? gen_scale.data() : nullptr, x, S,
-                                s.v.data(), d_lo, nrows, mom6);
+                                s.b.data(), s.g.inv_sigma_t, s.g.rho, d_lo, nrows, mom6);
         }
         double* m = gmom.data() + f * 6;
         for (int j = 0; j < 6; ++j) m[j] += g * static_cast<double>(mom6[j]);
       });
       double* out = work.data() + (b * P.n_frame_tiles + tile) * P.F * 4;
-      for (int64_t f = 0; f < P.F; ++f)
-        param_grads_from_moments(st[f].g.sigma_t, st[f].sigma_nu, st[f].g.rho, st[f].norm_d, gmom.data() + f * 6,
-                                 out + f * 4);
+      for (int64_t f = 0; f < P.F; ++f) {  // the formulas of lwvd_math.cuh, in double
+        const auto& g = st[f].g;
+        param_grads_from_moments<double>(gmom.data() + f * 6, st[f].norm_d, g.inv_sigma_t, g.inv_sigma_nu, g.rho,
+                                         g.inv_1mr2, out + f * 4);
+      }
     }
   });
   {

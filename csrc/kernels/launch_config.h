@@ -104,7 +104,7 @@ inline int64_t grad_tile(int64_t n_fft, int64_t batch, int64_t n_samples) {
   return best;
 }
 
-// The six per-(b, f, t) moments S0, Sd, Sv, Sdd, Sdv, Svv of the backward (docs/design.md).
+// The six per-(b, f, t) moments S0, Sa, Sc, Saa, Sac, Scc of the backward (lwvd_math.cuh, docs/design.md).
 constexpr int kMoments = 6;
 
 }  // namespace config

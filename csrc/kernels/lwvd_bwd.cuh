@@ -2,7 +2,7 @@
 //
 // Shapes (contiguous, 64-bit indexing):
 //   grad_out (B, F, T)     scalar_t   G = dL/dK
-//   moments  (B, F, T, 6)  scalar_t   raw S0, Sd, Sv, Sdd, Sdv, Svv (lwvd_smooth_kernel<.., true>)
+//   moments  (B, F, T, 6)  scalar_t   raw S0, Sa, Sc, Saa, Sac, Scc (lwvd_smooth_kernel<.., true>; lwvd_math.cuh)
 //   grad_*   (F,)          scalar_t   parameter gradients
 //   z, grad_z (B, N, 2)    scalar_t   complex as interleaved (re, im)
 //
@@ -50,10 +50,8 @@ __device__ __forceinline__ void param_grad_block(const ParamGradArgs<scalar_t>& 
     return;
   }
   const FilterGeometry<scalar_t> g = a.geom[f];
-  const scalar_t st = a.sigma_t[f], sn = a.sigma_nu[f], r = g.rho, inv = g.inv_1mr2, norm = g.norm;
-  // Reciprocals once per filter: the loop below then has no division (a SASS subroutine call).
-  const scalar_t ist = g.inv_sigma_t, isn = g.inv_sigma_nu;  // no division (a slow-path call in SASS)
-  const scalar_t ist2 = ist * ist, isn2 = isn * isn, istsn = ist * isn;
+  // The reciprocals of make_filter: the loop below has no division (a SASS subroutine call).
+  const scalar_t r = g.rho, inv = g.inv_1mr2, norm = g.norm, ist = g.inv_sigma_t, isn = g.inv_sigma_nu;
   scalar_t acc[4] = {0, 0, 0, 0};
   // Thread tid visits flat indices i = tid, tid + blockDim, ... of (b, t), kept as a (b, t) pair
   // advanced without dividing.
@@ -63,18 +61,9 @@ __device__ __forceinline__ void param_grad_block(const ParamGradArgs<scalar_t>& 
     LWVD_PROF_TRIP("pg.term", (b * a.n_frames + t - tid) / config::kReduceThreads);
     const int64_t o = (b * a.n_filters + f) * a.n_frames + t;
     const scalar_t G = a.grad_out[o];
-    const scalar_t* m = a.moments + o * config::kMoments;
-    const scalar_t S0 = m[0], Sd = m[1], Sv = m[2], Sdd = m[3], Sdv = m[4], Svv = m[5];
-    const scalar_t K = norm * S0;
-    const scalar_t Sq = (Sdd * ist2 - scalar_t(2) * r * Sdv * istsn + Svv * isn2) * inv;
-    const scalar_t dc = norm * (Sv * isn2 - r * Sd * istsn) * inv;
-    const scalar_t dst = -K * ist + norm * (Sdd * ist2 * ist - r * Sdv * ist * istsn) * inv;
-    const scalar_t dsn = -K * isn + norm * (Svv * isn2 * isn - r * Sdv * istsn * isn) * inv;
-    const scalar_t drho = r * K * inv + norm * (Sdv * istsn - r * Sq) * inv;
-    acc[0] += G * dc;
-    acc[1] += G * dst;
-    acc[2] += G * dsn;
-    acc[3] += G * drho;
+    scalar_t dk[4];  // dK[b, f, t]/dtheta: the formulas shared with the CPU kernels (lwvd_math.cuh)
+    param_grads_from_moments(a.moments + o * config::kMoments, norm, ist, isn, r, inv, dk);
+    for (int i = 0; i < 4; ++i) acc[i] += G * dk[i];
     t += config::kReduceThreads;
     while (t >= a.n_frames && b < a.batch) { t -= a.n_frames; ++b; }
   }

@@ -4,7 +4,8 @@
 //   z      (B, N, 2) scalar_t   the analytic signal, complex as interleaved (re, im)
 //   params (F,)      scalar_t   center, sigma_t, sigma_nu, rho
 //   out    (B, F, T) scalar_t   K[b, f, t]                          (forward)
-//          (B, F, T, 6)         raw moments S0, Sd, Sv, Sdd, Sdv, Svv (backward, kMoments = true)
+//          (B, F, T, 6)         raw moments S0, Sa, Sc, Saa, Sac, Scc (backward, kMoments = true;
+//                               a = d / sigma_t, c = b - rho a: lwvd_math.cuh, add_moment_term)
 // scalar_t is float or double. The host-side sequence of launches is lwvd_plan.cuh.
 //
 // Algorithm (docs/design.md, docs/cuda_kernels.md): a block owns frames [t0, t0 + TT) of one batch
@@ -295,18 +296,13 @@ __global__ void __launch_bounds__(config::kThreads) lwvd_smooth_kernel(const Smo
           LWVD_PROF_SMEM("smooth.ldw", &row[k], idx, (k - k_lo) / kWarpSize);
           const cplx<scalar_t> x = row[k];  // before the q test: the load is issued for every lane
           const scalar_t v = static_cast<scalar_t>(k) * inv_two_m - g.center;
-          const scalar_t q = quad_form(g, ds, v);
+          scalar_t qa, qc;  // quad_form's a and c: the moments' coordinates
+          const scalar_t q = quad_form(g, ds, v, &qa, &qc);
           if (q <= trunc2) {
             const scalar_t w = scalar_t(2) * (odd ? x.im : x.re);
             const scalar_t we = w * lwvd_exp(scalar_t(-0.5) * q);
-            acc[0] += we;
-            if (kMoments) {
-              acc[1 % kAcc] += we * ds;
-              acc[2 % kAcc] += we * v;
-              acc[3 % kAcc] += we * ds * ds;
-              acc[4 % kAcc] += we * ds * v;
-              acc[5 % kAcc] += we * v * v;
-            }
+            if constexpr (kMoments) add_moment_term(acc, we, qa, qc);
+            else acc[0] += we;
           }
         }
       }

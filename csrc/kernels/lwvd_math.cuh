@@ -107,6 +107,16 @@ LWVD_HD FilterGeometry<scalar_t> make_filter(double center, double sigma_t, doub
                                  (two_pi * sigma_t * sigma_nu * sqrt(one_m_r2)));
   g.cond_sd = sigma_nu * sqrt(one_m_r2);
   g.slope = rho * sigma_nu / sigma_t;
+  // Where slope * d can overflow for some |d| <= d_limit (huge sigma_nu, tiny sigma_t; also a slope
+  // that overflowed itself), bin_range's row centre center + slope * d is inf, or inf * 0 = NaN at
+  // d = 0: rows came back empty and the output was exactly 0 where the reference is not (issue #12).
+  // Such a filter's rows get every bin instead (slope 0 and a half-width of DBL_MAX * sqrt(rest),
+  // beyond every bin wherever rest > 0) and the per-term q test decides, in every backend. (Done
+  // here, once per filter: a test in bin_range made ptxas spill in the float32 moments kernel.)
+  if (!(fabs(g.slope) * (static_cast<double>(d_limit) + 1.0) <= 1e300)) {
+    g.slope = 0.0;
+    g.cond_sd = std::numeric_limits<double>::max();
+  }
   g.sigma_t = sigma_t;
   // |a| <= sqrt(trunc2) on the ellipse; +1 is a margin against rounding (the per-term q test decides).
   const double r = sqrt(trunc2) * sigma_t + 1.0;
@@ -125,16 +135,84 @@ LWVD_HD scalar_t bin_frequency(int64_t k, int64_t n_fft) {
 //   a = d * (1/sigma_t),  b = v * (1/sigma_nu),  c = b - rho * a,  q = a * a + (c * c) * (1/(1 - rho^2))
 // each operation rounded once (no FMA), the reciprocals rounded from double as make_filter does.
 // Since q >= a * a in floating point too, no term beyond |d| <= truncate * sigma_t (+ rounding) counts.
+// The second form also hands back a and c (the backward's moment coordinates, below).
 template <typename scalar_t>
-LWVD_HD scalar_t quad_form(const FilterGeometry<scalar_t>& g, scalar_t d, scalar_t v) {
+LWVD_HD scalar_t quad_form(const FilterGeometry<scalar_t>& g, scalar_t d, scalar_t v, scalar_t* a_out,
+                           scalar_t* c_out) {
   const scalar_t a = mul_rn(d, g.inv_sigma_t);
   const scalar_t b = mul_rn(v, g.inv_sigma_nu);
   const scalar_t c = sub_rn(b, mul_rn(g.rho, a));
+  *a_out = a;
+  *c_out = c;
   return add_rn(mul_rn(a, a), mul_rn(mul_rn(c, c), g.inv_1mr2));
+}
+
+template <typename scalar_t>
+LWVD_HD scalar_t quad_form(const FilterGeometry<scalar_t>& g, scalar_t d, scalar_t v) {
+  scalar_t a, c;
+  return quad_form(g, d, v, &a, &c);
+}
+
+// ---- Backward: parameter gradients from six moments (docs/design.md, "Backward"). ----
+// The moments of W E over a frame's ellipse are taken in the filter's own coordinates of q's
+// completed square, a = d / sigma_t and c = b - rho a (quad_form's a and c; c sigma_nu = v - mu(d)
+// is the offset from the row's centre, of size sqrt(1 - rho^2) on the ellipse):
+//   m = (S0, Sa, Sc, Saa, Sac, Scc),   S_xy = sum W E x y   (kMoment* below).
+// In this basis the four gradient formulas have no cancelling difference that a factor
+// 1/(1 - rho^2) then amplifies (the earlier (d, v) moments formed the sums of c and c^2 as differences
+// of sums of size 1: the rho gradient was 2e-8 relative off at rho = 1 - 1e-8 and 6e-4 at
+// -(1 - 1e-12) on testing.near_one_ridge; now 4e-14 and 3e-12, the rounding of c itself). Unit-free,
+// the moments also stay in range for any sigma_nu (v^2 underflowed in float32, Svv / sigma_nu^3 in double).
+enum : int { kMomentS0 = 0, kMomentA, kMomentC, kMomentAA, kMomentAC, kMomentCC };
+
+// m += the moments of one row at a (or of one term: p0 = W E, p1 = W E c, p2 = W E c^2), given the
+// row's sums p0 = sum W E, p1 = sum W E c, p2 = sum W E c^2 over its bins. V may be a SIMD vector.
+template <typename V, typename T>
+LWVD_HD void fold_moments(V* m, const V& p0, const V& p1, const V& p2, T a) {
+  const V p0a = p0 * a;
+  m[kMomentS0] += p0;
+  m[kMomentA] += p0a;
+  m[kMomentC] += p1;
+  m[kMomentAA] += p0a * a;
+  m[kMomentAC] += p1 * a;
+  m[kMomentCC] += p2;
+}
+
+// m += the moments of one term with weight we = W E at (a, c) (the CUDA kernels, per term).
+template <typename T>
+LWVD_HD void add_moment_term(T* m, T we, T a, T c) {
+  const T wc = we * c;
+  fold_moments(m, we, wc, wc * c, a);
+}
+
+// dK/dtheta for theta = (center, sigma_t, sigma_nu, rho) into out[4], from moments m (of one frame,
+// or G-weighted sums over frames: the map is linear). With s = 1 - rho^2 and K = norm S0:
+//   dK/dcenter   = norm Sc / (s sigma_nu)
+//   dK/dsigma_t  = (norm (Saa - rho Sac / s) - K) / sigma_t
+//   dK/dsigma_nu = (norm (Scc + rho Sac) / s - K) / sigma_nu
+//   dK/drho      = norm (rho (S0 - Scc / s) + Sac) / s
+// (docs/design.md derives them). All six moments exactly 0 (every weight underflowed, so the output
+// is exactly 0): the gradient is exactly 0, not 0 * inf = NaN where the coefficients overflow
+// (norm / sigma_nu^2 beyond the range for sigma_nu below ~1e-154 in double).
+template <typename T>
+LWVD_HD void param_grads_from_moments(const T* m, T norm, T inv_sigma_t, T inv_sigma_nu, T rho, T inv_1mr2,
+                                      T* out) {
+  const T S0 = m[kMomentS0], Sa = m[kMomentA], Sc = m[kMomentC];
+  const T Saa = m[kMomentAA], Sac = m[kMomentAC], Scc = m[kMomentCC];
+  if (S0 == T(0) && Sa == T(0) && Sc == T(0) && Saa == T(0) && Sac == T(0) && Scc == T(0)) {
+    out[0] = out[1] = out[2] = out[3] = T(0);
+    return;
+  }
+  const T K = norm * S0;
+  out[0] = norm * (Sc * inv_1mr2) * inv_sigma_nu;
+  out[1] = (norm * (Saa - rho * (Sac * inv_1mr2)) - K) * inv_sigma_t;
+  out[2] = (norm * ((Scc + rho * Sac) * inv_1mr2) - K) * inv_sigma_nu;
+  out[3] = norm * ((rho * (S0 - Scc * inv_1mr2) + Sac) * inv_1mr2);
 }
 
 // Inclusive bin range [*k_lo, *k_hi] that contains every k with q(d, nu_k - center) <= trunc2,
 // with one bin of margin on each side (the per-term q test decides); empty when *k_hi < *k_lo.
+// (A filter whose slope * d could overflow has slope 0 and cond_sd = DBL_MAX: make_filter.)
 template <typename scalar_t>
 LWVD_HD void bin_range(const FilterGeometry<scalar_t>& g, int64_t d, double trunc2, int64_t n_fft,
                        int64_t* k_lo, int64_t* k_hi) {
