@@ -358,10 +358,12 @@ struct SepPlan {
   std::vector<T> rs;                // exp(-a_d^2 / 2) per d + R (0 where the row is empty)
   std::vector<int32_t> jidx;        // per d + R: the interval of row d, -1 where the row is empty
   std::vector<int32_t> seg_end;     // per d + R: the last d + R of the segment of equal jidx holding d
+  // Backward (with_moments): p b, p b^2 per ring bin, rs a, rs a^2 per d (a = d / sigma_t).
+  std::vector<T> ring_pb, ring_pbb, rsa, rsaa;
 };
 
 template <typename scalar_t>
-SepPlan<scalar_t> make_sep_plan(const Stencil<scalar_t>& s) {
+SepPlan<scalar_t> make_sep_plan(const Stencil<scalar_t>& s, bool with_moments = false) {
   SepPlan<scalar_t> sp;
   if (!s.separable || 2 * s.radius + 1 > kSepMaxRows) return sp;
   const int64_t R = s.radius, rows = 2 * R + 1;
@@ -419,6 +421,20 @@ SepPlan<scalar_t> make_sep_plan(const Stencil<scalar_t>& s) {
     lo = nlo;
     hi = nhi;
     sp.ring_start[j + 1] = static_cast<int32_t>(sp.ring_k.size());
+  }
+  if (with_moments) {
+    for (size_t i = 0; i < sp.ring_k.size(); ++i) {
+      const double pb = static_cast<double>(sp.ring_p[i]) * static_cast<double>(sp.ring_b[i]);
+      sp.ring_pb.push_back(static_cast<scalar_t>(pb));
+      sp.ring_pbb.push_back(static_cast<scalar_t>(pb * static_cast<double>(sp.ring_b[i])));
+    }
+    sp.rsa.assign(rows, scalar_t(0));
+    sp.rsaa.assign(rows, scalar_t(0));
+    for (int64_t i = 0; i < rows; ++i) {
+      const double a = static_cast<double>(i - R) * s.g.inv_sigma_t;
+      sp.rsa[i] = static_cast<scalar_t>(static_cast<double>(sp.rs[i]) * a);
+      sp.rsaa[i] = static_cast<scalar_t>(static_cast<double>(sp.rs[i]) * a * a);
+    }
   }
   sp.on = true;
   return sp;
@@ -696,6 +712,86 @@ __attribute__((noinline)) void pack_pair(const float* __restrict__ far, const fl
   }
   for (; m <= h; ++m) scalar(m, x + 2 * m, x + 2 * (M - m));
   for (int64_t q = h + 1; q <= M - 1 - h; ++q) x[2 * q] = x[2 * q + 1] = 0.0f;
+}
+// Moment projections: Q0, Qc, Qcc (ring sums of p W, p b W, p b^2 W; planes at Q + (3 j + e) cs).
+template <typename T>
+__attribute__((noinline)) void ring_project3(const int32_t* __restrict__ ring_start, const int32_t* __restrict__ ring_k,
+                                             const T* __restrict__ p0, const T* __restrict__ p1,
+                                             const T* __restrict__ p2, int64_t J, const T* __restrict__ wt, int64_t cs,
+                                             int64_t r0, int64_t r1, T* __restrict__ Q) {
+  using O = Ops<T>;
+  constexpr int64_t W = 2 * O::L;
+  for (int64_t rb = r0; rb < r1; rb += W) {
+    auto a0 = O::zero(), a1 = a0, b0 = a0, b1 = a0, c0 = a0, c1 = a0;
+    for (int64_t j = 0; j < J; ++j) {
+      for (int32_t i = ring_start[j]; i < ring_start[j + 1]; ++i) {
+        const T* __restrict__ w = wt + int64_t(ring_k[i]) * cs + rb;
+        const auto w0 = O::ld(w), w1 = O::ld(w + O::L);
+        const auto q0 = O::set(p0[i]), q1 = O::set(p1[i]), q2 = O::set(p2[i]);
+        a0 = O::fma(w0, q0, a0);
+        a1 = O::fma(w1, q0, a1);
+        b0 = O::fma(w0, q1, b0);
+        b1 = O::fma(w1, q1, b1);
+        c0 = O::fma(w0, q2, c0);
+        c1 = O::fma(w1, q2, c1);
+      }
+      T* q = Q + 3 * j * cs + rb;
+      O::st(q, a0);
+      O::st(q + O::L, a1);
+      O::st(q + cs, b0);
+      O::st(q + cs + O::L, b1);
+      O::st(q + 2 * cs, c0);
+      O::st(q + 2 * cs + O::L, c1);
+    }
+  }
+}
+
+// The six moments (S0, Sa, Sc, Saa, Sac, Scc) of one frame's rows d_lo .. d_hi from the chunk's
+// moment planes, segment by segment, into out[6].
+template <typename T>
+__attribute__((noinline)) void sep_moments(const SepPlan<T>& sp, const T* __restrict__ Q, int64_t cs, int64_t d_lo,
+                                           int64_t d_hi, int64_t base, T* out) {
+  using O = Ops<T>;
+  auto m0 = O::zero(), ma = m0, mc = m0, maa = m0, mac = m0, mcc = m0;
+  T s[6] = {0, 0, 0, 0, 0, 0};
+  for (int64_t i = d_lo + sp.R; i <= d_hi + sp.R;) {
+    const int64_t e = std::min<int64_t>(sp.seg_end[i], d_hi + sp.R);
+    const int32_t j = sp.jidx[i];
+    if (j >= 0) {
+      const T* q0 = Q + 3 * j * cs + (base + i - sp.R);
+      const T* q1 = q0 + cs;
+      const T* q2 = q0 + 2 * cs;
+      const T* r = sp.rs.data() + i;
+      const T* ra = sp.rsa.data() + i;
+      const T* raa = sp.rsaa.data() + i;
+      const int64_t n = e - i + 1;
+      int64_t u = 0;
+      auto step = [&](decltype(m0) v0, decltype(m0) v1, decltype(m0) v2, decltype(m0) w, decltype(m0) wa,
+                      decltype(m0) waa) {
+        m0 = O::fma(w, v0, m0);
+        ma = O::fma(wa, v0, ma);
+        maa = O::fma(waa, v0, maa);
+        mc = O::fma(w, v1, mc);
+        mac = O::fma(wa, v1, mac);
+        mcc = O::fma(w, v2, mcc);
+      };
+      for (; u + O::L <= n; u += O::L)
+        step(O::ld(q0 + u), O::ld(q1 + u), O::ld(q2 + u), O::ld(r + u), O::ld(ra + u), O::ld(raa + u));
+      if (u < n) {
+        const __m256i m = O::mask(n - u);
+        step(O::mld(q0 + u, m), O::mld(q1 + u, m), O::mld(q2 + u, m), O::mld(r + u, m), O::mld(ra + u, m),
+             O::mld(raa + u, m));
+      }
+    }
+    i = e + 1;
+  }
+  s[kMomentS0] = O::hsum(m0);
+  s[kMomentA] = O::hsum(ma);
+  s[kMomentC] = O::hsum(mc);
+  s[kMomentAA] = O::hsum(maa);
+  s[kMomentAC] = O::hsum(mac);
+  s[kMomentCC] = O::hsum(mcc);
+  for (int k = 0; k < 6; ++k) out[k] = s[k];
 }
 }  // namespace avx2
 #pragma GCC pop_options
@@ -1345,6 +1441,78 @@ inline void ring_scatter_any(const SepPlan<T>& q, T* H, int64_t cs, int64_t r0, 
   ring_scatter<T>(q.ring_start.data(), q.ring_k.data(), q.ring_p.data(), q.J, H, cs, r0, r1, at);
 }
 
+// Baseline versions of the moment kernels (same layouts as avx2::ring_project3 / avx2::sep_moments).
+template <typename T>
+__attribute__((noinline)) void ring_project3(const int32_t* __restrict__ ring_start, const int32_t* __restrict__ ring_k,
+                                             const T* __restrict__ p0, const T* __restrict__ p1,
+                                             const T* __restrict__ p2, int64_t J, const T* __restrict__ wt, int64_t cs,
+                                             int64_t r0, int64_t r1, T* __restrict__ Q) {
+  using V = Vec<T>;
+  for (int64_t rb = r0; rb < r1; rb += 2 * kLanes) {
+    V a0 = vzero<T>(), a1 = a0, b0 = a0, b1 = a0, c0 = a0, c1 = a0;
+    for (int64_t j = 0; j < J; ++j) {
+      for (int32_t i = ring_start[j]; i < ring_start[j + 1]; ++i) {
+        const T* __restrict__ w = wt + int64_t(ring_k[i]) * cs + rb;
+        const V w0 = vload(w), w1 = vload(w + kLanes);
+        a0 += w0 * p0[i];
+        a1 += w1 * p0[i];
+        b0 += w0 * p1[i];
+        b1 += w1 * p1[i];
+        c0 += w0 * p2[i];
+        c1 += w1 * p2[i];
+      }
+      T* q = Q + 3 * j * cs + rb;
+      vstore(q, a0);
+      vstore(q + kLanes, a1);
+      vstore(q + cs, b0);
+      vstore(q + cs + kLanes, b1);
+      vstore(q + 2 * cs, c0);
+      vstore(q + 2 * cs + kLanes, c1);
+    }
+  }
+}
+
+template <typename T>
+__attribute__((noinline)) void sep_moments(const SepPlan<T>& sp, const T* __restrict__ Q, int64_t cs, int64_t d_lo,
+                                           int64_t d_hi, int64_t base, T* out) {
+  T s[6] = {0, 0, 0, 0, 0, 0};
+  for (int64_t i = d_lo + sp.R; i <= d_hi + sp.R;) {
+    const int64_t e = std::min<int64_t>(sp.seg_end[i], d_hi + sp.R);
+    const int32_t j = sp.jidx[i];
+    if (j >= 0) {
+      const T* q0 = Q + 3 * j * cs + (base + i - sp.R);
+      const int64_t n = e - i + 1;
+      s[kMomentS0] += dot_seg(sp.rs.data() + i, q0, n);
+      s[kMomentA] += dot_seg(sp.rsa.data() + i, q0, n);
+      s[kMomentAA] += dot_seg(sp.rsaa.data() + i, q0, n);
+      s[kMomentC] += dot_seg(sp.rs.data() + i, q0 + cs, n);
+      s[kMomentAC] += dot_seg(sp.rsa.data() + i, q0 + cs, n);
+      s[kMomentCC] += dot_seg(sp.rs.data() + i, q0 + 2 * cs, n);
+    }
+    i = e + 1;
+  }
+  for (int k = 0; k < 6; ++k) out[k] = s[k];
+}
+
+template <typename T>
+inline void ring_project3_any(const SepPlan<T>& q, const T* wt, int64_t cs, int64_t r0, int64_t r1, T* Q) {
+#ifdef LWVD_AVX2_DISPATCH
+  if (use_avx2())
+    return avx2::ring_project3<T>(q.ring_start.data(), q.ring_k.data(), q.ring_p.data(), q.ring_pb.data(),
+                                  q.ring_pbb.data(), q.J, wt, cs, r0, r1, Q);
+#endif
+  ring_project3<T>(q.ring_start.data(), q.ring_k.data(), q.ring_p.data(), q.ring_pb.data(), q.ring_pbb.data(), q.J, wt,
+                   cs, r0, r1, Q);
+}
+template <typename T>
+inline void sep_moments_any(const SepPlan<T>& q, const T* Q, int64_t cs, int64_t d_lo, int64_t d_hi, int64_t base,
+                            T* out) {
+#ifdef LWVD_AVX2_DISPATCH
+  if (use_avx2()) return avx2::sep_moments<T>(q, Q, cs, d_lo, d_hi, base, out);
+#endif
+  sep_moments<T>(q, Q, cs, d_lo, d_hi, base, out);
+}
+
 // ---- Forward. ----
 template <typename scalar_t>
 at::Tensor forward_impl(const at::Tensor& z_in, const at::Tensor& center, const at::Tensor& sigma_t,
@@ -1449,9 +1617,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_
   // the G-weighted moment sums per filter (6 doubles each), not per (filter, frame). Its memory no
   // longer grows with F x frames (issue #12: F = 1e4, hop = 1 held 2 GB of moments per task).
   std::vector<double> work(P.B * P.n_frame_tiles * P.F * 4, 0.0);
+  // Separable filters: moment planes from ring projections (ring_project3, sep_moments), as in the forward.
+  std::vector<SepPlan<scalar_t>> sp(P.F);
+  at::parallel_for(0, P.F, 1, [&](int64_t f0, int64_t f1) {
+    for (int64_t f = f0; f < f1; ++f) sp[f] = make_sep_plan(st[f], /*with_moments=*/true);
+  });
+  bool any_sep = false, any_direct = false;
+  int64_t j_max = 0;
+  for (const auto& q : sp) {
+    any_sep = any_sep || q.on;
+    any_direct = any_direct || !q.on;
+    j_max = std::max(j_max, q.J);
+  }
+  const int64_t cs = round_up(C, kSepBlock);
   at::parallel_for(0, P.B * P.n_frame_tiles, 1, [&](int64_t task0, int64_t task1) {
     RowFFT<scalar_t> fft(M, pairs_max, z.options());
-    std::vector<scalar_t> wrow(C * S), gen, gen_scale;
+    std::vector<scalar_t> wrow(any_direct ? C * S : 0), gen, gen_scale;
+    std::vector<scalar_t> wt(any_sep ? M * cs : 0, scalar_t(0)), Q(any_sep ? 3 * j_max * cs : 0, scalar_t(0));
     std::vector<RowInfo> gen_info;
     std::vector<double> gmom;  // (F, 6): sum_t G[f,t] (S0, Sa, Sc, Saa, Sac, Scc)(f, t) (lwvd_math.cuh)
     for (int64_t task = task0; task < task1; ++task) {
@@ -1459,7 +1641,26 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_
       const int64_t t0 = tile * P.frames_per_tile, t1 = std::min(P.T, t0 + P.frames_per_tile);
       const cplx* zb = zp + b * P.N;
       gmom.assign(P.F * 6, 0.0);
-      walk_frame_tile<scalar_t>(P, st, zb, t0, t1, C, fft, wrow.data(),
+      auto visit_sep = [&](int64_t f, int64_t n0, int64_t n1, int64_t ta, int64_t tb) {
+        const auto& q = sp[f];
+        bool any = false;
+        for (int64_t t = ta; t <= tb && !any; ++t) any = Gp[(b * P.F + f) * P.T + t] != scalar_t(0);
+        if (!any) return;
+        int64_t r0, r1;
+        sep_hull(n0, n1, ta, tb, q.R, P.hop, cs, &r0, &r1);
+        ring_project3_any<scalar_t>(q, wt.data(), cs, r0, r1, Q.data());
+        double* m = gmom.data() + f * 6;
+        for (int64_t t = ta; t <= tb; ++t) {
+          const double g = static_cast<double>(Gp[(b * P.F + f) * P.T + t]);
+          if (g == 0.0) continue;  // contributes exactly 0 (even where the moments are NaN)
+          const int64_t c0 = t * P.hop;
+          scalar_t mom6[6];
+          sep_moments_any<scalar_t>(q, Q.data(), cs, std::max(-q.R, n0 - c0), std::min(q.R, n1 - 1 - c0), c0 - n0,
+                                    mom6);
+          for (int j = 0; j < 6; ++j) m[j] += g * static_cast<double>(mom6[j]);
+        }
+      };
+      walk_frame_tile_sep<scalar_t>(P, st, sp, any_direct, any_sep, zb, t0, t1, C, fft, wrow.data(), wt.data(), cs,
                                 [&](int64_t f, int64_t t, int64_t c0, int64_t d_lo, int64_t d_hi, int64_t n0) {
         const double g = static_cast<double>(Gp[(b * P.F + f) * P.T + t]);
         if (g == 0.0) return;  // contributes exactly 0 (even where the moments are NaN)
@@ -1478,7 +1679,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_
         }
         double* m = gmom.data() + f * 6;
         for (int j = 0; j < 6; ++j) m[j] += g * static_cast<double>(mom6[j]);
-      });
+      }, visit_sep);
       double* out = work.data() + (b * P.n_frame_tiles + tile) * P.F * 4;
       for (int64_t f = 0; f < P.F; ++f) {  // the formulas of lwvd_math.cuh, in double
         const auto& g = st[f].g;
@@ -1504,20 +1705,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_
   const int64_t J = std::max(kTileRows, 4 * (2 * h + 1));
   const int64_t n_sample_tiles = ceil_div(P.N, J);
   cplx* gz = grad_z.data_ptr<cplx>();
-  // Separable filters build A^T (bin-major) through their ring plans (sep_scatter, ring_scatter);
-  // the others add their stencil rows into arow (row-major). The packing reads both and clears A^T.
-  std::vector<SepPlan<scalar_t>> sp(P.F);
-  at::parallel_for(0, P.F, 1, [&](int64_t f0, int64_t f1) {
-    for (int64_t f = f0; f < f1; ++f) sp[f] = make_sep_plan(st[f]);
-  });
-  bool any_sep = false, any_direct = false;
-  int64_t j_max = 0;
-  for (const auto& q : sp) {
-    any_sep = any_sep || q.on;
-    any_direct = any_direct || !q.on;
-    j_max = std::max(j_max, q.J);
-  }
-  const int64_t cs = round_up(C, kSepBlock);
+  // Separable filters build A^T (bin-major) through their ring plans (sep_scatter, ring_scatter; the
+  // plans of pass 1); the others add their stencil rows into arow (row-major). The packing reads
+  // both and clears A^T.
   at::parallel_for(0, P.B * n_sample_tiles, 1, [&](int64_t task0, int64_t task1) {
     RowFFT<scalar_t> fft(M, pairs_max, z.options());
     std::vector<scalar_t> arow(any_direct ? C * S : 0), gen, gen_scale, ah_re(2 * h + 1), ah_im(2 * h + 1);
