@@ -793,6 +793,81 @@ __attribute__((noinline)) void sep_moments(const SepPlan<T>& sp, const T* __rest
   s[kMomentCC] = O::hsum(mcc);
   for (int k = 0; k < 6; ++k) out[k] = s[k];
 }
+// grad_z pass: 2 Ahat of rows a and b of one FFT pair x (complex64, length M) for m in [0, h],
+// mirrored to m in [-h, 0) (Ahat[-m] = conj Ahat[m]); arrays centred (index h is m = 0):
+//   2 Ahat_a[m] = X[m] + conj X[-m],  2 Ahat_b[m] = -i (X[m] - conj X[-m]).
+__attribute__((noinline)) void ahat_pair(const float* __restrict__ x, int64_t h, int64_t M, float* __restrict__ ra,
+                                         float* __restrict__ ia, float* __restrict__ rb, float* __restrict__ ib) {
+  ra[h] = x[0] + x[0];
+  ia[h] = x[1] - x[1];
+  rb[h] = x[1] + x[1];
+  ib[h] = x[0] - x[0];
+  int64_t m = 1;
+  const __m256i rev = _mm256_setr_epi32(7, 6, 5, 4, 3, 2, 1, 0);
+  for (; m + 8 <= h + 1; m += 8) {
+    // X[m .. m+7] (re, im) and X[M-m-7 .. M-m] reversed to line up with m .. m+7
+    const __m256 v0 = _mm256_loadu_ps(x + 2 * m), v1 = _mm256_loadu_ps(x + 2 * m + 8);
+    const __m256 u0 = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_loadu_ps(x + 2 * (M - m - 3))), 0x1B));
+    const __m256 u1 = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_loadu_ps(x + 2 * (M - m - 7))), 0x1B));
+    // deinterleave: re / im of m .. m+7 in natural order
+    auto deint = [&](__m256 a, __m256 b, __m256& re, __m256& im) {
+      const __m256 lo = _mm256_permute2f128_ps(a, b, 0x20), hi = _mm256_permute2f128_ps(a, b, 0x31);
+      // lo = complex (0, 1 | 4, 5), hi = (2, 3 | 6, 7): the per-lane shuffle gives (0 1 2 3 | 4 5 6 7)
+      re = _mm256_shuffle_ps(lo, hi, _MM_SHUFFLE(2, 0, 2, 0));
+      im = _mm256_shuffle_ps(lo, hi, _MM_SHUFFLE(3, 1, 3, 1));
+    };
+    __m256 xr, xi, yr, yi;
+    deint(v0, v1, xr, xi);
+    deint(u0, u1, yr, yi);
+    _mm256_storeu_ps(ra + h + m, _mm256_add_ps(xr, yr));
+    _mm256_storeu_ps(ia + h + m, _mm256_sub_ps(xi, yi));
+    _mm256_storeu_ps(rb + h + m, _mm256_add_ps(xi, yi));
+    _mm256_storeu_ps(ib + h + m, _mm256_sub_ps(yr, xr));
+  }
+  for (; m <= h; ++m) {
+    const int64_t im = M - m;
+    ra[h + m] = x[2 * m] + x[2 * im];
+    ia[h + m] = x[2 * m + 1] - x[2 * im + 1];
+    rb[h + m] = x[2 * m + 1] + x[2 * im + 1];
+    ib[h + m] = x[2 * im] - x[2 * m];
+  }
+  // mirror: index h - m = m's values (re), negated (im); reversed 8 at a time
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  m = 1;
+  for (; m + 8 <= h + 1; m += 8) {
+    float* dst_off[4] = {ra, ia, rb, ib};
+    for (int q = 0; q < 4; ++q) {
+      float* a = dst_off[q];
+      __m256 v = _mm256_permutevar8x32_ps(_mm256_loadu_ps(a + h + m), rev);
+      if (q & 1) v = _mm256_xor_ps(v, sign);
+      _mm256_storeu_ps(a + h - m - 7, v);
+    }
+  }
+  for (; m <= h; ++m) {
+    ra[h - m] = ra[h + m];
+    ia[h - m] = -ia[h + m];
+    rb[h - m] = rb[h + m];
+    ib[h - m] = -ib[h + m];
+  }
+}
+
+// gre[i] += 2 (zr ar + zi ai), gim[i] += 2 (zi ar - zr ai), i < n.
+__attribute__((noinline)) void gather_acc(const float* __restrict__ zr, const float* __restrict__ zi,
+                                          const float* __restrict__ ar, const float* __restrict__ ai,
+                                          float* __restrict__ gre, float* __restrict__ gim, int64_t n) {
+  const __m256 two = _mm256_set1_ps(2.0f);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 a = _mm256_loadu_ps(ar + i), b = _mm256_loadu_ps(ai + i);
+    const __m256 r = _mm256_loadu_ps(zr + i), q = _mm256_loadu_ps(zi + i);
+    _mm256_storeu_ps(gre + i, _mm256_fmadd_ps(two, _mm256_fmadd_ps(r, a, _mm256_mul_ps(q, b)), _mm256_loadu_ps(gre + i)));
+    _mm256_storeu_ps(gim + i, _mm256_fmadd_ps(two, _mm256_fmsub_ps(q, a, _mm256_mul_ps(r, b)), _mm256_loadu_ps(gim + i)));
+  }
+  for (; i < n; ++i) {
+    gre[i] += 2.0f * (zr[i] * ar[i] + zi[i] * ai[i]);
+    gim[i] += 2.0f * (zi[i] * ar[i] - zr[i] * ai[i]);
+  }
+}
 }  // namespace avx2
 #pragma GCC pop_options
 #else
@@ -1711,6 +1786,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_
   at::parallel_for(0, P.B * n_sample_tiles, 1, [&](int64_t task0, int64_t task1) {
     RowFFT<scalar_t> fft(M, pairs_max, z.options());
     std::vector<scalar_t> arow(any_direct ? C * S : 0), gen, gen_scale, ah_re(2 * h + 1), ah_im(2 * h + 1);
+    std::vector<scalar_t> ah_re2(2 * h + 1), ah_im2(2 * h + 1);  // the pair's second row (AVX2 path)
     std::vector<scalar_t> at_rows(any_sep ? M * cs : 0, scalar_t(0)), H(any_sep ? j_max * cs : 0, scalar_t(0));
     std::vector<RowInfo> gen_info;
     std::vector<scalar_t> acc_re, acc_im, zr_rev, zi_rev;
@@ -1814,12 +1890,30 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_
           }
         }
         fft.run(pairs);
+        int64_t ah_pair = -1;  // the pair whose rows ah_* hold (AVX2 path)
+        (void)ah_pair;
         for (int64_t row = 0; row < rows; ++row) {
           const int64_t n = n0 + row;
           // lags m with j = n + m in [j0, j1) and n - m in [0, N)
           const int64_t m_lo = std::max(-h, std::max(j0 - n, n - (P.N - 1)));
           const int64_t m_hi = std::min(h, std::min(j1 - 1 - n, n));
           if (m_lo > m_hi) continue;
+#ifdef LWVD_AVX2_DISPATCH
+          if constexpr (std::is_same<scalar_t, float>::value) {
+            if (use_avx2()) {  // both rows' 2 Ahat at the pair's first row that needs them
+              if (row % 2 == 0 || ah_pair != row / 2) {
+                ah_pair = row / 2;
+                avx2::ahat_pair(reinterpret_cast<const float*>(fft.out(row / 2)), h, M, ah_re.data(), ah_im.data(),
+                                ah_re2.data(), ah_im2.data());
+              }
+              const float* ar = (row % 2 == 0 ? ah_re : ah_re2).data() + h + m_lo;
+              const float* ai = (row % 2 == 0 ? ah_im : ah_im2).data() + h + m_lo;
+              avx2::gather_acc(zr_rev.data() + (u_hi - n + m_lo), zi_rev.data() + (u_hi - n + m_lo), ar, ai,
+                               acc_re.data() + (n + m_lo - j0), acc_im.data() + (n + m_lo - j0), m_hi - m_lo + 1);
+              continue;
+            }
+          }
+#endif
           // 2 Ahat[n, m] for m in [0, h] from X[m], X[-m]; Ahat[n, -m] = conj(Ahat[n, m]).
           const scalar_t* x = reinterpret_cast<const scalar_t*>(fft.out(row / 2));
           scalar_t* are = ah_re.data() + h;
