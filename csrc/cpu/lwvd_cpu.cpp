@@ -600,14 +600,18 @@ __attribute__((noinline)) void ring_scatter(const int32_t* __restrict__ ring_sta
                                             const T* __restrict__ ring_p, int64_t J, T* __restrict__ H, int64_t cs,
                                             int64_t r0, int64_t r1, T* __restrict__ at) {
   using O = Ops<T>;
-  for (int64_t j = J - 2; j >= 0; --j)
-    for (int64_t r = r0; r < r1; r += O::L) O::st(H + j * cs + r, O::add(O::ld(H + j * cs + r), O::ld(H + (j + 1) * cs + r)));
-  for (int64_t j = 0; j < J; ++j) {
-    const T* __restrict__ hj = H + j * cs;
-    for (int32_t i = ring_start[j]; i < ring_start[j + 1]; ++i) {
-      T* __restrict__ a = at + int64_t(ring_k[i]) * cs;
-      const auto pk = O::set(ring_p[i]);
-      for (int64_t r = r0; r < r1; r += O::L) O::st(a + r, O::fma(O::ld(hj + r), pk, O::ld(a + r)));
+  // 2 vectors of rows at a time: the suffix sums Hc_j stay in registers while ring j is scattered.
+  for (int64_t rb = r0; rb < r1; rb += 2 * O::L) {
+    auto h0 = O::zero(), h1 = h0;
+    for (int64_t j = J - 1; j >= 0; --j) {
+      h0 = O::add(h0, O::ld(H + j * cs + rb));
+      h1 = O::add(h1, O::ld(H + j * cs + rb + O::L));
+      for (int32_t i = ring_start[j]; i < ring_start[j + 1]; ++i) {
+        T* __restrict__ a = at + int64_t(ring_k[i]) * cs + rb;
+        const auto pk = O::set(ring_p[i]);
+        O::st(a, O::fma(h0, pk, O::ld(a)));
+        O::st(a + O::L, O::fma(h1, pk, O::ld(a + O::L)));
+      }
     }
   }
 }
@@ -642,8 +646,9 @@ __attribute__((noinline)) void transpose_out(const float* const* x, int64_t M, f
     }
 }
 
-// x_p[2k + {0, 1}] += at[k * cs + 2p + {0, 1}], then those at entries = 0, for 4 pairs, bins k < M.
-__attribute__((noinline)) void transpose_in(float* const* x, int64_t M, float* __restrict__ at, int64_t cs) {
+// x_p[2k + {0, 1}] (+)= at[k * cs + 2p + {0, 1}] (add: +=, else =), then those at entries = 0, for 4
+// pairs, bins k < M.
+__attribute__((noinline)) void transpose_in(float* const* x, int64_t M, float* __restrict__ at, int64_t cs, bool add) {
   const __m256 zero = _mm256_setzero_ps();
   int64_t k = 0;
   for (; k + 4 <= M; k += 4) {
@@ -651,6 +656,13 @@ __attribute__((noinline)) void transpose_in(float* const* x, int64_t M, float* _
     __m256d a2 = _mm256_castps_pd(_mm256_loadu_ps(at + (k + 2) * cs)), a3 = _mm256_castps_pd(_mm256_loadu_ps(at + (k + 3) * cs));
     for (int i = 0; i < 4; ++i) _mm256_storeu_ps(at + (k + i) * cs, zero);
     transpose4(a0, a1, a2, a3);
+    if (!add) {
+      _mm256_storeu_ps(x[0] + 2 * k, _mm256_castpd_ps(a0));
+      _mm256_storeu_ps(x[1] + 2 * k, _mm256_castpd_ps(a1));
+      _mm256_storeu_ps(x[2] + 2 * k, _mm256_castpd_ps(a2));
+      _mm256_storeu_ps(x[3] + 2 * k, _mm256_castpd_ps(a3));
+      continue;
+    }
     _mm256_storeu_ps(x[0] + 2 * k, _mm256_add_ps(_mm256_loadu_ps(x[0] + 2 * k), _mm256_castpd_ps(a0)));
     _mm256_storeu_ps(x[1] + 2 * k, _mm256_add_ps(_mm256_loadu_ps(x[1] + 2 * k), _mm256_castpd_ps(a1)));
     _mm256_storeu_ps(x[2] + 2 * k, _mm256_add_ps(_mm256_loadu_ps(x[2] + 2 * k), _mm256_castpd_ps(a2)));
@@ -658,8 +670,8 @@ __attribute__((noinline)) void transpose_in(float* const* x, int64_t M, float* _
   }
   for (; k < M; ++k)
     for (int p = 0; p < 4; ++p) {
-      x[p][2 * k] += at[k * cs + 2 * p];
-      x[p][2 * k + 1] += at[k * cs + 2 * p + 1];
+      x[p][2 * k] = (add ? x[p][2 * k] : 0.0f) + at[k * cs + 2 * p];
+      x[p][2 * k + 1] = (add ? x[p][2 * k + 1] : 0.0f) + at[k * cs + 2 * p + 1];
       at[k * cs + 2 * p] = at[k * cs + 2 * p + 1] = 0.0f;
     }
 }
@@ -1854,6 +1866,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_
             }
           }
         }
+        bool avx2_in = false;  // A^T goes in through avx2::transpose_in (groups of 4 pairs)
+#ifdef LWVD_AVX2_DISPATCH
+        avx2_in = std::is_same<scalar_t, float>::value && any_sep && use_avx2();
+#endif
         for (int64_t p = 0; p < pairs; ++p) {  // packed row A[a] + i A[b] (A[b] = 0 past the chunk)
           scalar_t* __restrict__ x = reinterpret_cast<scalar_t*>(fft.in(p));
           if (any_direct) {
@@ -1863,7 +1879,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_
               x[2 * k] = aa[k];
               x[2 * k + 1] = ab[k];
             }
-          } else {
+          } else if (!(avx2_in && p < (pairs / 4) * 4)) {  // (the AVX2 transpose assigns those pairs)
             std::fill(x, x + 2 * M, scalar_t(0));
           }
         }
@@ -1874,7 +1890,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_
             if (use_avx2() && p + 4 <= pairs) {
               float* xs[4] = {reinterpret_cast<float*>(fft.in(p)), reinterpret_cast<float*>(fft.in(p + 1)),
                               reinterpret_cast<float*>(fft.in(p + 2)), reinterpret_cast<float*>(fft.in(p + 3))};
-              avx2::transpose_in(xs, M, at_rows.data() + 2 * p, cs);
+              avx2::transpose_in(xs, M, at_rows.data() + 2 * p, cs, /*add=*/any_direct);
               p += 3;
               continue;
             }
