@@ -343,7 +343,7 @@ std::vector<Stencil<scalar_t>> make_stencils(const at::Tensor& center, const at:
 // filters - the configurations that were 5-23x the FFT floor. The same identity transposed builds the
 // A rows of the grad_z pass. The tables are per filter O(R + bins) and do not depend on the stencil
 // budget (so budget 0 and the default take the same path, bitwise); filters past kSepMaxRows rows
-// keep the direct path.
+// or past kSepBudgetBytes (make_sep_plans) keep the direct path.
 constexpr int64_t kSepMaxRows = int64_t(1) << 21;
 constexpr int64_t kSepBlock = 32;  // rows per projection block (a multiple of every kernel's block)
 
@@ -437,6 +437,33 @@ SepPlan<scalar_t> make_sep_plan(const Stencil<scalar_t>& s, bool with_moments = 
     }
   }
   sp.on = true;
+  return sp;
+}
+
+// Plans for every filter, within kSepBudgetBytes in filter order (a fixed constant, not the stencil
+// budget's environment override, so both stencil paths see the same plans): per-d tables of huge
+// time spreads (kSepMaxRows rows: 40 MB each with the moments) must not add up over filters. Filters
+// past it keep the direct path.
+constexpr int64_t kSepBudgetBytes = int64_t(64) << 20;
+template <typename scalar_t>
+std::vector<SepPlan<scalar_t>> make_sep_plans(const std::vector<Stencil<scalar_t>>& st, bool with_moments) {
+  const int64_t F = static_cast<int64_t>(st.size());
+  std::vector<char> take(F, 0);
+  int64_t used = 0;
+  for (int64_t f = 0; f < F; ++f) {
+    if (!st[f].separable || 2 * st[f].radius + 1 > kSepMaxRows) continue;
+    const int64_t per_d = (with_moments ? 3 : 1) * int64_t(sizeof(scalar_t)) + 2 * int64_t(sizeof(int32_t));
+    const int64_t bytes = (2 * st[f].radius + 1) * per_d + st[f].n_fft * (4 * int64_t(sizeof(scalar_t)) + 4);
+    if (used + bytes <= kSepBudgetBytes) {
+      take[f] = 1;
+      used += bytes;
+    }
+  }
+  std::vector<SepPlan<scalar_t>> sp(F);
+  at::parallel_for(0, F, 1, [&](int64_t f0, int64_t f1) {
+    for (int64_t f = f0; f < f1; ++f)
+      if (take[f]) sp[f] = make_sep_plan(st[f], with_moments);
+  });
   return sp;
 }
 
@@ -1617,10 +1644,7 @@ at::Tensor forward_impl(const at::Tensor& z_in, const at::Tensor& center, const 
   scalar_t* Kp = K.data_ptr<scalar_t>();
   const int64_t M = P.M, S = P.stride, pairs_max = chunk_pairs(M), C = 2 * pairs_max;
 
-  std::vector<SepPlan<scalar_t>> sp(P.F);
-  at::parallel_for(0, P.F, 1, [&](int64_t f0, int64_t f1) {
-    for (int64_t f = f0; f < f1; ++f) sp[f] = make_sep_plan(st[f]);
-  });
+  const std::vector<SepPlan<scalar_t>> sp = make_sep_plans(st, /*with_moments=*/false);
   bool any_sep = false, any_direct = false;
   int64_t j_max = 0;
   for (const auto& q : sp) {
@@ -1705,10 +1729,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_
   // longer grows with F x frames (issue #12: F = 1e4, hop = 1 held 2 GB of moments per task).
   std::vector<double> work(P.B * P.n_frame_tiles * P.F * 4, 0.0);
   // Separable filters: moment planes from ring projections (ring_project3, sep_moments), as in the forward.
-  std::vector<SepPlan<scalar_t>> sp(P.F);
-  at::parallel_for(0, P.F, 1, [&](int64_t f0, int64_t f1) {
-    for (int64_t f = f0; f < f1; ++f) sp[f] = make_sep_plan(st[f], /*with_moments=*/true);
-  });
+  const std::vector<SepPlan<scalar_t>> sp = make_sep_plans(st, /*with_moments=*/true);
   bool any_sep = false, any_direct = false;
   int64_t j_max = 0;
   for (const auto& q : sp) {
