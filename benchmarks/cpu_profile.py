@@ -6,7 +6,8 @@ For each configuration: the fused forward, forward + backward, and the paired, c
 ``torch.fft`` floor (``registry.make_fft_floor``), each repeated ``--repeats`` times in turn (A B C A
 B C ...), timed as process CPU time (``time.process_time``) at ``torch.set_num_threads(1)`` - the
 steadiest figure on a shared machine; the load average is printed with the results. Ratios are
-of medians. ``--sweep`` adds the issue's sweep (n_fft, F, hop, narrow/wide, rho 0.9, float64);
+medians of the per-round ratios (each round runs floor, forward, forward + backward back to back),
+with the ratios of the medians and the minima beside them. ``--sweep`` adds the issue's sweep (n_fft, F, hop, narrow/wide, rho 0.9, float64);
 ``--area4`` the truncate=4 vs truncate=None rows with area-4 filters (time per smoothing term).
 """
 
@@ -86,12 +87,17 @@ def profile(name, cfg, p64, dtype, repeats, truncate=4.0):
         for k, f in fns.items():
             _timed(f, times[k])
     med = {k: statistics.median(v) for k, v in times.items()}
+    # Ratios paired per round (floor, fwd, fwd+bwd ran back to back): on a shared machine the load
+    # drifts between rounds, and a ratio of medians can pair a quiet floor with a busy forward.
+    r_fwd = statistics.median(f / c for f, c in zip(times["fwd"], times["floor"]))
+    r_bwd = statistics.median(b / f for b, f in zip(times["fwd+bwd"], times["fwd"]))
     rows = R.operator_rows(cfg, p64)
     print(f"{name:16s} floor {med['floor'] * 1e3:8.1f} ms ({n_ffts} FFTs, rows {rows}/{cfg.n})  "
-          f"fwd {med['fwd'] * 1e3:8.1f} ms = {med['fwd'] / med['floor']:5.2f}x floor  "
-          f"fwd+bwd {med['fwd+bwd'] * 1e3:8.1f} ms = {med['fwd+bwd'] / med['fwd']:5.2f}x fwd  "
-          f"[min: floor {min(times['floor']) * 1e3:.1f}, fwd {min(times['fwd']) * 1e3:.1f}, "
-          f"fwd+bwd {min(times['fwd+bwd']) * 1e3:.1f} ms]", flush=True)
+          f"fwd {med['fwd'] * 1e3:8.1f} ms = {r_fwd:5.2f}x floor  "
+          f"fwd+bwd {med['fwd+bwd'] * 1e3:8.1f} ms = {r_bwd:5.2f}x fwd  (paired per round; "
+          f"ratios of medians {med['fwd'] / med['floor']:.2f}, {med['fwd+bwd'] / med['fwd']:.2f}; "
+          f"min: floor {min(times['floor']) * 1e3:.1f}, fwd {min(times['fwd']) * 1e3:.1f}, "
+          f"fwd+bwd {min(times['fwd+bwd']) * 1e3:.1f} ms)", flush=True)
     return med
 
 
@@ -120,13 +126,13 @@ def main():
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--sweep", action="store_true")
     ap.add_argument("--area4", action="store_true")
-    ap.add_argument("--only", default="")
+    ap.add_argument("--only", default="", help="configurations to run, separated by ';' (or ',' where no name has one)")
     a = ap.parse_args()
     torch.set_num_threads(1)
     print(f"torch {torch.__version__}, 1 thread, process CPU time, medians of {a.repeats} interleaved repeats; "
           f"loadavg {open('/proc/loadavg').read().split()[:3]}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     for name, cfg, p64, dtype in _cases(a.sweep):
-        if a.only and name not in a.only.split(","):
+        if a.only and name not in a.only.split(";") and name not in a.only.split(","):
             continue
         profile(name, cfg, p64, dtype, a.repeats)
     if a.area4:

@@ -140,7 +140,9 @@ def test_long_signal_64bit_offsets():
 # ---- float32 ----
 @pytest.mark.parametrize(
     "case",
-    [Case((2,), 400, 64, 16, 6), Case((2,), 300, 48, 10, 4, kind="wide"), Case((2,), 257, 128, 32, 5, truncate=None)],
+    [Case((2,), 400, 64, 16, 6), Case((2,), 300, 48, 10, 4, kind="wide"), Case((2,), 257, 128, 32, 5, truncate=None),
+     # rho = 0: the separable kernels (ring projections; AVX2 transposes and lag products where the CPU has them)
+     Case((2,), 700, 64, 6, 6, kind="untilted"), Case((2,), 500, 128, 32, 5, kind="untilted", truncate=None)],
 )
 def test_float32_matches_float64_reference(case):
     # float32 kernels against the float64 oracle: eps32 = 6e-8 grown by the length-M FFT and sums of
