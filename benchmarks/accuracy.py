@@ -70,7 +70,7 @@ HEAD_TITLES = {
 # features per channel (BatchNorm1d without affine parameters) before the classifier. The paper's
 # heads feed raw log energies to the Linear layer; their per-channel offsets differ by several units
 # while the class information is in differences of a fraction of one, so a linear head trained for a
-# few epochs at lr 1e-3 is far from converged (frozen features: 21 % after 10 epochs, 51 % after 100),
+# few epochs at lr 1e-3 is far from converged (frozen features: 21 % after 10 epochs, 52 % after 100),
 # and a learnable front end then wins partly by rescaling the head's inputs, not by what it extracts.
 HEAD_NORMS = ("bn",)
 LEARNED_LWVD = ("lwvd", "lwvd_nonneg")  # front ends whose filters train through LWVD.parameter_groups
