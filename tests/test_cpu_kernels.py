@@ -8,6 +8,10 @@ to rounding: ``TOLERANCES[float64] = 1e-10`` relative (see ``lwvd_cuda/testing.p
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -466,3 +470,38 @@ def test_float32_parameter_gradients_near_rho_one(rho):
     for name, a, e in zip(("center", "sigma_t", "sigma_nu", "rho"), got, expected):
         assert e != 0
         assert_rel_close(a, torch.tensor([e], dtype=F64), TOLERANCES[F32], f"grad {name} at rho = {rho!r}")
+
+
+# ---- The baseline (SSE2) kernels: what runs where cpuid reports no AVX2 + FMA. ----
+_BASELINE_PROBE = """
+import sys, torch, lwvd_cuda
+from lwvd_cuda.testing import Case
+case = Case((2,), 257, 64, 12, 6, kind="untilted")  # rho = 0: the separable kernels, where AVX2 versions exist
+z, params = case.inputs(torch.float32)
+k = torch.ops.lwvd_cuda.lwvd_fwd(z, *params, case.n_fft, case.hop, 4.0)
+torch.save(k, sys.argv[1])
+"""
+
+
+@pytest.mark.skipif(bool(os.environ.get("LWVD_CPU_NO_AVX2")), reason="this process already runs the baseline kernels")
+def test_baseline_kernels_without_avx2(tmp_path):
+    """``LWVD_CPU_NO_AVX2=1`` (the path of CPUs without AVX2 + FMA) passes the same reference comparisons,
+    and really is another code path: on an AVX2 machine its float32 result differs from this process's
+    by rounding (FMA, 8 lanes), not by more."""
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, LWVD_CPU_NO_AVX2="1")
+    env["PYTHONPATH"] = str(root) + os.pathsep + env.get("PYTHONPATH", "")
+    subset = "forward_matches_reference_float64 or float32_matches_float64_reference or backward_matches_reference_autograd"
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(Path(__file__)), "-k", subset],
+                       env=env, cwd=root, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+    out = tmp_path / "k.pt"
+    subprocess.run([sys.executable, "-c", _BASELINE_PROBE, str(out)], env=env, cwd=root, check=True, timeout=300)
+    baseline = torch.load(out)
+    exec_globals: dict = {}
+    exec(_BASELINE_PROBE.replace("torch.save(k, sys.argv[1])", ""), exec_globals)
+    here = exec_globals["k"]
+    assert_rel_close(baseline, here, TOLERANCES[F32], "baseline vs dispatched float32 forward")
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    if " avx2" in cpuinfo and " fma" in cpuinfo:
+        assert not torch.equal(baseline, here), "LWVD_CPU_NO_AVX2=1 changed nothing: the baseline kernels were not taken"
