@@ -185,8 +185,11 @@ class SincBank(FrontEnd):
 
     def cutoffs(self):
         """(f1, f2) in Hz."""
-        f1 = self.f_floor + self.sample_rate * self.low.abs()
-        f2 = (f1 + self.min_band_hz + self.sample_rate * self.band.abs()).clamp(max=self.sample_rate / 2)
+        # The low cut-off is kept min_band_hz below Nyquist: SincNet clamps only the high one, so a low
+        # cut-off trained past Nyquist - min_band gave f2 < f1, a negative band (a sign-flipped filter).
+        nyq = self.sample_rate / 2
+        f1 = (self.f_floor + self.sample_rate * self.low.abs()).clamp(max=nyq - self.min_band_hz)
+        f2 = (f1 + self.min_band_hz + self.sample_rate * self.band.abs()).clamp(max=nyq)
         return f1, f2
 
     def filters(self):

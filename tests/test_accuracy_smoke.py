@@ -102,3 +102,15 @@ def test_head_feature_norm():
     plain = accuracy.Head("linear", "log_pool", 6, 30, 10, 1e-4).train()
     assert isinstance(plain.norm, torch.nn.Identity) and plain(u).shape == (64, 10)
     assert not any(True for _ in head.norm.parameters())  # no affine: the classifier does the scaling
+
+
+def test_sinc_band_stays_positive_past_nyquist():
+    """A low cut-off trained past Nyquist keeps a band of at least ``min_band_hz`` (it went negative before)."""
+    bank = frontends.build("sinc", sample_rate=8000, n_filters=8, n_fft=128, hop=80, window_seconds=0.025,
+                           f_min=0.0, f_max=4000.0)
+    with torch.no_grad():
+        bank.low[-1] = 0.6  # 0.6 of the sample rate: 4800 Hz, above Nyquist
+    f1, f2 = bank.cutoffs()
+    assert float(f1.max()) <= 4000.0 - bank.min_band_hz
+    assert float((f2 - f1).min()) >= bank.min_band_hz - 1e-3
+    assert torch.isfinite(bank.filters()).all()
