@@ -75,10 +75,118 @@ struct PrepareArgs {
   int64_t n_fft;
   int64_t d_limit;                 // N - 1 + (T - 1) * hop: the largest |d| that occurs
   double trunc2;                   // effective_trunc2<scalar_t>(truncate)
+  // Stencil tables (launch_config.h, kStencil*): blocks 1 .. gridDim.x - 1 fill them.
+  int* tab_rows;                   // (F, rows_cap + 1) out: term offsets per lag d + R_f; [0] = -1: no table
+  scalar_t* tab_e;                 // (F, terms_cap) out: exp(-q / 2)
+  scalar_t* tab_c;                 // (F, terms_cap) out: quad_form's c (the moments' coordinate)
+  int* tab_idx;                    // (F, terms_cap) out: (d + R_f) << kStencilKBits | k
+  int64_t terms_cap, rows_cap;
+  double inv_two_m;                // 1 / (2 n_fft), exact
 };
+
+// One filter's stencil table, by one block of config::kStencilThreads threads (block-uniform control
+// flow). Thread i of a chunk of lags takes lag d = i - R_f: bin_range (the candidate bins of every
+// kernel) and, per candidate, quad_form in scalar_t exactly as the kernels evaluate it (d and k as
+// scalar_t, v = k * (1/2M) - center: the same operations on the same values), keeping the terms with
+// q <= trunc2: the truncation set of the table is bitwise the kernels' on-the-fly one. A block scan of
+// the per-lag counts places the terms in the order (d, k). The filter's geometry is make_filter of
+// the same inputs as block 0's (bitwise equal).
+template <typename scalar_t>
+__device__ __forceinline__ void stencil_table_block(const PrepareArgs<scalar_t>& a, int64_t f) {
+  constexpr int kW = config::kStencilThreads / kWarpSize;
+  __shared__ int warp_total[kW];
+  const int tid = static_cast<int>(threadIdx.x);
+  const int lane = tid % kWarpSize, warp = tid / kWarpSize;
+  const double c = static_cast<double>(a.center[f]), st = static_cast<double>(a.sigma_t[f]);
+  const double sn = static_cast<double>(a.sigma_nu[f]), r = static_cast<double>(a.rho[f]);
+  const unsigned bad = invalid_bits<scalar_t>(c, st, sn, r);
+  const FilterGeometry<scalar_t> g = make_filter<scalar_t>(c, st, sn, r, a.trunc2, a.n_fft, a.d_limit);
+  int* rows = a.tab_rows + f * (a.rows_cap + 1);
+  const int64_t radius = g.d_radius;
+  if (bad || 2 * radius + 1 > a.rows_cap) {  // block-uniform
+    if (tid == 0) rows[0] = -1;
+    return;
+  }
+  const int R = static_cast<int>(radius), nrows = 2 * R + 1;
+  const int cap = static_cast<int>(a.terms_cap);
+  const scalar_t trunc2 = static_cast<scalar_t>(a.trunc2);
+  const scalar_t inv_two_m = static_cast<scalar_t>(a.inv_two_m);
+  scalar_t* te = a.tab_e + f * a.terms_cap;
+  scalar_t* tc = a.tab_c + f * a.terms_cap;
+  int* ti = a.tab_idx + f * a.terms_cap;
+  int running = 0;  // terms of the lags before this chunk (block-uniform)
+  LWVD_NO_UNROLL
+  for (int base = 0; base < nrows; base += config::kStencilThreads) {
+    [[maybe_unused]] const int chunk = base / config::kStencilThreads;  // profile key
+    LWVD_PROF_TRIP("tab.chunk", chunk);
+    const int i = base + tid;
+    int k_lo = 1, k_hi = 0;
+    if (i < nrows) {
+      int64_t lo, hi;
+      bin_range(g, static_cast<int64_t>(i - R), a.trunc2, a.n_fft, &lo, &hi);
+      k_lo = static_cast<int>(lo);
+      k_hi = static_cast<int>(hi);
+    }
+    const scalar_t ds = static_cast<scalar_t>(i - R);
+    int cnt = 0;
+    LWVD_NO_UNROLL
+    for (int k = k_lo; k <= k_hi; ++k) {
+      LWVD_PROF_TRIP("tab.count", chunk, k - k_lo);
+      const scalar_t v = static_cast<scalar_t>(k) * inv_two_m - g.center;
+      cnt += quad_form(g, ds, v) <= trunc2 ? 1 : 0;
+    }
+    int incl = cnt;  // block scan of the counts: warp scans, then the warps' totals
+    for (int o = 1; o < kWarpSize; o <<= 1) {
+      const int y = __shfl_up_sync(kFullMask, incl, o);
+      if (lane >= o) incl += y;
+    }
+    if (lane == kWarpSize - 1) warp_total[warp] = incl;
+    __syncthreads();
+    int before = 0, total = 0;
+    for (int w = 0; w < kW; ++w) {
+      const int t = warp_total[w];
+      before += w < warp ? t : 0;
+      total += t;
+    }
+    __syncthreads();  // warp_total is rewritten by the next chunk
+    const int start = running + before + incl - cnt;
+    if (i < nrows) rows[i] = start;
+    if (running + total <= cap) {  // block-uniform
+      int e = start;
+      LWVD_NO_UNROLL
+      for (int k = k_lo; k <= k_hi; ++k) {
+        LWVD_PROF_TRIP("tab.write", chunk, k - k_lo);
+        const scalar_t v = static_cast<scalar_t>(k) * inv_two_m - g.center;
+        scalar_t qa, qc;
+        const scalar_t q = quad_form(g, ds, v, &qa, &qc);
+        if (q <= trunc2) {
+          te[e] = lwvd_exp(scalar_t(-0.5) * q);
+          tc[e] = qc;
+          ti[e] = (i << config::kStencilKBits) | k;
+          ++e;
+        }
+      }
+    }
+    running += total;
+    if (running > cap) break;  // does not fit: the filter is evaluated on the fly (block-uniform)
+  }
+  if (tid == 0) {  // thread 0 wrote rows[0] itself
+    LWVD_PROF_TRIP("tab.end");
+    rows[nrows] = running;
+    if (running > cap) rows[0] = -1;
+  }
+}
 
 template <typename scalar_t>
 __global__ void __launch_bounds__(config::kPrepThreads) lwvd_prepare_kernel(const PrepareArgs<scalar_t> a) {
+  static_assert(config::kStencilThreads == config::kPrepThreads, "one block size for both roles");
+  if (blockIdx.x > 0) {  // the table role: filters blockIdx.x - 1, + (gridDim.x - 1), ...
+    for (int64_t f = blockIdx.x - 1; f < a.n_filters; f += gridDim.x - 1) {
+      LWVD_PROF_TRIP("tab.filter", (f - (blockIdx.x - 1)) / (gridDim.x - 1));
+      stencil_table_block(a, f);
+    }
+    return;
+  }
   __shared__ int64_t radius[config::kPrepThreads];
   __shared__ unsigned bad_bits[config::kPrepThreads];
   const int tid = static_cast<int>(threadIdx.x);
@@ -269,7 +377,53 @@ struct SmoothArgs {
   int complex_rows;                          // CR: a pass covers 2*CR rows
   double trunc2;
   double inv_two_m;                          // 1 / (2 n_fft), exact (power of two), set on the host
+  const int* tab_rows;                       // stencil tables of the prepare launch (PrepareArgs)
+  const scalar_t* tab_e;
+  const scalar_t* tab_c;
+  const int* tab_idx;
+  int64_t terms_cap, rows_cap;
 };
+
+// The terms of one (filter, frame) pair over rows [n_a, n_b] of a pass from the filter's stencil table
+// (PrepareArgs, stencil_table_block): the rows' terms are entries [e_lo, e_hi) of the table, in the
+// order (d, k), and each warp trip takes 32 consecutive entries: no scan, no search, no bin_range, no
+// exp. Each lane adds W * E (forward) or the moment terms of W * E to its own `acc`; the caller doubles
+// the sums (W = 2 Re/Im X: scaling by 2 is exact, so the sums are bitwise those of the 2x terms).
+template <typename scalar_t, bool kMoments, int kAcc>
+__device__ __forceinline__ void smooth_pair_table(scalar_t (&acc)[kAcc], const scalar_t* __restrict__ te,
+                                                  const scalar_t* __restrict__ tc, const int* __restrict__ ti,
+                                                  unsigned toff, int e_lo, int e_hi, const cplx<scalar_t>* rows, int log2n,
+                                                  int row_base, scalar_t inv_sigma_t, int radius, int lane,
+                                                  [[maybe_unused]] int ftrip, [[maybe_unused]] int tt) {
+  constexpr int kMask = (1 << config::kStencilKBits) - 1;
+  LWVD_NO_UNROLL  // rolled: one trip is what the profile's SASS weight counts
+  for (int base = e_lo; base < e_hi; base += kWarpSize) {
+    LWVD_PROF_TRIP("smooth.tterm", ftrip, tt, (base - e_lo) / kWarpSize);
+    const int e = base + lane;
+    if (e < e_hi) {
+      // 32-bit entry index into the whole table (F * terms_cap < 2^31, launch_config.h): one wide
+      // multiply-add per address instead of 64-bit arithmetic
+      const unsigned ge = toff + static_cast<unsigned>(e);
+      LWVD_PROF_GMEM("smooth.tidx", &ti[ge], ftrip, tt, (base - e_lo) / kWarpSize);
+      LWVD_PROF_GMEM("smooth.te", &te[ge], ftrip, tt, (base - e_lo) / kWarpSize);
+      const int idx = ti[ge];
+      const scalar_t E = te[ge];
+      const int dr = idx >> config::kStencilKBits;  // d + R_f
+      const int r = row_base + dr;                  // row within the pass
+      const cplx<scalar_t>* x = rows + ((r >> 1) << log2n) + (idx & kMask);
+      LWVD_PROF_SMEM("smooth.tldw", x, ftrip, tt, (base - e_lo) / kWarpSize);
+      const scalar_t w = (r & 1) != 0 ? x->im : x->re;
+      const scalar_t we = w * E;
+      if constexpr (kMoments) {
+        LWVD_PROF_GMEM("smooth.tc", &tc[ge], ftrip, tt, (base - e_lo) / kWarpSize);
+        const scalar_t qa = mul_rn(static_cast<scalar_t>(dr - radius), inv_sigma_t);  // quad_form's a
+        add_moment_term(acc, we, qa, tc[ge]);
+      } else {
+        acc[0] += we;
+      }
+    }
+  }
+}
 
 template <typename scalar_t, bool kMoments>
 __global__ void __launch_bounds__(config::kThreads) lwvd_smooth_kernel(const SmoothArgs<scalar_t> a) {
@@ -340,7 +494,23 @@ __global__ void __launch_bounds__(config::kThreads) lwvd_smooth_kernel(const Smo
         const int64_t n_a = imax(r0, c - d_radius);
         const int64_t n_b = imin(pass_hi, c + d_radius);
         if (n_a > n_b) continue;  // no row of this pass is in the pair's reach: nothing to add
-        {
+        scalar_t acc[kAcc];
+        // The filter's stencil table, or on-the-fly terms when it has none (rows[0] = -1: did not fit;
+        // warp-uniform). Read per pair (an L1 hit), and the table pointers formed here: nothing more
+        // stays live across bin_range's slow-path calls of the fallback (registers that ptxas spills).
+        if (a.tab_rows[f * (a.rows_cap + 1)] >= 0) {
+          LWVD_PROF_TRIP("smooth.tpair", ftrip, tt);
+          // Entries of lags n_a - c .. n_b - c (R_f = d_radius: the table's lag offset)
+          const int* trows = a.tab_rows + f * (a.rows_cap + 1);
+          const int e_lo = trows[n_a - c + d_radius], e_hi = trows[n_b - c + d_radius + 1];
+          for (int i = 0; i < kAcc; ++i) acc[i] = 0;
+          smooth_pair_table<scalar_t, kMoments>(acc, a.tab_e, a.tab_c, a.tab_idx,
+                                                static_cast<unsigned>(f) * static_cast<unsigned>(a.terms_cap),
+                                                e_lo, e_hi, rows, a.log2_fft,
+                                                static_cast<int>(c - d_radius - r0), g.inv_sigma_t,
+                                                static_cast<int>(d_radius), lane, ftrip, tt);
+          for (int i = 0; i < kAcc; ++i) acc[i] = scalar_t(2) * acc[i];  // W = 2 Re/Im X (exact)
+        } else {
           LWVD_PROF_TRIP("smooth.pairwork", ftrip, tt);
           // Bin ranges of the pair's rows in this pass (at most 2*kMaxComplexRows = 64 rows), one or
           // two per lane, each packed in one int (k_lo | k_hi << 16; bins < 8192 fit 13 bits),
@@ -362,10 +532,12 @@ __global__ void __launch_bounds__(config::kThreads) lwvd_smooth_kernel(const Smo
               range1 = static_cast<int>(k_lo) | (static_cast<int>(k_hi) << 16);
             }
           }
-          scalar_t acc[kAcc];
           for (int i = 0; i < kAcc; ++i) acc[i] = 0;
           smooth_pair_rows<scalar_t, kMoments>(acc, g, rows, n, r0, n_a, n_b, c, lane, range0, range1, trunc2,
                                                inv_two_m, ftrip, tt);
+        }
+        {
+          LWVD_PROF_TRIP("smooth.pairsum", ftrip, tt);
           for (int i = 0; i < kAcc; ++i) acc[i] = warp_sum(acc[i]);  // every lane holds the sums
           if constexpr (kMoments) {
             const scalar_t G = a.grad_out[(b * a.n_filters + f) * a.n_frames + t];
