@@ -483,8 +483,12 @@ def smooth_counts(p: Problem, cfg, geom: Geometry, moments: bool):
                 res = _smooth_tile(p, cfg, geom, b, t0, t_last, row_lo, row_hi, rp, tt, cr, esize_c, kacc,
                                    (ls_trips, ls_lanes, ls_wf))
                 memo[key] = res
-            tsites, npasses, texch, twork = res
-            texch += twork * 5 * kacc  # warp_sum of each accumulator per (pair, pass) with rows
+            tsites, npasses, texch, twork, fwork = res
+            if moments:  # per lane G-weighted sums, warp-summed once per (filter, pass) with rows
+                texch += fwork * 5 * kacc
+                _add(sites, "smooth.gsum", fwork, fwork * WARP)
+            else:  # warp_sum of K per (pair, pass) with rows
+                texch += twork * 5
             if moments:  # lane 0 of a filter's warp: the block's G-weighted moments, every pass
                 _add(sites, "smooth.gout", p.f * npasses, p.f * npasses)
             else:  # lane 0 of a pair's warp: K, every pass with rows
@@ -574,6 +578,7 @@ def _smooth_tile(p, cfg, geom, b, t0, t_last, row_lo, row_hi, rp, tt, cr, esize_
     dr = geom.d_radius[f_idx]
     exch_rows = 0  # shuffles of the groups and term trips
     work = 0       # pairs with rows in a pass (warp_sum + output each)
+    fwork = 0      # (filter, pass) with a pair with rows (moments: one warp_sum of the G-weighted sums)
     for r0 in r0s:
         pass_hi = min(row_hi, r0 + rp - 1)
         n_a = np.maximum(r0, c - dr)
@@ -583,6 +588,7 @@ def _smooth_tile(p, cfg, geom, b, t0, t_last, row_lo, row_hi, rp, tt, cr, esize_
         if nw == 0:
             continue
         work += nw
+        fwork += len(np.unique(f_idx[has]))
         _add(sites, "smooth.pairsum", nw, nw * WARP)
         tab = has & geom.stencil.fits[f_idx]
         nt = int(tab.sum())
@@ -608,7 +614,7 @@ def _smooth_tile(p, cfg, geom, b, t0, t_last, row_lo, row_hi, rp, tt, cr, esize_
         _add(sites, "smooth.term", trips, trips * WARP)
         _add(sites, "smooth.ldw", trips, lanes, wf)
         exch_rows += ngroups * 6 + trips * 6  # scan (5) + total; search (5) + bin offset
-    return sites, npasses, exch_rows, work
+    return sites, npasses, exch_rows, work, fwork
 
 
 def _table_sectors(group, entry, nbytes):
@@ -643,11 +649,13 @@ def _pair_table_terms(p: Problem, geom: Geometry, f_idx, c, n_a, n_b, r0, esize_
         el[m] = st.e_lo[f][dr[m]]
     tot = np.bincount(pr, weights=lens, minlength=len(nr)).astype(np.int64)
     trips_pp = -(-tot // WARP)
-    trips = int(trips_pp.sum())
     lanes = int(tot.sum())
-    out["smooth.tterm"] = (trips, trips * WARP, 0, 0)
+    full = tot // WARP  # trips of 32 terms (no bounds test), then one partial trip with the rest
+    out["smooth.tterm"] = (int(full.sum()), int(full.sum()) * WARP, 0, 0)
+    rest = tot % WARP
+    out["smooth.ttail"] = (int((rest > 0).sum()), int(rest.sum()), 0, 0)
     if lanes == 0:
-        for name in ("smooth.tidx", "smooth.te", "smooth.tldw") + (("smooth.tc",) if moments else ()):
+        for name in ("smooth.tidx", "smooth.te", "smooth.tldw", "smooth.ttail") + (("smooth.tc",) if moments else ()):
             out[name] = (0, 0, 0, 0)
         return out
     # terms: (lag entry, bin)

@@ -389,41 +389,70 @@ struct SmoothArgs {
 // order (d, k), and each warp trip takes 32 consecutive entries: no scan, no search, no bin_range, no
 // exp. Each lane adds W * E (forward) or the moment terms of W * E to its own `acc`; the caller doubles
 // the sums (W = 2 Re/Im X: scaling by 2 is exact, so the sums are bitwise those of the 2x terms).
+// One term of smooth_pair_table: entry ge of the table (32-bit index into the whole table).
+template <typename scalar_t, bool kMoments, int kAcc>
+__device__ __forceinline__ void smooth_table_term(scalar_t (&acc)[kAcc], const scalar_t* __restrict__ te,
+                                                  const scalar_t* __restrict__ tc, const int* __restrict__ ti,
+                                                  unsigned ge, const cplx<scalar_t>* rows, int log2n, int row_base,
+                                                  scalar_t inv_sigma_t, int radius) {
+  constexpr int kMask = (1 << config::kStencilKBits) - 1;
+  const int idx = ti[ge];
+  const scalar_t E = te[ge];
+  const int dr = idx >> config::kStencilKBits;  // d + R_f
+  const int r = row_base + dr;                  // row within the pass
+  const cplx<scalar_t>* x = rows + ((r >> 1) << log2n) + (idx & kMask);
+  const scalar_t w = (r & 1) != 0 ? x->im : x->re;
+  const scalar_t we = w * E;
+  if constexpr (kMoments) {
+    const scalar_t qa = mul_rn(static_cast<scalar_t>(dr - radius), inv_sigma_t);  // quad_form's a
+    add_moment_term(acc, we, qa, tc[ge]);
+  } else {
+    acc[0] += we;
+  }
+}
+
+// The profile marks of one term (the emulator's counters; nothing under nvcc).
+#define LWVD_PROF_TABLE_TERM(trip)                                                                        \
+  do {                                                                                                    \
+    LWVD_PROF_GMEM("smooth.tidx", &ti[ge], ftrip, tt, trip);                                              \
+    LWVD_PROF_GMEM("smooth.te", &te[ge], ftrip, tt, trip);                                                \
+    LWVD_PROF_SMEM("smooth.tldw",                                                                         \
+                   rows + (((row_base + (ti[ge] >> config::kStencilKBits)) >> 1) << log2n) +              \
+                       (ti[ge] & ((1 << config::kStencilKBits) - 1)),                                     \
+                   ftrip, tt, trip);                                                                      \
+    if constexpr (kMoments) LWVD_PROF_GMEM("smooth.tc", &tc[ge], ftrip, tt, trip);                        \
+  } while (0)
+
+// The terms of one (filter, frame) pair over rows [n_a, n_b] of a pass from the filter's stencil table
+// (PrepareArgs, stencil_table_block): the rows' terms are entries [e_lo, e_hi) of the table, in the
+// order (d, k), and each warp trip takes 32 consecutive entries: no scan, no search, no bin_range, no
+// exp; the full trips run without a bounds test, the last (partial) one with it. Each lane adds W * E
+// (forward) or the moment terms of W * E to its own `acc`; the caller doubles the sums (W = 2 Re/Im X:
+// scaling by 2 is exact, so the sums are bitwise those of the 2x terms). Entry indices are 32-bit into
+// the whole table (F * terms_cap < 2^31, launch_config.h): one wide multiply-add per address.
 template <typename scalar_t, bool kMoments, int kAcc>
 __device__ __forceinline__ void smooth_pair_table(scalar_t (&acc)[kAcc], const scalar_t* __restrict__ te,
                                                   const scalar_t* __restrict__ tc, const int* __restrict__ ti,
-                                                  unsigned toff, int e_lo, int e_hi, const cplx<scalar_t>* rows, int log2n,
-                                                  int row_base, scalar_t inv_sigma_t, int radius, int lane,
-                                                  [[maybe_unused]] int ftrip, [[maybe_unused]] int tt) {
-  constexpr int kMask = (1 << config::kStencilKBits) - 1;
+                                                  unsigned toff, int e_lo, int e_hi, const cplx<scalar_t>* rows,
+                                                  int log2n, int row_base, scalar_t inv_sigma_t, int radius,
+                                                  int lane, [[maybe_unused]] int ftrip, [[maybe_unused]] int tt) {
+  const unsigned g0 = toff + static_cast<unsigned>(e_lo + lane);
+  const int full = (e_hi - e_lo) / kWarpSize;  // trips with 32 terms
   LWVD_NO_UNROLL  // rolled: one trip is what the profile's SASS weight counts
-  for (int base = e_lo; base < e_hi; base += kWarpSize) {
-    LWVD_PROF_TRIP("smooth.tterm", ftrip, tt, (base - e_lo) / kWarpSize);
-    const int e = base + lane;
-    if (e < e_hi) {
-      // 32-bit entry index into the whole table (F * terms_cap < 2^31, launch_config.h): one wide
-      // multiply-add per address instead of 64-bit arithmetic
-      const unsigned ge = toff + static_cast<unsigned>(e);
-      LWVD_PROF_GMEM("smooth.tidx", &ti[ge], ftrip, tt, (base - e_lo) / kWarpSize);
-      LWVD_PROF_GMEM("smooth.te", &te[ge], ftrip, tt, (base - e_lo) / kWarpSize);
-      const int idx = ti[ge];
-      const scalar_t E = te[ge];
-      const int dr = idx >> config::kStencilKBits;  // d + R_f
-      const int r = row_base + dr;                  // row within the pass
-      const cplx<scalar_t>* x = rows + ((r >> 1) << log2n) + (idx & kMask);
-      LWVD_PROF_SMEM("smooth.tldw", x, ftrip, tt, (base - e_lo) / kWarpSize);
-      const scalar_t w = (r & 1) != 0 ? x->im : x->re;
-      const scalar_t we = w * E;
-      if constexpr (kMoments) {
-        LWVD_PROF_GMEM("smooth.tc", &tc[ge], ftrip, tt, (base - e_lo) / kWarpSize);
-        const scalar_t qa = mul_rn(static_cast<scalar_t>(dr - radius), inv_sigma_t);  // quad_form's a
-        add_moment_term(acc, we, qa, tc[ge]);
-      } else {
-        acc[0] += we;
-      }
-    }
+  for (int i = 0; i < full; ++i) {
+    LWVD_PROF_TRIP("smooth.tterm", ftrip, tt, i);
+    const unsigned ge = g0 + static_cast<unsigned>(i * kWarpSize);
+    LWVD_PROF_TABLE_TERM(i);
+    smooth_table_term<scalar_t, kMoments>(acc, te, tc, ti, ge, rows, log2n, row_base, inv_sigma_t, radius);
+  }
+  if (e_lo + full * kWarpSize + lane < e_hi) {
+    LWVD_PROF_TRIP("smooth.ttail", ftrip, tt);
+    const unsigned ge = g0 + static_cast<unsigned>(full * kWarpSize);
+    LWVD_PROF_TABLE_TERM(full);
+    smooth_table_term<scalar_t, kMoments>(acc, te, tc, ti, ge, rows, log2n, row_base, inv_sigma_t, radius);
   }
 }
+#undef LWVD_PROF_TABLE_TERM
 
 template <typename scalar_t, bool kMoments>
 __global__ void __launch_bounds__(config::kThreads) lwvd_smooth_kernel(const SmoothArgs<scalar_t> a) {
@@ -485,8 +514,11 @@ __global__ void __launch_bounds__(config::kThreads) lwvd_smooth_kernel(const Smo
       LWVD_PROF_TRIP("smooth.filter", ftrip);
       const FilterGeometry<scalar_t>& g = a.geom[f];
       const int64_t d_radius = g.d_radius;
-      scalar_t gacc[kAcc];  // backward: sum over this pass's frames of G[b, f, t] * moments(f, t)
+      // backward: per lane, sum over this pass's frames of G[b, f, t] * the lane's moment sums(f, t);
+      // warp-summed once per filter and pass (below), not once per pair
+      scalar_t gacc[kAcc];
       for (int i = 0; i < kAcc; ++i) gacc[i] = 0;
+      bool any_rows = false;  // warp-uniform: a pair of this filter had rows in this pass
       for (int tt = 0; tt < tt_count && t0 + tt < a.n_frames; ++tt) {
         LWVD_PROF_TRIP("smooth.pair", ftrip, tt);
         const int64_t t = t0 + tt;
@@ -538,11 +570,14 @@ __global__ void __launch_bounds__(config::kThreads) lwvd_smooth_kernel(const Smo
         }
         {
           LWVD_PROF_TRIP("smooth.pairsum", ftrip, tt);
-          for (int i = 0; i < kAcc; ++i) acc[i] = warp_sum(acc[i]);  // every lane holds the sums
           if constexpr (kMoments) {
             const scalar_t G = a.grad_out[(b * a.n_filters + f) * a.n_frames + t];
             for (int i = 0; i < kAcc; ++i) gacc[i] += G * acc[i];
-          } else if (lane == 0) {
+            any_rows = true;
+          } else {
+            acc[0] = warp_sum(acc[0]);  // every lane holds the sum
+          }
+          if (!kMoments && lane == 0) {
             LWVD_PROF_TRIP("smooth.out", ftrip, tt);
             // The pair's first and last pass with rows in reach (every pair has one: R >= its radius).
             const bool pair_first = first || c - d_radius >= r0;
@@ -553,6 +588,10 @@ __global__ void __launch_bounds__(config::kThreads) lwvd_smooth_kernel(const Smo
             a.out[o] = v;
           }
         }
+      }
+      if (kMoments && any_rows) {
+        LWVD_PROF_TRIP("smooth.gsum", ftrip);
+        for (int i = 0; i < kAcc; ++i) gacc[i] = warp_sum(gacc[i]);  // every lane holds the sums
       }
       if (kMoments && lane == 0) {
         // Backward: the block's G-weighted moments of filter f, summed over its frames and passes
