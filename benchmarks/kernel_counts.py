@@ -725,8 +725,8 @@ def _scatter_table(p: Problem, geom: Geometry):
     q = HALF // wps
     dA = np.arange(-R - 1, R + 1)
     nd = len(dA)
-    names = ("gz.bin", "gz.scatter_ld", "gz.scatter_st", "gz.binrange", "gz.tbin", "gz.te", "gz.tscatter_ld",
-             "gz.tscatter_st", "gz.trange", "gz.tk")
+    names = ("gz.bin", "gz.scatter_ld", "gz.scatter_st", "gz.binrange", "gz.ffilter", "gz.tbin", "gz.tbin2", "gz.te",
+             "gz.tscatter_ld", "gz.tscatter_st", "gz.trange", "gz.tk")
     out = {n: np.zeros((nd, 2, 4), dtype=np.int64) for n in names}
     jmax = -(-p.n_fft // HALF)
     j = np.arange(jmax)
@@ -761,7 +761,17 @@ def _scatter_table(p: Problem, geom: Geometry):
             if site != "bin":
                 o[:, 0, 2] += np.maximum(wA, wB).sum(axis=1)
                 o[:, 1, 2] += wA.sum(axis=1)
-        if fits:
+        if fits:  # gz.tbin: the first bin trip (written out), gz.tbin2: the others
+            o1, o2 = out["gz.tbin"], out["gz.tbin2"]
+            oA, oB = (lnA > 0).astype(np.int64), (lnB > 0).astype(np.int64)
+            o1[:, 0, 0] -= np.maximum(tA, tB) - (oA | oB)
+            o1[:, 1, 0] -= tA - oA
+            o1[:, 0, 1] -= lnA + lnB - np.minimum(lnA, HALF) - np.minimum(lnB, HALF)
+            o1[:, 1, 1] -= lnA - np.minimum(lnA, HALF)
+            o2[:, 0, 0] += np.maximum(tA, tB) - (oA | oB)
+            o2[:, 1, 0] += tA - oA
+            o2[:, 0, 1] += lnA + lnB - np.minimum(lnA, HALF) - np.minimum(lnB, HALF)
+            o2[:, 1, 1] += lnA - np.minimum(lnA, HALF)
             o = out["gz.te"]
             o[:, 0, 0] += np.maximum(tA, tB)
             o[:, 1, 0] += tA
@@ -787,6 +797,12 @@ def _scatter_table(p: Problem, geom: Geometry):
         else:
             out["gz.binrange"][:, 0, 1] += inA.astype(np.int64) + inB
             out["gz.binrange"][:, 1, 1] += inA
+            # the fallback's per-filter region: the lanes of each half whose range is not empty
+            o = out["gz.ffilter"]
+            o[:, 0, 0] += (lnA > 0) | (lnB > 0)
+            o[:, 1, 0] += lnA > 0
+            o[:, 0, 1] += HALF * ((lnA > 0).astype(np.int64) + (lnB > 0))
+            o[:, 1, 1] += HALF * (lnA > 0)
     for ch in range(-(-p.f // HALF)):
         fs = range(ch * HALF, min(p.f, (ch + 1) * HALF))
         anyA = {k: np.zeros(nd, dtype=bool) for k in ("b", "t", "k")}

@@ -237,9 +237,20 @@ __device__ __forceinline__ void grad_z_block(const GradZArgs<scalar_t>& a, unsig
             if (k_lo > k_hi) continue;
             const int first = k_lo + ((hl - (k_lo & (kHalf - 1))) & (kHalf - 1));
             if (tb != kNoTable) {  // the lag's terms from the stencil table: no quad_form, no exp
+              // The first bin trip (at S a filter's lag row has <= 16 bins: usually the only one), then
+              // the rest: written out so that ptxas's own peeling of the first trip does not make one
+              // region hold two copies of the body (the profile weighs a region once per trip).
+              if (first <= k_hi) {
+                LWVD_PROF_TRIP("gz.tbin");
+                LWVD_PROF_GMEM("gz.te", &a.tab_e[tb + first]);
+                scalar_t* dst = &row[2 * first];
+                LWVD_PROF_SMEM("gz.tscatter_ld", dst);
+                LWVD_PROF_SMEM("gz.tscatter_st", dst);
+                *dst += w * a.tab_e[tb + first];
+              }
               LWVD_NO_UNROLL
-              for (int k = first; k <= k_hi; k += kHalf) {
-                LWVD_PROF_TRIP("gz.tbin", (k - k_lo) / kHalf);
+              for (int k = first + kHalf; k <= k_hi; k += kHalf) {
+                LWVD_PROF_TRIP("gz.tbin2", (k - k_lo) / kHalf);
                 LWVD_PROF_GMEM("gz.te", &a.tab_e[tb + k], (k - k_lo) / kHalf);
                 scalar_t* dst = &row[2 * k];
                 LWVD_PROF_SMEM("gz.tscatter_ld", dst, (k - k_lo) / kHalf);
@@ -248,18 +259,22 @@ __device__ __forceinline__ void grad_z_block(const GradZArgs<scalar_t>& a, unsig
               }
               continue;
             }
-            const FilterGeometry<scalar_t>& g = a.geom[f0 + i];
-            LWVD_NO_UNROLL  // rolled: ~1 trip per row at typical widths; the profile weighs one trip
-            for (int k = first; k <= k_hi; k += kHalf) {
-              LWVD_PROF_TRIP("gz.bin", (k - k_lo) / kHalf);
-              const scalar_t v = static_cast<scalar_t>(k) * inv_two_m - g.center;
-              const scalar_t q = quad_form(g, ds, v);
-              // read-modify-write for every lane (adding 0 past the ellipse): the same accesses
-              // whatever q is, so the access counts do not depend on rounding
-              scalar_t* dst = &row[2 * k];  // natural order: block_bitrev_rows permutes before the FFT
-              LWVD_PROF_SMEM("gz.scatter_ld", dst, (k - k_lo) / kHalf);
-              LWVD_PROF_SMEM("gz.scatter_st", dst, (k - k_lo) / kHalf);
-              *dst += q <= trunc2 ? w * lwvd_exp(scalar_t(-0.5) * q) : scalar_t(0);
+            {  // a filter without a stencil table: its terms on the fly (own region: the profile
+               // charges this setup to these filters only)
+              LWVD_PROF_TRIP("gz.ffilter");
+              const FilterGeometry<scalar_t>& g = a.geom[f0 + i];
+              LWVD_NO_UNROLL  // rolled: ~1 trip per row at typical widths; the profile weighs one trip
+              for (int k = first; k <= k_hi; k += kHalf) {
+                LWVD_PROF_TRIP("gz.bin", (k - k_lo) / kHalf);
+                const scalar_t v = static_cast<scalar_t>(k) * inv_two_m - g.center;
+                const scalar_t q = quad_form(g, ds, v);
+                // read-modify-write for every lane (adding 0 past the ellipse): the same accesses
+                // whatever q is, so the access counts do not depend on rounding
+                scalar_t* dst = &row[2 * k];  // natural order: block_bitrev_rows permutes before the FFT
+                LWVD_PROF_SMEM("gz.scatter_ld", dst, (k - k_lo) / kHalf);
+                LWVD_PROF_SMEM("gz.scatter_st", dst, (k - k_lo) / kHalf);
+                *dst += q <= trunc2 ? w * lwvd_exp(scalar_t(-0.5) * q) : scalar_t(0);
+              }
             }
           }
         }
