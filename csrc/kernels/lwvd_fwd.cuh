@@ -454,8 +454,13 @@ __device__ __forceinline__ void smooth_pair_table(scalar_t (&acc)[kAcc], const s
 }
 #undef LWVD_PROF_TABLE_TERM
 
+// Min 2 blocks per SM (a 128-register budget): with the 32-bit pair arithmetic ptxas otherwise kept
+// smooth<float> at 48 registers and spilled 4 B on sm_90 around bin_range's slow-path calls of the
+// fallback path (and 8 B in smooth<double, moments> on sm_120 with a min of 3). It now takes 76-98
+// registers: 3 resident blocks per SM on sm_80 / sm_90 instead of 4 (configuration S puts 2 on the
+// busiest SM; the others are limited to 2 by shared memory anyway).
 template <typename scalar_t, bool kMoments>
-__global__ void __launch_bounds__(config::kThreads) lwvd_smooth_kernel(const SmoothArgs<scalar_t> a) {
+__global__ void __launch_bounds__(config::kThreads, 2) lwvd_smooth_kernel(const SmoothArgs<scalar_t> a) {
   LWVD_DYNAMIC_SMEM(cplx<scalar_t>, rows);
   constexpr int kAcc = kMoments ? config::kMoments : 1;
   // 32-bit index arithmetic where the plan guarantees it fits (grid < 2^31 blocks, F * TT < 2^31):
@@ -466,6 +471,8 @@ __global__ void __launch_bounds__(config::kThreads) lwvd_smooth_kernel(const Smo
   const int tt_count = static_cast<int>(a.frames_per_block);
   const int64_t t0 = tile * tt_count;
   const int64_t t_last = imin(a.n_frames - 1, t0 + tt_count - 1);
+  const int t0i = static_cast<int>(t0), tt_n = static_cast<int>(t_last - t0) + 1;  // frames of the tile
+  const int hop = static_cast<int>(a.hop);
   if (*a.invalid) {  // invalid parameters: this block's outputs are NaN (block-uniform: no barrier is skipped)
     if (kMoments) {
       const int64_t o = static_cast<int64_t>(blockIdx.x) * a.n_filters * kAcc;
@@ -501,6 +508,7 @@ __global__ void __launch_bounds__(config::kThreads) lwvd_smooth_kernel(const Smo
     const bool first = r0 == row_lo;
     const bool last = r0 + rows_per_pass > row_hi;
     const int64_t pass_hi = imin(row_hi, r0 + rows_per_pass - 1);
+    const int r0i = static_cast<int>(r0), phi = static_cast<int>(pass_hi);
     build_lag_rows<config::kThreads>(rows, a.complex_rows, a.log2_fft, zb, a.n_samples, r0);
     __syncthreads();
     block_fft_rows<config::kThreads>(rows, a.complex_rows, a.log2_fft, a.twiddles);  // ends with __syncthreads
@@ -513,18 +521,20 @@ __global__ void __launch_bounds__(config::kThreads) lwvd_smooth_kernel(const Smo
       [[maybe_unused]] const int ftrip = (f - warp) / nwarps;  // profile key
       LWVD_PROF_TRIP("smooth.filter", ftrip);
       const FilterGeometry<scalar_t>& g = a.geom[f];
-      const int64_t d_radius = g.d_radius;
+      const int d_radius = static_cast<int>(g.d_radius);
       // backward: per lane, sum over this pass's frames of G[b, f, t] * the lane's moment sums(f, t);
       // warp-summed once per filter and pass (below), not once per pair
       scalar_t gacc[kAcc];
       for (int i = 0; i < kAcc; ++i) gacc[i] = 0;
       bool any_rows = false;  // warp-uniform: a pair of this filter had rows in this pass
-      for (int tt = 0; tt < tt_count && t0 + tt < a.n_frames; ++tt) {
+      for (int tt = 0; tt < tt_n; ++tt) {
         LWVD_PROF_TRIP("smooth.pair", ftrip, tt);
-        const int64_t t = t0 + tt;
-        const int64_t c = t * a.hop;
-        const int64_t n_a = imax(r0, c - d_radius);
-        const int64_t n_b = imin(pass_hi, c + d_radius);
+        // 32-bit: frame centres, rows and c +- R stay below 2^31 (the plan checks
+        // TT * hop + 2 * d_limit + 2 n_fft < 2^31)
+        const int t = t0i + tt;
+        const int c = t * hop;
+        const int n_a = r0i > c - d_radius ? r0i : c - d_radius;
+        const int n_b = phi < c + d_radius ? phi : c + d_radius;
         if (n_a > n_b) continue;  // no row of this pass is in the pair's reach: nothing to add
         scalar_t acc[kAcc];
         // The filter's stencil table, or on-the-fly terms when it has none (rows[0] = -1: did not fit;
@@ -539,8 +549,7 @@ __global__ void __launch_bounds__(config::kThreads) lwvd_smooth_kernel(const Smo
           smooth_pair_table<scalar_t, kMoments>(acc, a.tab_e, a.tab_c, a.tab_idx,
                                                 static_cast<unsigned>(f) * static_cast<unsigned>(a.terms_cap),
                                                 e_lo, e_hi, rows, a.log2_fft,
-                                                static_cast<int>(c - d_radius - r0), g.inv_sigma_t,
-                                                static_cast<int>(d_radius), lane, ftrip, tt);
+                                                c - d_radius - r0i, g.inv_sigma_t, d_radius, lane, ftrip, tt);
           for (int i = 0; i < kAcc; ++i) acc[i] = scalar_t(2) * acc[i];  // W = 2 Re/Im X (exact)
         } else {
           LWVD_PROF_TRIP("smooth.pairwork", ftrip, tt);
@@ -580,8 +589,8 @@ __global__ void __launch_bounds__(config::kThreads) lwvd_smooth_kernel(const Smo
           if (!kMoments && lane == 0) {
             LWVD_PROF_TRIP("smooth.out", ftrip, tt);
             // The pair's first and last pass with rows in reach (every pair has one: R >= its radius).
-            const bool pair_first = first || c - d_radius >= r0;
-            const bool pair_last = last || c + d_radius <= pass_hi;
+            const bool pair_first = first || c - d_radius >= r0i;
+            const bool pair_last = last || c + d_radius <= phi;
             const int64_t o = (b * a.n_filters + f) * a.n_frames + t;
             scalar_t v = pair_first ? acc[0] : a.out[o] + acc[0];
             if (pair_last) v *= g.norm;
