@@ -797,12 +797,12 @@ def _scatter_table(p: Problem, geom: Geometry):
         else:
             out["gz.binrange"][:, 0, 1] += inA.astype(np.int64) + inB
             out["gz.binrange"][:, 1, 1] += inA
-            # the fallback's per-filter region: the lanes of each half whose range is not empty
+            # the fallback's per-filter region: the lanes with a bin of their own (min(len, 16) a half)
             o = out["gz.ffilter"]
             o[:, 0, 0] += (lnA > 0) | (lnB > 0)
             o[:, 1, 0] += lnA > 0
-            o[:, 0, 1] += HALF * ((lnA > 0).astype(np.int64) + (lnB > 0))
-            o[:, 1, 1] += HALF * (lnA > 0)
+            o[:, 0, 1] += np.minimum(lnA, HALF) + np.minimum(lnB, HALF)
+            o[:, 1, 1] += np.minimum(lnA, HALF)
     for ch in range(-(-p.f // HALF)):
         fs = range(ch * HALF, min(p.f, (ch + 1) * HALF))
         anyA = {k: np.zeros(nd, dtype=bool) for k in ("b", "t", "k")}

@@ -234,7 +234,7 @@ __device__ __forceinline__ void grad_z_block(const GradZArgs<scalar_t>& a, unsig
             const scalar_t w = __shfl_sync(kFullMask, gw, src);
             const int tb = __shfl_sync(kFullMask, tbase, src);
             LWVD_PROF_TRIP("gz.filter");  // the epoch (after this filter's shuffles) is the key
-            if (k_lo > k_hi) continue;
+            // this lane's first bin (k = hl mod 16); an empty range (k_lo > k_hi) gives first > k_hi
             const int first = k_lo + ((hl - (k_lo & (kHalf - 1))) & (kHalf - 1));
             if (tb != kNoTable) {  // the lag's terms from the stencil table: no quad_form, no exp
               // The first bin trip (at S a filter's lag row has <= 16 bins: usually the only one), then
@@ -259,8 +259,8 @@ __device__ __forceinline__ void grad_z_block(const GradZArgs<scalar_t>& a, unsig
               }
               continue;
             }
-            {  // a filter without a stencil table: its terms on the fly (own region: the profile
-               // charges this setup to these filters only)
+            if (first <= k_hi) {  // a filter without a stencil table: its terms on the fly (own region:
+                                  // the profile charges this setup to these filters only)
               LWVD_PROF_TRIP("gz.ffilter");
               const FilterGeometry<scalar_t>& g = a.geom[f0 + i];
               LWVD_NO_UNROLL  // rolled: ~1 trip per row at typical widths; the profile weighs one trip
