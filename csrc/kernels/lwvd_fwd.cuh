@@ -456,9 +456,9 @@ __device__ __forceinline__ void smooth_pair_table(scalar_t (&acc)[kAcc], const s
 
 // Min 2 blocks per SM (a 128-register budget): with the 32-bit pair arithmetic ptxas otherwise kept
 // smooth<float> at 48 registers and spilled 4 B on sm_90 around bin_range's slow-path calls of the
-// fallback path (and 8 B in smooth<double, moments> on sm_120 with a min of 3). It now takes 76-98
-// registers: 3 resident blocks per SM on sm_80 / sm_90 instead of 4 (configuration S puts 2 on the
-// busiest SM; the others are limited to 2 by shared memory anyway).
+// fallback path (and 8 B in smooth<double, moments> on sm_120 with a min of 3). It now takes 72-98
+// registers: on sm_80 / sm_90, 3 resident blocks per SM in float (4 before on sm_90) and 2 in double
+// (3-4 before); configuration S puts 2 on the busiest SM, and sm_86/89/120 hold 2 by shared memory.
 template <typename scalar_t, bool kMoments>
 __global__ void __launch_bounds__(config::kThreads, 2) lwvd_smooth_kernel(const SmoothArgs<scalar_t> a) {
   LWVD_DYNAMIC_SMEM(cplx<scalar_t>, rows);
