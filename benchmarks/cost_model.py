@@ -77,7 +77,16 @@ def launch_config(path: str = LAUNCH_CONFIG) -> dict:
     return dict(threads=const("kThreads"), grad_threads=const("kGradThreads"), rows_smem_budget=const("kRowsSmemBudget"),
                 max_complex_rows=const("kMaxComplexRows"), max_frames_per_block=const("kMaxFramesPerBlock"),
                 min_blocks=const("kSms"), min_blocks_per_sm=const("kMinBlocksPerSm"), min_grad_tile=const("kMinGradTile"),
-                prep_threads=const("kPrepThreads"), reduce_threads=const("kReduceThreads"))
+                prep_threads=const("kPrepThreads"), reduce_threads=const("kReduceThreads"),
+                stencil_budget=stencil_budget(text))
+
+
+def stencil_budget(text: str) -> int:
+    """The default of LWVD_STENCIL_BUDGET in launch_config.h (bytes of the per-call stencil tables)."""
+    m = re.search(r"#define\s+LWVD_STENCIL_BUDGET\s+(.+)", text)
+    if not m:
+        raise ValueError("LWVD_STENCIL_BUDGET not found in launch_config.h")
+    return int(eval(re.sub(r"(\d)u\b", r"\1", m.group(1)), {}))
 
 
 def sass_weights(path: str = WEIGHTS_JSON) -> dict:

@@ -154,6 +154,78 @@ class Geometry:
 
 
 # --------------------------------------------------------------------------------------------
+# Stencil tables (launch_config.h kStencil*, lwvd_fwd.cuh stencil_table_block)
+# --------------------------------------------------------------------------------------------
+STENCIL_K_BITS = 13
+STENCIL_MAX_ROWS = 1 << 18
+STENCIL_THREADS = 256
+STENCIL_MAX_BLOCKS = 4096
+
+
+def stencil_caps(cfg, p: Problem):
+    """(terms_cap, rows_cap) of launch_config.h stencil_terms_cap / stencil_rows_cap."""
+    per_term = 2 * p.scalar_bytes + 4
+    cap = cfg["stencil_budget"] // (p.f * per_term)
+    cap &= ~7
+    cap = min(cap, 1 << 30)
+    d_limit = p.n_samples - 1 + (p.frames - 1) * p.hop
+    rows = min(cap // 4, 2 * d_limit + 1, STENCIL_MAX_ROWS - 1)
+    return int(cap), int(rows)
+
+
+class Stencil:
+    """Per filter: the terms q <= trunc2 of every lag d in [-R_f, R_f] within bin_range, with q in the
+    kernels' scalar type (quad_form: each operation rounded once), their offsets in the table and
+    whether the filter's table fits (else the kernels evaluate it on the fly)."""
+
+    def __init__(self, p: Problem, cfg, geom: Geometry):
+        self.terms_cap, self.rows_cap = stencil_caps(cfg, p)
+        ft = np.float32 if p.dtype == "float32" else np.float64
+        sigma_t = _cast(p.sigma_t, p.dtype)
+        sigma_nu = _cast(p.sigma_nu, p.dtype)
+        rho = _cast(p.rho, p.dtype)
+        inv_st = (1.0 / sigma_t).astype(ft)
+        inv_sn = (1.0 / sigma_nu).astype(ft)
+        rho_s = rho.astype(ft)
+        inv_1mr2 = (1.0 / ((1.0 - rho) * (1.0 + rho))).astype(ft)
+        center = geom.center_s.astype(ft)
+        inv_two_m = ft(1.0 / (2.0 * p.n_fft))
+        trunc2 = ft(geom.trunc2)
+        self.fits, self.lens, self.k0, self.e_lo, self.cand, self.total = [], [], [], [], [], []
+        for f in range(p.f):
+            R = int(geom.d_radius[f])
+            d = np.arange(-R, R + 1)
+            k_lo, k_hi = geom.bin_range(np.full(d.shape, f), d)
+            cand = np.maximum(0, k_hi - k_lo + 1)
+            row = np.repeat(np.arange(len(d)), cand)
+            k = np.repeat(k_lo, cand) + (np.arange(len(row)) - np.repeat(np.cumsum(cand) - cand, cand))
+            with np.errstate(over="ignore", invalid="ignore"):
+                v = k.astype(ft) * inv_two_m - center[f]
+                a = d[row].astype(ft) * inv_st[f]
+                b = v * inv_sn[f]
+                c = b - rho_s[f] * a
+                q = a * a + (c * c) * inv_1mr2[f]
+            keep = q <= trunc2
+            lens = np.bincount(row[keep], minlength=len(d)).astype(np.int64)
+            first = np.full(len(d), 0, dtype=np.int64)
+            if keep.any():
+                kk, rr = k[keep], row[keep]
+                idx = np.cumsum(lens) - lens
+                has = lens > 0
+                first[has] = kk[idx[has]]
+                # the kernels rely on each lag's terms being consecutive bins (q monotone on each side)
+                assert np.all(kk - first[rr] == np.arange(len(kk)) - idx[rr]), "stencil row not contiguous"
+            total = int(lens.sum())
+            self.fits.append(2 * R + 1 <= self.rows_cap and total <= self.terms_cap)
+            self.lens.append(lens)
+            self.k0.append(first)
+            self.e_lo.append(np.cumsum(lens) - lens)
+            self.cand.append(cand)
+            self.total.append(total)
+        self.fits = np.array(self.fits, dtype=bool)
+
+
+# --------------------------------------------------------------------------------------------
 # Counting helpers
 # --------------------------------------------------------------------------------------------
 def _counts():
@@ -207,7 +279,42 @@ def _contig_wavefronts(lanes, words_per_lane):
 # --------------------------------------------------------------------------------------------
 # Kernels
 # --------------------------------------------------------------------------------------------
-def prepare_counts(p: Problem, cfg):
+def _stencil_block_counts(p: Problem, geom: Geometry, st: Stencil, sites):
+    """The table role of the prepare launch (lwvd_fwd.cuh stencil_table_block): blocks 1 .. min(F, 4096)
+    take filters b - 1, + blocks, ...; returns (blocks, block barriers, warp exchanges)."""
+    nb = min(p.f, STENCIL_MAX_BLOCKS)
+    t = STENCIL_THREADS
+    nw = t // WARP
+    bars = exch = 0
+    for f in range(p.f):
+        _add(sites, "tab.filter", nw, t)
+        R = int(geom.d_radius[f])
+        nrows = 2 * R + 1
+        if nrows > st.rows_cap:
+            continue
+        cand, lens = st.cand[f], st.lens[f]
+        running = 0
+        for base in range(0, nrows, t):
+            _add(sites, "tab.chunk", nw, t)
+            c = np.zeros(t, dtype=np.int64)
+            seg = cand[base:base + t]
+            c[:len(seg)] = seg
+            per_warp = c.reshape(nw, WARP)
+            tr, ln = int(per_warp.max(axis=1).sum()), int(c.sum())
+            _add(sites, "tab.count", tr, ln)
+            exch += 5 * nw
+            bars += 2
+            total = int(lens[base:base + t].sum())
+            if running + total <= st.terms_cap:
+                _add(sites, "tab.write", tr, ln)
+            running += total
+            if running > st.terms_cap:
+                break
+        _add(sites, "tab.end", 1, 1)
+    return nb, bars, exch
+
+
+def prepare_counts(p: Problem, cfg, geom: Geometry = None, st: Stencil = None):
     sites = _counts()
     t = cfg["prep_threads"]
     tr, ln = _strided_trips(p.f, t, t)
@@ -219,8 +326,11 @@ def prepare_counts(p: Problem, cfg):
         _add(sites, "prep.reduce", -(-s // WARP), s)
         s //= 2
         levels += 1
-    return dict(kernel="prepare", blocks=1, threads=t, smem=0, block_barriers=1 + levels, warp_exchanges=0,
-                sites=sites)
+    geom = geom or Geometry(p)
+    st = st or Stencil(p, cfg, geom)
+    nb, bars, exch = _stencil_block_counts(p, geom, st, sites)
+    return dict(kernel="prepare", blocks=1 + nb, threads=t, smem=0, block_barriers=1 + levels + bars,
+                warp_exchanges=exch, sites=sites)
 
 
 def _fft_pass_counts(p: Problem, cfg, cr, esize_c, threads=None):
@@ -373,14 +483,19 @@ def smooth_counts(p: Problem, cfg, geom: Geometry, moments: bool):
                 res = _smooth_tile(p, cfg, geom, b, t0, t_last, row_lo, row_hi, rp, tt, cr, esize_c, kacc,
                                    (ls_trips, ls_lanes, ls_wf))
                 memo[key] = res
-            tsites, npasses, texch, twork = res
-            texch += twork * 5 * kacc  # warp_sum of each accumulator per (pair, pass) with rows
+            tsites, npasses, texch, twork, fwork = res
+            if moments:  # per lane G-weighted sums, warp-summed once per (filter, pass) with rows
+                texch += fwork * 5 * kacc
+                _add(sites, "smooth.gsum", fwork, fwork * WARP)
+            else:  # warp_sum of K per (pair, pass) with rows
+                texch += twork * 5
             if moments:  # lane 0 of a filter's warp: the block's G-weighted moments, every pass
                 _add(sites, "smooth.gout", p.f * npasses, p.f * npasses)
             else:  # lane 0 of a pair's warp: K, every pass with rows
                 _add(sites, "smooth.out", twork, twork)
             for k, v in tsites.items():
-                sites[k] += v
+                if k != "smooth.tc" or moments:
+                    sites[k] += v
             for k, v in fft_sites.items():
                 sites[k] += v * npasses
             barriers += npasses * (fft_bars + 2)
@@ -463,6 +578,7 @@ def _smooth_tile(p, cfg, geom, b, t0, t_last, row_lo, row_hi, rp, tt, cr, esize_
     dr = geom.d_radius[f_idx]
     exch_rows = 0  # shuffles of the groups and term trips
     work = 0       # pairs with rows in a pass (warp_sum + output each)
+    fwork = 0      # (filter, pass) with a pair with rows (moments: one warp_sum of the G-weighted sums)
     for r0 in r0s:
         pass_hi = min(row_hi, r0 + rp - 1)
         n_a = np.maximum(r0, c - dr)
@@ -472,6 +588,20 @@ def _smooth_tile(p, cfg, geom, b, t0, t_last, row_lo, row_hi, rp, tt, cr, esize_
         if nw == 0:
             continue
         work += nw
+        fwork += len(np.unique(f_idx[has]))
+        _add(sites, "smooth.pairsum", nw, nw * WARP)
+        tab = has & geom.stencil.fits[f_idx]
+        nt = int(tab.sum())
+        if nt:
+            _add(sites, "smooth.tpair", nt, nt * WARP)
+            # smooth.tc (moments only) is always counted here: the tiles are memoised for both kernels
+            for name, v in _pair_table_terms(p, geom, f_idx[tab], c[tab], n_a[tab], n_b[tab], r0, esize_c,
+                                             True).items():
+                _add(sites, name, *v)
+        has = has & ~geom.stencil.fits[f_idx]
+        nw = int(has.sum())
+        if nw == 0:
+            continue
         rows = (n_b - n_a + 1)[has]
         l1 = np.minimum(WARP, rows)
         l2 = np.maximum(0, np.minimum(WARP, rows - WARP))
@@ -484,7 +614,72 @@ def _smooth_tile(p, cfg, geom, b, t0, t_last, row_lo, row_hi, rp, tt, cr, esize_
         _add(sites, "smooth.term", trips, trips * WARP)
         _add(sites, "smooth.ldw", trips, lanes, wf)
         exch_rows += ngroups * 6 + trips * 6  # scan (5) + total; search (5) + bin offset
-    return sites, npasses, exch_rows, work
+    return sites, npasses, exch_rows, work, fwork
+
+
+def _table_sectors(group, entry, nbytes):
+    """Sectors of warp accesses `group` to entries `entry` of a table whose filter parts start on
+    32-byte sectors (terms_cap is a multiple of 8; workspaces 256-byte aligned)."""
+    return group_gmem_sectors(group, entry * nbytes, nbytes)
+
+
+def _pair_table_terms(p: Problem, geom: Geometry, f_idx, c, n_a, n_b, r0, esize_c, moments):
+    """smooth_pair_table of lwvd_fwd.cuh for the pairs (f_idx, c) with rows [n_a, n_b] of the pass at
+    r0 (all with a table): entries [e_lo, e_hi) in trips of 32. Returns {site: (trips, lanes, wf, sec)}."""
+    st = geom.stencil
+    n = p.n_fft
+    sb = p.scalar_bytes
+    cap = st.terms_cap
+    out = {}
+    R = geom.d_radius[f_idx]
+    # per pair: the lags and their terms
+    nr = n_b - n_a + 1
+    pr = np.repeat(np.arange(len(nr)), nr)
+    off = np.arange(len(pr)) - np.repeat(np.cumsum(nr) - nr, nr)
+    d = np.repeat(n_a - c, nr) + off
+    fr = f_idx[pr]
+    dr = d + R[pr]
+    lens = np.empty(len(pr), dtype=np.int64)
+    k0 = np.empty(len(pr), dtype=np.int64)
+    el = np.empty(len(pr), dtype=np.int64)
+    for f in np.unique(fr):
+        m = fr == f
+        lens[m] = st.lens[f][dr[m]]
+        k0[m] = st.k0[f][dr[m]]
+        el[m] = st.e_lo[f][dr[m]]
+    tot = np.bincount(pr, weights=lens, minlength=len(nr)).astype(np.int64)
+    trips_pp = -(-tot // WARP)
+    lanes = int(tot.sum())
+    full = tot // WARP  # trips of 32 terms (no bounds test), then one partial trip with the rest
+    out["smooth.tterm"] = (int(full.sum()), int(full.sum()) * WARP, 0, 0)
+    rest = tot % WARP
+    out["smooth.ttail"] = (int((rest > 0).sum()), int(rest.sum()), 0, 0)
+    if lanes == 0:
+        for name in ("smooth.tidx", "smooth.te", "smooth.tldw", "smooth.ttail") + (("smooth.tc",) if moments else ()):
+            out[name] = (0, 0, 0, 0)
+        return out
+    # terms: (lag entry, bin)
+    tl = np.repeat(np.arange(len(pr)), lens)
+    within = np.arange(len(tl)) - np.repeat(np.cumsum(lens) - lens, lens)
+    k = k0[tl] + within
+    e = el[tl] + within                       # entry within the filter's table
+    pair = pr[tl]
+    first_lag = np.cumsum(nr) - nr
+    e_first = el[first_lag]
+    rel = e - e_first[pair]
+    trip_id = (np.cumsum(trips_pp) - trips_pp)[pair] + rel // WARP
+    ntrips_touched = len(np.unique(trip_id))
+    gidx = fr[tl] * cap + e
+    sec4 = _table_sectors(trip_id, gidx, 4)
+    secs = sec4 if sb == 4 else _table_sectors(trip_id, gidx, sb)
+    out["smooth.tidx"] = (ntrips_touched, lanes, 0, sec4)
+    out["smooth.te"] = (ntrips_touched, lanes, 0, secs)
+    if moments:
+        out["smooth.tc"] = (ntrips_touched, lanes, 0, secs)
+    row = c[pair] + d[tl] - r0  # the sample row within the pass
+    addr = ((row >> 1) * n + k) * esize_c
+    out["smooth.tldw"] = (ntrips_touched, lanes, group_smem_wavefronts(trip_id, addr, esize_c), 0)
+    return out
 
 
 def smooth_parts(p: Problem, cfg) -> int:
@@ -515,53 +710,127 @@ HALF = WARP // 2
 def _scatter_table(p: Problem, geom: Geometry):
     """The grad_z scatter, two real rows (d, d + 1 at one frame) per warp, 16 lanes per row, for each
     d = dA in [-R - 1, R] of the even row, summed over filters; index 0 of the last axis: both rows
-    built, 1: the odd row absent (the pass ends at the even row). Returns bin trips, active lanes and
-    wavefronts of the scatter, and the bin_range trips (per 16-filter chunk) and lanes.
+    built, 1: the odd row absent (the pass ends at the even row). Returns {site: (nd, 2, 4) array of
+    trips, lanes, wavefronts, sectors} for the scatter of the filters without a stencil table (gz.bin,
+    gz.scatter_*: the bin_range bins), of those with one (gz.tbin, gz.te, gz.tscatter_*: the table's
+    terms of the lag), and the per-16-filter-chunk lanes of bin_range (gz.binrange) / table lookup
+    (gz.trange, gz.tk).
     Wavefronts: a half's 16 consecutive bins k hit banks (2k + h) * words mod 32 (h = re/im part, the
     complex row's base is common to the warp), so a trip costs max over the halves of ceil(bins / (16 /
     words per scalar))."""
     R = geom.max_radius
-    wps = p.scalar_bytes // 4
+    st = geom.stencil
+    sb = p.scalar_bytes
+    wps = sb // 4
     q = HALF // wps
     dA = np.arange(-R - 1, R + 1)
     nd = len(dA)
-    tr = np.zeros((nd, 2), dtype=np.int64)
-    ln = np.zeros_like(tr)
-    wf = np.zeros_like(tr)
-    br_lanes = np.zeros_like(tr)
-    br_trips = np.zeros_like(tr)
+    names = ("gz.bin", "gz.scatter_ld", "gz.scatter_st", "gz.binrange", "gz.ffilter", "gz.tbin", "gz.tbin2", "gz.te",
+             "gz.tscatter_ld", "gz.tscatter_st", "gz.trange", "gz.tk")
+    out = {n: np.zeros((nd, 2, 4), dtype=np.int64) for n in names}
     jmax = -(-p.n_fft // HALF)
     j = np.arange(jmax)
-    lens = []
+    per_f = []
     for f in range(p.f):
         la = []
+        fits = bool(st.fits[f])
         for dd in (dA, dA + 1):
             inside = np.abs(dd) <= geom.d_radius[f]
-            k_lo, k_hi = geom.bin_range(np.full(dd.shape, f), dd)
-            la.append((np.where(inside, np.maximum(0, k_hi - k_lo + 1), 0), inside))
-        lens.append(la)
-        (lnA, inA), (lnB, inB) = la
+            if fits:
+                dr = np.clip(dd + geom.d_radius[f], 0, 2 * geom.d_radius[f])
+                ln_ = np.where(inside, st.lens[f][dr], 0)
+                el = np.where(inside, st.e_lo[f][dr], 0)
+            else:
+                k_lo, k_hi = geom.bin_range(np.full(dd.shape, f), dd)
+                ln_ = np.where(inside, np.maximum(0, k_hi - k_lo + 1), 0)
+                el = np.zeros_like(ln_)
+            la.append((ln_, inside, el))
+        per_f.append(la)
+        (lnA, inA, eA), (lnB, inB, eB) = la
         tA, tB = -(-lnA // HALF), -(-lnB // HALF)
-        tr[:, 0] += np.maximum(tA, tB)
-        tr[:, 1] += tA
-        ln[:, 0] += lnA + lnB
-        ln[:, 1] += lnA
         cA = np.clip(lnA[:, None] - HALF * j[None, :], 0, HALF)  # bins of each trip
         cB = np.clip(lnB[:, None] - HALF * j[None, :], 0, HALF)
         wA, wB = -(-cA // q), -(-cB // q)
-        wf[:, 0] += np.maximum(wA, wB).sum(axis=1)
-        wf[:, 1] += wA.sum(axis=1)
-        br_lanes[:, 0] += inA.astype(np.int64) + inB
-        br_lanes[:, 1] += inA
+        pre = "gz.t" if fits else "gz."
+        for site in ("bin", "scatter_ld", "scatter_st"):
+            o = out[pre + site]
+            o[:, 0, 0] += np.maximum(tA, tB)
+            o[:, 1, 0] += tA
+            o[:, 0, 1] += lnA + lnB
+            o[:, 1, 1] += lnA
+            if site != "bin":
+                o[:, 0, 2] += np.maximum(wA, wB).sum(axis=1)
+                o[:, 1, 2] += wA.sum(axis=1)
+        if fits:  # gz.tbin: the first bin trip (written out), gz.tbin2: the others
+            o1, o2 = out["gz.tbin"], out["gz.tbin2"]
+            oA, oB = (lnA > 0).astype(np.int64), (lnB > 0).astype(np.int64)
+            o1[:, 0, 0] -= np.maximum(tA, tB) - (oA | oB)
+            o1[:, 1, 0] -= tA - oA
+            o1[:, 0, 1] -= lnA + lnB - np.minimum(lnA, HALF) - np.minimum(lnB, HALF)
+            o1[:, 1, 1] -= lnA - np.minimum(lnA, HALF)
+            o2[:, 0, 0] += np.maximum(tA, tB) - (oA | oB)
+            o2[:, 1, 0] += tA - oA
+            o2[:, 0, 1] += lnA + lnB - np.minimum(lnA, HALF) - np.minimum(lnB, HALF)
+            o2[:, 1, 1] += lnA - np.minimum(lnA, HALF)
+            o = out["gz.te"]
+            o[:, 0, 0] += np.maximum(tA, tB)
+            o[:, 1, 0] += tA
+            o[:, 0, 1] += lnA + lnB
+            o[:, 1, 1] += lnA
+            base = f * st.terms_cap
+            # sectors of trip j: half A entries eA + 16 j .. + cA - 1, half B likewise (union)
+            def rng(e, cnt):
+                lo = (base + e[:, None] + HALF * j[None, :]) * sb // 32
+                hi = (base + e[:, None] + HALF * j[None, :] + cnt - 1) * sb // 32
+                return lo, hi, cnt > 0
+            loA, hiA, okA = rng(eA, cA)
+            loB, hiB, okB = rng(eB, cB)
+            nA = np.where(okA, hiA - loA + 1, 0)
+            nB = np.where(okB, hiB - loB + 1, 0)
+            ov = np.where(okA & okB, np.maximum(0, np.minimum(hiA, hiB) - np.maximum(loA, loB) + 1), 0)
+            o[:, 0, 3] += (nA + nB - ov).sum(axis=1)
+            o[:, 1, 3] += nA.sum(axis=1)
+            out["gz.trange"][:, 0, 1] += inA.astype(np.int64) + inB
+            out["gz.trange"][:, 1, 1] += inA
+            out["gz.tk"][:, 0, 1] += (lnA > 0).astype(np.int64) + (lnB > 0)
+            out["gz.tk"][:, 1, 1] += lnA > 0
+        else:
+            out["gz.binrange"][:, 0, 1] += inA.astype(np.int64) + inB
+            out["gz.binrange"][:, 1, 1] += inA
+            # the fallback's per-filter region: the lanes with a bin of their own (min(len, 16) a half)
+            o = out["gz.ffilter"]
+            o[:, 0, 0] += (lnA > 0) | (lnB > 0)
+            o[:, 1, 0] += lnA > 0
+            o[:, 0, 1] += np.minimum(lnA, HALF) + np.minimum(lnB, HALF)
+            o[:, 1, 1] += np.minimum(lnA, HALF)
     for ch in range(-(-p.f // HALF)):
-        anyA = np.zeros(nd, dtype=bool)
-        anyB = np.zeros(nd, dtype=bool)
-        for f in range(ch * HALF, min(p.f, (ch + 1) * HALF)):
-            anyA |= lens[f][0][1]
-            anyB |= lens[f][1][1]
-        br_trips[:, 0] += anyA | anyB
-        br_trips[:, 1] += anyA
-    return tr, ln, wf, br_trips, br_lanes
+        fs = range(ch * HALF, min(p.f, (ch + 1) * HALF))
+        anyA = {k: np.zeros(nd, dtype=bool) for k in ("b", "t", "k")}
+        anyB = {k: np.zeros(nd, dtype=bool) for k in ("b", "t", "k")}
+        secA, secB = [], []
+        for f in fs:
+            (lnA, inA, eA), (lnB, inB, eB) = per_f[f]
+            if st.fits[f]:
+                anyA["t"] |= inA
+                anyB["t"] |= inB
+                anyA["k"] |= lnA > 0
+                anyB["k"] |= lnB > 0
+                base = f * st.terms_cap
+                secA.append(np.where(lnA > 0, (base + eA) * 4 // 32, -1))
+                secB.append(np.where(lnB > 0, (base + eB) * 4 // 32, -1))
+            else:
+                anyA["b"] |= inA
+                anyB["b"] |= inB
+        for key, site in (("b", "gz.binrange"), ("t", "gz.trange"), ("k", "gz.tk")):
+            out[site][:, 0, 0] += anyA[key] | anyB[key]
+            out[site][:, 1, 0] += anyA[key]
+        if secA:
+            SA, SB = np.stack(secA, axis=1), np.stack(secB, axis=1)
+            for cls, S in ((0, np.concatenate([SA, SB], axis=1)), (1, SA)):
+                S = np.sort(S, axis=1)
+                distinct = (S >= 0) & np.concatenate([np.ones((nd, 1), bool), S[:, 1:] != S[:, :-1]], axis=1)
+                out["gz.tk"][:, cls, 3] += distinct.sum(axis=1)
+    return out
 
 
 def grad_z_counts(p: Problem, cfg, geom: Geometry):
@@ -579,7 +848,7 @@ def grad_z_counts(p: Problem, cfg, geom: Geometry):
     sites = _counts()
     fft_sites, fft_bars = _fft_pass_counts(p, cfg, cr, esize_c, threads)
     bitrev_sites = _bitrev_pass_counts(p, cfg, cr, esize_c, threads)
-    sc_tr, sc_ln, sc_wf, br_tr, br_ln = _scatter_table(p, geom)
+    scatter = _scatter_table(p, geom)
     nchunks = -(-F // HALF)
     barriers = exchanges = 0
     memo = {}
@@ -595,7 +864,7 @@ def grad_z_counts(p: Problem, cfg, geom: Geometry):
                 tsites, passes, texch = memo[key]
             else:
                 tsites, passes, texch = _grad_z_tile(p, cfg, geom, b, j0, j1, h, rp, cr, esize_c, words_c,
-                                                     (sc_tr, sc_ln, sc_wf, br_tr, br_ln), nchunks)
+                                                     scatter, nchunks)
                 memo[key] = (tsites, passes, texch)
             for k, v in tsites.items():
                 sites[k] += v
@@ -623,7 +892,7 @@ def _owned_groups(j_lo, j_hi, j0, threads):
 
 
 def _grad_z_tile(p, cfg, geom, b, j0, j1, h, rp, cr, esize_c, words_c, tables, nchunks):
-    sc_tr, sc_ln, sc_wf, br_tr, br_ln = tables
+    scatter = tables
     n, hop, N, T, F = p.n_fft, p.hop, p.n_samples, p.frames, p.f
     threads = cfg.get("grad_threads", cfg["threads"])
     nwarps = threads // WARP
@@ -655,16 +924,13 @@ def _grad_z_tile(p, cfg, geom, b, j0, j1, h, rp, cr, esize_c, words_c, tables, n
             _add(sites, "gz.frame", int(nf.sum()), int(nf.sum()) * WARP)
             _add(sites, "gz.chunk", int(nf.sum()) * nchunks, int(nf.sum()) * nchunks * WARP)
             _add(sites, "gz.filter", int(nf.sum()) * F, int(nf.sum()) * F * WARP)
-            exch += int(nf.sum()) * F * 2  # packed range + weight per filter
+            exch += int(nf.sum()) * F * 3  # packed range, weight and table offset per filter
             ss = np.repeat(s_a, nf)
             cls = 1 - np.repeat(both, nf)  # 0: both rows, 1: odd row absent
             tt = np.concatenate([np.arange(a, bb + 1) for a, bb in zip(t_lo, t_hi) if bb >= a]) if nf.sum() else ss
             d = ss - tt * hop + R + 1
-            _add(sites, "gz.binrange", int(br_tr[d, cls].sum()), int(br_ln[d, cls].sum()))
-            tr, ln, wf = int(sc_tr[d, cls].sum()), int(sc_ln[d, cls].sum()), int(sc_wf[d, cls].sum())
-            _add(sites, "gz.bin", tr, ln)
-            _add(sites, "gz.scatter_ld", tr, ln, wf)
-            _add(sites, "gz.scatter_st", tr, ln, wf)
+            for site, arr in scatter.items():
+                _add(sites, site, *(int(x) for x in arr[d, cls].sum(axis=0)))
         # gather
         jw_lo, jw_hi = max(j0, r0 - h), min(j1, pass_hi + h)
         j, g = _owned_groups(jw_lo, jw_hi, j0, threads)
@@ -706,8 +972,10 @@ def plan_counts(p: Problem, cfg) -> dict:
     with kernel, blocks, threads, smem, block_barriers, warp_exchanges and sites {name: [trips, lanes,
     wavefronts, sectors]}."""
     geom = Geometry(p)
-    fwd = [prepare_counts(p, cfg)]
-    bwd = [prepare_counts(p, cfg)]
+    st = Stencil(p, cfg, geom)
+    geom.stencil = st
+    fwd = [prepare_counts(p, cfg, geom, st)]
+    bwd = [prepare_counts(p, cfg, geom, st)]
     if p.batch > 0:
         fwd.append(smooth_counts(p, cfg, geom, moments=False))
         bwd.append(smooth_counts(p, cfg, geom, moments=True))

@@ -747,6 +747,47 @@ def test_profile_replay_matches_emulator(builds, tmp_path, case, dtype):
     assert any(e["sites"] for e in emu), "the profile counted nothing"
 
 
+# A stencil budget (launch_config.h LWVD_STENCIL_BUDGET) small enough that some of CASES[10]'s 33
+# filters get a table and the others are evaluated on the fly: float64 per-filter capacity 112 terms
+# (28 lags: the 31-lag filters fall back by lags, the others above 112 terms by terms), float32 184.
+SMALL_STENCIL_BUDGET = 112 * 33 * 20
+
+
+@needs_plan
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+def test_stencil_tables_with_partial_fallback_match_reference_and_replay(builds, tmp_path, dtype):
+    # Filters whose stencil does not fit the host-chosen capacity use the on-the-fly path in the same
+    # launches; values must still equal the reference (TOLERANCES) and the profile the replay.
+    import sys
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import cost_model
+    import kernel_counts
+
+    exe = builds.get("driver", defines=(f"LWVD_STENCIL_BUDGET={SMALL_STENCIL_BUDGET}u",))
+    p = Problem(CASES[10], dtype, tmp_path)
+    proc = p.run(exe, part="profile plain", env={"LWVD_EMU_PROFILE": "1"})
+    driver_ok(proc)
+    check_against_reference(p, TOLERANCES[dtype])
+    c = p.case
+    center, st, sn, rho = (tuple(x.numpy().tolist()) for x in p.params)
+    kp = kernel_counts.Problem(c.b, c.n, c.n_fft, c.hop, center, st, sn, rho, c.truncate,
+                               "float64" if dtype == torch.float64 else "float32")
+    cfg = dict(cost_model.launch_config(), stencil_budget=SMALL_STENCIL_BUDGET)
+    stencil = kernel_counts.Stencil(kp, cfg, kernel_counts.Geometry(kp))
+    assert 0 < int(stencil.fits.sum()) < c.f, f"expected a mix of table and fallback filters: {stencil.fits}"
+    counts = kernel_counts.plan_counts(kp, cfg)
+    rep, emu = counts["forward"] + counts["backward"], emulator_profile(proc)
+    bad = [(i, r["kernel"], site, e["sites"].get(site), r["sites"].get(site))
+           for i, (e, r) in enumerate(zip(emu, rep)) for site in sorted(set(e["sites"]) | set(r["sites"]))
+           if e["sites"].get(site) != r["sites"].get(site)]
+    bad += [(i, r["kernel"], k, e[k], r[k]) for i, (e, r) in enumerate(zip(emu, rep))
+            for k in ("block_barriers", "warp_exchanges") if e[k] != r[k]]
+    assert len(emu) == len(rep) and not bad, "emulator vs replay:\n" + "\n".join(map(str, bad))
+    for site in ("smooth.tterm", "smooth.term", "gz.tbin", "gz.bin"):  # both paths ran
+        assert any(site in e["sites"] for e in emu), site
+
+
 @needs_plan
 def test_profile_aborts_on_a_mis_keyed_site(builds, tmp_path):
     # The counters mean something only if one lane cannot log one warp instruction twice: a mark

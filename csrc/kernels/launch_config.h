@@ -120,6 +120,46 @@ inline int64_t grad_tile(int64_t n_fft, int64_t batch, int64_t n_samples) {
   return best;
 }
 
+// Per-filter stencil tables (lwvd_fwd.cuh, lwvd_prepare_kernel's table role). The Gaussian weight
+// E(f, d, k) = exp(-q_f(d, nu_k - center) / 2) of a term does not depend on the frame, so the prepare
+// launch tabulates, per filter, every term (d, k) with q <= trunc2 once per call: E, quad_form's c
+// (the moments' coordinate) and the packed index (d + R_f) << kStencilKBits | k, in the order of d, then
+// k, with a row-offset table rows[d + R_f] .. rows[d + R_f + 1] per lag d. The smooth, moments and grad_z
+// kernels then read the terms instead of evaluating bin_range, quad_form and exp per term.
+// The sizes are only known on the device (sigma_t, sigma_nu), so the host fixes a capacity: a total
+// budget of kStencilBudget bytes split evenly over the filters (terms_cap per filter, a multiple of 8
+// so that every filter's part starts on a 32-byte sector) plus rows_cap + 1 row offsets per filter; a
+// filter whose stencil does not fit (more terms or more lags than that, or invalid parameters) gets
+// rows[0] = -1 and the kernels evaluate its terms on the fly as before (bitwise the same terms).
+// Memory: F * terms_cap * (2 sizeof(scalar) + 4) <= kStencilBudget, + F * (rows_cap + 1) * 4 bytes
+// with rows_cap <= terms_cap / 4 (<= kStencilBudget / 12 float, / 20 double): <= 17.4 MiB (float) per call.
+// At configuration S (F = 80, float): 17472 terms per filter (the largest stencil has < 5700).
+#ifndef LWVD_STENCIL_BUDGET
+#define LWVD_STENCIL_BUDGET (16u << 20)
+#endif
+constexpr std::size_t kStencilBudget = LWVD_STENCIL_BUDGET;
+constexpr int kStencilKBits = 13;                        // bins k < 8192 = the largest n_fft
+constexpr int64_t kStencilMaxRows = int64_t{1} << 18;    // (d + R) << 13 stays below 2^31
+constexpr int kStencilThreads = 256;                     // threads per table block of the prepare launch
+constexpr int64_t kStencilMaxBlocks = 4096;              // table blocks: min(F, this), filters strided
+
+static_assert(kStencilBudget / 12 < (std::size_t{1} << 31) - 8192, "table entries are indexed in 32 bits");
+inline int64_t stencil_terms_cap(int64_t n_filters, std::size_t scalar_bytes) {
+  const std::size_t per_term = 2 * scalar_bytes + 4;
+  int64_t cap = static_cast<int64_t>(kStencilBudget / (static_cast<std::size_t>(n_filters) * per_term));
+  cap &= ~int64_t{7};
+  // F * terms_cap entries are indexed in 32 bits (< 2^31: the budget is far below 2^31 entries)
+  return cap > (int64_t{1} << 30) ? (int64_t{1} << 30) : cap;
+}
+
+// Lags per filter that the row-offset table holds (a filter needs 2 R_f + 1).
+inline int64_t stencil_rows_cap(int64_t terms_cap, int64_t d_limit) {
+  int64_t rows = terms_cap / 4;
+  if (rows > 2 * d_limit + 1) rows = 2 * d_limit + 1;
+  if (rows > kStencilMaxRows - 1) rows = kStencilMaxRows - 1;
+  return rows;
+}
+
 // The six per-(b, f, t) moments S0, Sa, Sc, Saa, Sac, Scc of the backward (lwvd_math.cuh, docs/design.md).
 constexpr int kMoments = 6;
 

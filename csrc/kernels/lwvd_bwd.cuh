@@ -101,7 +101,14 @@ struct GradZArgs {
   double trunc2;
   double inv_two_m;                          // 1 / (2 n_fft), exact, set on the host
   double inv_hop;                            // 1 / hop (an estimate; corrected exactly in integers)
+  const int* tab_rows;                       // stencil tables of the prepare launch (lwvd_fwd.cuh PrepareArgs)
+  const scalar_t* tab_e;
+  const int* tab_idx;
+  int64_t terms_cap, rows_cap;
 };
+
+// grad_z_block's marker of a filter without a stencil table (on-the-fly terms).
+constexpr int kNoTable = -2147483647 - 1;
 
 template <typename scalar_t>
 __device__ __forceinline__ void grad_z_block(const GradZArgs<scalar_t>& a, unsigned block) {
@@ -190,14 +197,32 @@ __device__ __forceinline__ void grad_z_block(const GradZArgs<scalar_t>& a, unsig
         for (int64_t f0 = 0; f0 < a.n_filters; f0 += kHalf) {
           LWVD_PROF_TRIP("gz.chunk", rtrip, t - t_lo, f0 / kHalf);
           int range = 1;  // k_lo | k_hi << 16 (bins < 8192); 1 = empty (k_lo 1 > k_hi 0)
+          int tbase = kNoTable;  // table filters: the entry of bin k is tbase + k (the lag's terms are
+                                 // consecutive bins: q is monotone in k on each side of its minimum)
           scalar_t gw = 0;
           if (mine && f0 + hl < a.n_filters) {
             const FilterGeometry<scalar_t>& g = a.geom[f0 + hl];
             if (d <= g.d_radius && -d <= g.d_radius) {
-              LWVD_PROF_TRIP("gz.binrange", rtrip, t - t_lo, f0 / kHalf);
-              int64_t k_lo, k_hi;
-              bin_range(g, d, a.trunc2, a.n_fft, &k_lo, &k_hi);
-              range = static_cast<int>(k_lo) | (static_cast<int>(k_hi) << 16);
+              const int* tr = a.tab_rows + (f0 + hl) * (a.rows_cap + 1);
+              if (tr[0] >= 0) {
+                LWVD_PROF_TRIP("gz.trange", rtrip, t - t_lo, f0 / kHalf);
+                const int64_t dr = d + g.d_radius;
+                const int e_lo = tr[dr], e_hi = tr[dr + 1];
+                if (e_lo < e_hi) {
+                  LWVD_PROF_GMEM("gz.tk", &a.tab_idx[(f0 + hl) * a.terms_cap + e_lo], rtrip, t - t_lo, f0 / kHalf);
+                  const int k_lo = a.tab_idx[(f0 + hl) * a.terms_cap + e_lo] & ((1 << config::kStencilKBits) - 1);
+                  range = k_lo | ((k_lo + e_hi - e_lo - 1) << 16);
+                  // absolute entry of bin k: tbase + k (32 bits: F * terms_cap < 2^31, launch_config.h)
+                  tbase = static_cast<int>((f0 + hl) * a.terms_cap) + e_lo - k_lo;
+                } else {
+                  tbase = 0;  // a table filter with no term on this lag
+                }
+              } else {
+                LWVD_PROF_TRIP("gz.binrange", rtrip, t - t_lo, f0 / kHalf);
+                int64_t k_lo, k_hi;
+                bin_range(g, d, a.trunc2, a.n_fft, &k_lo, &k_hi);
+                range = static_cast<int>(k_lo) | (static_cast<int>(k_hi) << 16);
+              }
               gw = Gb[(f0 + hl) * a.n_frames + t] * g.norm;
             }
           }
@@ -207,21 +232,49 @@ __device__ __forceinline__ void grad_z_block(const GradZArgs<scalar_t>& a, unsig
             const int rg = __shfl_sync(kFullMask, range, src);
             const int k_lo = rg & 0xffff, k_hi = rg >> 16;
             const scalar_t w = __shfl_sync(kFullMask, gw, src);
+            const int tb = __shfl_sync(kFullMask, tbase, src);
             LWVD_PROF_TRIP("gz.filter");  // the epoch (after this filter's shuffles) is the key
-            if (k_lo > k_hi) continue;
-            const FilterGeometry<scalar_t>& g = a.geom[f0 + i];
+            // this lane's first bin (k = hl mod 16); an empty range (k_lo > k_hi) gives first > k_hi
             const int first = k_lo + ((hl - (k_lo & (kHalf - 1))) & (kHalf - 1));
-            LWVD_NO_UNROLL  // rolled: ~1 trip per row at typical widths; the profile weighs one trip
-            for (int k = first; k <= k_hi; k += kHalf) {
-              LWVD_PROF_TRIP("gz.bin", (k - k_lo) / kHalf);
-              const scalar_t v = static_cast<scalar_t>(k) * inv_two_m - g.center;
-              const scalar_t q = quad_form(g, ds, v);
-              // read-modify-write for every lane (adding 0 past the ellipse): the same accesses
-              // whatever q is, so the access counts do not depend on rounding
-              scalar_t* dst = &row[2 * k];  // natural order: block_bitrev_rows permutes before the FFT
-              LWVD_PROF_SMEM("gz.scatter_ld", dst, (k - k_lo) / kHalf);
-              LWVD_PROF_SMEM("gz.scatter_st", dst, (k - k_lo) / kHalf);
-              *dst += q <= trunc2 ? w * lwvd_exp(scalar_t(-0.5) * q) : scalar_t(0);
+            if (tb != kNoTable) {  // the lag's terms from the stencil table: no quad_form, no exp
+              // The first bin trip (at S a filter's lag row has <= 16 bins: usually the only one), then
+              // the rest: written out so that ptxas's own peeling of the first trip does not make one
+              // region hold two copies of the body (the profile weighs a region once per trip).
+              if (first <= k_hi) {
+                LWVD_PROF_TRIP("gz.tbin");
+                LWVD_PROF_GMEM("gz.te", &a.tab_e[tb + first]);
+                scalar_t* dst = &row[2 * first];
+                LWVD_PROF_SMEM("gz.tscatter_ld", dst);
+                LWVD_PROF_SMEM("gz.tscatter_st", dst);
+                *dst += w * a.tab_e[tb + first];
+              }
+              LWVD_NO_UNROLL
+              for (int k = first + kHalf; k <= k_hi; k += kHalf) {
+                LWVD_PROF_TRIP("gz.tbin2", (k - k_lo) / kHalf);
+                LWVD_PROF_GMEM("gz.te", &a.tab_e[tb + k], (k - k_lo) / kHalf);
+                scalar_t* dst = &row[2 * k];
+                LWVD_PROF_SMEM("gz.tscatter_ld", dst, (k - k_lo) / kHalf);
+                LWVD_PROF_SMEM("gz.tscatter_st", dst, (k - k_lo) / kHalf);
+                *dst += w * a.tab_e[tb + k];
+              }
+              continue;
+            }
+            if (first <= k_hi) {  // a filter without a stencil table: its terms on the fly (own region:
+                                  // the profile charges this setup to these filters only)
+              LWVD_PROF_TRIP("gz.ffilter");
+              const FilterGeometry<scalar_t>& g = a.geom[f0 + i];
+              LWVD_NO_UNROLL  // rolled: ~1 trip per row at typical widths; the profile weighs one trip
+              for (int k = first; k <= k_hi; k += kHalf) {
+                LWVD_PROF_TRIP("gz.bin", (k - k_lo) / kHalf);
+                const scalar_t v = static_cast<scalar_t>(k) * inv_two_m - g.center;
+                const scalar_t q = quad_form(g, ds, v);
+                // read-modify-write for every lane (adding 0 past the ellipse): the same accesses
+                // whatever q is, so the access counts do not depend on rounding
+                scalar_t* dst = &row[2 * k];  // natural order: block_bitrev_rows permutes before the FFT
+                LWVD_PROF_SMEM("gz.scatter_ld", dst, (k - k_lo) / kHalf);
+                LWVD_PROF_SMEM("gz.scatter_st", dst, (k - k_lo) / kHalf);
+                *dst += q <= trunc2 ? w * lwvd_exp(scalar_t(-0.5) * q) : scalar_t(0);
+              }
             }
           }
         }

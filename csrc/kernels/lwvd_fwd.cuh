@@ -75,10 +75,118 @@ struct PrepareArgs {
   int64_t n_fft;
   int64_t d_limit;                 // N - 1 + (T - 1) * hop: the largest |d| that occurs
   double trunc2;                   // effective_trunc2<scalar_t>(truncate)
+  // Stencil tables (launch_config.h, kStencil*): blocks 1 .. gridDim.x - 1 fill them.
+  int* tab_rows;                   // (F, rows_cap + 1) out: term offsets per lag d + R_f; [0] = -1: no table
+  scalar_t* tab_e;                 // (F, terms_cap) out: exp(-q / 2)
+  scalar_t* tab_c;                 // (F, terms_cap) out: quad_form's c (the moments' coordinate)
+  int* tab_idx;                    // (F, terms_cap) out: (d + R_f) << kStencilKBits | k
+  int64_t terms_cap, rows_cap;
+  double inv_two_m;                // 1 / (2 n_fft), exact
 };
+
+// One filter's stencil table, by one block of config::kStencilThreads threads (block-uniform control
+// flow). Thread i of a chunk of lags takes lag d = i - R_f: bin_range (the candidate bins of every
+// kernel) and, per candidate, quad_form in scalar_t exactly as the kernels evaluate it (d and k as
+// scalar_t, v = k * (1/2M) - center: the same operations on the same values), keeping the terms with
+// q <= trunc2: the truncation set of the table is bitwise the kernels' on-the-fly one. A block scan of
+// the per-lag counts places the terms in the order (d, k). The filter's geometry is make_filter of
+// the same inputs as block 0's (bitwise equal).
+template <typename scalar_t>
+__device__ __forceinline__ void stencil_table_block(const PrepareArgs<scalar_t>& a, int64_t f) {
+  constexpr int kW = config::kStencilThreads / kWarpSize;
+  __shared__ int warp_total[kW];
+  const int tid = static_cast<int>(threadIdx.x);
+  const int lane = tid % kWarpSize, warp = tid / kWarpSize;
+  const double c = static_cast<double>(a.center[f]), st = static_cast<double>(a.sigma_t[f]);
+  const double sn = static_cast<double>(a.sigma_nu[f]), r = static_cast<double>(a.rho[f]);
+  const unsigned bad = invalid_bits<scalar_t>(c, st, sn, r);
+  const FilterGeometry<scalar_t> g = make_filter<scalar_t>(c, st, sn, r, a.trunc2, a.n_fft, a.d_limit);
+  int* rows = a.tab_rows + f * (a.rows_cap + 1);
+  const int64_t radius = g.d_radius;
+  if (bad || 2 * radius + 1 > a.rows_cap) {  // block-uniform
+    if (tid == 0) rows[0] = -1;
+    return;
+  }
+  const int R = static_cast<int>(radius), nrows = 2 * R + 1;
+  const int cap = static_cast<int>(a.terms_cap);
+  const scalar_t trunc2 = static_cast<scalar_t>(a.trunc2);
+  const scalar_t inv_two_m = static_cast<scalar_t>(a.inv_two_m);
+  scalar_t* te = a.tab_e + f * a.terms_cap;
+  scalar_t* tc = a.tab_c + f * a.terms_cap;
+  int* ti = a.tab_idx + f * a.terms_cap;
+  int running = 0;  // terms of the lags before this chunk (block-uniform)
+  LWVD_NO_UNROLL
+  for (int base = 0; base < nrows; base += config::kStencilThreads) {
+    [[maybe_unused]] const int chunk = base / config::kStencilThreads;  // profile key
+    LWVD_PROF_TRIP("tab.chunk", chunk);
+    const int i = base + tid;
+    int k_lo = 1, k_hi = 0;
+    if (i < nrows) {
+      int64_t lo, hi;
+      bin_range(g, static_cast<int64_t>(i - R), a.trunc2, a.n_fft, &lo, &hi);
+      k_lo = static_cast<int>(lo);
+      k_hi = static_cast<int>(hi);
+    }
+    const scalar_t ds = static_cast<scalar_t>(i - R);
+    int cnt = 0;
+    LWVD_NO_UNROLL
+    for (int k = k_lo; k <= k_hi; ++k) {
+      LWVD_PROF_TRIP("tab.count", chunk, k - k_lo);
+      const scalar_t v = static_cast<scalar_t>(k) * inv_two_m - g.center;
+      cnt += quad_form(g, ds, v) <= trunc2 ? 1 : 0;
+    }
+    int incl = cnt;  // block scan of the counts: warp scans, then the warps' totals
+    for (int o = 1; o < kWarpSize; o <<= 1) {
+      const int y = __shfl_up_sync(kFullMask, incl, o);
+      if (lane >= o) incl += y;
+    }
+    if (lane == kWarpSize - 1) warp_total[warp] = incl;
+    __syncthreads();
+    int before = 0, total = 0;
+    for (int w = 0; w < kW; ++w) {
+      const int t = warp_total[w];
+      before += w < warp ? t : 0;
+      total += t;
+    }
+    __syncthreads();  // warp_total is rewritten by the next chunk
+    const int start = running + before + incl - cnt;
+    if (i < nrows) rows[i] = start;
+    if (running + total <= cap) {  // block-uniform
+      int e = start;
+      LWVD_NO_UNROLL
+      for (int k = k_lo; k <= k_hi; ++k) {
+        LWVD_PROF_TRIP("tab.write", chunk, k - k_lo);
+        const scalar_t v = static_cast<scalar_t>(k) * inv_two_m - g.center;
+        scalar_t qa, qc;
+        const scalar_t q = quad_form(g, ds, v, &qa, &qc);
+        if (q <= trunc2) {
+          te[e] = lwvd_exp(scalar_t(-0.5) * q);
+          tc[e] = qc;
+          ti[e] = (i << config::kStencilKBits) | k;
+          ++e;
+        }
+      }
+    }
+    running += total;
+    if (running > cap) break;  // does not fit: the filter is evaluated on the fly (block-uniform)
+  }
+  if (tid == 0) {  // thread 0 wrote rows[0] itself
+    LWVD_PROF_TRIP("tab.end");
+    rows[nrows] = running;
+    if (running > cap) rows[0] = -1;
+  }
+}
 
 template <typename scalar_t>
 __global__ void __launch_bounds__(config::kPrepThreads) lwvd_prepare_kernel(const PrepareArgs<scalar_t> a) {
+  static_assert(config::kStencilThreads == config::kPrepThreads, "one block size for both roles");
+  if (blockIdx.x > 0) {  // the table role: filters blockIdx.x - 1, + (gridDim.x - 1), ...
+    for (int64_t f = blockIdx.x - 1; f < a.n_filters; f += gridDim.x - 1) {
+      LWVD_PROF_TRIP("tab.filter", (f - (blockIdx.x - 1)) / (gridDim.x - 1));
+      stencil_table_block(a, f);
+    }
+    return;
+  }
   __shared__ int64_t radius[config::kPrepThreads];
   __shared__ unsigned bad_bits[config::kPrepThreads];
   const int tid = static_cast<int>(threadIdx.x);
@@ -269,10 +377,90 @@ struct SmoothArgs {
   int complex_rows;                          // CR: a pass covers 2*CR rows
   double trunc2;
   double inv_two_m;                          // 1 / (2 n_fft), exact (power of two), set on the host
+  const int* tab_rows;                       // stencil tables of the prepare launch (PrepareArgs)
+  const scalar_t* tab_e;
+  const scalar_t* tab_c;
+  const int* tab_idx;
+  int64_t terms_cap, rows_cap;
 };
 
+// The terms of one (filter, frame) pair over rows [n_a, n_b] of a pass from the filter's stencil table
+// (PrepareArgs, stencil_table_block): the rows' terms are entries [e_lo, e_hi) of the table, in the
+// order (d, k), and each warp trip takes 32 consecutive entries: no scan, no search, no bin_range, no
+// exp. Each lane adds W * E (forward) or the moment terms of W * E to its own `acc`; the caller doubles
+// the sums (W = 2 Re/Im X: scaling by 2 is exact, so the sums are bitwise those of the 2x terms).
+// One term of smooth_pair_table: entry ge of the table (32-bit index into the whole table).
+template <typename scalar_t, bool kMoments, int kAcc>
+__device__ __forceinline__ void smooth_table_term(scalar_t (&acc)[kAcc], const scalar_t* __restrict__ te,
+                                                  const scalar_t* __restrict__ tc, const int* __restrict__ ti,
+                                                  unsigned ge, const cplx<scalar_t>* rows, int log2n, int row_base,
+                                                  scalar_t inv_sigma_t, int radius) {
+  constexpr int kMask = (1 << config::kStencilKBits) - 1;
+  const int idx = ti[ge];
+  const scalar_t E = te[ge];
+  const int dr = idx >> config::kStencilKBits;  // d + R_f
+  const int r = row_base + dr;                  // row within the pass
+  const cplx<scalar_t>* x = rows + ((r >> 1) << log2n) + (idx & kMask);
+  const scalar_t w = (r & 1) != 0 ? x->im : x->re;
+  const scalar_t we = w * E;
+  if constexpr (kMoments) {
+    const scalar_t qa = mul_rn(static_cast<scalar_t>(dr - radius), inv_sigma_t);  // quad_form's a
+    add_moment_term(acc, we, qa, tc[ge]);
+  } else {
+    acc[0] += we;
+  }
+}
+
+// The profile marks of one term (the emulator's counters; nothing under nvcc).
+#define LWVD_PROF_TABLE_TERM(trip)                                                                        \
+  do {                                                                                                    \
+    LWVD_PROF_GMEM("smooth.tidx", &ti[ge], ftrip, tt, trip);                                              \
+    LWVD_PROF_GMEM("smooth.te", &te[ge], ftrip, tt, trip);                                                \
+    LWVD_PROF_SMEM("smooth.tldw",                                                                         \
+                   rows + (((row_base + (ti[ge] >> config::kStencilKBits)) >> 1) << log2n) +              \
+                       (ti[ge] & ((1 << config::kStencilKBits) - 1)),                                     \
+                   ftrip, tt, trip);                                                                      \
+    if constexpr (kMoments) LWVD_PROF_GMEM("smooth.tc", &tc[ge], ftrip, tt, trip);                        \
+  } while (0)
+
+// The terms of one (filter, frame) pair over rows [n_a, n_b] of a pass from the filter's stencil table
+// (PrepareArgs, stencil_table_block): the rows' terms are entries [e_lo, e_hi) of the table, in the
+// order (d, k), and each warp trip takes 32 consecutive entries: no scan, no search, no bin_range, no
+// exp; the full trips run without a bounds test, the last (partial) one with it. Each lane adds W * E
+// (forward) or the moment terms of W * E to its own `acc`; the caller doubles the sums (W = 2 Re/Im X:
+// scaling by 2 is exact, so the sums are bitwise those of the 2x terms). Entry indices are 32-bit into
+// the whole table (F * terms_cap < 2^31, launch_config.h): one wide multiply-add per address.
+template <typename scalar_t, bool kMoments, int kAcc>
+__device__ __forceinline__ void smooth_pair_table(scalar_t (&acc)[kAcc], const scalar_t* __restrict__ te,
+                                                  const scalar_t* __restrict__ tc, const int* __restrict__ ti,
+                                                  unsigned toff, int e_lo, int e_hi, const cplx<scalar_t>* rows,
+                                                  int log2n, int row_base, scalar_t inv_sigma_t, int radius,
+                                                  int lane, [[maybe_unused]] int ftrip, [[maybe_unused]] int tt) {
+  const unsigned g0 = toff + static_cast<unsigned>(e_lo + lane);
+  const int full = (e_hi - e_lo) / kWarpSize;  // trips with 32 terms
+  LWVD_NO_UNROLL  // rolled: one trip is what the profile's SASS weight counts
+  for (int i = 0; i < full; ++i) {
+    LWVD_PROF_TRIP("smooth.tterm", ftrip, tt, i);
+    const unsigned ge = g0 + static_cast<unsigned>(i * kWarpSize);
+    LWVD_PROF_TABLE_TERM(i);
+    smooth_table_term<scalar_t, kMoments>(acc, te, tc, ti, ge, rows, log2n, row_base, inv_sigma_t, radius);
+  }
+  if (e_lo + full * kWarpSize + lane < e_hi) {
+    LWVD_PROF_TRIP("smooth.ttail", ftrip, tt);
+    const unsigned ge = g0 + static_cast<unsigned>(full * kWarpSize);
+    LWVD_PROF_TABLE_TERM(full);
+    smooth_table_term<scalar_t, kMoments>(acc, te, tc, ti, ge, rows, log2n, row_base, inv_sigma_t, radius);
+  }
+}
+#undef LWVD_PROF_TABLE_TERM
+
+// Min 2 blocks per SM (a 128-register budget): with the 32-bit pair arithmetic ptxas otherwise kept
+// smooth<float> at 48 registers and spilled 4 B on sm_90 around bin_range's slow-path calls of the
+// fallback path (and 8 B in smooth<double, moments> on sm_120 with a min of 3). It now takes 72-98
+// registers: on sm_80 / sm_90, 3 resident blocks per SM in float (4 before on sm_90) and 2 in double
+// (3-4 before); configuration S puts 2 on the busiest SM, and sm_86/89/120 hold 2 by shared memory.
 template <typename scalar_t, bool kMoments>
-__global__ void __launch_bounds__(config::kThreads) lwvd_smooth_kernel(const SmoothArgs<scalar_t> a) {
+__global__ void __launch_bounds__(config::kThreads, 2) lwvd_smooth_kernel(const SmoothArgs<scalar_t> a) {
   LWVD_DYNAMIC_SMEM(cplx<scalar_t>, rows);
   constexpr int kAcc = kMoments ? config::kMoments : 1;
   // 32-bit index arithmetic where the plan guarantees it fits (grid < 2^31 blocks, F * TT < 2^31):
@@ -283,6 +471,8 @@ __global__ void __launch_bounds__(config::kThreads) lwvd_smooth_kernel(const Smo
   const int tt_count = static_cast<int>(a.frames_per_block);
   const int64_t t0 = tile * tt_count;
   const int64_t t_last = imin(a.n_frames - 1, t0 + tt_count - 1);
+  const int t0i = static_cast<int>(t0), tt_n = static_cast<int>(t_last - t0) + 1;  // frames of the tile
+  const int hop = static_cast<int>(a.hop);
   if (*a.invalid) {  // invalid parameters: this block's outputs are NaN (block-uniform: no barrier is skipped)
     if (kMoments) {
       const int64_t o = static_cast<int64_t>(blockIdx.x) * a.n_filters * kAcc;
@@ -318,6 +508,7 @@ __global__ void __launch_bounds__(config::kThreads) lwvd_smooth_kernel(const Smo
     const bool first = r0 == row_lo;
     const bool last = r0 + rows_per_pass > row_hi;
     const int64_t pass_hi = imin(row_hi, r0 + rows_per_pass - 1);
+    const int r0i = static_cast<int>(r0), phi = static_cast<int>(pass_hi);
     build_lag_rows<config::kThreads>(rows, a.complex_rows, a.log2_fft, zb, a.n_samples, r0);
     __syncthreads();
     block_fft_rows<config::kThreads>(rows, a.complex_rows, a.log2_fft, a.twiddles);  // ends with __syncthreads
@@ -330,17 +521,37 @@ __global__ void __launch_bounds__(config::kThreads) lwvd_smooth_kernel(const Smo
       [[maybe_unused]] const int ftrip = (f - warp) / nwarps;  // profile key
       LWVD_PROF_TRIP("smooth.filter", ftrip);
       const FilterGeometry<scalar_t>& g = a.geom[f];
-      const int64_t d_radius = g.d_radius;
-      scalar_t gacc[kAcc];  // backward: sum over this pass's frames of G[b, f, t] * moments(f, t)
+      const int d_radius = static_cast<int>(g.d_radius);
+      // backward: per lane, sum over this pass's frames of G[b, f, t] * the lane's moment sums(f, t);
+      // warp-summed once per filter and pass (below), not once per pair
+      scalar_t gacc[kAcc];
       for (int i = 0; i < kAcc; ++i) gacc[i] = 0;
-      for (int tt = 0; tt < tt_count && t0 + tt < a.n_frames; ++tt) {
+      bool any_rows = false;  // warp-uniform: a pair of this filter had rows in this pass
+      for (int tt = 0; tt < tt_n; ++tt) {
         LWVD_PROF_TRIP("smooth.pair", ftrip, tt);
-        const int64_t t = t0 + tt;
-        const int64_t c = t * a.hop;
-        const int64_t n_a = imax(r0, c - d_radius);
-        const int64_t n_b = imin(pass_hi, c + d_radius);
+        // 32-bit: frame centres, rows and c +- R stay below 2^31 (the plan checks
+        // TT * hop + 2 * d_limit + 2 n_fft < 2^31)
+        const int t = t0i + tt;
+        const int c = t * hop;
+        const int n_a = r0i > c - d_radius ? r0i : c - d_radius;
+        const int n_b = phi < c + d_radius ? phi : c + d_radius;
         if (n_a > n_b) continue;  // no row of this pass is in the pair's reach: nothing to add
-        {
+        scalar_t acc[kAcc];
+        // The filter's stencil table, or on-the-fly terms when it has none (rows[0] = -1: did not fit;
+        // warp-uniform). Read per pair (an L1 hit), and the table pointers formed here: nothing more
+        // stays live across bin_range's slow-path calls of the fallback (registers that ptxas spills).
+        if (a.tab_rows[f * (a.rows_cap + 1)] >= 0) {
+          LWVD_PROF_TRIP("smooth.tpair", ftrip, tt);
+          // Entries of lags n_a - c .. n_b - c (R_f = d_radius: the table's lag offset)
+          const int* trows = a.tab_rows + f * (a.rows_cap + 1);
+          const int e_lo = trows[n_a - c + d_radius], e_hi = trows[n_b - c + d_radius + 1];
+          for (int i = 0; i < kAcc; ++i) acc[i] = 0;
+          smooth_pair_table<scalar_t, kMoments>(acc, a.tab_e, a.tab_c, a.tab_idx,
+                                                static_cast<unsigned>(f) * static_cast<unsigned>(a.terms_cap),
+                                                e_lo, e_hi, rows, a.log2_fft,
+                                                c - d_radius - r0i, g.inv_sigma_t, d_radius, lane, ftrip, tt);
+          for (int i = 0; i < kAcc; ++i) acc[i] = scalar_t(2) * acc[i];  // W = 2 Re/Im X (exact)
+        } else {
           LWVD_PROF_TRIP("smooth.pairwork", ftrip, tt);
           // Bin ranges of the pair's rows in this pass (at most 2*kMaxComplexRows = 64 rows), one or
           // two per lane, each packed in one int (k_lo | k_hi << 16; bins < 8192 fit 13 bits),
@@ -362,25 +573,34 @@ __global__ void __launch_bounds__(config::kThreads) lwvd_smooth_kernel(const Smo
               range1 = static_cast<int>(k_lo) | (static_cast<int>(k_hi) << 16);
             }
           }
-          scalar_t acc[kAcc];
           for (int i = 0; i < kAcc; ++i) acc[i] = 0;
           smooth_pair_rows<scalar_t, kMoments>(acc, g, rows, n, r0, n_a, n_b, c, lane, range0, range1, trunc2,
                                                inv_two_m, ftrip, tt);
-          for (int i = 0; i < kAcc; ++i) acc[i] = warp_sum(acc[i]);  // every lane holds the sums
+        }
+        {
+          LWVD_PROF_TRIP("smooth.pairsum", ftrip, tt);
           if constexpr (kMoments) {
             const scalar_t G = a.grad_out[(b * a.n_filters + f) * a.n_frames + t];
             for (int i = 0; i < kAcc; ++i) gacc[i] += G * acc[i];
-          } else if (lane == 0) {
+            any_rows = true;
+          } else {
+            acc[0] = warp_sum(acc[0]);  // every lane holds the sum
+          }
+          if (!kMoments && lane == 0) {
             LWVD_PROF_TRIP("smooth.out", ftrip, tt);
             // The pair's first and last pass with rows in reach (every pair has one: R >= its radius).
-            const bool pair_first = first || c - d_radius >= r0;
-            const bool pair_last = last || c + d_radius <= pass_hi;
+            const bool pair_first = first || c - d_radius >= r0i;
+            const bool pair_last = last || c + d_radius <= phi;
             const int64_t o = (b * a.n_filters + f) * a.n_frames + t;
             scalar_t v = pair_first ? acc[0] : a.out[o] + acc[0];
             if (pair_last) v *= g.norm;
             a.out[o] = v;
           }
         }
+      }
+      if (kMoments && any_rows) {
+        LWVD_PROF_TRIP("smooth.gsum", ftrip);
+        for (int i = 0; i < kAcc; ++i) gacc[i] = warp_sum(gacc[i]);  // every lane holds the sums
       }
       if (kMoments && lane == 0) {
         // Backward: the block's G-weighted moments of filter f, summed over its frames and passes

@@ -107,6 +107,12 @@ struct Prepared {
   int64_t* max_radius;
   unsigned* invalid;
   double trunc2;
+  // Stencil tables (launch_config.h kStencil*), filled by the prepare launch's blocks 1 ..
+  int* tab_rows;
+  scalar_t* tab_e;
+  scalar_t* tab_c;
+  int* tab_idx;
+  int64_t terms_cap, rows_cap;
 };
 
 inline std::size_t align16(std::size_t x) { return (x + 15) & ~std::size_t{15}; }
@@ -135,9 +141,24 @@ Prepared<scalar_t> prepare(Launcher& L, const scalar_t* center, const scalar_t* 
   pr.invalid = reinterpret_cast<unsigned*>(small + 16);
   pr.trunc2 = effective_trunc2<scalar_t>(truncate);
   const int64_t frames = num_frames(n_samples, hop);
+  const int64_t d_limit = n_samples - 1 + (frames - 1) * hop;
+  // Stencil tables: a host-chosen capacity (no sync: the sizes depend on parameter values on the
+  // device); filters that do not fit are evaluated on the fly (launch_config.h).
+  pr.terms_cap = config::stencil_terms_cap(n_filters, sizeof(scalar_t));
+  pr.rows_cap = config::stencil_rows_cap(pr.terms_cap, d_limit);
+  const std::size_t nf = static_cast<std::size_t>(n_filters);
+  const std::size_t terms = nf * static_cast<std::size_t>(pr.terms_cap);
+  pr.tab_rows = static_cast<int*>(L.workspace(align16(sizeof(int) * nf * static_cast<std::size_t>(pr.rows_cap + 1))));
+  pr.tab_e = static_cast<scalar_t*>(L.workspace(align16(sizeof(scalar_t) * terms)));
+  pr.tab_c = static_cast<scalar_t*>(L.workspace(align16(sizeof(scalar_t) * terms)));
+  pr.tab_idx = static_cast<int*>(L.workspace(align16(sizeof(int) * terms)));
   PrepareArgs<scalar_t> a{center, sigma_t, sigma_nu, rho, pr.geom, pr.twiddles, pr.max_radius, pr.invalid,
-                          error_flags_of(L, 0), n_filters, n_fft, n_samples - 1 + (frames - 1) * hop, pr.trunc2};
-  L.launch(lwvd_prepare_kernel<scalar_t>, dim3(1), dim3(config::kPrepThreads), 0, a);
+                          error_flags_of(L, 0), n_filters, n_fft, d_limit, pr.trunc2,
+                          pr.tab_rows, pr.tab_e, pr.tab_c, pr.tab_idx, pr.terms_cap, pr.rows_cap,
+                          1.0 / (2.0 * static_cast<double>(n_fft))};
+  const int64_t table_blocks = n_filters < config::kStencilMaxBlocks ? n_filters : config::kStencilMaxBlocks;
+  L.launch(lwvd_prepare_kernel<scalar_t>, dim3(static_cast<unsigned>(1 + table_blocks)), dim3(config::kPrepThreads),
+           0, a);
   return pr;
 }
 
@@ -169,6 +190,12 @@ void smooth(Launcher& L, const Prepared<scalar_t>& pr, const scalar_t* z, const 
   a.complex_rows = config::complex_rows_per_pass(n_fft, sizeof(scalar_t));
   a.trunc2 = pr.trunc2;
   a.inv_two_m = 1.0 / (2.0 * static_cast<double>(n_fft));
+  a.tab_rows = pr.tab_rows;
+  a.tab_e = pr.tab_e;
+  a.tab_c = pr.tab_c;
+  a.tab_idx = pr.tab_idx;
+  a.terms_cap = pr.terms_cap;
+  a.rows_cap = pr.rows_cap;
   // Per-block row counts (TT*hop + 2R) use 32-bit arithmetic in the kernel.
   if (a.frames_per_block * hop + 2 * (n_samples - 1 + (a.n_frames - 1) * hop) + 2 * n_fft > INT32_MAX ||
       n_filters * a.frames_per_block > INT32_MAX)
@@ -232,6 +259,11 @@ void run_backward(Launcher& L, const BwdProblem<scalar_t>& p) {
   a.trunc2 = pr.trunc2;
   a.inv_two_m = 1.0 / (2.0 * static_cast<double>(p.n_fft));
   a.inv_hop = 1.0 / static_cast<double>(p.hop);
+  a.tab_rows = pr.tab_rows;
+  a.tab_e = pr.tab_e;
+  a.tab_idx = pr.tab_idx;
+  a.terms_cap = pr.terms_cap;
+  a.rows_cap = pr.rows_cap;
   const int64_t gz_blocks = p.batch * a.tiles_per_item;
   const int64_t blocks = gz_blocks > p.n_filters ? gz_blocks : p.n_filters;
   if (blocks > INT32_MAX) throw std::invalid_argument("lwvd plan: too many blocks (B * tiles > 2^31 - 1)");
