@@ -233,20 +233,20 @@ class _Layout:
 _LAYOUTS: dict = {}
 
 
-def _layout(ent_f, ent_a, ent_w, ent_k, shape, p_len, device) -> _Layout:
+def _layout(ent_f, ent_a, ent_w, ent_k, shape, p_len, device, grouping=(32, 1.6)) -> _Layout:
     """Groups of the entries and where each group matrix entry and each weight comes from.
 
     Group ``g``'s ``rhs_g`` (w_g, n_g): term ``k`` of entry ``e`` is its column ``i``, bin ``j`` of the
     entry's band the row ``b = a_e - a_g + j``, holding ``spec[f_e, k, j]``; zeros elsewhere. Built
     once per integer plan as a gather index ``src``.
     """
-    key = (tuple(ent_f), tuple(ent_a), tuple(ent_w), tuple(ent_k), tuple(shape), p_len, str(device))
+    key = (tuple(ent_f), tuple(ent_a), tuple(ent_w), tuple(ent_k), tuple(shape), p_len, str(device), grouping)
     hit = _LAYOUTS.get(key)
     if hit is not None:
         return hit
     f_count, k_max, w_max = shape
     n_src = f_count * k_max * w_max  # spec flattened; then a 0
-    groups, members = _group_entries(ent_a, ent_w, ent_k)
+    groups, members = _group_entries(ent_a, ent_w, ent_k, *grouping)
     dev = device
     t = lambda v: torch.tensor(v, dtype=torch.int64, device=dev)  # noqa: E731
     order, e_off, e_row, e_col, e_nc, term_col, out_groups = [], [], [], [], [], {}, []
@@ -331,7 +331,9 @@ def _hermite_part(z, center, sigma_t, sigma_nu, rho, terms, scale_nu_d, alias, m
     shift_phase = torch.remainder(starts.to(torch.float64)[:, None] * j[None, :], p_dec) * (2.0 * math.pi / p_dec)
     angle = shift_phase - (2.0 * math.pi * c[:, None] * u[None, :] + math.pi * beta[:, None] * u[None, :] ** 2)
     phase = torch.complex(torch.cos(angle), torch.sin(angle))
-    spec = torch.fft.ifft(psi * phase[:, None, :], dim=-1)[..., :w_max]  # (F, K, W)
+    # (F, K, W), float64 (also for _alias_frames' tail energies 1 - P sum |S|^2: float32 rounding, 1e-7,
+    # would hide a tail of (rtol/20)^2)
+    spec = torch.fft.ifft(psi * phase[:, None, :], dim=-1)[..., :w_max]
 
     # Eigenvalues lam_k = (1 - r) r^k, zero past each filter's own K.
     powers = torch.cumprod(torch.cat([torch.ones_like(r)[:, None], r[:, None].expand(f_count, k_max - 1)], 1), 1)
@@ -353,7 +355,9 @@ def _hermite_part(z, center, sigma_t, sigma_nu, rho, terms, scale_nu_d, alias, m
         """sum over the entries (filter, band start, width, terms) of lam_k |<y, S_k>|^2 at the frames
         ``rows`` of the frame spectra (None: all): (rows, F)."""
         ent_f, ent_a, ent_w, ent_k = zip(*ents)
-        lay = _layout(ent_f, ent_a, ent_w, ent_k, spec.shape, p_len, z.device)
+        # A GEMM over a few frames costs its call more than its flops: wider groups there.
+        grouping = (32, 1.6) if rows is None or rows.numel() > 128 else (96, 4.0)
+        lay = _layout(ent_f, ent_a, ent_w, ent_k, spec.shape, p_len, z.device, grouping)
         flat = sv.index_select(0, lay.src)  # every rhs_g, back to back
         prod = _GroupedProduct.apply(spectra if rows is None else spectra.index_select(0, rows), flat, lay.groups)
         # <y, psi_k> for every term; K[f] = sum over f's entries and terms of lam_k |.|^2: |.|^2, then
@@ -407,10 +411,9 @@ def _alias_frames(z, k_out, spec, widths, lam, on, half, p_len, hop_length, rtol
     bsz, n = z.shape
     t_count = k_out.shape[1]
     # Energies of the negative / other DFT bins, per item (time-domain energy, Parseval).
-    zf = torch.fft.fft(z.detach(), dim=-1)
-    p2 = (zf.real * zf.real + zf.imag * zf.imag).to(torch.float64) / n
-    e_neg = p2[:, n // 2 + 1 :].sum(-1)
-    e_pos = p2[:, : n // 2 + 1].sum(-1)
+    sq = torch.view_as_real(torch.fft.fft(z.detach(), dim=-1)).square()
+    e_neg = sq[:, n // 2 + 1 :].sum((-2, -1), dtype=torch.float64) / n
+    e_pos = sq[:, : n // 2 + 1].sum((-2, -1), dtype=torch.float64) / n
     # Window-spectrum tails: 1 - P sum_band |S_k|^2 (the windows have unit energy).
     sp = spec.detach()
     band = torch.arange(sp.shape[-1], device=sp.device)[None, :] < widths[:, None]

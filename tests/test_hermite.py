@@ -159,3 +159,35 @@ def test_extreme_but_valid_inputs():
     z[0, 50] = float("nan")
     out = lwvd_cuda.lwvd(z, *params, n_fft=64, hop_length=10, method="hermite")
     assert bool(torch.isnan(out[0]).any()) and bool(torch.isfinite(out[1]).all())
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_alias_form_dropped_only_where_bounded(monkeypatch, dtype):
+    """The alias form is computed only at frames that reach past a signal end when z is analytic
+    (its bound at interior frames is then below rtol/20 of each filter's output): the result equals
+    the one with the alias form everywhere to rounding, and with a z that is not analytic nothing
+    is dropped."""
+    n, hop = 2000, 20
+    params = tuple(p.to(dtype) for p in bank([(1.0, 0.0, 12.0), (1.3, 0.2, 10.0), (0.8, -0.2, 14.0)]))
+    z = tone_signal(n, dtype=dtype)
+    seen = []
+    orig = hermite._alias_frames
+
+    def spy(*args):
+        rows = orig(*args)
+        seen.append(rows)
+        return rows
+
+    monkeypatch.setattr(hermite, "_alias_frames", spy)
+    got = hermite.lwvd_hermite(z, *params, hop_length=hop, rtol=1e-4)
+    t_count = 1 + n // hop
+    assert seen[-1] is not None and 0 < seen[-1].numel() < t_count // 2, seen[-1]
+    monkeypatch.setattr(hermite, "_alias_frames", lambda *a: None)
+    full = hermite.lwvd_hermite(z, *params, hop_length=hop, rtol=1e-4)
+    assert rel_err(got, full) <= (1e-12 if dtype == torch.float64 else 1e-6), rel_err(got, full)
+    # Not analytic: white complex noise has as much energy at negative frequencies.
+    monkeypatch.setattr(hermite, "_alias_frames", spy)
+    g = torch.Generator().manual_seed(3)
+    noise = torch.randn(1, n, dtype=torch.float64, generator=g) + 1j * torch.randn(1, n, dtype=torch.float64, generator=g)
+    hermite.lwvd_hermite(noise.to(z.dtype), *params, hop_length=hop, rtol=1e-4)
+    assert seen[-1] is None
