@@ -147,6 +147,42 @@ def _hermite_functions(x: torch.Tensor, n_terms: int) -> torch.Tensor:
     return torch.stack(h, dim=-2)
 
 
+class _FrameSpectra(torch.autograd.Function):
+    """``out[b T + t] = fft(z[b, t hop - half + i] for i < P)`` (zero outside the signal): (B T, P).
+
+    Each item's frames are copied into the output and transformed in place: one allocation of
+    ``B T P`` (``unfold(...).contiguous()`` and ``fft`` allocated two, and at S their fresh pages -
+    up to ~3000 minor faults per call, 1 thread - cost as much as the FFT), and MKL's FFT of the
+    overlapping unfold view itself was 2-5x slower than copy + FFT. Backward: the adjoint DFT
+    (``ifft`` unnormalised) and the overlap-add of the frames (``fold``). First-order only.
+    """
+
+    @staticmethod
+    def forward(ctx, z, half, p_len, hop, t_count):
+        bsz, n = z.shape
+        padded = torch.cat([z.new_zeros(bsz, half), z, z.new_zeros(bsz, p_len)], dim=-1)
+        out = z.new_empty(bsz, t_count, p_len)
+        for b in range(bsz):
+            o = out[b]
+            o.copy_(padded[b].unfold(-1, p_len, hop)[:t_count])
+            torch.fft.fft(o, dim=-1, out=o)
+        ctx.shape = (bsz, n, half, p_len, hop, t_count)
+        return out.view(bsz * t_count, p_len)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        bsz, n, half, p_len, hop, t_count = ctx.shape
+        g = torch.fft.ifft(grad.reshape(bsz, t_count, p_len), dim=-1, norm="forward")  # F^H grad
+        cols = torch.view_as_real(g).permute(0, 3, 2, 1).reshape(bsz, 2 * p_len, t_count)
+        length = (t_count - 1) * hop + p_len  # the padded signal the frames cover
+        folded = torch.nn.functional.fold(cols, output_size=(1, length), kernel_size=(1, p_len), stride=(1, hop))
+        m = max(0, min(n, length - half))
+        gz = grad.new_zeros(bsz, n)
+        gz[:, :m] = torch.view_as_complex(folded[:, :, 0, half : half + m].permute(0, 2, 1).contiguous())
+        return gz, None, None, None, None
+
+
 class _GroupedProduct(torch.autograd.Function):
     """``out[:, cols_g] = y[:, band_g] @ rhs_g`` for every group ``g``, concatenated along columns.
 
@@ -336,17 +372,13 @@ def _hermite_part(z, center, sigma_t, sigma_nu, rho, terms, scale_nu_d, alias, m
     spec = torch.fft.ifft(psi * phase[:, None, :], dim=-1)[..., :w_max]
 
     # Eigenvalues lam_k = (1 - r) r^k, zero past each filter's own K.
-    powers = torch.cumprod(torch.cat([torch.ones_like(r)[:, None], r[:, None].expand(f_count, k_max - 1)], 1), 1)
+    powers = r[:, None] ** torch.arange(k_max, dtype=r.dtype, device=r.device)[None, :]
     keep = torch.arange(k_max, device=z.device)[None, :] < terms[:, None]
     lam = torch.where(keep, (1.0 - r)[:, None] * powers, torch.zeros_like(powers))
 
     zc = z.dtype
     real = z.real.dtype
-    padded = torch.cat([z.new_zeros(bsz, half), z, z.new_zeros(bsz, p_len)], dim=-1)
-    # (B, T, P): z[t*hop - R + i], copied: MKL's FFT of the overlapping unfold view was 2-5x slower
-    # than the copy plus the FFT of contiguous rows (8.3 against 1.9 ms at S, P = 1536, 1 thread).
-    frames = padded.unfold(-1, p_len, hop_length)[:, :t_count].contiguous()
-    spectra = torch.fft.fft(frames, dim=-1).reshape(bsz * t_count, p_len)
+    spectra = _FrameSpectra.apply(z, half, p_len, hop_length, t_count)  # (B T, P)
     sv = spec.to(zc).reshape(-1)
     sv = torch.cat([sv, sv.new_zeros(1)])  # the sources of every rhs_g entry (_layout)
     lam_flat = lam.to(real).reshape(-1)
