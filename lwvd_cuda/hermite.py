@@ -107,30 +107,51 @@ class HermitePlan:
         return f"{n}/{self.hermite.numel()} filters on the Hermite path{ks}; {self.hermite.numel() - n} exact"
 
 
-def plan(center, sigma_t, sigma_nu, rho, *, rtol: float, max_terms: int = MAX_TERMS) -> HermitePlan:
-    """Decide, per filter, the number of Hermite terms for ``rtol`` and whether it falls back."""
-    st, sn, r_ = (p.detach().to(torch.float64) for p in (sigma_t, sigma_nu, rho))
-    cos = torch.sqrt(1.0 - r_ * r_)
+@dataclass
+class _Shape:
+    """Per-filter float64 quantities of the decomposition (differentiable where the inputs are)."""
+
+    c: torch.Tensor
+    area: torch.Tensor
+    r: torch.Tensor
+    scale_t: torch.Tensor  # L
+    scale_nu: torch.Tensor  # Lam
+    beta: torch.Tensor  # chirp rate of the windows (cycles/sample^2)
+
+
+def _shape(center, sigma_t, sigma_nu, rho) -> _Shape:
+    c, st, sn, rh = (p.to(torch.float64) for p in (center, sigma_t, sigma_nu, rho))
+    cos = torch.sqrt(1.0 - rh * rh)
     s = sn * cos
     area = 4.0 * math.pi * st * s
-    r = (area - 1.0) / (area + 1.0)
-    scale_t = torch.sqrt(st / (2.0 * math.pi * s))
-    scale_nu = torch.sqrt(sn / (2.0 * math.pi * st * cos))
-    terms = terms_needed(r, area, rtol)
+    return _Shape(
+        c, area, (area - 1.0) / (area + 1.0), torch.sqrt(st / (2.0 * math.pi * s)),
+        torch.sqrt(sn / (2.0 * math.pi * st * cos)), rh * sn / st,
+    )
+
+
+def _decide(sh: _Shape, sigma_nu, rtol: float, max_terms: int) -> HermitePlan:
+    """The integer plan from detached shape quantities (``sigma_nu`` detached, float64)."""
+    terms = terms_needed(sh.r, sh.area, rtol)
     x = _tail_margin(rtol)
     reach = torch.sqrt(2.0 * terms.to(torch.float64) - 1.0) + x
     hermite = (
         (terms <= max_terms)
-        & (2.0 * scale_nu * reach <= 1.0)  # the windows' spectra fit in one period: sampling is exact
-        & (scale_t * reach <= MAX_HALF_WINDOW)
+        & (2.0 * sh.scale_nu * reach <= 1.0)  # the windows' spectra fit in one period: sampling is exact
+        & (sh.scale_t * reach <= MAX_HALF_WINDOW)
     )
     # The alias form is the operator's periodic image at c + 1/2. The reference sums the Gaussian over
     # [0, 1/2) only, so for a filter whose Gaussian reaches 0 or 1/2 that image (the other band
     # edge) is not in it: leave it out there (docs/hermite.md, "Band edges").
-    c = center.detach().to(torch.float64)
-    edge = torch.minimum(c, 0.5 - c) / sn
+    edge = torch.minimum(sh.c, 0.5 - sh.c) / sigma_nu
     alias = edge >= math.sqrt(2.0 * math.log(1.0 / rtol))
-    return HermitePlan(area, r, scale_t, scale_nu, terms, hermite, alias, x)
+    return HermitePlan(sh.area, sh.r, sh.scale_t, sh.scale_nu, terms, hermite, alias, x)
+
+
+def plan(center, sigma_t, sigma_nu, rho, *, rtol: float, max_terms: int = MAX_TERMS) -> HermitePlan:
+    """Decide, per filter, the number of Hermite terms for ``rtol`` and whether it falls back."""
+    sh = _shape(*(p.detach() for p in (center, sigma_t, sigma_nu, rho)))
+    return _decide(sh, sigma_nu.detach().to(torch.float64), rtol, max_terms)
 
 
 def _hermite_functions(x: torch.Tensor, n_terms: int) -> torch.Tensor:
@@ -160,7 +181,8 @@ class _FrameSpectra(torch.autograd.Function):
     @staticmethod
     def forward(ctx, z, half, p_len, hop, t_count):
         bsz, n = z.shape
-        padded = torch.cat([z.new_zeros(bsz, half), z, z.new_zeros(bsz, p_len)], dim=-1)
+        padded = z.new_zeros(bsz, half + n + p_len)
+        padded[:, half : half + n] = z
         out = z.new_empty(bsz, t_count, p_len)
         for b in range(bsz):
             o = out[b]
@@ -183,38 +205,46 @@ class _FrameSpectra(torch.autograd.Function):
         return gz, None, None, None, None
 
 
-class _GroupedProduct(torch.autograd.Function):
-    """``out[:, cols_g] = y[:, band_g] @ rhs_g`` for every group ``g``, concatenated along columns.
+class _GroupedPower(torch.autograd.Function):
+    """``|y[:, band_g] @ rhs_g|^2`` for every group ``g``, side by side: (C, sum n_g) real.
 
     ``y`` (C, P) holds the complex frame spectra (rows = frames, bins = columns); a group is a band
     of ``w_g`` bins shared by a few (filter, form) entries, and ``rhs_g`` (w_g, n_g) their ``n_g``
-    window spectra laid on that band (:func:`_layout`): column ``i`` of the output is
+    window spectra laid on that band (:func:`_layout`): column ``i`` of the complex product is
     ``<y, psi_i>``. One complex GEMM per group on views of ``y`` (nothing gathered; a band that
-    wraps past bin ``P`` is two pieces, ``(bin, width, first row of rhs_g)``); ``flat`` holds every
-    ``rhs_g`` back to back. ``groups``: ``(pieces, offset_g, w_g, n_g)``. Output (C, sum n_g).
-    Complex GEMMs ran ~10% faster than the equivalent real ones ([[Sr, Si], [-Si, Sr]] blocks) at S.
-    First-order only; the backward (PyTorch's convention: ``grad_A = grad_C B^H``, ``grad_B = A^H
-    grad_C``) writes each group's block of ``grad_flat`` once and accumulates ``grad_y`` in place.
+    wraps past bin ``P`` is two pieces, ``(bin, width, first row of rhs_g)``), written straight into
+    its columns of one (C, sum n_g) product (no concatenation); ``flat`` holds every ``rhs_g`` back
+    to back. ``groups``: ``(pieces, offset_g, w_g, n_g)``. The squared magnitude is taken here too
+    (one pass). Complex GEMMs ran ~10% faster than the equivalent real ones at S. First-order only;
+    the backward (PyTorch's convention: ``d|p|^2 -> 2 g p``, ``grad_A = grad_C B^H``, ``grad_B =
+    A^H grad_C``) writes each group's block of ``grad_flat`` once and accumulates ``grad_y`` in place.
     """
 
     @staticmethod
-    def forward(ctx, y, flat, groups):
-        ctx.groups = groups
-        ctx.save_for_backward(y, flat)
-        outs = []
+    def forward(ctx, y, flat, groups, n_cols):
+        prod = y.new_empty(y.shape[0], n_cols)
+        col = 0
         for pieces, o, w, n in groups:
             rhs = flat[o : o + w * n].view(w, n)
-            out = None
-            for a, pw, r in pieces:
+            dst = prod[:, col : col + n]
+            col += n
+            for i, (a, pw, r) in enumerate(pieces):
                 lhs, part = y[:, a : a + pw], rhs[r : r + pw]
-                out = torch.mm(lhs, part) if out is None else out.addmm_(lhs, part)
-            outs.append(out)
-        return torch.cat(outs, dim=1)
+                if i == 0:
+                    torch.mm(lhs, part, out=dst)
+                else:
+                    dst.addmm_(lhs, part)
+        ctx.groups = groups
+        ctx.save_for_backward(y, flat, prod)
+        pr = torch.view_as_real(prod)
+        power = pr[..., 0] * pr[..., 0]
+        return power.addcmul_(pr[..., 1], pr[..., 1])
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad):
-        y, flat = ctx.saved_tensors
+    def backward(ctx, grad_power):
+        y, flat, prod = ctx.saved_tensors
+        grad = prod * (2.0 * grad_power)  # d|p|^2/dp in PyTorch's convention: 2 g p
         grad_y = torch.zeros_like(y) if ctx.needs_input_grad[0] else None
         grad_flat = torch.zeros_like(flat) if ctx.needs_input_grad[1] else None
         col = 0
@@ -228,7 +258,7 @@ class _GroupedProduct(torch.autograd.Function):
                     torch.mm(y[:, a : a + pw].mH, g, out=grhs[r : r + pw])
                 if grad_y is not None:
                     grad_y[:, a : a + pw].addmm_(g, rhs[r : r + pw].mH)
-        return grad_y, grad_flat, None
+        return grad_y, grad_flat, None, None
 
 
 def _group_entries(starts, widths, terms, max_terms_per_group=32, waste=1.6):
@@ -258,7 +288,7 @@ def _group_entries(starts, widths, terms, max_terms_per_group=32, waste=1.6):
 class _Layout:
     """Index tensors of one integer plan (entries, groups): cached, they depend on no value."""
 
-    groups: list  # (pieces, offset_g, w_g, n_g) for _GroupedProduct
+    groups: list  # (pieces, offset_g, w_g, n_g) for _GroupedPower
     src: torch.Tensor  # flat rhs entry -> index into [the (F, K, W) spectra, flattened | 0]
     w_rows: torch.Tensor  # weights (terms, F): rows, columns, and the index into lam (F*K) of each
     w_cols: torch.Tensor
@@ -323,64 +353,68 @@ def _layout(ent_f, ent_a, ent_w, ent_k, shape, p_len, device, grouping=(32, 1.6)
     return lay
 
 
-def _hermite_part(z, center, sigma_t, sigma_nu, rho, terms, scale_nu_d, alias, margin, hop_length, rtol):
-    """``(B, F, T)`` by the Hermite sum for filters that all take this path (``terms``: (F,) int64)."""
+def _hermite_part(z, sh: _Shape, terms, alias, margin, hop_length, rtol):
+    """``(B, F, T)`` by the Hermite sum for filters that all take this path.
+
+    ``sh``: their shape quantities (float64, differentiable), ``terms`` / ``alias``: Python lists.
+    The integer choices (frame length, bands, groups) are made in Python floats from detached
+    values (float64 arithmetic, the same roundings as torch's), not with small tensor ops.
+    """
     bsz, n = z.shape
     t_count = 1 + n // hop_length
-    f_count = center.shape[0]
-    c, st, sn, rh = (p.to(torch.float64) for p in (center, sigma_t, sigma_nu, rho))
-    cos = torch.sqrt(1.0 - rh * rh)
-    s = sn * cos
-    area = 4.0 * math.pi * st * s
-    r = (area - 1.0) / (area + 1.0)
-    scale_t = torch.sqrt(st / (2.0 * math.pi * s))  # L
-    beta = rh * sn / st  # chirp rate of the windows (cycles/sample^2)
+    f_count = len(terms)
+    c, r, scale_t, beta = sh.c, sh.r, sh.scale_t, sh.beta
+    c_l = c.detach().tolist()
+    st_l = scale_t.detach().tolist()
+    sn_l = sh.scale_nu.detach().tolist()
 
-    k_max = int(terms.max())
-    reach = torch.sqrt(2.0 * terms.to(torch.float64) - 1.0) + margin  # last turning point + margin
-    half = int(math.ceil(float((scale_t.detach() * reach).max()))) + 1  # R: window u in [-R, R]
+    k_max = max(terms)
+    reach = [math.sqrt(2.0 * k - 1.0) + margin for k in terms]  # last turning point + margin
+    half = int(math.ceil(max(l * x for l, x in zip(st_l, reach)))) + 1  # R: window u in [-R, R]
     # Frame length P >= 2R + 1 and each filter's band (the bins where its windows' spectra live).
     # The windows are band-limited to W << P bins, so their in-band spectra come from the windows
     # sampled every D-th sample (a length-P/D transform; the images D folds in are the out-of-band
     # tails, below the same margin): P = D * Pd, Pd even and >= the widest band.
     p_min = 2 * half + 1
-    band = scale_nu_d * reach  # half-width of each band, cycles/sample
-    w_min = int(2 * math.ceil(float(band.max()) * p_min) + 3)
+    band = [l * x for l, x in zip(sn_l, reach)]  # half-width of each band, cycles/sample
+    w_min = int(2 * math.ceil(max(band) * p_min) + 3)
     dec = max(1, p_min // (w_min + w_min // 4 + 8))
     while _fast_len(dec) != dec:  # keep P = D * Pd 5-smooth (a fast frame FFT)
         dec -= 1
     p_dec = 2 * _fast_len(-(-p_min // dec) // 2 + 1)
     p_len = dec * p_dec  # even (see the alias term)
-    widths = torch.clamp(2 * torch.ceil(band * p_len).to(torch.int64) + 3, max=p_len)
-    if int(widths.max()) > p_dec:  # cannot happen with the margins above; keep the exact layout then
+    widths = [min(2 * math.ceil(b_ * p_len) + 3, p_len) for b_ in band]
+    if max(widths) > p_dec:  # cannot happen with the margins above; keep the exact layout then
         dec, p_dec = 1, p_len
-    starts = torch.remainder(torch.round(c.detach() * p_len).to(torch.int64) - widths // 2, p_len)
-    w_max = int(widths.max())
+    starts = [(round(c_ * p_len) - w // 2) % p_len for c_, w in zip(c_l, widths)]
+    w_max = max(widths)
 
     # Windows w_fk(u) = psi_k(u) exp(-2 i pi c u - i pi beta u^2) at u = j*D - R, each times
     # exp(2 i pi a_f j / Pd) so that its band starts at bin 0; then
     # sum_i y[i] w[i] = sum_xi fft(y)[xi] * ifft(w)[xi]  (Parseval on the length-P frame) and
     # ifft_P(w)[a_f + xi] = ifft_Pd(w[::D] exp(2 i pi a_f j / Pd))[xi] for the in-band xi.
-    j = torch.arange(p_dec, dtype=torch.float64, device=z.device)
+    # The 1/sqrt(L) of psi_k rides on the (F, Pd) phase instead of the (F, K, Pd) functions.
+    dev = z.device
+    j = torch.arange(p_dec, dtype=torch.float64, device=dev)
     u = j * dec - half
-    psi = _hermite_functions(u[None, :] / scale_t[:, None], k_max) / torch.sqrt(scale_t)[:, None, None]
-    shift_phase = torch.remainder(starts.to(torch.float64)[:, None] * j[None, :], p_dec) * (2.0 * math.pi / p_dec)
-    angle = shift_phase - (2.0 * math.pi * c[:, None] * u[None, :] + math.pi * beta[:, None] * u[None, :] ** 2)
-    phase = torch.complex(torch.cos(angle), torch.sin(angle))
+    psi = _hermite_functions(u[None, :] / scale_t[:, None], k_max)
+    shift = torch.remainder(torch.tensor(starts, dtype=torch.float64, device=dev)[:, None] * j[None, :], p_dec)  # exact integers
+    angle = torch.addcmul(torch.addcmul(shift * (2.0 * math.pi / p_dec), c[:, None], (-2.0 * math.pi) * u[None, :]),
+                          beta[:, None], (-math.pi) * (u * u)[None, :])
+    phase = torch.polar(torch.rsqrt(scale_t)[:, None].expand_as(angle), angle)
     # (F, K, W), float64 (also for _alias_frames' tail energies 1 - P sum |S|^2: float32 rounding, 1e-7,
     # would hide a tail of (rtol/20)^2)
     spec = torch.fft.ifft(psi * phase[:, None, :], dim=-1)[..., :w_max]
 
     # Eigenvalues lam_k = (1 - r) r^k, zero past each filter's own K.
-    powers = r[:, None] ** torch.arange(k_max, dtype=r.dtype, device=r.device)[None, :]
-    keep = torch.arange(k_max, device=z.device)[None, :] < terms[:, None]
-    lam = torch.where(keep, (1.0 - r)[:, None] * powers, torch.zeros_like(powers))
+    ks = torch.arange(k_max, device=dev)
+    keep = ks[None, :] < torch.tensor(terms, device=dev)[:, None]
+    lam = torch.where(keep, (1.0 - r)[:, None] * r[:, None] ** ks.to(r.dtype)[None, :], 0.0)
 
     zc = z.dtype
     real = z.real.dtype
     spectra = _FrameSpectra.apply(z, half, p_len, hop_length, t_count)  # (B T, P)
-    sv = spec.to(zc).reshape(-1)
-    sv = torch.cat([sv, sv.new_zeros(1)])  # the sources of every rhs_g entry (_layout)
+    sv = torch.cat([spec.to(zc).reshape(-1), spec.new_zeros(1, dtype=zc)])  # the sources of every rhs_g entry
     lam_flat = lam.to(real).reshape(-1)
 
     def forms(ents, rows):
@@ -389,29 +423,29 @@ def _hermite_part(z, center, sigma_t, sigma_nu, rho, terms, scale_nu_d, alias, m
         ent_f, ent_a, ent_w, ent_k = zip(*ents)
         # A GEMM over a few frames costs its call more than its flops: wider groups there.
         grouping = (32, 1.6) if rows is None or rows.numel() > 128 else (96, 4.0)
-        lay = _layout(ent_f, ent_a, ent_w, ent_k, spec.shape, p_len, z.device, grouping)
+        lay = _layout(ent_f, ent_a, ent_w, ent_k, spec.shape, p_len, dev, grouping)
         flat = sv.index_select(0, lay.src)  # every rhs_g, back to back
-        prod = _GroupedProduct.apply(spectra if rows is None else spectra.index_select(0, rows), flat, lay.groups)
-        # <y, psi_k> for every term; K[f] = sum over f's entries and terms of lam_k |.|^2: |.|^2, then
-        # one GEMM with the weights (terms, F) (lam_k of f in the row of each of its terms).
-        weights = torch.zeros(lay.n_cols, f_count, dtype=real, device=z.device).index_put(
+        power = _GroupedPower.apply(spectra if rows is None else spectra.index_select(0, rows), flat, lay.groups, lay.n_cols)
+        # K[f] = sum over f's entries and terms of lam_k |<y, psi_k>|^2: one GEMM with the weights
+        # (terms, F) (lam_k of f in the row of each of its terms).
+        weights = torch.zeros(lay.n_cols, f_count, dtype=real, device=dev).index_put(
             (lay.w_rows, lay.w_cols), lam_flat.index_select(0, lay.w_lam)
         )
-        return torch.mm(prod.real.square() + prod.imag.square(), weights)
+        return torch.mm(power, weights)
 
     # The lag step 2 pairs only samples of equal parity: 1[u = w mod 2] = (1 + (-1)^u (-1)^w) / 2, so
     # K = Q(y) + Q((-1)^u y). The second ("alias") form is the first at centre c + 1/2: the same window
     # spectra against the frame spectrum shifted by P/2 bins (P is even).
-    main = [(f, a0, w, k) for f, (a0, w, k) in enumerate(zip(starts.tolist(), widths.tolist(), terms.tolist()))]
+    main = [(f, a0, w, k) for f, (a0, w, k) in enumerate(zip(starts, widths, terms))]
     shifted = [(f, (a0 - p_len // 2) % p_len, w, k) for f, a0, w, k in main if alias[f]]
     # Alias forms whose band lies inside the negative frequencies may be dropped at interior frames
     # (_alias_frames); the others are computed everywhere, grouped with the main forms.
-    reach_nu = scale_nu_d * (math.sqrt(2.0 * k_max - 1.0) + margin)  # the widest term's band
-    inside = ((c.detach() - reach_nu > 0.0) & (c.detach() + reach_nu < 0.5)).tolist()
+    rn = math.sqrt(2.0 * k_max - 1.0) + margin  # the widest term's band
+    inside = [c_ - l * rn > 0.0 and c_ + l * rn < 0.5 for c_, l in zip(c_l, sn_l)]
     out = forms(main + [e for e in shifted if not inside[e[0]]], None)  # (BT, F)
     pruned = [e for e in shifted if inside[e[0]]]
     if pruned:
-        on = torch.zeros(f_count, dtype=torch.bool, device=z.device)
+        on = torch.zeros(f_count, dtype=torch.bool, device=dev)
         on[[e[0] for e in pruned]] = True
         rows = _alias_frames(z, out.detach().reshape(bsz, t_count, f_count), spec, widths, lam, on, half, p_len,
                              hop_length, rtol)
@@ -433,34 +467,38 @@ def _alias_frames(z, k_out, spec, widths, lam, on, half, p_len, hop_length, rtol
     ``c - 1/2 +- B`` (``B = Lam reach``) up to a tail of relative energy ``eps_k^2`` (the window
     spectra's energy outside their bands, at least ``(rtol/20)^2``); the filters ``on`` have that band
     inside ``(-1/2, 0)``, so Cauchy-Schwarz on the negative bins (energy ``E_neg``) and the others
-    (``E_pos``) gives ``|<z, g_k>| <= sqrt(E_neg) + eps_k sqrt(E_pos)``. For an analytic ``z``
-    (``E_neg`` ~ 0) that is ``~ (rtol/20)^2 E``: the alias form of an interior frame is dropped when
-    this bound, summed over the terms with ``|lam_k|``, is at most ``rtol/20`` of the filter's own
-    largest ``|output|`` in that item; it is computed at the frames that reach past either end of the
-    signal, and at every frame of an item where the bound fails for some filter (e.g. a ``z`` that
-    is not analytic). The choice uses detached values (piecewise constant, like the other plans).
+    (energy at most ``E``, the whole signal's) gives ``|<z, g_k>| <= sqrt(E_neg) + eps_k sqrt(E)``.
+    For an analytic ``z`` (``E_neg`` ~ 0) that is ``~ (rtol/20)^2 E``: the alias form of an interior
+    frame is dropped when this bound, summed over the terms with ``|lam_k|``, is at most ``rtol/20``
+    of the filter's own largest ``|output|`` in that item; it is computed at the frames that reach
+    past either end of the signal, and at every frame of an item where the bound fails for some
+    filter (e.g. a ``z`` that is not analytic). The choice uses detached values (piecewise
+    constant, like the other plans). ``widths``: the filters' band widths (Python ints).
     """
     bsz, n = z.shape
     t_count = k_out.shape[1]
-    # Energies of the negative / other DFT bins, per item (time-domain energy, Parseval).
-    sq = torch.view_as_real(torch.fft.fft(z.detach(), dim=-1)).square()
-    e_neg = sq[:, n // 2 + 1 :].sum((-2, -1), dtype=torch.float64) / n
-    e_pos = sq[:, : n // 2 + 1].sum((-2, -1), dtype=torch.float64) / n
+    zd = z.detach()
+    # Energies, per item: of the negative DFT bins (Parseval: / N) and of the whole signal.
+    # (Sums of squares of the real views: linalg.vector_norm of complex goes through hypot, 10x slower.
+    # Pairwise float32 sums are good to ~1e-6 relative, inside the 1.01 below.)
+    e_neg = torch.view_as_real(torch.fft.fft(zd, dim=-1)[:, n // 2 + 1 :]).square().sum((-2, -1)).to(torch.float64) / n
+    e_all = torch.view_as_real(zd).square().sum((-2, -1)).to(torch.float64)
     # Window-spectrum tails: 1 - P sum_band |S_k|^2 (the windows have unit energy).
     sp = spec.detach()
-    band = torch.arange(sp.shape[-1], device=sp.device)[None, :] < widths[:, None]
-    inband = p_len * ((sp.real * sp.real + sp.imag * sp.imag) * band[:, None, :]).sum(-1)  # (F, K)
-    eps2 = torch.clamp(1.0 - inband, min=(rtol / 20.0) ** 2)
-    amp = torch.sqrt(e_neg)[:, None, None] + torch.sqrt(eps2)[None] * torch.sqrt(e_pos)[:, None, None]
+    sp = sp.real * sp.real + sp.imag * sp.imag  # (F, K, W); not a sum over a last dim of 2 (slow)
+    band = torch.arange(sp.shape[-1], device=sp.device)[None, :] < torch.tensor(widths, device=sp.device)[:, None]
+    inband = p_len * (sp * band[:, None, :]).sum(-1)  # (F, K)
+    eps = torch.sqrt(torch.clamp(1.0 - inband, min=(rtol / 20.0) ** 2))
+    amp = torch.addcmul(torch.sqrt(e_neg)[:, None, None], eps[None], torch.sqrt(e_all)[:, None, None])
     bound = (lam.detach().abs()[None] * amp * amp).sum(-1)  # (B, F)
     ok = (bound * 1.01 <= (rtol / 20.0) * k_out.abs().amax(dim=1).to(torch.float64)) | ~on[None, :]
-    item_ok = ok.all(dim=1)
-    if not bool(item_ok.any()):
+    item_ok = ok.all(dim=1).tolist()
+    if not any(item_ok):
         return None
-    t = torch.arange(t_count, device=z.device)
-    edge = (t * hop_length < half) | (t * hop_length - half + p_len > n)  # frames that reach past an end
-    need = torch.where(item_ok[:, None], edge[None, :], torch.ones_like(edge)[None, :].expand(bsz, -1))
-    return torch.nonzero(need.reshape(-1)).flatten()
+    # Frames that reach past an end: all of an item whose bound failed.
+    edge = [t for t in range(t_count) if t * hop_length < half or t * hop_length - half + p_len > n]
+    rows = [b * t_count + t for b in range(bsz) for t in (edge if item_ok[b] else range(t_count))]
+    return torch.tensor(rows, dtype=torch.int64, device=z.device)
 
 
 def lwvd_hermite(
@@ -483,26 +521,28 @@ def lwvd_hermite(
     """
     if z.shape[0] == 0:  # an empty batch: an empty result of the right shape (MKL rejects 0 FFTs)
         return z.real.new_zeros(0, center.shape[0], 1 + z.shape[-1] // hop_length)
-    p = plan(center, sigma_t, sigma_nu, rho, rtol=rtol, max_terms=max_terms)
     params = (center, sigma_t, sigma_nu, rho)
-    on = torch.nonzero(p.hermite).flatten().to(center.device)
-    off = torch.nonzero(~p.hermite).flatten().to(center.device)
+    sh = _shape(*params)  # float64, differentiable; the plan reads its detached values
+    sh_d = _Shape(*(getattr(sh, k).detach() for k in ("c", "area", "r", "scale_t", "scale_nu", "beta")))
+    p = _decide(sh_d, sigma_nu.detach().to(torch.float64), rtol, max_terms)
+    herm = p.hermite.tolist()
+    on = [i for i, h in enumerate(herm) if h]
+    off = [i for i, h in enumerate(herm) if not h]
     parts = []
-    if on.numel():
-        sub = [q.index_select(0, on) for q in params]
-        parts.append(
-            _hermite_part(z, *sub, p.terms[p.hermite].to(z.device), p.scale_nu[p.hermite].to(z.device),
-                          p.alias[p.hermite].tolist(), p.margin, hop_length, rtol)
-        )
-    if off.numel():
+    if on:
+        terms, alias = p.terms.tolist(), p.alias.tolist()
+        if off:
+            idx = torch.tensor(on, device=center.device)
+            sh = _Shape(*(getattr(sh, k).index_select(0, idx) for k in ("c", "area", "r", "scale_t", "scale_nu", "beta")))
+        parts.append(_hermite_part(z, sh, [terms[i] for i in on], [alias[i] for i in on], p.margin, hop_length, rtol))
+    if off:
         if exact is None:
             raise ValueError(
-                f"lwvd_hermite: {off.numel()} filter(s) need the exact path ({p.summary()}) but no exact callable was given"
+                f"lwvd_hermite: {len(off)} filter(s) need the exact path ({p.summary()}) but no exact callable was given"
             )
-        parts.append(exact(z, *[q.index_select(0, off) for q in params]))
-    if not off.numel():
+        idx = torch.tensor(off, device=center.device)
+        parts.append(exact(z, *[q.index_select(0, idx) for q in params]))
+    if not off or not on:
         return parts[0]
-    if not on.numel():
-        return parts[0]
-    order = torch.cat([on, off])
+    order = torch.tensor(on + off, device=center.device)
     return torch.cat(parts, dim=1).index_select(1, torch.argsort(order))
