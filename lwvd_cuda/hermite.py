@@ -169,7 +169,9 @@ def _hermite_functions(x: torch.Tensor, n_terms: int) -> torch.Tensor:
 
 
 class _FrameSpectra(torch.autograd.Function):
-    """``out[b T + t] = fft(z[b, t hop - half + i] for i < P)`` (zero outside the signal): (B T, P).
+    """``out[b T + t] = fft(z[b, t hop - half + i] for i < P)`` (zero outside the signal), then for
+    each ``extra`` row index ``e`` (a Python list) row ``e``'s spectrum moved by ``P/2`` bins:
+    (B T + len(extra), P).
 
     Each item's frames are copied into the output and transformed in place: one allocation of
     ``B T P`` (``unfold(...).contiguous()`` and ``fft`` allocated two, and at S their fresh pages -
@@ -179,22 +181,33 @@ class _FrameSpectra(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, z, half, p_len, hop, t_count):
+    def forward(ctx, z, half, p_len, hop, t_count, extra):
         bsz, n = z.shape
         padded = z.new_zeros(bsz, half + n + p_len)
         padded[:, half : half + n] = z
-        out = z.new_empty(bsz, t_count, p_len)
+        bt, q = bsz * t_count, p_len // 2
+        flat = z.new_empty(bt + len(extra), p_len)
+        out = flat[:bt].view(bsz, t_count, p_len)
         for b in range(bsz):
             o = out[b]
             o.copy_(padded[b].unfold(-1, p_len, hop)[:t_count])
             torch.fft.fft(o, dim=-1, out=o)
+        if extra:  # rows bt + i: frame extra[i]'s spectrum moved by P/2 bins (the alias forms' bands)
+            idx = torch.tensor(extra, dtype=torch.int64, device=z.device)
+            flat[bt:, :q] = flat.index_select(0, idx)[:, q:]
+            flat[bt:, q:] = flat[idx, :q]
+            ctx.extra = idx
         ctx.shape = (bsz, n, half, p_len, hop, t_count)
-        return out.view(bsz * t_count, p_len)
+        return flat
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
         bsz, n, half, p_len, hop, t_count = ctx.shape
+        bt, q = bsz * t_count, p_len // 2
+        if grad.shape[0] > bt:  # the moved rows' gradients back onto their frames
+            moved = grad[bt:]
+            grad = grad[:bt].index_add(0, ctx.extra, torch.cat([moved[:, q:], moved[:, :q]], dim=1))
         g = torch.fft.ifft(grad.reshape(bsz, t_count, p_len), dim=-1, norm="forward")  # F^H grad
         cols = torch.view_as_real(g).permute(0, 3, 2, 1).reshape(bsz, 2 * p_len, t_count)
         length = (t_count - 1) * hop + p_len  # the padded signal the frames cover
@@ -202,7 +215,7 @@ class _FrameSpectra(torch.autograd.Function):
         m = max(0, min(n, length - half))
         gz = grad.new_zeros(bsz, n)
         gz[:, :m] = torch.view_as_complex(folded[:, :, 0, half : half + m].permute(0, 2, 1).contiguous())
-        return gz, None, None, None, None
+        return gz, None, None, None, None, None
 
 
 class _GroupedPower(torch.autograd.Function):
@@ -411,15 +424,32 @@ def _hermite_part(z, sh: _Shape, terms, alias, margin, hop_length, rtol):
     keep = ks[None, :] < torch.tensor(terms, device=dev)[:, None]
     lam = torch.where(keep, (1.0 - r)[:, None] * r[:, None] ** ks.to(r.dtype)[None, :], 0.0)
 
+    # The lag step 2 pairs only samples of equal parity: 1[u = w mod 2] = (1 + (-1)^u (-1)^w) / 2, so
+    # K = Q(y) + Q((-1)^u y). The second ("alias") form is the first at centre c + 1/2: the same window
+    # spectra against the frame spectrum shifted by P/2 bins (P is even).
+    main = [(f, a0, w, k) for f, (a0, w, k) in enumerate(zip(starts, widths, terms))]
+    shifted = [(f, (a0 - p_len // 2) % p_len, w, k) for f, a0, w, k in main if alias[f]]
+    # Alias forms whose band lies inside the negative frequencies may be dropped at interior frames
+    # (_alias_frames); the others are computed everywhere, grouped with the main forms.
+    rn = math.sqrt(2.0 * k_max - 1.0) + margin  # the widest term's band
+    inside = [c_ - l * rn > 0.0 and c_ + l * rn < 0.5 for c_, l in zip(c_l, sn_l)]
+    pruned = [e for e in shifted if inside[e[0]]]
+    # Their alias forms at the frames that reach past an end (always needed) ride along with the main
+    # GEMMs: those frames' spectra moved by P/2 are extra rows of the frame spectra, on which the
+    # main form of a pruned filter is its alias form (the other filters' columns there are dropped).
+    edge_t = [t for t in range(t_count) if t * hop_length < half or t * hop_length - half + p_len > n]
+    edge = [b * t_count + t for b in range(bsz) for t in edge_t] if pruned else []
+    bt = bsz * t_count
+
     zc = z.dtype
     real = z.real.dtype
-    spectra = _FrameSpectra.apply(z, half, p_len, hop_length, t_count)  # (B T, P)
+    spectra = _FrameSpectra.apply(z, half, p_len, hop_length, t_count, edge)  # (B T + E, P)
     sv = torch.cat([spec.to(zc).reshape(-1), spec.new_zeros(1, dtype=zc)])  # the sources of every rhs_g entry
     lam_flat = lam.to(real).reshape(-1)
 
     def forms(ents, rows):
         """sum over the entries (filter, band start, width, terms) of lam_k |<y, S_k>|^2 at the frames
-        ``rows`` of the frame spectra (None: all): (rows, F)."""
+        ``rows`` of the frame spectra (None: all rows, the extra ones included): (rows, F)."""
         ent_f, ent_a, ent_w, ent_k = zip(*ents)
         # A GEMM over a few frames costs its call more than its flops: wider groups there.
         grouping = (32, 1.6) if rows is None or rows.numel() > 128 else (96, 4.0)
@@ -433,26 +463,25 @@ def _hermite_part(z, sh: _Shape, terms, alias, margin, hop_length, rtol):
         )
         return torch.mm(power, weights)
 
-    # The lag step 2 pairs only samples of equal parity: 1[u = w mod 2] = (1 + (-1)^u (-1)^w) / 2, so
-    # K = Q(y) + Q((-1)^u y). The second ("alias") form is the first at centre c + 1/2: the same window
-    # spectra against the frame spectrum shifted by P/2 bins (P is even).
-    main = [(f, a0, w, k) for f, (a0, w, k) in enumerate(zip(starts, widths, terms))]
-    shifted = [(f, (a0 - p_len // 2) % p_len, w, k) for f, a0, w, k in main if alias[f]]
-    # Alias forms whose band lies inside the negative frequencies may be dropped at interior frames
-    # (_alias_frames); the others are computed everywhere, grouped with the main forms.
-    rn = math.sqrt(2.0 * k_max - 1.0) + margin  # the widest term's band
-    inside = [c_ - l * rn > 0.0 and c_ + l * rn < 0.5 for c_, l in zip(c_l, sn_l)]
-    out = forms(main + [e for e in shifted if not inside[e[0]]], None)  # (BT, F)
-    pruned = [e for e in shifted if inside[e[0]]]
+    out = forms(main + [e for e in shifted if not inside[e[0]]], None)  # (BT + E, F)
     if pruned:
-        on = torch.zeros(f_count, dtype=torch.bool, device=dev)
-        on[[e[0] for e in pruned]] = True
+        on_l = [False] * f_count
+        for e in pruned:
+            on_l[e[0]] = True
+        on = torch.tensor(on_l, device=dev)
+        moved, out = out[bt:], out[:bt]
         rows = _alias_frames(z, out.detach().reshape(bsz, t_count, f_count), spec, widths, lam, on, half, p_len,
                              hop_length, rtol)
         if rows is None:
-            out = out + forms(pruned, None)
-        elif rows.numel():
-            out = out.index_add(0, rows, forms(pruned, rows))
+            out = out + forms(pruned, None)[:bt]
+        else:
+            if edge:
+                idx = torch.tensor(edge, dtype=torch.int64, device=dev)
+                out = out.index_add(0, idx, torch.where(on[None, :], moved, 0.0))
+            rest = sorted(set(rows.tolist()) - set(edge))  # the frames of items whose bound failed
+            if rest:
+                rest = torch.tensor(rest, dtype=torch.int64, device=dev)
+                out = out.index_add(0, rest, forms(pruned, rest))
     return out.reshape(bsz, t_count, f_count).transpose(1, 2)
 
 

@@ -191,3 +191,24 @@ def test_alias_form_dropped_only_where_bounded(monkeypatch, dtype):
     noise = torch.randn(1, n, dtype=torch.float64, generator=g) + 1j * torch.randn(1, n, dtype=torch.float64, generator=g)
     hermite.lwvd_hermite(noise.to(z.dtype), *params, hop_length=hop, rtol=1e-4)
     assert seen[-1] is None
+
+
+def test_gradcheck_float64_alias_forms_at_edge_frames(monkeypatch):
+    """gradcheck where the alias forms are dropped at interior frames and computed at the edge
+    frames as extra (moved) rows of the frame spectra (the path of analytic signals)."""
+    z = tone_signal(160, seed=4).clone().requires_grad_(True)
+    st, sn = zip(shaped(0.9, 0.2, 6.0), shaped(1.2, -0.1, 6.0))
+    params = [torch.tensor(v, dtype=torch.float64, requires_grad=True) for v in ([0.22, 0.27], st, sn, [0.2, -0.1])]
+    extra = []
+    orig = hermite._FrameSpectra.apply
+    monkeypatch.setattr(hermite._FrameSpectra, "apply", lambda *a: extra.append(len(a[-1])) or orig(*a))
+    rows = []
+    orig_rows = hermite._alias_frames
+    monkeypatch.setattr(hermite, "_alias_frames", lambda *a: rows.append(orig_rows(*a)) or rows[-1])
+
+    def op(z, *p):
+        return lwvd_cuda.lwvd(z, *p, n_fft=64, hop_length=10, method="hermite", rtol=1e-3)
+
+    op(z, *params)
+    assert extra[-1] > 0 and rows[-1] is not None and 0 < rows[-1].numel() < 17, (extra, rows)
+    assert torch.autograd.gradcheck(op, (z, *params), eps=1e-6, atol=1e-7, rtol=1e-5, fast_mode=True)
