@@ -59,16 +59,28 @@ def _tail_margin(rtol: float) -> float:
     return math.sqrt(2.0 * math.log(20.0 / rtol))
 
 
+def _terms(r: float, area: float, rtol: float) -> int:
+    """Smallest ``K >= 1`` with ``sqrt(a) |1-r| |r|^K / (1-|r|) <= rtol/2`` (Python floats; 10**6 where
+    no finite ``K`` is found or the inputs are not finite: such a filter goes to the exact path)."""
+    ar = abs(r)
+    if not (math.isfinite(r) and math.isfinite(area) and area > 0.0):
+        return 10**6
+    if ar < 1e-15:
+        return 1
+    arg = rtol / 2.0 * (1.0 - ar) / (abs(1.0 - r) * math.sqrt(area))
+    if not arg > 0.0 or ar >= 1.0:
+        return 10**6
+    return int(math.ceil(min(max(math.log(arg) / math.log(ar), 1.0), 1e6)))
+
+
 def terms_needed(r: torch.Tensor, area: torch.Tensor, rtol: float) -> torch.Tensor:
     """Smallest ``K >= 1`` with ``sqrt(a) |1-r| |r|^K / (1-|r|) <= rtol/2`` (int64, shape of ``r``).
 
     ``|1-r| |r|^K / (1-|r|)`` is the eigenvalue tail ``sum_{k>=K} |lam_k|``; ``sqrt(a)`` bounds each
     dropped term's ``|<y, psi_k>|^2`` by the filter's peak response (docs/hermite.md, "Error bound").
     """
-    ar = r.abs().clamp(min=1e-300)
-    need = torch.log(rtol / 2.0 * (1.0 - ar) / ((1.0 - r).abs() * torch.sqrt(area))) / torch.log(ar)
-    k = torch.ceil(need.clamp(min=1.0, max=1e6))
-    return torch.where(ar < 1e-15, torch.ones_like(k), k).to(torch.int64)
+    rl, al = r.detach().double().reshape(-1).tolist(), area.detach().double().reshape(-1).tolist()
+    return torch.tensor([_terms(x, y, rtol) for x, y in zip(rl, al)], dtype=torch.int64).reshape(r.shape)
 
 
 def _fast_len(n: int) -> int:
@@ -130,28 +142,39 @@ def _shape(center, sigma_t, sigma_nu, rho) -> _Shape:
     )
 
 
-def _decide(sh: _Shape, sigma_nu, rtol: float, max_terms: int) -> HermitePlan:
-    """The integer plan from detached shape quantities (``sigma_nu`` detached, float64)."""
-    terms = terms_needed(sh.r, sh.area, rtol)
+def _decide(sh: _Shape, sigma_nu, rtol: float, max_terms: int):
+    """The integer plan from detached shape quantities (``sigma_nu`` detached, float64), in Python
+    floats (one read of the values, no small tensor ops): ``(terms, hermite, alias)`` lists."""
+    cols = torch.stack([sh.c, sh.area, sh.r, sh.scale_t, sh.scale_nu, sigma_nu]).tolist()
     x = _tail_margin(rtol)
-    reach = torch.sqrt(2.0 * terms.to(torch.float64) - 1.0) + x
-    hermite = (
-        (terms <= max_terms)
-        & (2.0 * sh.scale_nu * reach <= 1.0)  # the windows' spectra fit in one period: sampling is exact
-        & (sh.scale_t * reach <= MAX_HALF_WINDOW)
-    )
     # The alias form is the operator's periodic image at c + 1/2. The reference sums the Gaussian over
     # [0, 1/2) only, so for a filter whose Gaussian reaches 0 or 1/2 that image (the other band
     # edge) is not in it: leave it out there (docs/hermite.md, "Band edges").
-    edge = torch.minimum(sh.c, 0.5 - sh.c) / sigma_nu
-    alias = edge >= math.sqrt(2.0 * math.log(1.0 / rtol))
-    return HermitePlan(sh.area, sh.r, sh.scale_t, sh.scale_nu, terms, hermite, alias, x)
+    alias_edge = math.sqrt(2.0 * math.log(1.0 / rtol))
+    terms, hermite, alias = [], [], []
+    for c, area, r, lt, lnu, sn in zip(*cols):
+        k = _terms(r, area, rtol)
+        reach = math.sqrt(2.0 * k - 1.0) + x
+        terms.append(k)
+        hermite.append(
+            k <= max_terms
+            and 2.0 * lnu * reach <= 1.0  # the windows' spectra fit in one period: sampling is exact
+            and lt * reach <= MAX_HALF_WINDOW
+        )
+        alias.append(min(c, 0.5 - c) / sn >= alias_edge)
+    return terms, hermite, alias
 
 
 def plan(center, sigma_t, sigma_nu, rho, *, rtol: float, max_terms: int = MAX_TERMS) -> HermitePlan:
     """Decide, per filter, the number of Hermite terms for ``rtol`` and whether it falls back."""
     sh = _shape(*(p.detach() for p in (center, sigma_t, sigma_nu, rho)))
-    return _decide(sh, sigma_nu.detach().to(torch.float64), rtol, max_terms)
+    terms, hermite, alias = _decide(sh, sigma_nu.detach().to(torch.float64), rtol, max_terms)
+    dev = sh.c.device
+    return HermitePlan(
+        sh.area, sh.r, sh.scale_t, sh.scale_nu, torch.tensor(terms, dtype=torch.int64, device=dev),
+        torch.tensor(hermite, dtype=torch.bool, device=dev), torch.tensor(alias, dtype=torch.bool, device=dev),
+        _tail_margin(rtol),
+    )
 
 
 def _hermite_functions(x: torch.Tensor, n_terms: int) -> torch.Tensor:
@@ -553,21 +576,20 @@ def lwvd_hermite(
     params = (center, sigma_t, sigma_nu, rho)
     sh = _shape(*params)  # float64, differentiable; the plan reads its detached values
     sh_d = _Shape(*(getattr(sh, k).detach() for k in ("c", "area", "r", "scale_t", "scale_nu", "beta")))
-    p = _decide(sh_d, sigma_nu.detach().to(torch.float64), rtol, max_terms)
-    herm = p.hermite.tolist()
+    terms, herm, alias = _decide(sh_d, sigma_nu.detach().to(torch.float64), rtol, max_terms)
     on = [i for i, h in enumerate(herm) if h]
     off = [i for i, h in enumerate(herm) if not h]
     parts = []
     if on:
-        terms, alias = p.terms.tolist(), p.alias.tolist()
         if off:
             idx = torch.tensor(on, device=center.device)
             sh = _Shape(*(getattr(sh, k).index_select(0, idx) for k in ("c", "area", "r", "scale_t", "scale_nu", "beta")))
-        parts.append(_hermite_part(z, sh, [terms[i] for i in on], [alias[i] for i in on], p.margin, hop_length, rtol))
+        parts.append(_hermite_part(z, sh, [terms[i] for i in on], [alias[i] for i in on], _tail_margin(rtol), hop_length, rtol))
     if off:
         if exact is None:
             raise ValueError(
-                f"lwvd_hermite: {len(off)} filter(s) need the exact path ({p.summary()}) but no exact callable was given"
+                f"lwvd_hermite: {len(off)} filter(s) need the exact path "
+                f"({plan(*params, rtol=rtol, max_terms=max_terms).summary()}) but no exact callable was given"
             )
         idx = torch.tensor(off, device=center.device)
         parts.append(exact(z, *[q.index_select(0, idx) for q in params]))
