@@ -131,6 +131,9 @@ class _Shape:
     beta: torch.Tensor  # chirp rate of the windows (cycles/sample^2)
 
 
+_SHAPE_FIELDS = ("c", "area", "r", "scale_t", "scale_nu", "beta")
+
+
 def _shape(center, sigma_t, sigma_nu, rho) -> _Shape:
     c, st, sn, rh = (p.to(torch.float64) for p in (center, sigma_t, sigma_nu, rho))
     cos = torch.sqrt(1.0 - rh * rh)
@@ -434,7 +437,8 @@ def _hermite_part(z, sh: _Shape, terms, alias, margin, hop_length, rtol):
     j = torch.arange(p_dec, dtype=torch.float64, device=dev)
     u = j * dec - half
     psi = _hermite_functions(u[None, :] / scale_t[:, None], k_max)
-    shift = torch.remainder(torch.tensor(starts, dtype=torch.float64, device=dev)[:, None] * j[None, :], p_dec)  # exact integers
+    a_t = torch.tensor(starts, dtype=torch.float64, device=dev)
+    shift = torch.remainder(a_t[:, None] * j[None, :], p_dec)  # exact integers
     angle = torch.addcmul(torch.addcmul(shift * (2.0 * math.pi / p_dec), c[:, None], (-2.0 * math.pi) * u[None, :]),
                           beta[:, None], (-math.pi) * (u * u)[None, :])
     phase = torch.polar(torch.rsqrt(scale_t)[:, None].expand_as(angle), angle)
@@ -478,7 +482,8 @@ def _hermite_part(z, sh: _Shape, terms, alias, margin, hop_length, rtol):
         grouping = (32, 1.6) if rows is None or rows.numel() > 128 else (96, 4.0)
         lay = _layout(ent_f, ent_a, ent_w, ent_k, spec.shape, p_len, dev, grouping)
         flat = sv.index_select(0, lay.src)  # every rhs_g, back to back
-        power = _GroupedPower.apply(spectra if rows is None else spectra.index_select(0, rows), flat, lay.groups, lay.n_cols)
+        y = spectra if rows is None else spectra.index_select(0, rows)
+        power = _GroupedPower.apply(y, flat, lay.groups, lay.n_cols)
         # K[f] = sum over f's entries and terms of lam_k |<y, psi_k>|^2: one GEMM with the weights
         # (terms, F) (lam_k of f in the row of each of its terms).
         weights = torch.zeros(lay.n_cols, f_count, dtype=real, device=dev).index_put(
@@ -575,7 +580,7 @@ def lwvd_hermite(
         return z.real.new_zeros(0, center.shape[0], 1 + z.shape[-1] // hop_length)
     params = (center, sigma_t, sigma_nu, rho)
     sh = _shape(*params)  # float64, differentiable; the plan reads its detached values
-    sh_d = _Shape(*(getattr(sh, k).detach() for k in ("c", "area", "r", "scale_t", "scale_nu", "beta")))
+    sh_d = _Shape(*(getattr(sh, k).detach() for k in _SHAPE_FIELDS))
     terms, herm, alias = _decide(sh_d, sigma_nu.detach().to(torch.float64), rtol, max_terms)
     on = [i for i, h in enumerate(herm) if h]
     off = [i for i, h in enumerate(herm) if not h]
@@ -583,8 +588,9 @@ def lwvd_hermite(
     if on:
         if off:
             idx = torch.tensor(on, device=center.device)
-            sh = _Shape(*(getattr(sh, k).index_select(0, idx) for k in ("c", "area", "r", "scale_t", "scale_nu", "beta")))
-        parts.append(_hermite_part(z, sh, [terms[i] for i in on], [alias[i] for i in on], _tail_margin(rtol), hop_length, rtol))
+            sh = _Shape(*(getattr(sh, k).index_select(0, idx) for k in _SHAPE_FIELDS))
+        sub_terms, sub_alias = [terms[i] for i in on], [alias[i] for i in on]
+        parts.append(_hermite_part(z, sh, sub_terms, sub_alias, _tail_margin(rtol), hop_length, rtol))
     if off:
         if exact is None:
             raise ValueError(
