@@ -35,6 +35,7 @@ to frame, are computed by the exact path with ``truncate=None`` (the ``exact`` c
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -392,14 +393,42 @@ def _layout(ent_f, ent_a, ent_w, ent_k, shape, p_len, device, grouping=(32, 1.6)
     return lay
 
 
-def _hermite_part(z, sh: _Shape, terms, alias, margin, hop_length, rtol):
-    """``(B, F, T)`` by the Hermite sum for filters that all take this path.
+@dataclass
+class _Prepared:
+    """Everything of the Hermite part that depends on the filters and the shapes but not on ``z``
+    (differentiable in the parameters where they require grad; cached for inference, see
+    :func:`lwvd_hermite`)."""
 
-    ``sh``: their shape quantities (float64, differentiable), ``terms`` / ``alias``: Python lists.
-    The integer choices (frame length, bands, groups) are made in Python floats from detached
-    values (float64 arithmetic, the same roundings as torch's), not with small tensor ops.
-    """
-    bsz, n = z.shape
+    half: int
+    p_len: int
+    t_count: int
+    f_count: int
+    edge: list  # frame rows whose spectra moved by P/2 are extra rows (pruned alias forms there)
+    main_lay: "_Layout"
+    main_flat: torch.Tensor  # every rhs_g of the main forms, back to back
+    main_weights: torch.Tensor  # (terms, F)
+    pruned: list  # alias entries dropped at interior frames where bounded
+    on: Optional[torch.Tensor]  # bool (F,): the filters of ``pruned``
+    sv: torch.Tensor  # window spectra, flattened, then a 0 (the sources of every rhs_g entry)
+    lam_flat: torch.Tensor
+    spec_shape: tuple
+    alias_consts: Optional[tuple]  # (|lam| (F, K), eps (F, K)) float64, detached, for _alias_frames
+
+
+def _weights(lay, lam_flat, f_count):
+    """(terms, F): the lam_k of filter f in the row of each of its terms (the layout's columns)."""
+    return torch.zeros(lay.n_cols, f_count, dtype=lam_flat.dtype, device=lam_flat.device).index_put(
+        (lay.w_rows, lay.w_cols), lam_flat.index_select(0, lay.w_lam)
+    )
+
+
+def _prepare(sh: _Shape, terms, alias, margin, hop_length, rtol, shape, zc, dev) -> _Prepared:
+    """The windows, eigenvalues, bands, groups and rhs matrices for filters that all take the Hermite
+    path (``sh``: their shape quantities, float64; ``terms`` / ``alias``: Python lists; ``shape``:
+    ``(B, N)`` of the signal, ``zc`` its complex dtype). The integer choices (frame length, bands,
+    groups) are made in Python floats from detached values (float64 arithmetic, the same roundings
+    as torch's), not with small tensor ops."""
+    bsz, n = shape
     t_count = 1 + n // hop_length
     f_count = len(terms)
     c, r, scale_t, beta = sh.c, sh.r, sh.scale_t, sh.beta
@@ -433,7 +462,6 @@ def _hermite_part(z, sh: _Shape, terms, alias, margin, hop_length, rtol):
     # sum_i y[i] w[i] = sum_xi fft(y)[xi] * ifft(w)[xi]  (Parseval on the length-P frame) and
     # ifft_P(w)[a_f + xi] = ifft_Pd(w[::D] exp(2 i pi a_f j / Pd))[xi] for the in-band xi.
     # The 1/sqrt(L) of psi_k rides on the (F, Pd) phase instead of the (F, K, Pd) functions.
-    dev = z.device
     j = torch.arange(p_dec, dtype=torch.float64, device=dev)
     u = j * dec - half
     psi = _hermite_functions(u[None, :] / scale_t[:, None], k_max)
@@ -466,54 +494,68 @@ def _hermite_part(z, sh: _Shape, terms, alias, margin, hop_length, rtol):
     # main form of a pruned filter is its alias form (the other filters' columns there are dropped).
     edge_t = [t for t in range(t_count) if t * hop_length < half or t * hop_length - half + p_len > n]
     edge = [b * t_count + t for b in range(bsz) for t in edge_t] if pruned else []
-    bt = bsz * t_count
 
-    zc = z.dtype
-    real = z.real.dtype
-    spectra = _FrameSpectra.apply(z, half, p_len, hop_length, t_count, edge)  # (B T + E, P)
-    sv = torch.cat([spec.to(zc).reshape(-1), spec.new_zeros(1, dtype=zc)])  # the sources of every rhs_g entry
+
+    real = torch.empty(0, dtype=zc).real.dtype
+    sv = torch.cat([spec.to(zc).reshape(-1), spec.new_zeros(1, dtype=zc)])
     lam_flat = lam.to(real).reshape(-1)
-
-    def forms(ents, rows):
-        """sum over the entries (filter, band start, width, terms) of lam_k |<y, S_k>|^2 at the frames
-        ``rows`` of the frame spectra (None: all rows, the extra ones included): (rows, F)."""
-        ent_f, ent_a, ent_w, ent_k = zip(*ents)
-        # A GEMM over a few frames costs its call more than its flops: wider groups there.
-        grouping = (32, 1.6) if rows is None or rows.numel() > 128 else (96, 4.0)
-        lay = _layout(ent_f, ent_a, ent_w, ent_k, spec.shape, p_len, dev, grouping)
-        flat = sv.index_select(0, lay.src)  # every rhs_g, back to back
-        y = spectra if rows is None else spectra.index_select(0, rows)
-        power = _GroupedPower.apply(y, flat, lay.groups, lay.n_cols)
-        # K[f] = sum over f's entries and terms of lam_k |<y, psi_k>|^2: one GEMM with the weights
-        # (terms, F) (lam_k of f in the row of each of its terms).
-        weights = torch.zeros(lay.n_cols, f_count, dtype=real, device=dev).index_put(
-            (lay.w_rows, lay.w_cols), lam_flat.index_select(0, lay.w_lam)
-        )
-        return torch.mm(power, weights)
-
-    out = forms(main + [e for e in shifted if not inside[e[0]]], None)  # (BT + E, F)
+    ents = main + [e for e in shifted if not inside[e[0]]]
+    lay = _layout(*zip(*ents), spec.shape, p_len, dev, (32, 1.6))
+    on = consts = None
     if pruned:
         on_l = [False] * f_count
         for e in pruned:
             on_l[e[0]] = True
         on = torch.tensor(on_l, device=dev)
+        # Window-spectrum tails for _alias_frames: 1 - P sum_band |S_k|^2 (the windows have unit energy).
+        sp = spec.detach()
+        sp = sp.real * sp.real + sp.imag * sp.imag  # (F, K, W); not a sum over a last dim of 2 (slow)
+        band = torch.arange(sp.shape[-1], device=dev)[None, :] < torch.tensor(widths, device=dev)[:, None]
+        inband = p_len * (sp * band[:, None, :]).sum(-1)  # (F, K)
+        consts = (lam.detach().abs(), torch.sqrt(torch.clamp(1.0 - inband, min=(rtol / 20.0) ** 2)))
+    return _Prepared(half, p_len, t_count, f_count, edge, lay, sv.index_select(0, lay.src),
+                     _weights(lay, lam_flat, f_count), pruned, on, sv, lam_flat, tuple(spec.shape), consts)
+
+
+def _hermite_part(z, prep: _Prepared, hop_length, rtol):
+    """``(B, F, T)`` by the Hermite sum for the filters of ``prep``."""
+    bsz, n = z.shape
+    half, p_len, t_count, f_count, dev = prep.half, prep.p_len, prep.t_count, prep.f_count, z.device
+    bt = bsz * t_count
+    spectra = _FrameSpectra.apply(z, half, p_len, hop_length, t_count, prep.edge)  # (B T + E, P)
+
+    def forms(ents, rows):
+        """sum over the entries (filter, band start, width, terms) of lam_k |<y, S_k>|^2 at the frames
+        ``rows`` of the frame spectra (None: all rows, the extra ones included): (rows, F)."""
+        # A GEMM over a few frames costs its call more than its flops: wider groups there.
+        grouping = (32, 1.6) if rows is None or rows.numel() > 128 else (96, 4.0)
+        lay = _layout(*zip(*ents), prep.spec_shape, p_len, dev, grouping)
+        y = spectra if rows is None else spectra.index_select(0, rows)
+        power = _GroupedPower.apply(y, prep.sv.index_select(0, lay.src), lay.groups, lay.n_cols)
+        return torch.mm(power, _weights(lay, prep.lam_flat, f_count))
+
+    # K[f] = sum over f's entries and terms of lam_k |<y, psi_k>|^2: one GEMM with the weights.
+    power = _GroupedPower.apply(spectra, prep.main_flat, prep.main_lay.groups, prep.main_lay.n_cols)
+    out = torch.mm(power, prep.main_weights)  # (BT + E, F)
+    if prep.pruned:
         moved, out = out[bt:], out[:bt]
-        rows = _alias_frames(z, out.detach().reshape(bsz, t_count, f_count), spec, widths, lam, on, half, p_len,
+        rows = _alias_frames(z, out.detach().reshape(bsz, t_count, f_count), prep.alias_consts, prep.on, half, p_len,
                              hop_length, rtol)
         if rows is None:
-            out = out + forms(pruned, None)[:bt]
+            out = out + forms(prep.pruned, None)[:bt]
         else:
+            edge = prep.edge
             if edge:
                 idx = torch.tensor(edge, dtype=torch.int64, device=dev)
-                out = out.index_add(0, idx, torch.where(on[None, :], moved, 0.0))
+                out = out.index_add(0, idx, torch.where(prep.on[None, :], moved, 0.0))
             rest = sorted(set(rows.tolist()) - set(edge))  # the frames of items whose bound failed
             if rest:
                 rest = torch.tensor(rest, dtype=torch.int64, device=dev)
-                out = out.index_add(0, rest, forms(pruned, rest))
+                out = out.index_add(0, rest, forms(prep.pruned, rest))
     return out.reshape(bsz, t_count, f_count).transpose(1, 2)
 
 
-def _alias_frames(z, k_out, spec, widths, lam, on, half, p_len, hop_length, rtol):
+def _alias_frames(z, k_out, consts, on, half, p_len, hop_length, rtol):
     """The frames (rows of the (B T) frame list) where the alias forms of the filters ``on`` must be
     computed; None: all.
 
@@ -530,7 +572,7 @@ def _alias_frames(z, k_out, spec, widths, lam, on, half, p_len, hop_length, rtol
     of the filter's own largest ``|output|`` in that item; it is computed at the frames that reach
     past either end of the signal, and at every frame of an item where the bound fails for some
     filter (e.g. a ``z`` that is not analytic). The choice uses detached values (piecewise
-    constant, like the other plans). ``widths``: the filters' band widths (Python ints).
+    constant, like the other plans). ``consts``: ``(|lam_k|, eps_k)``, (F, K) each (:func:`_prepare`).
     """
     bsz, n = z.shape
     t_count = k_out.shape[1]
@@ -540,14 +582,9 @@ def _alias_frames(z, k_out, spec, widths, lam, on, half, p_len, hop_length, rtol
     # Pairwise float32 sums are good to ~1e-6 relative, inside the 1.01 below.)
     e_neg = torch.view_as_real(torch.fft.fft(zd, dim=-1)[:, n // 2 + 1 :]).square().sum((-2, -1)).to(torch.float64) / n
     e_all = torch.view_as_real(zd).square().sum((-2, -1)).to(torch.float64)
-    # Window-spectrum tails: 1 - P sum_band |S_k|^2 (the windows have unit energy).
-    sp = spec.detach()
-    sp = sp.real * sp.real + sp.imag * sp.imag  # (F, K, W); not a sum over a last dim of 2 (slow)
-    band = torch.arange(sp.shape[-1], device=sp.device)[None, :] < torch.tensor(widths, device=sp.device)[:, None]
-    inband = p_len * (sp * band[:, None, :]).sum(-1)  # (F, K)
-    eps = torch.sqrt(torch.clamp(1.0 - inband, min=(rtol / 20.0) ** 2))
+    lam_abs, eps = consts  # |lam_k| and the window-spectrum tails eps_k (_prepare), (F, K)
     amp = torch.addcmul(torch.sqrt(e_neg)[:, None, None], eps[None], torch.sqrt(e_all)[:, None, None])
-    bound = (lam.detach().abs()[None] * amp * amp).sum(-1)  # (B, F)
+    bound = (lam_abs[None] * amp * amp).sum(-1)  # (B, F)
     ok = (bound * 1.01 <= (rtol / 20.0) * k_out.abs().amax(dim=1).to(torch.float64)) | ~on[None, :]
     item_ok = ok.all(dim=1).tolist()
     if not any(item_ok):
@@ -556,6 +593,49 @@ def _alias_frames(z, k_out, spec, widths, lam, on, half, p_len, hop_length, rtol
     edge = [t for t in range(t_count) if t * hop_length < half or t * hop_length - half + p_len > n]
     rows = [b * t_count + t for b in range(bsz) for t in (edge if item_ok[b] else range(t_count))]
     return torch.tensor(rows, dtype=torch.int64, device=z.device)
+
+
+# Inference cache of _prepare: when nothing requires grad, the windows, eigenvalues, bands and rhs
+# matrices of the last few (filters, rtol, hop, signal shape) are reused (a forward with fixed
+# filters, e.g. a trained layer in eval mode). The key holds the parameters' values (compared with
+# torch.equal, not by identity); a call that needs gradients neither reads nor fills it.
+# ``INFERENCE_CACHE = False`` switches it off (the benchmark's "new filter values" entries).
+INFERENCE_CACHE = True
+_PREPARED: dict = {}
+_PREPARED_LOCK = threading.Lock()
+
+
+def _split(z, params, rtol, max_terms, hop_length):
+    """``(on, off, prep)``: the filters of the Hermite path and of the exact one, and the prepared
+    Hermite part (None without Hermite filters); from the inference cache where it applies."""
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (z, *params))
+    cacheable = INFERENCE_CACHE and not needs_grad and not torch.compiler.is_compiling()
+    if cacheable:
+        values = torch.stack([p.detach() for p in params])
+        key = (tuple(z.shape), z.dtype, str(z.device), values.dtype, rtol, max_terms, hop_length,
+               torch.is_inference_mode_enabled())
+        with _PREPARED_LOCK:
+            hit = _PREPARED.get(key)
+        if hit is not None and torch.equal(hit[0], values):
+            return hit[1]
+    sh = _shape(*params)  # float64, differentiable; the plan reads its detached values
+    sh_d = _Shape(*(getattr(sh, k).detach() for k in _SHAPE_FIELDS))
+    terms, herm, alias = _decide(sh_d, params[2].detach().to(torch.float64), rtol, max_terms)
+    on = [i for i, h in enumerate(herm) if h]
+    off = [i for i, h in enumerate(herm) if not h]
+    prep = None
+    if on:
+        if off:
+            idx = torch.tensor(on, device=z.device)
+            sh = _Shape(*(getattr(sh, k).index_select(0, idx) for k in _SHAPE_FIELDS))
+        prep = _prepare(sh, [terms[i] for i in on], [alias[i] for i in on], _tail_margin(rtol), hop_length, rtol,
+                        tuple(z.shape), z.dtype, z.device)
+    if cacheable:
+        with _PREPARED_LOCK:
+            if len(_PREPARED) >= 8:
+                _PREPARED.pop(next(iter(_PREPARED)))
+            _PREPARED[key] = (values.clone(), (on, off, prep))
+    return on, off, prep
 
 
 def lwvd_hermite(
@@ -579,18 +659,8 @@ def lwvd_hermite(
     if z.shape[0] == 0:  # an empty batch: an empty result of the right shape (MKL rejects 0 FFTs)
         return z.real.new_zeros(0, center.shape[0], 1 + z.shape[-1] // hop_length)
     params = (center, sigma_t, sigma_nu, rho)
-    sh = _shape(*params)  # float64, differentiable; the plan reads its detached values
-    sh_d = _Shape(*(getattr(sh, k).detach() for k in _SHAPE_FIELDS))
-    terms, herm, alias = _decide(sh_d, sigma_nu.detach().to(torch.float64), rtol, max_terms)
-    on = [i for i, h in enumerate(herm) if h]
-    off = [i for i, h in enumerate(herm) if not h]
-    parts = []
-    if on:
-        if off:
-            idx = torch.tensor(on, device=center.device)
-            sh = _Shape(*(getattr(sh, k).index_select(0, idx) for k in _SHAPE_FIELDS))
-        sub_terms, sub_alias = [terms[i] for i in on], [alias[i] for i in on]
-        parts.append(_hermite_part(z, sh, sub_terms, sub_alias, _tail_margin(rtol), hop_length, rtol))
+    on, off, prep = _split(z, params, rtol, max_terms, hop_length)
+    parts = [] if prep is None else [_hermite_part(z, prep, hop_length, rtol)]
     if off:
         if exact is None:
             raise ValueError(

@@ -212,3 +212,42 @@ def test_gradcheck_float64_alias_forms_at_edge_frames(monkeypatch):
     op(z, *params)
     assert extra[-1] > 0 and rows[-1] is not None and 0 < rows[-1].numel() < 17, (extra, rows)
     assert torch.autograd.gradcheck(op, (z, *params), eps=1e-6, atol=1e-7, rtol=1e-5, fast_mode=True)
+
+
+def test_inference_cache_reuses_only_equal_filters_and_never_under_grad(monkeypatch):
+    """Without gradients the prepared windows are reused for equal filter values (compared by value:
+    an in-place change or a new tensor with other values rebuilds them); a call that needs
+    gradients neither reads nor fills the cache; cached and uncached results are identical."""
+    z = tone_signal(400, dtype=torch.float32)
+    params = [p.float() for p in bank([(1.1, 0.1, 8.0), (0.9, -0.2, 8.0)])]
+    builds = []
+    orig = hermite._prepare
+    monkeypatch.setattr(hermite, "_prepare", lambda *a: builds.append(1) or orig(*a))
+    monkeypatch.setattr(hermite, "_PREPARED", {})
+
+    def run(*p):
+        return lwvd_cuda.lwvd(z, *p, n_fft=128, hop_length=20, method="hermite", rtol=1e-4)
+
+    with torch.no_grad():
+        first = run(*params)
+        again = run(*[p.clone() for p in params])  # equal values, other tensors: reused
+    assert len(builds) == 1
+    torch.testing.assert_close(again, first, rtol=0, atol=0)
+    monkeypatch.setattr(hermite, "INFERENCE_CACHE", False)
+    with torch.no_grad():
+        torch.testing.assert_close(run(*params), first, rtol=0, atol=0)
+    assert len(builds) == 2
+    monkeypatch.setattr(hermite, "INFERENCE_CACHE", True)
+    with torch.no_grad():
+        params[1].mul_(1.01)  # in place: other values, rebuilt
+        moved = run(*params)
+    assert len(builds) == 3 and not torch.equal(moved, first)
+    leaves = [p.clone().requires_grad_(True) for p in params]
+    out = run(*leaves)  # needs gradients: built afresh (a graph to the parameters), not cached
+    assert len(builds) == 4 and out.grad_fn is not None
+    torch.testing.assert_close(out.detach(), moved, rtol=0, atol=0)
+    out.sum().backward()
+    assert all(bool(torch.isfinite(p.grad).all()) and bool((p.grad != 0).any()) for p in leaves)
+    with torch.no_grad():
+        run(*params)
+    assert len(builds) == 4  # the no-grad entry is still the one cached before
