@@ -781,10 +781,18 @@ def _hermite_entries() -> list[Entry]:
                     + (" (rtol 1e-4, untruncated, no lag window)" if method == "hermite" else " (truncate of the config)"),
                     _prepare_hermite(kind, method, mode), est_bytes=_lwvd_bytes,
                 ))
+    # The forward with the inference cache off (lwvd_cuda.hermite.INFERENCE_CACHE): what a forward
+    # with new filter values costs (a training step's forward), the windows rebuilt every call.
+    for kind in ("spectrogram", "trained"):
+        entries.append(Entry(
+            "hermite_nocache" if kind == "spectrogram" else f"hermite_{kind}_nocache", "fwd",
+            f"lwvd_cuda.lwvd(method='hermite') on the {kind!r} filter set, inference cache off (new filter values)",
+            _prepare_hermite(kind, "hermite", "fwd", cache=False), est_bytes=_lwvd_bytes,
+        ))
     return entries
 
 
-def _prepare_hermite(kind: str, method: str, mode: str):
+def _prepare_hermite(kind: str, method: str, mode: str, cache: bool = True):
     def prepare(cfg, inputs, device, dtype):
         params = tuple(p.to(dtype=dtype, device=device) for p in hermite_filter_set(kind, inputs.params64, cfg.seed))
         kw = dict(n_fft=cfg.n_fft, hop_length=cfg.hop)
@@ -799,8 +807,14 @@ def _prepare_hermite(kind: str, method: str, mode: str):
         # untruncated operator without lag window): its error is measured in docs/hermite.md.
         if mode == "fwd":
             def fn():
-                with torch.no_grad():
-                    return lwvd_cuda.lwvd(inputs.z, *params, **kw)
+                from lwvd_cuda import hermite
+
+                was, hermite.INFERENCE_CACHE = hermite.INFERENCE_CACHE, cache and hermite.INFERENCE_CACHE
+                try:
+                    with torch.no_grad():
+                        return lwvd_cuda.lwvd(inputs.z, *params, **kw)
+                finally:
+                    hermite.INFERENCE_CACHE = was
 
             return Prepared(fn, backend=backend, note=note)
         tensors = [_leaf(inputs.z)] + [_leaf(p) for p in params]

@@ -23,6 +23,7 @@ gradients for ``z`` and the four parameters.
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 
@@ -161,6 +162,62 @@ class _LwvdForward(torch.autograd.Function):
         return _jvp_of(_reference_fn(*ctx.static), ctx.saved_tensors, tangents[:_N_TENSORS])
 
 
+# The six moments per (item, filter, frame) that the CPU forward can keep for the backward (issue #13):
+# 48 B F T bytes, 6 F / hop times the size of z in complex64 (1.6 MB at B=4, N=16000, F=80, hop=160;
+# keeping W instead would be n_fft / 2 times z: 131 MB there). Past the cap the backward recomputes
+# them from W (its parameter-gradient pass), with memory independent of F x T (issue #12).
+# LWVD_CPU_MOMENTS_BYTES overrides the cap (0: never keep them).
+SAVED_MOMENTS_MAX_BYTES = int(os.environ.get("LWVD_CPU_MOMENTS_BYTES", 256 << 20))
+
+
+def _keeps_moments(z, params, hop_length) -> bool:
+    """Whether the forward keeps the moments for the backward: plain eager autograd on CPU (no
+    torch.func wrapper, no forward-mode tangent) with a parameter that needs its gradient, the CPU
+    pair of ops built, and the moments within ``SAVED_MOMENTS_MAX_BYTES``."""
+    if z.device.type != "cpu" or not torch.is_grad_enabled() or not any(p.requires_grad for p in params):
+        return False
+    if torch.jit.is_tracing():  # a trace records lwvd_fwd (the moments are an eager-autograd detail)
+        return False
+    if not hasattr(torch.ops.lwvd_cuda, "lwvd_fwd_moments"):
+        return False
+    tensors = (z, *params)
+    if any(torch._C._functorch.is_functorch_wrapped_tensor(t) for t in tensors):
+        return False
+    if any(torch.autograd.forward_ad.unpack_dual(t).tangent is not None for t in tensors):
+        return False
+    nbytes = 48 * z.shape[0] * params[0].shape[0] * num_frames(z.shape[1], hop_length)
+    return nbytes <= SAVED_MOMENTS_MAX_BYTES
+
+
+class _LwvdForwardMoments(torch.autograd.Function):
+    """``lwvd_fwd`` that also keeps the six moments of every (item, filter, frame) (CPU,
+    ``lwvd_fwd_moments``), so that the backward (``lwvd_bwd_moments``) runs only the grad_z pass and
+    a reduction of the moments with the upstream gradient: the parameter-gradient pass over the W
+    rows (as costly as a forward) is gone. A recorded backward (``create_graph=True``) takes
+    ``_LwvdBackward`` as ``_LwvdForward`` does. K comes from the moments' S0: the same terms, summed
+    in another order (float32: ~1e-7 relative from the plain forward's K)."""
+
+    @staticmethod
+    def forward(ctx, z, center, sigma_t, sigma_nu, rho, n_fft, hop_length, truncate):
+        with torch._C._AutoDispatchBelowAutograd():
+            k, mom = torch.ops.lwvd_cuda.lwvd_fwd_moments(z, center, sigma_t, sigma_nu, rho, n_fft, hop_length, truncate)
+        ctx.save_for_backward(z, center, sigma_t, sigma_nu, rho)
+        ctx.moments = mom  # neither input nor output, never differentiated
+        ctx.static = (n_fft, hop_length, truncate)
+        return k
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        saved = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: lwvd_bwd with its own derivatives
+            grads = _LwvdBackward.apply(grad_out.contiguous(), *saved, *ctx.static)
+        else:
+            grads = torch.ops.lwvd_cuda.lwvd_bwd_moments(
+                grad_out.contiguous(), *saved, ctx.moments, *ctx.static, bool(ctx.needs_input_grad[0])
+            )
+        return (*(g if need else None for g, need in zip(grads, ctx.needs_input_grad)), None, None, None)
+
+
 def lwvd_fwd(z, center, sigma_t, sigma_nu, rho, n_fft: int, hop_length: int, truncate: float) -> torch.Tensor:
     """The fused forward with every derivative: what ``functional.lwvd`` calls.
 
@@ -171,6 +228,8 @@ def lwvd_fwd(z, center, sigma_t, sigma_nu, rho, n_fft: int, hop_length: int, tru
     """
     if torch.compiler.is_compiling():
         return torch.ops.lwvd_cuda.lwvd_fwd(z, center, sigma_t, sigma_nu, rho, n_fft, hop_length, truncate)
+    if _keeps_moments(z, (center, sigma_t, sigma_nu, rho), hop_length):
+        return _LwvdForwardMoments.apply(z, center, sigma_t, sigma_nu, rho, n_fft, hop_length, truncate)
     return _LwvdForward.apply(z, center, sigma_t, sigma_nu, rho, n_fft, hop_length, truncate)
 
 

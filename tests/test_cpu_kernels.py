@@ -505,3 +505,74 @@ def test_baseline_kernels_without_avx2(tmp_path):
     cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     if " avx2" in cpuinfo and " fma" in cpuinfo:
         assert not torch.equal(baseline, here), "LWVD_CPU_NO_AVX2=1 changed nothing: the baseline kernels were not taken"
+
+
+# ---- Moments kept by the forward (issue #13): lwvd_fwd_moments / lwvd_bwd_moments. ----
+def _op_node(k):
+    """The name of the autograd node below lwvd's reshape (the op's Function)."""
+    node = k.grad_fn
+    while type(node).__name__.startswith(("View", "Reshape", "Unsafe")):
+        node = node.next_functions[0][0]
+    return type(node).__name__
+
+
+@pytest.mark.parametrize("kind", ["mixed", "untilted", "wide"])
+@pytest.mark.parametrize("budget", [None, "0"])
+def test_saved_moments_backward_matches_the_recomputing_backward(monkeypatch, kind, budget):
+    """Under autograd with a parameter that needs its gradient, the CPU forward keeps the six moments
+    of every (item, filter, frame) and the backward runs only the grad_z pass: its gradients must be
+    those of lwvd_bwd (float64: the same sums in another order, 1e-12), its K that of lwvd_fwd (K
+    from the moments' S0), for the separable path (untilted), the direct one (mixed) and the
+    on-the-fly stencils (budget 0); frames with an upstream gradient of exactly 0 are skipped."""
+    if budget is not None:
+        monkeypatch.setenv("LWVD_CPU_STENCIL_BUDGET_BYTES", budget)
+    case = Case((2,), 300, 64, 10, 6, kind=kind)
+    z, params = case.inputs(F64)
+    k0 = OP_FWD(z, *params, case.n_fft, case.hop, 4.0)
+    g = torch.randn_like(k0)
+    g[:, :, ::3] = 0.0
+    ref = OP_BWD(g, z, *params, case.n_fft, case.hop, 4.0)
+    leaves = [z.clone().requires_grad_()] + [p.clone().requires_grad_() for p in params]
+    k = lwvd_cuda.lwvd(*leaves, n_fft=case.n_fft, hop_length=case.hop, truncate=4.0)
+    assert _op_node(k).startswith("_LwvdForwardMomentsBackward"), _op_node(k)
+    assert_rel_close(k.detach(), k0, 1e-13, "K from the moments")
+    for name, a, b in zip(("z", "center", "sigma_t", "sigma_nu", "rho"), torch.autograd.grad(k, leaves, g), ref):
+        assert_rel_close(a, b, 1e-12, f"saved-moments grad {name}")
+    # Parameters only: the grad_z pass is skipped, the parameter gradients are the same.
+    leaves = [z] + [p.clone().requires_grad_() for p in params]
+    k = lwvd_cuda.lwvd(*leaves, n_fft=case.n_fft, hop_length=case.hop, truncate=4.0)
+    for a, b in zip(torch.autograd.grad(k, leaves[1:], g), ref[1:]):
+        assert_rel_close(a, b, 1e-12, "saved-moments parameter grads")
+    assert_rel_close(k.detach(), _ref(z, params, case), TOLERANCES[F64], "K from the moments vs reference")
+
+
+def test_saved_moments_respect_the_cap_and_double_backward(monkeypatch):
+    """Past the memory cap (here 0) the forward keeps nothing and the backward recomputes the moments;
+    create_graph=True takes the differentiable backward (lwvd_bwd below autograd) in both cases."""
+    from lwvd_cuda import ops
+
+    case = Case((1,), 120, 16, 6, 2)
+    z, params = case.inputs(F64)
+    leaves = [p.clone().requires_grad_() for p in params]
+    k = lwvd_cuda.lwvd(z, *leaves, n_fft=case.n_fft, hop_length=case.hop, truncate=4.0)
+    assert "Moments" in _op_node(k)
+    g1 = torch.autograd.grad(k.sum(), leaves, create_graph=True)
+    monkeypatch.setattr(ops, "SAVED_MOMENTS_MAX_BYTES", 0)
+    k2 = lwvd_cuda.lwvd(z, *leaves, n_fft=case.n_fft, hop_length=case.hop, truncate=4.0)
+    assert _op_node(k2).startswith("_LwvdForwardBackward"), _op_node(k2)
+    g2 = torch.autograd.grad(k2.sum(), leaves, create_graph=True)
+    for a, b in zip(g1, g2):
+        assert_rel_close(a.detach(), b.detach(), 1e-12, "grads with and without saved moments")
+    assert g1[1].requires_grad and g2[1].requires_grad  # a graph was recorded (double backward)
+    with torch.no_grad():
+        k3 = lwvd_cuda.lwvd(z, *leaves, n_fft=case.n_fft, hop_length=case.hop, truncate=4.0)
+    assert k3.grad_fn is None
+
+
+def test_saved_moments_op_rejects_wrong_moments():
+    case = Case((1,), 120, 16, 6, 2)
+    z, params = case.inputs(F64)
+    k, mom = torch.ops.lwvd_cuda.lwvd_fwd_moments(z, *params, case.n_fft, case.hop, 4.0)
+    assert mom.shape == (*k.shape, 6) and mom.dtype == F64
+    with pytest.raises(RuntimeError, match="moments"):
+        torch.ops.lwvd_cuda.lwvd_bwd_moments(torch.ones_like(k), z, *params, mom[..., :5], case.n_fft, case.hop, 4.0, True)

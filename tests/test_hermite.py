@@ -159,3 +159,95 @@ def test_extreme_but_valid_inputs():
     z[0, 50] = float("nan")
     out = lwvd_cuda.lwvd(z, *params, n_fft=64, hop_length=10, method="hermite")
     assert bool(torch.isnan(out[0]).any()) and bool(torch.isfinite(out[1]).all())
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_alias_form_dropped_only_where_bounded(monkeypatch, dtype):
+    """The alias form is computed only at frames that reach past a signal end when z is analytic
+    (its bound at interior frames is then below rtol/20 of each filter's output): the result equals
+    the one with the alias form everywhere to rounding, and with a z that is not analytic nothing
+    is dropped."""
+    n, hop = 2000, 20
+    params = tuple(p.to(dtype) for p in bank([(1.0, 0.0, 12.0), (1.3, 0.2, 10.0), (0.8, -0.2, 14.0)]))
+    z = tone_signal(n, dtype=dtype)
+    seen = []
+    orig = hermite._alias_frames
+
+    def spy(*args):
+        rows = orig(*args)
+        seen.append(rows)
+        return rows
+
+    monkeypatch.setattr(hermite, "_alias_frames", spy)
+    got = hermite.lwvd_hermite(z, *params, hop_length=hop, rtol=1e-4)
+    t_count = 1 + n // hop
+    assert seen[-1] is not None and 0 < seen[-1].numel() < t_count // 2, seen[-1]
+    monkeypatch.setattr(hermite, "_alias_frames", lambda *a: None)
+    full = hermite.lwvd_hermite(z, *params, hop_length=hop, rtol=1e-4)
+    assert rel_err(got, full) <= (1e-12 if dtype == torch.float64 else 1e-6), rel_err(got, full)
+    # Not analytic: white complex noise has as much energy at negative frequencies.
+    monkeypatch.setattr(hermite, "_alias_frames", spy)
+    g = torch.Generator().manual_seed(3)
+    noise = torch.randn(1, n, dtype=torch.float64, generator=g) + 1j * torch.randn(1, n, dtype=torch.float64, generator=g)
+    hermite.lwvd_hermite(noise.to(z.dtype), *params, hop_length=hop, rtol=1e-4)
+    assert seen[-1] is None
+
+
+def test_gradcheck_float64_alias_forms_at_edge_frames(monkeypatch):
+    """gradcheck where the alias forms are dropped at interior frames and computed at the edge
+    frames as extra (moved) rows of the frame spectra (the path of analytic signals)."""
+    z = tone_signal(160, seed=4).clone().requires_grad_(True)
+    st, sn = zip(shaped(0.9, 0.2, 6.0), shaped(1.2, -0.1, 6.0))
+    params = [torch.tensor(v, dtype=torch.float64, requires_grad=True) for v in ([0.22, 0.27], st, sn, [0.2, -0.1])]
+    extra = []
+    orig = hermite._FrameSpectra.apply
+    monkeypatch.setattr(hermite._FrameSpectra, "apply", lambda *a: extra.append(len(a[-1])) or orig(*a))
+    rows = []
+    orig_rows = hermite._alias_frames
+    monkeypatch.setattr(hermite, "_alias_frames", lambda *a: rows.append(orig_rows(*a)) or rows[-1])
+
+    def op(z, *p):
+        return lwvd_cuda.lwvd(z, *p, n_fft=64, hop_length=10, method="hermite", rtol=1e-3)
+
+    op(z, *params)
+    assert extra[-1] > 0 and rows[-1] is not None and 0 < rows[-1].numel() < 17, (extra, rows)
+    assert torch.autograd.gradcheck(op, (z, *params), eps=1e-6, atol=1e-7, rtol=1e-5, fast_mode=True)
+
+
+def test_inference_cache_reuses_only_equal_filters_and_never_under_grad(monkeypatch):
+    """Without gradients the prepared windows are reused for equal filter values (compared by value:
+    an in-place change or a new tensor with other values rebuilds them); a call that needs
+    gradients neither reads nor fills the cache; cached and uncached results are identical."""
+    z = tone_signal(400, dtype=torch.float32)
+    params = [p.float() for p in bank([(1.1, 0.1, 8.0), (0.9, -0.2, 8.0)])]
+    builds = []
+    orig = hermite._prepare
+    monkeypatch.setattr(hermite, "_prepare", lambda *a: builds.append(1) or orig(*a))
+    monkeypatch.setattr(hermite, "_PREPARED", {})
+
+    def run(*p):
+        return lwvd_cuda.lwvd(z, *p, n_fft=128, hop_length=20, method="hermite", rtol=1e-4)
+
+    with torch.no_grad():
+        first = run(*params)
+        again = run(*[p.clone() for p in params])  # equal values, other tensors: reused
+    assert len(builds) == 1
+    torch.testing.assert_close(again, first, rtol=0, atol=0)
+    monkeypatch.setattr(hermite, "INFERENCE_CACHE", False)
+    with torch.no_grad():
+        torch.testing.assert_close(run(*params), first, rtol=0, atol=0)
+    assert len(builds) == 2
+    monkeypatch.setattr(hermite, "INFERENCE_CACHE", True)
+    with torch.no_grad():
+        params[1].mul_(1.01)  # in place: other values, rebuilt
+        moved = run(*params)
+    assert len(builds) == 3 and not torch.equal(moved, first)
+    leaves = [p.clone().requires_grad_(True) for p in params]
+    out = run(*leaves)  # needs gradients: built afresh (a graph to the parameters), not cached
+    assert len(builds) == 4 and out.grad_fn is not None
+    torch.testing.assert_close(out.detach(), moved, rtol=0, atol=0)
+    out.sum().backward()
+    assert all(bool(torch.isfinite(p.grad).all()) and bool((p.grad != 0).any()) for p in leaves)
+    with torch.no_grad():
+        run(*params)
+    assert len(builds) == 4  # the no-grad entry is still the one cached before

@@ -1649,23 +1649,33 @@ inline void sep_moments_any(const SepPlan<T>& q, const T* Q, int64_t cs, int64_t
 }
 
 // ---- Forward. ----
+// with_moments (lwvd_fwd_moments, issue #13): every (f, t) also gets its six moments (S0, Sa, Sc,
+// Saa, Sac, Scc) of W E, in double, into Mom (B, F, T, 6), and K = norm S0 - the smoothing of the
+// parameter-gradient pass done once, in the forward, so that the backward needs no W at all
+// (lwvd_bwd_moments: only the grad_z pass). K then comes from the moment kernels' S0: the same
+// terms and truncation, summed in another order (rounding-level differences from the plain forward).
 template <typename scalar_t>
-at::Tensor forward_impl(const at::Tensor& z_in, const at::Tensor& center, const at::Tensor& sigma_t,
-                        const at::Tensor& sigma_nu, const at::Tensor& rho, int64_t n_fft, int64_t hop,
-                        double truncate) {
+std::tuple<at::Tensor, at::Tensor> forward_impl(const at::Tensor& z_in, const at::Tensor& center,
+                                                const at::Tensor& sigma_t, const at::Tensor& sigma_nu,
+                                                const at::Tensor& rho, int64_t n_fft, int64_t hop, double truncate,
+                                                bool with_moments) {
   using cplx = c10::complex<scalar_t>;
   const at::Tensor z = z_in.contiguous();
   Problem P = make_problem(z, center.size(0), n_fft, hop);
   const auto real_opts = z.options().dtype(c10::toRealValueType(z.scalar_type()));
   at::Tensor K = at::zeros({P.B, P.F, P.T}, real_opts);
-  if (P.B == 0) return K;
-  const auto st = make_stencils<scalar_t>(center, sigma_t, sigma_nu, rho, n_fft, truncate, P.d_limit, false);
+  at::Tensor Mom = with_moments ? at::zeros({P.B, P.F, P.T, 6}, real_opts.dtype(at::kDouble)) : at::Tensor();
+  if (P.B == 0) return {K, Mom};
+  const int nm = with_moments ? 6 : 1;  // accumulators per (f, t)
+  double* Mp = with_moments ? Mom.data_ptr<double>() : nullptr;
+  const auto st =
+      make_stencils<scalar_t>(center, sigma_t, sigma_nu, rho, n_fft, truncate, P.d_limit, /*with_v=*/with_moments);
   finish_problem(P, st);
   const cplx* zp = z.data_ptr<cplx>();
   scalar_t* Kp = K.data_ptr<scalar_t>();
   const int64_t M = P.M, S = P.stride, pairs_max = chunk_pairs(M), C = 2 * pairs_max;
 
-  const std::vector<SepPlan<scalar_t>> sp = make_sep_plans(st, /*with_moments=*/false);
+  const std::vector<SepPlan<scalar_t>> sp = make_sep_plans(st, with_moments);
   bool any_sep = false, any_direct = false;
   int64_t j_max = 0;
   for (const auto& q : sp) {
@@ -1678,19 +1688,32 @@ at::Tensor forward_impl(const at::Tensor& z_in, const at::Tensor& center, const 
   at::parallel_for(0, P.B * P.n_frame_tiles, 1, [&](int64_t task0, int64_t task1) {
     RowFFT<scalar_t> fft(M, pairs_max, z.options());
     std::vector<scalar_t> wrow(any_direct ? C * S : 0), gen, gen_scale;
-    std::vector<scalar_t> wt(any_sep ? M * cs : 0, scalar_t(0)), Q(any_sep ? j_max * cs : 0, scalar_t(0));
+    std::vector<scalar_t> wt(any_sep ? M * cs : 0, scalar_t(0));
+    std::vector<scalar_t> Q(any_sep ? (with_moments ? 3 : 1) * j_max * cs : 0, scalar_t(0));
     std::vector<RowInfo> gen_info;
-    std::vector<double> acc;
+    std::vector<double> acc;  // (F, nt, nm)
     for (int64_t task = task0; task < task1; ++task) {
       const int64_t b = task / P.n_frame_tiles, tile = task % P.n_frame_tiles;
       const int64_t t0 = tile * P.frames_per_tile, t1 = std::min(P.T, t0 + P.frames_per_tile);
       const int64_t nt = t1 - t0;
       const cplx* zb = zp + b * P.N;
-      acc.assign(P.F * nt, 0.0);
+      acc.assign(P.F * nt * nm, 0.0);
       auto visit_sep = [&](int64_t f, int64_t n0, int64_t n1, int64_t ta, int64_t tb) {
         const auto& q = sp[f];
         int64_t r0, r1;
         sep_hull(n0, n1, ta, tb, q.R, P.hop, cs, &r0, &r1);
+        if (with_moments) {
+          ring_project3_any<scalar_t>(q, wt.data(), cs, r0, r1, Q.data());
+          for (int64_t t = ta; t <= tb; ++t) {
+            const int64_t c0 = t * P.hop;
+            scalar_t mom6[6];
+            sep_moments_any<scalar_t>(q, Q.data(), cs, std::max(-q.R, n0 - c0), std::min(q.R, n1 - 1 - c0), c0 - n0,
+                                      mom6);
+            double* a = acc.data() + (f * nt + (t - t0)) * 6;
+            for (int j = 0; j < 6; ++j) a[j] += static_cast<double>(mom6[j]);
+          }
+          return;
+        }
         ring_project_any<scalar_t>(q, wt.data(), cs, r0, r1, Q.data());
         for (int64_t t = ta; t <= tb; ++t) {
           const int64_t c0 = t * P.hop;
@@ -1704,6 +1727,21 @@ at::Tensor forward_impl(const at::Tensor& z_in, const at::Tensor& center, const 
         const auto& s = st[f];
         const int64_t nrows = d_hi - d_lo + 1;
         const scalar_t* x = wrow.data() + (c0 + d_lo - n0) * S;
+        if (with_moments) {
+          scalar_t mom6[6];
+          if (s.tabulated) {
+            const scalar_t* sc = s.separable ? s.rscale.data() + (d_lo + s.radius) : nullptr;
+            moment_rows<scalar_t>(s.info.data() + (d_lo + s.radius), s.w.data(), sc, x, S, s.b.data(),
+                                  s.g.inv_sigma_t, s.g.rho, d_lo, nrows, mom6);
+          } else {
+            generate_rows(s, d_lo, nrows, S, gen, gen_info, gen_scale);
+            moment_rows<scalar_t>(gen_info.data(), gen.data(), s.separable ? gen_scale.data() : nullptr, x, S,
+                                  s.b.data(), s.g.inv_sigma_t, s.g.rho, d_lo, nrows, mom6);
+          }
+          double* a = acc.data() + (f * nt + (t - t0)) * 6;
+          for (int j = 0; j < 6; ++j) a[j] += static_cast<double>(mom6[j]);
+          return;
+        }
         scalar_t total;
         if (s.tabulated) {
           const scalar_t* sc = s.separable ? s.rscale.data() + (d_lo + s.radius) : nullptr;
@@ -1716,18 +1754,22 @@ at::Tensor forward_impl(const at::Tensor& z_in, const at::Tensor& center, const 
         acc[f * nt + (t - t0)] += static_cast<double>(total);
       }, visit_sep);
       for (int64_t f = 0; f < P.F; ++f)
-        for (int64_t t = t0; t < t1; ++t)
-          Kp[(b * P.F + f) * P.T + t] = static_cast<scalar_t>(st[f].norm_d * acc[f * nt + (t - t0)]);
+        for (int64_t t = t0; t < t1; ++t) {
+          const double* a = acc.data() + (f * nt + (t - t0)) * nm;
+          Kp[(b * P.F + f) * P.T + t] = static_cast<scalar_t>(st[f].norm_d * a[0]);
+          if (with_moments) std::copy(a, a + 6, Mp + ((b * P.F + f) * P.T + t) * 6);
+        }
     }
   });
-  return K;
+  return {K, Mom};
 }
 
 // ---- Backward. ----
 template <typename scalar_t>
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_impl(
     const at::Tensor& grad_in, const at::Tensor& z_in, const at::Tensor& center, const at::Tensor& sigma_t,
-    const at::Tensor& sigma_nu, const at::Tensor& rho, int64_t n_fft, int64_t hop, double truncate) {
+    const at::Tensor& sigma_nu, const at::Tensor& rho, int64_t n_fft, int64_t hop, double truncate,
+    const at::Tensor& mom = at::Tensor(), bool need_z = true) {
   using cplx = c10::complex<scalar_t>;
   const at::Tensor z = z_in.contiguous();
   const at::Tensor G = grad_in.contiguous();
@@ -1759,6 +1801,28 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_
     j_max = std::max(j_max, q.J);
   }
   const int64_t cs = round_up(C, kSepBlock);
+  if (mom.defined()) {
+    // The moments of every (f, t) came from the forward (lwvd_fwd_moments): no W rows here, only
+    // sum_t G[f,t] moments(f, t) per (item, filter) in t order (frames with G = 0 skipped, as in the
+    // walk below), into the item's first tile slot of `work`.
+    const double* Mp = mom.data_ptr<double>();
+    at::parallel_for(0, P.B * P.F, 1, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) {
+        const int64_t b = i / P.F, f = i % P.F;
+        double gm[6] = {0, 0, 0, 0, 0, 0};
+        const scalar_t* Gr = Gp + (b * P.F + f) * P.T;
+        const double* mr = Mp + (b * P.F + f) * P.T * 6;
+        for (int64_t t = 0; t < P.T; ++t) {
+          const double g = static_cast<double>(Gr[t]);
+          if (g == 0.0) continue;  // contributes exactly 0 (even where the moments are NaN)
+          for (int j = 0; j < 6; ++j) gm[j] += g * mr[t * 6 + j];
+        }
+        const auto& q = st[f].g;
+        param_grads_from_moments<double>(gm, st[f].norm_d, q.inv_sigma_t, q.inv_sigma_nu, q.rho, q.inv_1mr2,
+                                         work.data() + (b * P.n_frame_tiles * P.F + f) * 4);
+      }
+    });
+  } else
   at::parallel_for(0, P.B * P.n_frame_tiles, 1, [&](int64_t task0, int64_t task1) {
     RowFFT<scalar_t> fft(M, pairs_max, z.options());
     std::vector<scalar_t> wrow(any_direct ? C * S : 0), gen, gen_scale;
@@ -1826,12 +1890,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_
       for (int j = 0; j < 4; ++j) gacc[j][f] = static_cast<scalar_t>(tot[f * 4 + j]);
   }
 
+  if (!need_z) return {grad_z, gtheta[0].clone(), gtheta[1].clone(), gtheta[2].clone(), gtheta[3].clone()};
   // (2) grad_z, output-stationary over runs of samples [j0, j1), which need rows [j0 - h, j1 - 1 + h]:
   //   A[n, k] = sum_{f,t} G[f,t] norm_f E_f(n - t hop, k)   (the forward stencils, transposed)
   //   Ahat[n, .] = DFT_k A[n, .]                           (two real rows per complex FFT)
   //   grad_z[j] = 4 sum_m z[j - 2m] conj(Ahat[j - m, m])
   // A sample tile is at least 4x its halo so that recomputed rows stay below ~25%.
-  const int64_t J = std::max(kTileRows, 4 * (2 * h + 1));
+  const int64_t J = std::max(2 * kTileRows, 4 * (2 * h + 1));
   const int64_t n_sample_tiles = ceil_div(P.N, J);
   cplx* gz = grad_z.data_ptr<cplx>();
   // Separable filters build A^T (bin-major) through their ring plans (sep_scatter, ring_scatter; the
@@ -2025,8 +2090,40 @@ at::Tensor lwvd_fwd_cpu(const at::Tensor& z, const at::Tensor& center, const at:
                         double truncate) {
   check_args(z, center, sigma_t, sigma_nu, rho, n_fft, hop_length, truncate);
   if (z.scalar_type() == at::kComplexDouble)
-    return forward_impl<double>(z, center, sigma_t, sigma_nu, rho, n_fft, hop_length, truncate);
-  return forward_impl<float>(z, center, sigma_t, sigma_nu, rho, n_fft, hop_length, truncate);
+    return std::get<0>(forward_impl<double>(z, center, sigma_t, sigma_nu, rho, n_fft, hop_length, truncate, false));
+  return std::get<0>(forward_impl<float>(z, center, sigma_t, sigma_nu, rho, n_fft, hop_length, truncate, false));
+}
+
+// lwvd_fwd_moments: K and the six moments of every (batch item, filter, frame), (B, F, T, 6) float64,
+// for lwvd_bwd_moments (CPU only; lwvd_cuda/ops.py uses the pair under plain autograd when the
+// moments fit its memory cap).
+std::tuple<at::Tensor, at::Tensor> lwvd_fwd_moments_cpu(const at::Tensor& z, const at::Tensor& center,
+                                                        const at::Tensor& sigma_t, const at::Tensor& sigma_nu,
+                                                        const at::Tensor& rho, int64_t n_fft, int64_t hop_length,
+                                                        double truncate) {
+  check_args(z, center, sigma_t, sigma_nu, rho, n_fft, hop_length, truncate);
+  if (z.scalar_type() == at::kComplexDouble)
+    return forward_impl<double>(z, center, sigma_t, sigma_nu, rho, n_fft, hop_length, truncate, true);
+  return forward_impl<float>(z, center, sigma_t, sigma_nu, rho, n_fft, hop_length, truncate, true);
+}
+
+// lwvd_bwd_moments: lwvd_bwd with the moments of lwvd_fwd_moments (no parameter-gradient pass over
+// the W rows); grad_z only where need_z (else zeros).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lwvd_bwd_moments_cpu(
+    const at::Tensor& grad_out, const at::Tensor& z, const at::Tensor& center, const at::Tensor& sigma_t,
+    const at::Tensor& sigma_nu, const at::Tensor& rho, const at::Tensor& moments, int64_t n_fft, int64_t hop_length,
+    double truncate, bool need_z) {
+  check_args(z, center, sigma_t, sigma_nu, rho, n_fft, hop_length, truncate);
+  check_grad(grad_out, z, center.size(0), hop_length);
+  TORCH_CHECK(moments.scalar_type() == at::kDouble && moments.dim() == 4 && moments.size(0) == z.size(0) &&
+                  moments.size(1) == center.size(0) && moments.size(2) == grad_out.size(2) && moments.size(3) == 6 &&
+                  moments.device() == z.device(),
+              "lwvd_bwd_moments: moments must be the float64 (B, F, T, 6) tensor of lwvd_fwd_moments, got ",
+              moments.scalar_type(), " ", moments.sizes());
+  const at::Tensor m = moments.contiguous();
+  if (z.scalar_type() == at::kComplexDouble)
+    return backward_impl<double>(grad_out, z, center, sigma_t, sigma_nu, rho, n_fft, hop_length, truncate, m, need_z);
+  return backward_impl<float>(grad_out, z, center, sigma_t, sigma_nu, rho, n_fft, hop_length, truncate, m, need_z);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lwvd_bwd_cpu(
@@ -2046,4 +2143,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lwvd_bwd_
 TORCH_LIBRARY_IMPL(lwvd_cuda, CPU, m) {
   m.impl("lwvd_fwd", &lwvd::cpu::lwvd_fwd_cpu);
   m.impl("lwvd_bwd", &lwvd::cpu::lwvd_bwd_cpu);
+  m.impl("lwvd_fwd_moments", &lwvd::cpu::lwvd_fwd_moments_cpu);
+  m.impl("lwvd_bwd_moments", &lwvd::cpu::lwvd_bwd_moments_cpu);
 }
