@@ -807,7 +807,7 @@ def emulator_profile(proc) -> list[dict]:
     return [launches[i] for i in sorted(launches)]
 
 
-def replayed_profile(problem: Problem) -> list[dict]:
+def replayed_profile(problem: Problem, parts=("forward", "backward")) -> list[dict]:
     import sys
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -819,7 +819,19 @@ def replayed_profile(problem: Problem) -> list[dict]:
     kp = kernel_counts.Problem(c.b, c.n, c.n_fft, c.hop, center, st, sn, rho, c.truncate,
                                "float64" if problem.dtype == torch.float64 else "float32")
     counts = kernel_counts.plan_counts(kp, cost_model.launch_config())
-    return counts["forward"] + counts["backward"]
+    return [launch for part in parts for launch in counts[part]]
+
+
+def _profile_mismatches(emu, rep) -> list:
+    bad = []
+    for i, (e, r) in enumerate(zip(emu, rep)):
+        for k in ("block_barriers", "warp_exchanges"):
+            if e[k] != r[k]:
+                bad.append((i, r["kernel"], k, e[k], r[k]))
+        for site in sorted(set(e["sites"]) | set(r["sites"])):
+            if e["sites"].get(site) != r["sites"].get(site):
+                bad.append((i, r["kernel"], site, e["sites"].get(site), r["sites"].get(site)))
+    return bad
 
 
 # Cases that exercise every counted path: several tiles and passes, edges, N < n_fft, truncate=None,
@@ -851,6 +863,23 @@ def test_profile_replay_matches_emulator(builds, tmp_path, case, dtype):
                 bad.append((i, r["kernel"], site, e["sites"].get(site), r["sites"].get(site)))
     assert not bad, "emulator vs replay (launch, kernel, counter, emulator, replay):\n" + "\n".join(map(str, bad))
     assert any(e["sites"] for e in emu), "the profile counted nothing"
+
+
+@needs_plan
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("case", [CASES[0], CASES[5], CASES[10], MULTI_PASS_CASE], ids=str)
+def test_profile_replay_matches_emulator_training_pair(builds, tmp_path, case, dtype):
+    # The same exact match for the training pair (driver mode train: run_forward_moments, then
+    # run_backward_moments with grad_z): kernel_counts.plan_counts' train_forward + train_backward.
+    p = Problem(case, dtype, tmp_path)
+    proc = p.run(builds.get("driver"), mode="train", part="profile plain", env={"LWVD_EMU_PROFILE": "1"})
+    driver_ok(proc)
+    emu = emulator_profile(proc)
+    rep = replayed_profile(p, ("train_forward", "train_backward"))
+    assert len(emu) == len(rep), (len(emu), [r["kernel"] for r in rep])
+    bad = _profile_mismatches(emu, rep)
+    assert not bad, "emulator vs replay (launch, kernel, counter, emulator, replay):\n" + "\n".join(map(str, bad))
+    assert "smooth.kout" in emu[1]["sites"] and "pg.fterm" in emu[3]["sites"]
 
 
 # A stencil budget (launch_config.h LWVD_STENCIL_BUDGET) small enough that some of CASES[10]'s 33

@@ -72,7 +72,6 @@ __device__ __forceinline__ void param_grad_block(const ParamGradArgs<scalar_t>& 
       LWVD_PROF_TRIP("pg.fterm", (j - static_cast<unsigned>(tid)) / config::kReduceThreads);
       const unsigned b = j / frames, t = j - b * frames;
       const int64_t o = (static_cast<int64_t>(b) * a.n_filters + f) * a.n_frames + t;
-      LWVD_PROF_GMEM("pg.g", &a.grad_out[o], (j - static_cast<unsigned>(tid)) / config::kReduceThreads);
       const scalar_t G = a.grad_out[o];
       if (G == scalar_t(0)) continue;
       const double* m = a.frame_moments + o * kM;
