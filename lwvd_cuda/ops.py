@@ -22,6 +22,7 @@ gradients for ``z`` and the four parameters.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 
@@ -171,6 +172,7 @@ class _LwvdForward(torch.autograd.Function):
 SAVED_MOMENTS_MAX_BYTES = int(os.environ.get("LWVD_CPU_MOMENTS_BYTES", 256 << 20))
 
 
+@functools.lru_cache(maxsize=None)  # the registrations are made once, when the extension loads
 def _has_moments_pair(device_type: str) -> bool:
     """Whether this build has ``lwvd_fwd_moments`` / ``lwvd_bwd_moments`` kernels for the device
     (CPU: csrc/cpu; CUDA: csrc/cuda, only in builds with the CUDA kernels)."""
@@ -336,6 +338,19 @@ if _extension.is_loaded():
             torch.empty_like(sigma_nu),
             torch.empty_like(rho),
         )
+
+    # The moments pair (CPU and CUDA kernels): shapes only, so that fake / meta tracing of an eager
+    # training step on CUDA (FakeTensorMode with parameters that need grad) sees the pair's outputs.
+    @torch.library.register_fake("lwvd_cuda::lwvd_fwd_moments")
+    def _lwvd_fwd_moments_fake(z, center, sigma_t, sigma_nu, rho, n_fft, hop_length, truncate):
+        real = z.real.dtype if z.is_complex() else z.dtype
+        shape = (z.shape[0], center.shape[0], num_frames(z.shape[1], hop_length))
+        return z.new_empty(shape, dtype=real), z.new_empty((*shape, 6), dtype=torch.float64)
+
+    @torch.library.register_fake("lwvd_cuda::lwvd_bwd_moments")
+    def _lwvd_bwd_moments_fake(grad_out, z, center, sigma_t, sigma_nu, rho, moments, n_fft, hop_length, truncate,
+                               need_z):
+        return _lwvd_bwd_fake(grad_out, z, center, sigma_t, sigma_nu, rho, n_fft, hop_length, truncate)
 
     # The same registration torch.library.register_autograd makes, with a Function that also has
     # setup_context (torch.func) and jvp (forward mode); register_autograd's generated Function has

@@ -30,6 +30,10 @@
 //   forward : prepare (1 block) -> smooth<false> (B * ceil(T / TT) blocks)               2 launches
 //   backward: prepare -> smooth<true> (moments to a workspace) -> grad_z + param_grad (one launch of
 //             max(B * ceil(N / J), F) blocks: grad_z tiles, then one filter's gradients per block) 3 launches
+//   training pair (run_forward_moments / run_backward_moments, torch ops lwvd_fwd_moments / lwvd_bwd_moments):
+//     forward : prepare -> smooth<true, keep> (K and the (B, F, T, 6) float64 moments)          2 launches
+//     backward: prepare -> grad_z<frame> (grad_z tiles unless need_z is false, then the
+//               parameter gradients from G * the forward's moments: no pass over W rows)      2 launches
 // Parameter values are checked on the device (prepare): invalid ones make every output NaN and set
 // the launcher's error flags (lwvd_fwd.cuh, kInvalid*).
 // Every tile / block / shared-memory choice is in launch_config.h.
