@@ -60,6 +60,9 @@ DEVICES = {"H100": H100_SXM, "H200": H200}
 
 FLOPS_BUTTERFLY = 10  # kept for the flop summary: complex multiply 6 + two complex adds 4
 _STATIC_SMEM = {"prepare": lambda s: 256 * 12}
+# forward / backward: lwvd_fwd, lwvd_bwd (no-grad forward; the fallback pair); train_*: the pair CUDA
+# eager autograd runs (lwvd_fwd_moments, lwvd_bwd_moments with grad_z; lwvd_cuda/ops.py).
+PARTS = ("forward", "backward", "train_forward", "train_backward")
 NOTE = ("PREDICTION from counted warp instructions (SASS-weighted), shared-memory wavefronts and sectors "
         "(counts checked against the CPU emulator's counters) - not a measurement; no GPU ran.")
 
@@ -116,8 +119,10 @@ def _dram_bytes(kernel, p: kc.Problem):
     z = p.batch * p.n_samples * 2 * s
     out = p.batch * p.f * p.frames * s
     mom = 6 * kc.smooth_parts(p, launch_config()) * p.f * s  # G-weighted moments per moments block
+    frame_mom = 6 * 8 * p.batch * p.f * p.frames  # the training pair's per-frame moments, float64
     return {"prepare": 4 * p.f * s + p.f * 64 + p.n_fft * s, "smooth": z + out, "moments": z + out + mom,
-            "grad_z": 2 * z + out + mom}.get(kernel, 0)  # grad_z + the parameter gradients (one launch)
+            "grad_z": 2 * z + out + mom,  # grad_z + the parameter gradients (one launch)
+            "fwd_moments": z + out + frame_mom, "grad_z_frame": 2 * z + out + frame_mom}.get(kernel, 0)
 
 
 def kernel_prediction(launch, weights, p: kc.Problem, dev) -> dict:
@@ -178,8 +183,11 @@ def predict(
 
     ``sigma_t`` (samples), ``sigma_nu`` (cycles/sample), ``rho`` and ``center`` (cycles/sample) are
     per filter (arrays) or one value for ``n_filters`` filters; ``center=None`` spreads the centres
-    evenly over (0, 1/2). Returns ``forward`` / ``backward`` with ``predicted_s`` (sum over the
-    pass's launches) and ``kernels`` (per launch: bounds, limiter, counts), plus the launch geometry.
+    evenly over (0, 1/2). Returns ``forward`` / ``backward`` (the plain pair: lwvd_fwd, lwvd_bwd) and
+    ``train_forward`` / ``train_backward`` (the training pair that CUDA eager autograd runs:
+    lwvd_fwd_moments, lwvd_bwd_moments with grad_z) with ``predicted_s`` (sum over the pass's
+    launches) and ``kernels`` (per launch: bounds, limiter, counts), plus the launch geometry and
+    ``summary`` (fwd without grad, fwd with moments, bwd, fwd+bwd of the training path, seconds).
     """
     if n_fft < 4 or n_fft > 8192 or n_fft & (n_fft - 1):
         raise ValueError(f"n_fft must be a power of two in [4, 8192] for the CUDA kernels, got {n_fft}")
@@ -205,7 +213,7 @@ def predict(
                          frames_per_block=kc.frames_per_block(cfg, n_fft, hop, batch, prob.frames),
                          grad_threads=cfg["grad_threads"], grad_tile=kc.grad_tile(cfg, n_fft, batch, n_samples),
                          max_radius=geom.max_radius)
-    for part in ("forward", "backward"):
+    for part in PARTS:
         ks = [kernel_prediction(L, weights[L["kernel"]], prob, device) for L in counts[part]]
         # radix-2 butterflies (a radix-4 step does four)
         bfly = sum(L["sites"].get("fft.bfly", [0, 0])[1] + 4 * L["sites"].get("fft.bfly4", [0, 0])[1]
@@ -214,6 +222,11 @@ def predict(
                          predicted_s=float(sum(k["predicted_s"] for k in ks)),
                          warp_instructions=float(sum(k["warp_instructions"] for k in ks)),
                          flops=dict(fft=float(bfly * FLOPS_BUTTERFLY)))
+    out["summary"] = dict(fwd_no_grad=out["forward"]["predicted_s"],
+                          fwd_with_moments=out["train_forward"]["predicted_s"],
+                          bwd=out["train_backward"]["predicted_s"],
+                          fwd_bwd=out["train_forward"]["predicted_s"] + out["train_backward"]["predicted_s"],
+                          fwd_bwd_plain=out["forward"]["predicted_s"] + out["backward"]["predicted_s"])
     return out
 
 
@@ -233,7 +246,7 @@ def format_prediction(p: dict) -> str:
              "{dtype}".format(**c),
              "launch: {threads} threads, {complex_rows_per_pass} complex rows/pass, {frames_per_block} frames/block, "
              "grad tile {grad_tile} ({grad_threads} threads), max radius {max_radius}".format(**p["launch"])]
-    for part in ("forward", "backward"):
+    for part in PARTS:
         e = p[part]
         lines.append(f"{part}: predicted {e['predicted_s'] * 1e3:.3f} ms, {e['launches']} launches, "
                      f"{e['warp_instructions'] / 1e6:.1f} M warp instructions")
@@ -245,6 +258,10 @@ def format_prediction(p: dict) -> str:
                          f"busiest SM {k['busiest_sm_blocks']}); {k['warp_instructions'] / 1e6:.1f} M warp instr "
                          f"(lanes busy {k['lane_efficiency']:.0%}; {share}); {k['smem_wavefronts'] / 1e6:.2f} M "
                          f"wavefronts, {k['gmem_sectors'] / 1e6:.2f} M sectors")
+    sm = p["summary"]
+    lines.append("training path (predicted): fwd (no grad) {:.3f} ms, fwd with moments {:.3f} ms, bwd {:.3f} ms, "
+                 "fwd+bwd {:.3f} ms (plain pair lwvd_fwd + lwvd_bwd: {:.3f} ms)".format(
+                     *(sm[k] * 1e3 for k in ("fwd_no_grad", "fwd_with_moments", "bwd", "fwd_bwd", "fwd_bwd_plain"))))
     return "\n".join(lines)
 
 

@@ -453,7 +453,11 @@ def _lag_gmem(p: Problem, cfg, cr, esize_c, b, passes_r0):
 _SMOOTH_MEMO: dict = {}
 
 
-def smooth_counts(p: Problem, cfg, geom: Geometry, moments: bool):
+def smooth_counts(p: Problem, cfg, geom: Geometry, moments: bool, keep: bool = False):
+    """One smooth launch: the forward (moments=False), the backward's G-weighted moments
+    (moments=True), or the training forward that keeps every pair's moments and writes K (keep=True:
+    lwvd_smooth_kernel<.., true, true>; six warp sums and lane 0's K + moments per pair with rows)."""
+    assert moments or not keep
     s_bytes = p.scalar_bytes
     esize_c, words_c = 2 * s_bytes, 2 * s_bytes // 4
     n, hop, N, T, F = p.n_fft, p.hop, p.n_samples, p.frames, p.f
@@ -484,15 +488,17 @@ def smooth_counts(p: Problem, cfg, geom: Geometry, moments: bool):
                                    (ls_trips, ls_lanes, ls_wf))
                 memo[key] = res
             tsites, npasses, texch, twork, fwork = res
-            if moments:  # per lane G-weighted sums, warp-summed once per (filter, pass) with rows
+            if moments and not keep:  # per lane G-weighted sums, warp-summed once per (filter, pass) with rows
                 texch += fwork * 5 * kacc
                 _add(sites, "smooth.gsum", fwork, fwork * WARP)
-            else:  # warp_sum of K per (pair, pass) with rows
-                texch += twork * 5
-            if moments:  # lane 0 of a filter's warp: the block's G-weighted moments, every pass
+            else:  # warp_sum of K (keep: of the six moments) per (pair, pass) with rows
+                texch += twork * 5 * kacc
+            if moments and not keep:  # lane 0 of a filter's warp: the block's G-weighted moments, every pass
                 _add(sites, "smooth.gout", p.f * npasses, p.f * npasses)
-            else:  # lane 0 of a pair's warp: K, every pass with rows
+            else:  # lane 0 of a pair's warp: K (keep: and the pair's moments), every pass with rows
                 _add(sites, "smooth.out", twork, twork)
+                if keep:
+                    _add(sites, "smooth.kout", twork, twork)
             for k, v in tsites.items():
                 if k != "smooth.tc" or moments:
                     sites[k] += v
@@ -500,7 +506,8 @@ def smooth_counts(p: Problem, cfg, geom: Geometry, moments: bool):
                 sites[k] += v * npasses
             barriers += npasses * (fft_bars + 2)
             exchanges += texch
-    return dict(kernel="moments" if moments else "smooth", blocks=p.batch * tiles, threads=cfg["threads"],
+    kernel = "fwd_moments" if keep else ("moments" if moments else "smooth")
+    return dict(kernel=kernel, blocks=p.batch * tiles, threads=cfg["threads"],
                 smem=cr * n * esize_c, block_barriers=barriers, warp_exchanges=exchanges, sites=sites,
                 passes_per_block=None)
 
@@ -689,11 +696,17 @@ def smooth_parts(p: Problem, cfg) -> int:
     return p.batch * -(-p.frames // frames_per_block(cfg, p.n_fft, p.hop, p.batch, p.frames))
 
 
-def param_grad_counts(p: Problem, cfg):
+def param_grad_counts(p: Problem, cfg, frame: bool = False):
+    """The parameter-gradient role; frame=True: from the forward's per-frame moments (B * T pairs per
+    filter, param_grad_block<.., true>) instead of the moments launch's per-block sums."""
     sites = _counts()
     t = cfg["reduce_threads"]
-    tr, ln = _strided_trips(smooth_parts(p, cfg), t, t)
-    _add(sites, "pg.term", tr, ln, times=p.f)
+    if frame:
+        tr, ln = _strided_trips(p.batch * p.frames, t, t)
+        _add(sites, "pg.fterm", tr, ln, times=p.f)
+    else:
+        tr, ln = _strided_trips(smooth_parts(p, cfg), t, t)
+        _add(sites, "pg.term", tr, ln, times=p.f)
     _add(sites, "pg.formula", p.f, p.f)
     s, levels = t // 2, 0
     while s > 0:
@@ -967,24 +980,14 @@ def _grad_z_tile(p, cfg, geom, b, j0, j1, h, rp, cr, esize_c, words_c, tables, n
 # --------------------------------------------------------------------------------------------
 # The plan
 # --------------------------------------------------------------------------------------------
-def plan_counts(p: Problem, cfg) -> dict:
-    """{'forward': [launch, ...], 'backward': [...]} in plan order (lwvd_plan.cuh); each launch a dict
-    with kernel, blocks, threads, smem, block_barriers, warp_exchanges and sites {name: [trips, lanes,
-    wavefronts, sectors]}."""
-    geom = Geometry(p)
-    st = Stencil(p, cfg, geom)
-    geom.stencil = st
-    fwd = [prepare_counts(p, cfg, geom, st)]
-    bwd = [prepare_counts(p, cfg, geom, st)]
-    if p.batch > 0:
-        fwd.append(smooth_counts(p, cfg, geom, moments=False))
-        bwd.append(smooth_counts(p, cfg, geom, moments=True))
+def _grad_launch(p: Problem, cfg, geom: Geometry, frame: bool, with_z: bool = True) -> dict:
+    """The grad_z + parameter-gradient launch (lwvd_plan.cuh detail::grad_launch)."""
     # grad_z and the parameter gradients are one launch (lwvd_bwd.cuh lwvd_grad_z_kernel): block i
     # builds grad_z tile i (i < gz_blocks), then the gradients of filters i, i + grid, ...
-    pg = param_grad_counts(p, cfg)
+    pg = param_grad_counts(p, cfg, frame)
     gthreads = cfg.get("grad_threads", cfg["threads"])
     warps = gthreads // WARP
-    if p.batch > 0:
+    if p.batch > 0 and with_z:
         gz = grad_z_counts(p, cfg, geom)
         gz_blocks = gz["blocks"]
         _add(gz["sites"], "grad.role_gz", gz_blocks * warps, gz_blocks * gthreads)
@@ -999,8 +1002,30 @@ def plan_counts(p: Problem, cfg) -> dict:
     gz["block_barriers"] += pg["block_barriers"] + p.f  # + the barrier before each filter's reduction
     gz["warp_exchanges"] += pg["warp_exchanges"]
     gz["smem"] = max(gz["smem"], pg["smem"])
-    bwd.append(gz)
-    for part in (fwd, bwd):
+    if frame:
+        gz["kernel"] = "grad_z_frame"
+    return gz
+
+
+def plan_counts(p: Problem, cfg) -> dict:
+    """{'forward': [launch, ...], 'backward': [...], 'train_forward': [...], 'train_backward': [...]}
+    in plan order (lwvd_plan.cuh: run_forward, run_backward, run_forward_moments, run_backward_moments
+    with need_z); each launch a dict with kernel, blocks, threads, smem, block_barriers,
+    warp_exchanges and sites {name: [trips, lanes, wavefronts, sectors]}."""
+    geom = Geometry(p)
+    st = Stencil(p, cfg, geom)
+    geom.stencil = st
+    fwd = [prepare_counts(p, cfg, geom, st)]
+    bwd = [prepare_counts(p, cfg, geom, st)]
+    tfwd = [prepare_counts(p, cfg, geom, st)] if p.batch > 0 else []
+    tbwd = [prepare_counts(p, cfg, geom, st)]
+    if p.batch > 0:
+        fwd.append(smooth_counts(p, cfg, geom, moments=False))
+        bwd.append(smooth_counts(p, cfg, geom, moments=True))
+        tfwd.append(smooth_counts(p, cfg, geom, moments=True, keep=True))
+    bwd.append(_grad_launch(p, cfg, geom, frame=False))
+    tbwd.append(_grad_launch(p, cfg, geom, frame=True))
+    for part in (fwd, bwd, tfwd, tbwd):
         for launch in part:
             launch["sites"] = {k: [int(x) for x in v] for k, v in launch["sites"].items() if v[0] > 0}
-    return dict(forward=fwd, backward=bwd)
+    return dict(forward=fwd, backward=bwd, train_forward=tfwd, train_backward=tbwd)

@@ -231,7 +231,13 @@ def _cost_model_column():
         c, st, sn, rho = R.config_filters(cfg)
         p = fn(cfg.batch, cfg.n, cfg.n_fft, cfg.hop, st.numpy(), sn.numpy(), rho.numpy(), n_filters=cfg.n_filters,
                truncate=cfg.truncate, dtype=dtype, center=c.numpy())
-        return p["forward"]["predicted_s"] + (p["backward"]["predicted_s"] if backward else 0.0)
+        if not backward:
+            return p["forward"]["predicted_s"]
+        # A training step on CUDA runs the moments pair (lwvd_fwd_moments + lwvd_bwd_moments, ops.py);
+        # older cost models have only the plain pair.
+        if "train_forward" in p:
+            return p["train_forward"]["predicted_s"] + p["train_backward"]["predicted_s"]
+        return p["forward"]["predicted_s"] + p["backward"]["predicted_s"]
 
     return predict, ("'H100 model' column: the CUDA kernels' time PREDICTED by benchmarks/cost_model.py (emulator-checked "
                      "counts of warp instructions, SASS-weighted, with shared-memory, latency and wave bounds) - not a "

@@ -38,12 +38,16 @@ TRIP_RE = re.compile(r'LWVD_PROF_TRIP\("([\w.]+)"')
 
 # Kernel symbol (mangled) -> (kernel key of kernel_counts.py, dtype)
 _KERNELS = [
-    (r"lwvd_smooth_kernelIfLb0E", "smooth", "float32"),
-    (r"lwvd_smooth_kernelIfLb1E", "moments", "float32"),
-    (r"lwvd_smooth_kernelIdLb0E", "smooth", "float64"),
-    (r"lwvd_smooth_kernelIdLb1E", "moments", "float64"),
-    (r"lwvd_grad_z_kernelIfE", "grad_z", "float32"),
-    (r"lwvd_grad_z_kernelIdE", "grad_z", "float64"),
+    (r"lwvd_smooth_kernelIfLb0ELb0E", "smooth", "float32"),
+    (r"lwvd_smooth_kernelIfLb1ELb0E", "moments", "float32"),
+    (r"lwvd_smooth_kernelIfLb1ELb1E", "fwd_moments", "float32"),   # the training forward (kKeep)
+    (r"lwvd_smooth_kernelIdLb0ELb0E", "smooth", "float64"),
+    (r"lwvd_smooth_kernelIdLb1ELb0E", "moments", "float64"),
+    (r"lwvd_smooth_kernelIdLb1ELb1E", "fwd_moments", "float64"),
+    (r"lwvd_grad_z_kernelIfLb0E", "grad_z", "float32"),
+    (r"lwvd_grad_z_kernelIfLb1E", "grad_z_frame", "float32"),      # lwvd_bwd_moments (kFrameMoments)
+    (r"lwvd_grad_z_kernelIdLb0E", "grad_z", "float64"),
+    (r"lwvd_grad_z_kernelIdLb1E", "grad_z_frame", "float64"),
     (r"lwvd_prepare_kernelIfE", "prepare", "float32"),
     (r"lwvd_prepare_kernelIdE", "prepare", "float64"),
 ]

@@ -10,7 +10,7 @@
 //     K         real (B, F, T), T = 1 + N / hop_length
 //   lwvd_bwd(grad_K, z, center, sigma_t, sigma_nu, rho, n_fft, hop_length, truncate)
 //     -> (grad_z (B, N) complex, grad_center, grad_sigma_t, grad_sigma_nu, grad_rho (F,))
-//   CPU only (issue #13): lwvd_fwd_moments(same arguments as lwvd_fwd) -> (K, moments), moments
+//   CPU and CUDA (issues #13, #10): lwvd_fwd_moments(same arguments as lwvd_fwd) -> (K, moments), moments
 //     float64 (B, F, T, 6) = (S0, Sa, Sc, Saa, Sac, Scc) of every (item, filter, frame);
 //     lwvd_bwd_moments(grad_K, z, center, sigma_t, sigma_nu, rho, moments, n_fft, hop_length,
 //     truncate, need_z) -> as lwvd_bwd, without a pass over the W rows (grad_z zeros unless need_z)

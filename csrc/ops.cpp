@@ -22,10 +22,11 @@ TORCH_LIBRARY(lwvd_cuda, m) {
       "lwvd_bwd(Tensor grad_out, Tensor z, Tensor center, Tensor sigma_t, Tensor sigma_nu, Tensor rho, "
       "int n_fft, int hop_length, float truncate) -> (Tensor, Tensor, Tensor, Tensor, Tensor)",
       {at::Tag::pt2_compliant_tag});
-  // CPU only (csrc/cpu/lwvd_cpu.cpp, issue #13): the forward that also returns the six moments of
-  // every (item, filter, frame), (B, F, T, 6) float64, and the backward that takes them instead of
-  // recomputing the W rows. lwvd_cuda/ops.py uses the pair under plain eager autograd on CPU when a
-  // parameter needs its gradient and the moments fit its memory cap.
+  // CPU (csrc/cpu/lwvd_cpu.cpp, issue #13) and CUDA (csrc/cuda/lwvd_cuda.cu, issue #10): the forward
+  // that also returns the six moments of every (item, filter, frame), (B, F, T, 6) float64, and the
+  // backward that takes them instead of recomputing the W rows. lwvd_cuda/ops.py uses the pair under
+  // plain eager autograd on CPU or CUDA when a parameter needs its gradient and the moments fit its
+  // memory cap.
   m.def(
       "lwvd_fwd_moments(Tensor z, Tensor center, Tensor sigma_t, Tensor sigma_nu, Tensor rho, int n_fft, "
       "int hop_length, float truncate) -> (Tensor, Tensor)");

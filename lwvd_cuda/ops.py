@@ -22,6 +22,7 @@ gradients for ``z`` and the four parameters.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 
@@ -162,23 +163,37 @@ class _LwvdForward(torch.autograd.Function):
         return _jvp_of(_reference_fn(*ctx.static), ctx.saved_tensors, tangents[:_N_TENSORS])
 
 
-# The six moments per (item, filter, frame) that the CPU forward can keep for the backward (issue #13):
+# The six moments per (item, filter, frame) that the CPU and CUDA forwards can keep for the backward
+# (issues #13, #10):
 # 48 B F T bytes, 6 F / hop times the size of z in complex64 (1.6 MB at B=4, N=16000, F=80, hop=160;
 # keeping W instead would be n_fft / 2 times z: 131 MB there). Past the cap the backward recomputes
 # them from W (its parameter-gradient pass), with memory independent of F x T (issue #12).
-# LWVD_CPU_MOMENTS_BYTES overrides the cap (0: never keep them).
+# LWVD_CPU_MOMENTS_BYTES overrides the cap (0: never keep them), on both devices.
 SAVED_MOMENTS_MAX_BYTES = int(os.environ.get("LWVD_CPU_MOMENTS_BYTES", 256 << 20))
 
 
+@functools.lru_cache(maxsize=None)  # the registrations are made once, when the extension loads
+def _has_moments_pair(device_type: str) -> bool:
+    """Whether this build has ``lwvd_fwd_moments`` / ``lwvd_bwd_moments`` kernels for the device
+    (CPU: csrc/cpu; CUDA: csrc/cuda, only in builds with the CUDA kernels)."""
+    if not hasattr(torch.ops.lwvd_cuda, "lwvd_fwd_moments"):
+        return False
+    key = {"cpu": "CPU", "cuda": "CUDA"}.get(device_type)
+    return key is not None and all(
+        torch._C._dispatch_has_kernel_for_dispatch_key(f"lwvd_cuda::{op}", key)
+        for op in ("lwvd_fwd_moments", "lwvd_bwd_moments")
+    )
+
+
 def _keeps_moments(z, params, hop_length) -> bool:
-    """Whether the forward keeps the moments for the backward: plain eager autograd on CPU (no
-    torch.func wrapper, no forward-mode tangent) with a parameter that needs its gradient, the CPU
-    pair of ops built, and the moments within ``SAVED_MOMENTS_MAX_BYTES``."""
-    if z.device.type != "cpu" or not torch.is_grad_enabled() or not any(p.requires_grad for p in params):
+    """Whether the forward keeps the moments for the backward: plain eager autograd on CPU or CUDA
+    (no torch.func wrapper, no forward-mode tangent) with a parameter that needs its gradient, the
+    device's pair of ops built, and the moments within ``SAVED_MOMENTS_MAX_BYTES``."""
+    if not torch.is_grad_enabled() or not any(p.requires_grad for p in params):
         return False
     if torch.jit.is_tracing():  # a trace records lwvd_fwd (the moments are an eager-autograd detail)
         return False
-    if not hasattr(torch.ops.lwvd_cuda, "lwvd_fwd_moments"):
+    if not _has_moments_pair(z.device.type):
         return False
     tensors = (z, *params)
     if any(torch._C._functorch.is_functorch_wrapped_tensor(t) for t in tensors):
@@ -190,12 +205,13 @@ def _keeps_moments(z, params, hop_length) -> bool:
 
 
 class _LwvdForwardMoments(torch.autograd.Function):
-    """``lwvd_fwd`` that also keeps the six moments of every (item, filter, frame) (CPU,
+    """``lwvd_fwd`` that also keeps the six moments of every (item, filter, frame) (CPU or CUDA,
     ``lwvd_fwd_moments``), so that the backward (``lwvd_bwd_moments``) runs only the grad_z pass and
     a reduction of the moments with the upstream gradient: the parameter-gradient pass over the W
     rows (as costly as a forward) is gone. A recorded backward (``create_graph=True``) takes
     ``_LwvdBackward`` as ``_LwvdForward`` does. K comes from the moments' S0: the same terms, summed
-    in another order (float32: ~1e-7 relative from the plain forward's K)."""
+    in another order on CPU (float32: ~1e-7 relative from the plain forward's K); on CUDA bitwise the
+    plain forward's K (the same terms in the same order)."""
 
     @staticmethod
     def forward(ctx, z, center, sigma_t, sigma_nu, rho, n_fft, hop_length, truncate):
@@ -322,6 +338,19 @@ if _extension.is_loaded():
             torch.empty_like(sigma_nu),
             torch.empty_like(rho),
         )
+
+    # The moments pair (CPU and CUDA kernels): shapes only, so that fake / meta tracing of an eager
+    # training step on CUDA (FakeTensorMode with parameters that need grad) sees the pair's outputs.
+    @torch.library.register_fake("lwvd_cuda::lwvd_fwd_moments")
+    def _lwvd_fwd_moments_fake(z, center, sigma_t, sigma_nu, rho, n_fft, hop_length, truncate):
+        real = z.real.dtype if z.is_complex() else z.dtype
+        shape = (z.shape[0], center.shape[0], num_frames(z.shape[1], hop_length))
+        return z.new_empty(shape, dtype=real), z.new_empty((*shape, 6), dtype=torch.float64)
+
+    @torch.library.register_fake("lwvd_cuda::lwvd_bwd_moments")
+    def _lwvd_bwd_moments_fake(grad_out, z, center, sigma_t, sigma_nu, rho, moments, n_fft, hop_length, truncate,
+                               need_z):
+        return _lwvd_bwd_fake(grad_out, z, center, sigma_t, sigma_nu, rho, n_fft, hop_length, truncate)
 
     # The same registration torch.library.register_autograd makes, with a Function that also has
     # setup_context (torch.func) and jvp (forward mode); register_autograd's generated Function has

@@ -242,6 +242,45 @@ def test_cuda_forward_backward_do_not_sync_and_launch_at_most_3_each():
 
 @needs_ext
 @needs_gpu
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+def test_cuda_training_pair_matches_plain_pair_and_cpu(dtype):
+    """lwvd_fwd_moments / lwvd_bwd_moments on CUDA (issue 10): K bitwise lwvd_fwd's (same terms, same
+    order), grad_z bitwise lwvd_bwd's (the same grad_z tiles), the parameter gradients within
+    TOLERANCES of lwvd_bwd's (another summation order of the same moments), the moments within
+    TOLERANCES of the CPU op's; eager autograd of the public op routes CUDA to the pair."""
+    _require_cuda_kernels()
+    case = GPU_CASES[1]
+    z, params = case.inputs(dtype, device="cuda")
+    args = (case.n_fft, case.hop, 4.0)
+    k_plain = torch.ops.lwvd_cuda.lwvd_fwd(z, *params, *args)
+    k, mom = torch.ops.lwvd_cuda.lwvd_fwd_moments(z, *params, *args)
+    assert mom.dtype == torch.float64 and mom.shape == (*k.shape, 6)
+    assert torch.equal(k, k_plain)
+    _, mom_cpu = torch.ops.lwvd_cuda.lwvd_fwd_moments(z.cpu(), *(p.cpu() for p in params), *args)
+    tol = TOLERANCES[dtype]
+    for i in range(6):
+        scale = mom_cpu[..., i].abs().max().clamp_min(1e-300)
+        assert ((mom.cpu()[..., i] - mom_cpu[..., i]).abs().max() / scale).item() <= tol, f"moment {i}"
+    g = torch.randn(k.shape, dtype=dtype, device="cuda", generator=torch.Generator(device="cuda").manual_seed(0))
+    plain = torch.ops.lwvd_cuda.lwvd_bwd(g, z, *params, *args)
+    pair = torch.ops.lwvd_cuda.lwvd_bwd_moments(g, z, *params, mom, *args, True)
+    assert torch.equal(pair[0], plain[0])
+    for name, a, e in zip(["center", "sigma_t", "sigma_nu", "rho"], pair[1:], plain[1:]):
+        assert_rel_close(a.cpu(), e.cpu(), tol, f"grad {name}")
+    no_z = torch.ops.lwvd_cuda.lwvd_bwd_moments(g, z, *params, mom, *args, False)
+    assert torch.equal(no_z[0], torch.zeros_like(no_z[0]))
+    for a, b in zip(no_z[1:], pair[1:]):
+        assert torch.equal(a, b)
+    leaves = [p.detach().requires_grad_(True) for p in params]
+    out = lwvd_cuda.lwvd(z, *leaves, n_fft=case.n_fft, hop_length=case.hop, truncate=4.0)
+    node = out.grad_fn
+    while type(node).__name__.startswith(("View", "Reshape", "Unsafe")):  # below lwvd's reshape
+        node = node.next_functions[0][0]
+    assert type(node).__name__.startswith("_LwvdForwardMomentsBackward"), type(node).__name__
+
+
+@needs_ext
+@needs_gpu
 def test_cuda_graph_captures_a_training_step():
     """Forward + backward + optimizer step of a model with an LWVD front end, captured once in a CUDA
     graph and replayed on new batches, matches the same steps run eagerly on a copy of the model."""

@@ -34,7 +34,7 @@ import numpy as np
 import pytest
 import torch
 
-from lwvd_cuda import reference
+from lwvd_cuda import _extension, reference
 from lwvd_cuda.testing import (
     TOLERANCES,
     Case,
@@ -293,16 +293,17 @@ class Problem:
         self.grad_out.numpy().astype(np_dtype).tofile(workdir / "grad_out.bin")
         self.np_dtype = np_dtype
 
-    def write_spec(self, mode: str) -> None:
+    def write_spec(self, mode: str, need_z: bool = True) -> None:
         c = self.case
         truncate = "inf" if c.truncate is None else repr(float(c.truncate))
         dt = "f64" if self.dtype == torch.float64 else "f32"
         lines = [f"mode {mode}", f"dtype {dt}", f"B {c.b}", f"N {c.n}", f"n_fft {c.n_fft}", f"hop {c.hop}",
-                 f"F {c.f}", f"truncate {truncate}"]
+                 f"F {c.f}", f"truncate {truncate}", f"need_z {int(need_z)}"]
         (self.dir / "problem.txt").write_text("\n".join(lines) + "\n")
 
-    def run(self, exe: Path, mode: str = "both", sanitizer: str = "plain", part: str = "", env=None):
-        self.write_spec(mode)
+    def run(self, exe: Path, mode: str = "both", sanitizer: str = "plain", part: str = "", env=None,
+            need_z: bool = True):
+        self.write_spec(mode, need_z)
         for f in self.dir.glob("out_*.bin"):
             f.unlink()
         return run(exe, self.dir, sanitizer=sanitizer, part=part or f"real kernels {sanitizer}", env=env)
@@ -568,6 +569,111 @@ def test_real_kernels_parameter_gradients_near_rho_one(builds, tmp_path, rho, dt
         assert_rel_close(got, torch.tensor([e], dtype=torch.float64), tol, f"grad {name} at rho = {rho!r}")
 
 
+# --- the training pair: run_forward_moments / run_backward_moments (lwvd_fwd_moments / lwvd_bwd_moments) ---
+
+# + pairs whose rows span several passes (n_fft 256: 24 / 48 rows a pass in float64 / float32; wide
+# filters reach the whole signal): the kept moments are summed over passes.
+MULTI_PASS_CASE = EmuCase(1, 200, 256, 25, 2, "wide", 4.0, seed=14)
+TRAIN_CASES = [CASES[0], CASES[2], CASES[5], CASES[6], CASES[10], MULTI_TILE_CASE, MULTI_PASS_CASE]
+
+
+def _cpu_moments(p: Problem):
+    """K and the (B, F, T, 6) float64 moments of the CPU op lwvd_fwd_moments on the same inputs."""
+    c = p.case
+    trunc = math.inf if c.truncate is None else float(c.truncate)
+    return torch.ops.lwvd_cuda.lwvd_fwd_moments(p.z, *p.params, c.n_fft, c.hop, trunc)
+
+
+needs_cpu_moments = pytest.mark.skipif(
+    not (_extension.is_loaded() and hasattr(torch.ops.lwvd_cuda, "lwvd_fwd_moments")),
+    reason="needs the built extension's CPU lwvd_fwd_moments")
+
+
+@needs_plan
+@needs_cpu_moments
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("case", TRAIN_CASES, ids=str)
+def test_real_kernels_training_pair_match_cpu_and_reference(builds, tmp_path, case, dtype):
+    """The CUDA forward that keeps the per-frame moments (smooth<.., true, true>) and the backward from
+    them (grad_z + G-weighted moment sums, no pass over the W rows): K bitwise the plain CUDA forward's
+    (same terms, same order); the moments against the CPU op lwvd_fwd_moments (the same six sums over
+    the same truncation set in another order: TOLERANCES of the dtype, relative to the largest |moment|
+    of each kind); K and all five gradients against the float64 reference (TOLERANCES, as the plain
+    pair); 2 launches each way."""
+    p = Problem(case, dtype, tmp_path)
+    exe = builds.get("driver")
+    proc = p.run(exe, mode="train", part="real kernels plain")
+    driver_ok(proc)
+    assert [g[0] > 0 for g in launches(proc)] == [True] * 4, launches(proc)  # fwd 2 + bwd 2
+    check_against_reference(p, TOLERANCES[dtype])
+    k_train = p.read("forward", (case.b, case.f, p.t))
+    mom = torch.from_numpy(np.fromfile(tmp_path / "out_moments.bin", dtype=np.float64).reshape(case.b, case.f, p.t, 6))
+    driver_ok(p.run(exe, mode="fwd", part="real kernels plain"))
+    assert torch.equal(k_train, p.read("forward", (case.b, case.f, p.t))), "K differs from the plain forward's"
+    _, mom_cpu = _cpu_moments(p)
+    tol = TOLERANCES[dtype]
+    for i in range(6):
+        scale = mom_cpu[..., i].abs().max().clamp_min(1e-300)
+        err = ((mom[..., i] - mom_cpu[..., i]).abs().max() / scale).item()
+        assert err <= tol, f"{case} moment {i}: max error {err:.3g} of the largest |moment| (tol {tol:g})"
+
+
+@needs_plan
+def test_real_kernels_training_pair_without_z_gradient(builds, tmp_path):
+    """need_z = false: only the F parameter blocks run (grad_z untouched: still the driver's NaN
+    poison), and the parameter gradients are bitwise those with grad_z."""
+    p = Problem(MULTI_TILE_CASE, torch.float64, tmp_path)
+    exe = builds.get("driver")
+    names = ["grad_center", "grad_sigma_t", "grad_sigma_nu", "grad_rho"]
+    driver_ok(p.run(exe, mode="train", part="real kernels plain"))
+    with_z = {n: (tmp_path / f"out_{n}.bin").read_bytes() for n in names}
+    proc = p.run(exe, mode="train", part="real kernels plain", need_z=False)
+    driver_ok(proc)
+    assert launches(proc)[-1][0] == MULTI_TILE_CASE.f, launches(proc)
+    assert torch.isnan(p.read("grad_z", (p.case.b, p.case.n, 2))).all()
+    for n in names:
+        assert (tmp_path / f"out_{n}.bin").read_bytes() == with_z[n], n
+
+
+@needs_plan
+@pytest.mark.parametrize("rho, dtype", [(1 - 1e-12, torch.float64), (-(1 - 1e-8), torch.float64),
+                                        (0.99, torch.float32)], ids=lambda x: repr(x) if isinstance(x, float) else str(x)[6:])
+def test_real_kernels_training_pair_near_rho_one(builds, tmp_path, rho, dtype):
+    """The moments kept by the forward give the parameter gradients at rho near +-1 as the moments
+    kernel does (against 50-digit mpmath; the tolerances of test_real_kernels_parameter_gradients_near_rho_one)."""
+    case = EmuCase(1, 10, 8, 3, 1, "mixed", None)
+    p = Problem(case, dtype, tmp_path)
+    p.z = make_signal((1,), case.n, seed=31).to(torch.complex128 if dtype == torch.float64 else torch.complex64)
+    p.params = tuple(x.to(dtype) for x in near_one_ridge(rho, case.n_fft))
+    torch.view_as_real(p.z).numpy().tofile(tmp_path / "z.bin")
+    for name, v in zip(("center", "sigma_t", "sigma_nu", "rho"), p.params):
+        v.numpy().tofile(tmp_path / f"{name}.bin")
+    driver_ok(p.run(builds.get("driver"), mode="train", part="real kernels plain"))
+    k, _, gp = p.outputs()
+    k_ref, _, _ = p.expected()
+    tol = near_one_tolerance(rho) + 1e-13 if dtype == torch.float64 else TOLERANCES[dtype]
+    assert_rel_close(k, k_ref, tol, f"forward at rho = {rho!r}")
+    w = reference.wigner_ville(p.z[0].to(torch.complex128), case.n_fft)
+    expected = high_precision_param_grads(w, p.grad_out[0, 0].double(), *(x.double() for x in p.params), case.hop)
+    for name, got, e in zip(("center", "sigma_t", "sigma_nu", "rho"), gp, expected):
+        assert e != 0
+        assert_rel_close(got, torch.tensor([e], dtype=torch.float64), tol, f"grad {name} at rho = {rho!r}")
+
+
+@needs_plan
+def test_real_kernels_training_pair_invalid_parameters_give_nan(builds, tmp_path):
+    """Invalid parameters (|rho| >= 1): K, the moments and every gradient NaN, the error bits set."""
+    case = EmuCase(1, 30, 16, 5, 2, "mixed", 4.0, seed=2)
+    p = _with_params(Problem(case, torch.float64, tmp_path), ([0.1, 0.2], [4.0, 3.0], [0.02, 0.03], [0.2, 1.0]))
+    proc = p.run(builds.get("driver"), mode="train", part="real kernels plain")
+    driver_ok(proc)
+    assert "ERROR_FLAGS forward 8" in proc.stdout and "ERROR_FLAGS backward 8" in proc.stdout, proc.stdout
+    k, gz, gp = p.outputs()
+    mom = np.fromfile(tmp_path / "out_moments.bin", dtype=np.float64)
+    assert torch.isnan(k).all() and np.isnan(mom).all() and torch.isnan(gz).all()
+    assert all(torch.isnan(g).all() for g in gp)
+
+
 def _with_params(p: Problem, params) -> Problem:
     p.params = tuple(torch.tensor(v, dtype=p.dtype) for v in params)
     for name, v in zip(("center", "sigma_t", "sigma_nu", "rho"), p.params):
@@ -701,7 +807,7 @@ def emulator_profile(proc) -> list[dict]:
     return [launches[i] for i in sorted(launches)]
 
 
-def replayed_profile(problem: Problem) -> list[dict]:
+def replayed_profile(problem: Problem, parts=("forward", "backward")) -> list[dict]:
     import sys
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -713,7 +819,19 @@ def replayed_profile(problem: Problem) -> list[dict]:
     kp = kernel_counts.Problem(c.b, c.n, c.n_fft, c.hop, center, st, sn, rho, c.truncate,
                                "float64" if problem.dtype == torch.float64 else "float32")
     counts = kernel_counts.plan_counts(kp, cost_model.launch_config())
-    return counts["forward"] + counts["backward"]
+    return [launch for part in parts for launch in counts[part]]
+
+
+def _profile_mismatches(emu, rep) -> list:
+    bad = []
+    for i, (e, r) in enumerate(zip(emu, rep)):
+        for k in ("block_barriers", "warp_exchanges"):
+            if e[k] != r[k]:
+                bad.append((i, r["kernel"], k, e[k], r[k]))
+        for site in sorted(set(e["sites"]) | set(r["sites"])):
+            if e["sites"].get(site) != r["sites"].get(site):
+                bad.append((i, r["kernel"], site, e["sites"].get(site), r["sites"].get(site)))
+    return bad
 
 
 # Cases that exercise every counted path: several tiles and passes, edges, N < n_fft, truncate=None,
@@ -745,6 +863,23 @@ def test_profile_replay_matches_emulator(builds, tmp_path, case, dtype):
                 bad.append((i, r["kernel"], site, e["sites"].get(site), r["sites"].get(site)))
     assert not bad, "emulator vs replay (launch, kernel, counter, emulator, replay):\n" + "\n".join(map(str, bad))
     assert any(e["sites"] for e in emu), "the profile counted nothing"
+
+
+@needs_plan
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("case", [CASES[0], CASES[5], CASES[10], MULTI_PASS_CASE], ids=str)
+def test_profile_replay_matches_emulator_training_pair(builds, tmp_path, case, dtype):
+    # The same exact match for the training pair (driver mode train: run_forward_moments, then
+    # run_backward_moments with grad_z): kernel_counts.plan_counts' train_forward + train_backward.
+    p = Problem(case, dtype, tmp_path)
+    proc = p.run(builds.get("driver"), mode="train", part="profile plain", env={"LWVD_EMU_PROFILE": "1"})
+    driver_ok(proc)
+    emu = emulator_profile(proc)
+    rep = replayed_profile(p, ("train_forward", "train_backward"))
+    assert len(emu) == len(rep), (len(emu), [r["kernel"] for r in rep])
+    bad = _profile_mismatches(emu, rep)
+    assert not bad, "emulator vs replay (launch, kernel, counter, emulator, replay):\n" + "\n".join(map(str, bad))
+    assert "smooth.kout" in emu[1]["sites"] and "pg.fterm" in emu[3]["sites"]
 
 
 # A stencil budget (launch_config.h LWVD_STENCIL_BUDGET) small enough that some of CASES[10]'s 33

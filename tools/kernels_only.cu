@@ -22,4 +22,8 @@ void lwvd_instantiate_all() {
   lwvd::run_forward(L, lwvd::FwdProblem<double>{});
   lwvd::run_backward(L, lwvd::BwdProblem<float>{});
   lwvd::run_backward(L, lwvd::BwdProblem<double>{});
+  lwvd::run_forward_moments(L, lwvd::FwdProblem<float>{}, nullptr);
+  lwvd::run_forward_moments(L, lwvd::FwdProblem<double>{}, nullptr);
+  lwvd::run_backward_moments(L, lwvd::BwdProblem<float>{}, nullptr, true);
+  lwvd::run_backward_moments(L, lwvd::BwdProblem<double>{}, nullptr, true);
 }

@@ -131,8 +131,17 @@ def readable(demangled: str) -> dict:
     dtypes = {a for a in args if a in ("float", "double")}
     dtype = "float" if "float" in dtypes else ("double" if "double" in dtypes else "any")
     # The smoothing kernel's bool parameter says whether it writes K or the backward's moments.
+    # A third (kKeep: the training forward that keeps the per-frame moments) names it "keep";
+    # grad_z's bool (kFrameMoments: lwvd_bwd_moments) "frame" (absent when false).
+    if base == "smooth" and len(args) == 3 and args[2] in ("true", "false"):
+        keep = args.pop() == "true"
+        if keep and args[1] == "true":
+            args[1] = "keep"
     if base == "smooth" and len(args) == 2 and args[1] in ("true", "false"):
         args[1] = "moments" if args[1] == "true" else "fwd"
+    if base == "grad_z" and len(args) == 2 and args[1] in ("true", "false"):
+        if args.pop() == "true":
+            args.append("frame")
     name = base + ("<%s>" % ",".join(args) if args else "")
     return dict(kernel=name, base=base, dtype=dtype)
 

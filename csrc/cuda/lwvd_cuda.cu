@@ -11,6 +11,8 @@
 // invalid ones make every output of the call NaN and OR their kInvalid* bits into a per-device word
 // that torch.ops.lwvd_cuda.cuda_error_flags(reset) reads (that read is a sync, on request only).
 // Forward: 2 launches (prepare, smooth); backward: 3 (prepare, moments, grad_z + parameter grads).
+// Training pair (lwvd_fwd_moments / lwvd_bwd_moments): 2 launches each way (+ a zero fill of grad_z
+// when z needs no gradient).
 //
 //   lwvd_fwd(z (B, N) complex64|complex128, center, sigma_t, sigma_nu, rho (F,) real,
 //            n_fft, hop_length, truncate) -> K (B, F, T) real
@@ -139,6 +141,70 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lwvd_bwd_
   return {grad_z, gc, gst, gsn, gr};
 }
 
+// The training pair (lwvd.h): the forward that also keeps the six moments of every (item, filter,
+// frame), (B, F, T, 6) float64, in the same 2 launches (lwvd_smooth_kernel<.., true, true>), and the
+// backward from them: prepare + one grad_z / parameter-gradient launch (no pass over the W rows for
+// the parameters); need_z = false runs only the parameter blocks and returns zeros for grad_z.
+std::tuple<at::Tensor, at::Tensor> lwvd_fwd_moments_cuda(const at::Tensor& z_in, const at::Tensor& center,
+                                                         const at::Tensor& sigma_t, const at::Tensor& sigma_nu,
+                                                         const at::Tensor& rho, int64_t n_fft, int64_t hop_length,
+                                                         double truncate) {
+  check_shapes(z_in, center, sigma_t, sigma_nu, rho, n_fft, hop_length, truncate);  // values: on the device
+  check_fft_size(n_fft);
+  TORCH_CHECK_VALUE(z_in.is_cuda(), "lwvd (CUDA): z must be a CUDA tensor");
+  const c10::cuda::CUDAGuard guard(z_in.device());
+  const at::Tensor z = at::view_as_real(z_in.contiguous());
+  const at::Tensor c = center.contiguous(), st = sigma_t.contiguous(), sn = sigma_nu.contiguous(),
+                   r = rho.contiguous();
+  const int64_t B = z_in.size(0), N = z_in.size(1), F = center.size(0), T = num_frames(N, hop_length);
+  at::Tensor out = at::empty({B, F, T}, c.options());
+  at::Tensor mom = at::empty({B, F, T, 6}, c.options().dtype(at::kDouble));
+  AT_DISPATCH_FLOATING_TYPES(c.scalar_type(), "lwvd_fwd_moments_cuda", [&] {
+    CudaLauncher L(z);
+    FwdProblem<scalar_t> p{z.const_data_ptr<scalar_t>(), c.const_data_ptr<scalar_t>(), st.const_data_ptr<scalar_t>(),
+                           sn.const_data_ptr<scalar_t>(), r.const_data_ptr<scalar_t>(), out.data_ptr<scalar_t>(),
+                           B, N, F, n_fft, hop_length, truncate};
+    run_forward_moments(L, p, mom.data_ptr<double>());
+  });
+  return {out, mom};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lwvd_bwd_moments_cuda(
+    const at::Tensor& grad_in, const at::Tensor& z_in, const at::Tensor& center, const at::Tensor& sigma_t,
+    const at::Tensor& sigma_nu, const at::Tensor& rho, const at::Tensor& moments, int64_t n_fft, int64_t hop_length,
+    double truncate, bool need_z) {
+  check_shapes(z_in, center, sigma_t, sigma_nu, rho, n_fft, hop_length, truncate);  // values: on the device
+  check_grad(grad_in, z_in, center.size(0), hop_length);
+  check_fft_size(n_fft);
+  TORCH_CHECK_VALUE(z_in.is_cuda(), "lwvd (CUDA): z must be a CUDA tensor");
+  TORCH_CHECK_VALUE(moments.scalar_type() == at::kDouble && moments.dim() == 4 && moments.size(0) == z_in.size(0) &&
+                        moments.size(1) == center.size(0) && moments.size(2) == grad_in.size(2) &&
+                        moments.size(3) == 6 && moments.device() == z_in.device(),
+                    "lwvd_bwd_moments: moments must be the float64 (B, F, T, 6) tensor of lwvd_fwd_moments, got ",
+                    moments.scalar_type(), " ", moments.sizes(), " on ", moments.device());
+  const c10::cuda::CUDAGuard guard(z_in.device());
+  const at::Tensor z = at::view_as_real(z_in.contiguous());
+  const at::Tensor g = grad_in.contiguous(), m = moments.contiguous();
+  const at::Tensor c = center.contiguous(), st = sigma_t.contiguous(), sn = sigma_nu.contiguous(),
+                   r = rho.contiguous();
+  const int64_t B = z_in.size(0), N = z_in.size(1), F = center.size(0);
+  // Without need_z the kernels do not write grad_z: zeros (one fill), as the CPU op returns.
+  at::Tensor grad_z = need_z ? at::empty({B, N}, z_in.options().memory_format(at::MemoryFormat::Contiguous))
+                             : at::zeros({B, N}, z_in.options().memory_format(at::MemoryFormat::Contiguous));
+  at::Tensor grad_z_real = at::view_as_real(grad_z);
+  at::Tensor gc = at::empty({F}, c.options()), gst = at::empty({F}, c.options()), gsn = at::empty({F}, c.options()),
+             gr = at::empty({F}, c.options());
+  AT_DISPATCH_FLOATING_TYPES(c.scalar_type(), "lwvd_bwd_moments_cuda", [&] {
+    CudaLauncher L(z);
+    BwdProblem<scalar_t> p{g.const_data_ptr<scalar_t>(),  z.const_data_ptr<scalar_t>(),  c.const_data_ptr<scalar_t>(),
+                           st.const_data_ptr<scalar_t>(), sn.const_data_ptr<scalar_t>(), r.const_data_ptr<scalar_t>(),
+                           grad_z_real.data_ptr<scalar_t>(), gc.data_ptr<scalar_t>(), gst.data_ptr<scalar_t>(),
+                           gsn.data_ptr<scalar_t>(), gr.data_ptr<scalar_t>(), B, N, F, n_fft, hop_length, truncate};
+    run_backward_moments(L, p, m.const_data_ptr<double>(), need_z);
+  });
+  return {grad_z, gc, gst, gsn, gr};
+}
+
 // The kInvalid* bits (1 non-finite, 2 sigma_t <= 0, 4 sigma_nu <= 0, 8 |rho| >= 1) of every call on
 // the current CUDA device since the last reset. Waits for the device (a sync): call it when a NaN
 // output needs explaining or at a checkpoint, not in the training step.
@@ -158,6 +224,8 @@ int64_t cuda_error_flags(bool reset) {
 TORCH_LIBRARY_IMPL(lwvd_cuda, CUDA, m) {
   m.impl("lwvd_fwd", &lwvd::lwvd_fwd_cuda);
   m.impl("lwvd_bwd", &lwvd::lwvd_bwd_cuda);
+  m.impl("lwvd_fwd_moments", &lwvd::lwvd_fwd_moments_cuda);
+  m.impl("lwvd_bwd_moments", &lwvd::lwvd_bwd_moments_cuda);
 }
 
 // Defined here, not in ops.cpp: it exists only in builds with the CUDA kernels.

@@ -38,6 +38,10 @@ struct ParamGradArgs {
   scalar_t* grad_sigma_nu;
   scalar_t* grad_rho;
   int64_t parts, n_filters;               // parts = B * tiles of the moments launch
+  // kFrameMoments (lwvd_bwd_moments): the forward's moments of every (item, filter, frame) instead
+  const double* frame_moments;            // (B, F, T, 6) float64 (lwvd_smooth_kernel<.., true, true>)
+  const scalar_t* grad_out;               // (B, F, T) G
+  int64_t batch, n_frames;                // B * T < 2^31 (the plan checks)
 };
 
 // The gradients of filter f, by one block of kReduceThreads threads: the sum over the moments
@@ -45,7 +49,10 @@ struct ParamGradArgs {
 // tree (deterministic, no float atomics), then dK/dtheta from those sums (param_grads_from_moments,
 // lwvd_math.cuh: linear in the moments, so sum-then-map is the per-frame formula summed over frames).
 // `red` is kMoments * kReduceThreads scalars at the start of the launch's dynamic shared memory.
-template <typename scalar_t>
+// kFrameMoments: the sum over (item, frame) pairs j = b * T + t of G[b, f, t] * moments(b, f, t) (G
+// rounded to scalar_t products as the moments kernel forms them; frames with G = 0 skipped, as on the
+// CPU: they add exactly 0 even where a moment is NaN), in the same fixed map and tree.
+template <typename scalar_t, bool kFrameMoments = false>
 __device__ __forceinline__ void param_grad_block(const ParamGradArgs<scalar_t>& a, int64_t f, unsigned invalid) {
   LWVD_DYNAMIC_SMEM(scalar_t, red_flat);
   scalar_t(*red)[config::kReduceThreads] = reinterpret_cast<scalar_t(*)[config::kReduceThreads]>(red_flat);
@@ -58,10 +65,24 @@ __device__ __forceinline__ void param_grad_block(const ParamGradArgs<scalar_t>& 
   constexpr int kM = config::kMoments;
   scalar_t acc[kM];
   for (int i = 0; i < kM; ++i) acc[i] = 0;
-  for (int64_t j = tid; j < a.parts; j += config::kReduceThreads) {
-    LWVD_PROF_TRIP("pg.term", (j - tid) / config::kReduceThreads);
-    const scalar_t* m = a.moments + (j * a.n_filters + f) * kM;
-    for (int i = 0; i < kM; ++i) acc[i] += m[i];
+  if constexpr (kFrameMoments) {
+    const unsigned frames = static_cast<unsigned>(a.n_frames);
+    const unsigned pairs = static_cast<unsigned>(a.batch) * frames;
+    for (unsigned j = static_cast<unsigned>(tid); j < pairs; j += config::kReduceThreads) {
+      LWVD_PROF_TRIP("pg.fterm", (j - static_cast<unsigned>(tid)) / config::kReduceThreads);
+      const unsigned b = j / frames, t = j - b * frames;
+      const int64_t o = (static_cast<int64_t>(b) * a.n_filters + f) * a.n_frames + t;
+      const scalar_t G = a.grad_out[o];
+      if (G == scalar_t(0)) continue;
+      const double* m = a.frame_moments + o * kM;
+      for (int i = 0; i < kM; ++i) acc[i] += G * static_cast<scalar_t>(m[i]);
+    }
+  } else {
+    for (int64_t j = tid; j < a.parts; j += config::kReduceThreads) {
+      LWVD_PROF_TRIP("pg.term", (j - tid) / config::kReduceThreads);
+      const scalar_t* m = a.moments + (j * a.n_filters + f) * kM;
+      for (int i = 0; i < kM; ++i) acc[i] += m[i];
+    }
   }
   for (int i = 0; i < kM; ++i) red[i][tid] = acc[i];
   __syncthreads();
@@ -339,7 +360,9 @@ __device__ __forceinline__ void grad_z_block(const GradZArgs<scalar_t>& a, unsig
 // Min 2 blocks/SM of kGradThreads = 512 (a 64-register budget, as the former 4 x 256): left to itself
 // ptxas squeezed grad_z<float> into 48 registers on sm_90 and spilled 8 B (after the one-order q of
 // lwvd_math.cuh), and grad_z<double> spilled 24 B on sm_120; with this bound no arch spills.
-template <typename scalar_t>
+// kFrameMoments (lwvd_bwd_moments): the parameter gradients from the forward's per-frame moments
+// (param_grad_block<.., true>); gz_blocks = 0 when z needs no gradient (F blocks, parameters only).
+template <typename scalar_t, bool kFrameMoments = false>
 __global__ void __launch_bounds__(config::kGradThreads, 2) lwvd_grad_z_kernel(const GradZArgs<scalar_t> a,
                                                                           const ParamGradArgs<scalar_t> pg,
                                                                           const unsigned* invalid,
@@ -354,7 +377,7 @@ __global__ void __launch_bounds__(config::kGradThreads, 2) lwvd_grad_z_kernel(co
   for (int64_t f = blockIdx.x; f < pg.n_filters; f += gridDim.x) {
     LWVD_PROF_TRIP("grad.role_pg", (f - blockIdx.x) / gridDim.x);
     __syncthreads();  // the reduction reuses the rows' shared memory (and its own, filter to filter)
-    param_grad_block(pg, f, *invalid);
+    param_grad_block<scalar_t, kFrameMoments>(pg, f, *invalid);
   }
 }
 

@@ -371,6 +371,7 @@ struct SmoothArgs {
   const cplx<scalar_t>* twiddles;            // (M/2,)
   const scalar_t* grad_out;                  // (B, F, T) G (backward only; null in the forward)
   scalar_t* out;                             // (B, F, T) K, or (B * tiles, F, 6) G-weighted moments
+  double* frame_moments;                     // (B, F, T, 6) the moments of every pair (kKeep only; else null)
   int64_t n_samples, n_filters, n_frames, hop, n_fft;
   int64_t frames_per_block, tiles_per_item;  // grid.x = B * tiles_per_item
   int log2_fft;
@@ -459,10 +460,17 @@ __device__ __forceinline__ void smooth_pair_table(scalar_t (&acc)[kAcc], const s
 // fallback path (and 8 B in smooth<double, moments> on sm_120 with a min of 3). It now takes 72-98
 // registers: on sm_80 / sm_90, 3 resident blocks per SM in float (4 before on sm_90) and 2 in double
 // (3-4 before); configuration S puts 2 on the busiest SM, and sm_86/89/120 hold 2 by shared memory.
-template <typename scalar_t, bool kMoments>
+//
+// kKeep (with kMoments; lwvd_fwd_moments, the training forward): K as the forward writes it (from the
+// moments' S0, summed in the forward's order: bitwise the forward's K) and the six moments of every
+// (item, filter, frame) in float64 to frame_moments, for lwvd_bwd_moments (one pass over the W rows
+// per training step instead of two).
+template <typename scalar_t, bool kMoments, bool kKeep = false>
 __global__ void __launch_bounds__(config::kThreads, 2) lwvd_smooth_kernel(const SmoothArgs<scalar_t> a) {
+  static_assert(kMoments || !kKeep, "kKeep keeps the moments: it needs kMoments");
   LWVD_DYNAMIC_SMEM(cplx<scalar_t>, rows);
   constexpr int kAcc = kMoments ? config::kMoments : 1;
+  constexpr bool kGrad = kMoments && !kKeep;  // the backward's G-weighted per-block sums
   // 32-bit index arithmetic where the plan guarantees it fits (grid < 2^31 blocks, F * TT < 2^31):
   // a 64-bit division is a subroutine call in SASS, and its calling convention costs spills.
   const unsigned tiles = static_cast<unsigned>(a.tiles_per_item);
@@ -474,13 +482,14 @@ __global__ void __launch_bounds__(config::kThreads, 2) lwvd_smooth_kernel(const 
   const int t0i = static_cast<int>(t0), tt_n = static_cast<int>(t_last - t0) + 1;  // frames of the tile
   const int hop = static_cast<int>(a.hop);
   if (*a.invalid) {  // invalid parameters: this block's outputs are NaN (block-uniform: no barrier is skipped)
-    if (kMoments) {
+    if (kGrad) {
       const int64_t o = static_cast<int64_t>(blockIdx.x) * a.n_filters * kAcc;
       fill_nan(a.out, o, o + a.n_filters * kAcc);
     } else {
       for (int64_t f = 0; f < a.n_filters; ++f) {
         const int64_t o = (b * a.n_filters + f) * a.n_frames;
         fill_nan(a.out, o + t0, o + t_last + 1);
+        if (kKeep) fill_nan(a.frame_moments, (o + t0) * kAcc, (o + t_last + 1) * kAcc);
       }
     }
     return;
@@ -579,14 +588,14 @@ __global__ void __launch_bounds__(config::kThreads, 2) lwvd_smooth_kernel(const 
         }
         {
           LWVD_PROF_TRIP("smooth.pairsum", ftrip, tt);
-          if constexpr (kMoments) {
+          if constexpr (kGrad) {
             const scalar_t G = a.grad_out[(b * a.n_filters + f) * a.n_frames + t];
             for (int i = 0; i < kAcc; ++i) gacc[i] += G * acc[i];
             any_rows = true;
           } else {
-            acc[0] = warp_sum(acc[0]);  // every lane holds the sum
+            for (int i = 0; i < kAcc; ++i) acc[i] = warp_sum(acc[i]);  // every lane holds the sums
           }
-          if (!kMoments && lane == 0) {
+          if (!kGrad && lane == 0) {
             LWVD_PROF_TRIP("smooth.out", ftrip, tt);
             // The pair's first and last pass with rows in reach (every pair has one: R >= its radius).
             const bool pair_first = first || c - d_radius >= r0i;
@@ -595,14 +604,20 @@ __global__ void __launch_bounds__(config::kThreads, 2) lwvd_smooth_kernel(const 
             scalar_t v = pair_first ? acc[0] : a.out[o] + acc[0];
             if (pair_last) v *= g.norm;
             a.out[o] = v;
+            if constexpr (kKeep) {  // the pair's moments, summed over its passes in float64
+              LWVD_PROF_TRIP("smooth.kout", ftrip, tt);
+              double* m = a.frame_moments + o * kAcc;
+              for (int i = 0; i < kAcc; ++i)
+                m[i] = pair_first ? static_cast<double>(acc[i]) : m[i] + static_cast<double>(acc[i]);
+            }
           }
         }
       }
-      if (kMoments && any_rows) {
+      if (kGrad && any_rows) {
         LWVD_PROF_TRIP("smooth.gsum", ftrip);
         for (int i = 0; i < kAcc; ++i) gacc[i] = warp_sum(gacc[i]);  // every lane holds the sums
       }
-      if (kMoments && lane == 0) {
+      if (kGrad && lane == 0) {
         // Backward: the block's G-weighted moments of filter f, summed over its frames and passes
         // (written every pass, so the first pass initialises them): (B * tiles, F, 6) in all, not
         // (B, F, T, 6) (issue 12 item 7). The parameter gradients are linear in the moments

@@ -30,6 +30,10 @@
 //   forward : prepare (1 block) -> smooth<false> (B * ceil(T / TT) blocks)               2 launches
 //   backward: prepare -> smooth<true> (moments to a workspace) -> grad_z + param_grad (one launch of
 //             max(B * ceil(N / J), F) blocks: grad_z tiles, then one filter's gradients per block) 3 launches
+//   training pair (run_forward_moments / run_backward_moments, torch ops lwvd_fwd_moments / lwvd_bwd_moments):
+//     forward : prepare -> smooth<true, keep> (K and the (B, F, T, 6) float64 moments)          2 launches
+//     backward: prepare -> grad_z<frame> (grad_z tiles unless need_z is false, then the
+//               parameter gradients from G * the forward's moments: no pass over W rows)      2 launches
 // Parameter values are checked on the device (prepare): invalid ones make every output NaN and set
 // the launcher's error flags (lwvd_fwd.cuh, kInvalid*).
 // Every tile / block / shared-memory choice is in launch_config.h.
@@ -168,10 +172,12 @@ inline int64_t smooth_blocks(int64_t batch, int64_t n_samples, int64_t n_fft, in
   return batch * ceil_div(frames, config::frames_per_block(n_fft, hop, batch, frames));
 }
 
-template <class Launcher, typename scalar_t, bool kMoments>
+template <class Launcher, typename scalar_t, bool kMoments, bool kKeep = false>
 void smooth(Launcher& L, const Prepared<scalar_t>& pr, const scalar_t* z, const scalar_t* grad_out, scalar_t* out,
-            int64_t batch, int64_t n_samples, int64_t n_filters, int64_t n_fft, int64_t hop) {
+            int64_t batch, int64_t n_samples, int64_t n_filters, int64_t n_fft, int64_t hop,
+            double* frame_moments = nullptr) {
   SmoothArgs<scalar_t> a;
+  a.frame_moments = frame_moments;
   a.z = reinterpret_cast<const cplx<scalar_t>*>(z);
   a.grad_out = grad_out;
   a.geom = pr.geom;
@@ -203,7 +209,7 @@ void smooth(Launcher& L, const Prepared<scalar_t>& pr, const scalar_t* z, const 
   const int64_t blocks = batch * a.tiles_per_item;
   if (blocks > INT32_MAX) throw std::invalid_argument("lwvd plan: too many blocks (B * tiles > 2^31 - 1)");
   const std::size_t smem = config::rows_smem_bytes(a.complex_rows, n_fft, sizeof(scalar_t));
-  L.launch(lwvd_smooth_kernel<scalar_t, kMoments>, dim3(static_cast<unsigned>(blocks)), dim3(config::kThreads), smem,
+  L.launch(lwvd_smooth_kernel<scalar_t, kMoments, kKeep>, dim3(static_cast<unsigned>(blocks)), dim3(config::kThreads), smem,
            a);
 }
 
@@ -219,27 +225,15 @@ void run_forward(Launcher& L, const FwdProblem<scalar_t>& p) {
                                             p.hop);
 }
 
-template <class Launcher, typename scalar_t>
-void run_backward(Launcher& L, const BwdProblem<scalar_t>& p) {
-  check_problem(p.batch, p.n_samples, p.n_filters, p.n_fft, p.hop, p.truncate);
+namespace detail {
+
+// The grad_z + parameter-gradient launch (lwvd_grad_z_kernel): `pg` holds the moments (per moments
+// block, or per frame with kFrameMoments); with_z = false runs only the F parameter blocks.
+template <class Launcher, typename scalar_t, bool kFrameMoments>
+void grad_launch(Launcher& L, const Prepared<scalar_t>& pr, const BwdProblem<scalar_t>& p,
+                 const ParamGradArgs<scalar_t>& pg, bool with_z) {
   const int64_t frames = num_frames(p.n_samples, p.hop);
-  const auto pr = detail::prepare(L, p.center, p.sigma_t, p.sigma_nu, p.rho, p.n_samples, p.n_filters, p.n_fft,
-                                  p.hop, p.truncate);
-  // G-weighted moments per (moments block, filter): 6 * B * ceil(T / TT) * F scalars, TT times fewer
-  // than per frame (issue 12 item 7: at F = 1e4, hop = 1, TT = 64 that is 0.09x the output's size).
-  scalar_t* moments = nullptr;
-  const int64_t parts = p.batch > 0 ? detail::smooth_blocks(p.batch, p.n_samples, p.n_fft, p.hop) : 0;
-  if (p.batch > 0) {
-    moments = static_cast<scalar_t*>(L.workspace(detail::align16(
-        sizeof(scalar_t) * config::kMoments * static_cast<std::size_t>(parts * p.n_filters))));
-    detail::smooth<Launcher, scalar_t, true>(L, pr, p.z, p.grad_out, moments, p.batch, p.n_samples, p.n_filters,
-                                           p.n_fft, p.hop);
-  }
-  // With B = 0 the parameter gradients are sums over nothing: the launch still runs (F blocks, no
-  // grad_z tile) and writes zeros, reading no moments.
   if (p.n_filters > INT32_MAX) throw std::invalid_argument("lwvd plan: too many filters");
-  ParamGradArgs<scalar_t> g{moments, pr.geom, p.grad_center, p.grad_sigma_t, p.grad_sigma_nu, p.grad_rho, parts,
-                            p.n_filters};
   GradZArgs<scalar_t> a{};
   a.z = reinterpret_cast<const cplx<scalar_t>*>(p.z);
   a.grad_out = p.grad_out;
@@ -264,14 +258,67 @@ void run_backward(Launcher& L, const BwdProblem<scalar_t>& p) {
   a.tab_idx = pr.tab_idx;
   a.terms_cap = pr.terms_cap;
   a.rows_cap = pr.rows_cap;
-  const int64_t gz_blocks = p.batch * a.tiles_per_item;
+  const int64_t gz_blocks = with_z ? p.batch * a.tiles_per_item : 0;
   const int64_t blocks = gz_blocks > p.n_filters ? gz_blocks : p.n_filters;
   if (blocks > INT32_MAX) throw std::invalid_argument("lwvd plan: too many blocks (B * tiles > 2^31 - 1)");
-  std::size_t smem = p.batch > 0 ? config::rows_smem_bytes(a.complex_rows, p.n_fft, sizeof(scalar_t)) : 0;
+  std::size_t smem = gz_blocks > 0 ? config::rows_smem_bytes(a.complex_rows, p.n_fft, sizeof(scalar_t)) : 0;
   const std::size_t red = config::kMoments * config::kReduceThreads * sizeof(scalar_t);  // param_grad_block's tree
   if (smem < red) smem = red;
-  L.launch(lwvd_grad_z_kernel<scalar_t>, dim3(static_cast<unsigned>(blocks)), dim3(config::kGradThreads), smem, a, g,
-           static_cast<const unsigned*>(pr.invalid), static_cast<unsigned>(gz_blocks));
+  L.launch(lwvd_grad_z_kernel<scalar_t, kFrameMoments>, dim3(static_cast<unsigned>(blocks)),
+           dim3(config::kGradThreads), smem, a, pg, static_cast<const unsigned*>(pr.invalid),
+           static_cast<unsigned>(gz_blocks));
+}
+
+}  // namespace detail
+
+template <class Launcher, typename scalar_t>
+void run_backward(Launcher& L, const BwdProblem<scalar_t>& p) {
+  check_problem(p.batch, p.n_samples, p.n_filters, p.n_fft, p.hop, p.truncate);
+  const auto pr = detail::prepare(L, p.center, p.sigma_t, p.sigma_nu, p.rho, p.n_samples, p.n_filters, p.n_fft,
+                                  p.hop, p.truncate);
+  // G-weighted moments per (moments block, filter): 6 * B * ceil(T / TT) * F scalars, TT times fewer
+  // than per frame (issue 12 item 7: at F = 1e4, hop = 1, TT = 64 that is 0.09x the output's size).
+  scalar_t* moments = nullptr;
+  const int64_t parts = p.batch > 0 ? detail::smooth_blocks(p.batch, p.n_samples, p.n_fft, p.hop) : 0;
+  if (p.batch > 0) {
+    moments = static_cast<scalar_t*>(L.workspace(detail::align16(
+        sizeof(scalar_t) * config::kMoments * static_cast<std::size_t>(parts * p.n_filters))));
+    detail::smooth<Launcher, scalar_t, true>(L, pr, p.z, p.grad_out, moments, p.batch, p.n_samples, p.n_filters,
+                                           p.n_fft, p.hop);
+  }
+  // With B = 0 the parameter gradients are sums over nothing: the launch still runs (F blocks, no
+  // grad_z tile) and writes zeros, reading no moments.
+  ParamGradArgs<scalar_t> g{moments, pr.geom, p.grad_center, p.grad_sigma_t, p.grad_sigma_nu, p.grad_rho, parts,
+                            p.n_filters, nullptr, nullptr, 0, 0};
+  detail::grad_launch<Launcher, scalar_t, false>(L, pr, p, g, true);
+}
+
+// The training pair (lwvd_fwd_moments / lwvd_bwd_moments): the forward also writes the six moments of
+// every (item, filter, frame), moments (B, F, T, 6) float64 (lwvd_smooth_kernel<.., true, true>: 2
+// launches, as the forward); the backward then needs no pass over the W rows: prepare -> grad_z +
+// parameter gradients from G * those moments (2 launches; with need_z = false only the F parameter
+// blocks run and grad_z is not written).
+template <class Launcher, typename scalar_t>
+void run_forward_moments(Launcher& L, const FwdProblem<scalar_t>& p, double* moments) {
+  check_problem(p.batch, p.n_samples, p.n_filters, p.n_fft, p.hop, p.truncate);
+  if (p.batch == 0) return;
+  const auto pr = detail::prepare(L, p.center, p.sigma_t, p.sigma_nu, p.rho, p.n_samples, p.n_filters, p.n_fft,
+                                  p.hop, p.truncate);
+  detail::smooth<Launcher, scalar_t, true, true>(L, pr, p.z, nullptr, p.out, p.batch, p.n_samples, p.n_filters,
+                                                 p.n_fft, p.hop, moments);
+}
+
+template <class Launcher, typename scalar_t>
+void run_backward_moments(Launcher& L, const BwdProblem<scalar_t>& p, const double* moments, bool need_z) {
+  check_problem(p.batch, p.n_samples, p.n_filters, p.n_fft, p.hop, p.truncate);
+  const int64_t frames = num_frames(p.n_samples, p.hop);
+  if (p.batch * frames > INT32_MAX || p.n_filters * frames > INT32_MAX)
+    throw std::invalid_argument("lwvd plan: B * T or F * T too large for 32-bit pair indices");
+  const auto pr = detail::prepare(L, p.center, p.sigma_t, p.sigma_nu, p.rho, p.n_samples, p.n_filters, p.n_fft,
+                                  p.hop, p.truncate);
+  ParamGradArgs<scalar_t> g{nullptr, pr.geom, p.grad_center, p.grad_sigma_t, p.grad_sigma_nu, p.grad_rho, 0,
+                            p.n_filters, moments, p.grad_out, p.batch, frames};
+  detail::grad_launch<Launcher, scalar_t, true>(L, pr, p, g, need_z);
 }
 
 }  // namespace lwvd

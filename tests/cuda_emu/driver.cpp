@@ -4,7 +4,8 @@
 // (plus -fsanitize=thread or -fsanitize=address,undefined for the sanitizer runs).
 //
 // Usage: driver DIR | driver --selftest NAME (the emulator's own tests, selftests.h)
-//   DIR/problem.txt   "key value" lines: mode fwd|bwd|both, dtype f32|f64, B, N, n_fft, hop, F,
+//   DIR/problem.txt   "key value" lines: mode fwd|bwd|both|train (train: the moments pair, writes
+//                     out_moments.bin (B, F, T, 6) float64 too; need_z 0|1), dtype f32|f64, B, N, n_fft, hop, F,
 //                     truncate (a number or inf)
 //   DIR/z.bin         (B, N, 2) interleaved complex, numpy .tofile of the dtype
 //   DIR/center.bin, sigma_t.bin, sigma_nu.bin, rho.bin   (F,)
@@ -128,7 +129,36 @@ void run(const std::string& dir, const std::map<std::string, std::string>& spec,
     write_array(dir + "/out_grad_sigma_nu.bin", gsn);
     write_array(dir + "/out_grad_rho.bin", gr);
   }
-  if (mode != "fwd" && mode != "bwd" && mode != "both") throw std::runtime_error("mode must be fwd|bwd|both");
+  if (mode == "train") {
+    // The training pair: run_forward_moments (K, per-frame moments) then run_backward_moments from
+    // those moments (need_z 0|1: without it grad_z is not written and stays NaN-poisoned).
+    const bool need_z = spec.count("need_z") == 0 || spec.at("need_z") != "0";
+    avec<S> out(static_cast<size_t>(B * F * n_frames), NAN);
+    avec<double> mom(static_cast<size_t>(B * F * n_frames * 6), NAN);
+    {
+      DriverLauncher L(shrink);
+      lwvd::FwdProblem<S> p{z.data(), center.data(), sigma_t.data(), sigma_nu.data(), rho.data(), out.data(),
+                            B, N, F, M, hop, truncate};
+      lwvd::run_forward_moments(L, p, mom.data());
+      std::printf("ERROR_FLAGS forward %u\n", *L.error_flags());
+    }
+    write_array(dir + "/out_forward.bin", out);
+    write_array(dir + "/out_moments.bin", mom);
+    const auto grad_out = read_array<S>(dir + "/grad_out.bin", static_cast<size_t>(B * F * n_frames));
+    avec<S> gz(static_cast<size_t>(B * N * 2), NAN), gc(F, NAN), gst(F, NAN), gsn(F, NAN), gr(F, NAN);
+    DriverLauncher L(shrink);
+    lwvd::BwdProblem<S> q{grad_out.data(), z.data(), center.data(), sigma_t.data(), sigma_nu.data(), rho.data(),
+                          gz.data(), gc.data(), gst.data(), gsn.data(), gr.data(), B, N, F, M, hop, truncate};
+    lwvd::run_backward_moments(L, q, mom.data(), need_z);
+    std::printf("ERROR_FLAGS backward %u\n", *L.error_flags());
+    write_array(dir + "/out_grad_z.bin", gz);
+    write_array(dir + "/out_grad_center.bin", gc);
+    write_array(dir + "/out_grad_sigma_t.bin", gst);
+    write_array(dir + "/out_grad_sigma_nu.bin", gsn);
+    write_array(dir + "/out_grad_rho.bin", gr);
+  }
+  if (mode != "fwd" && mode != "bwd" && mode != "both" && mode != "train")
+    throw std::runtime_error("mode must be fwd|bwd|both|train");
 }
 
 #endif  // LWVD_EMU_HAVE_PLAN
