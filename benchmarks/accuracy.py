@@ -408,7 +408,8 @@ def parse_args(argv=None):
     p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--max-steps", type=int, default=0, help="cap on steps per epoch (0: all)")
-    p.add_argument("--filter-lr-scales", default="10", help="LWVD filter lr multipliers (parameter_groups); '1' = the paper's single rate")
+    p.add_argument("--filter-lr-scales", default="1", help="LWVD filter lr multipliers (parameter_groups); '1' = the paper's single rate "
+                   "(the default: at lr 5e-3 x10 and even x1 read below x0.1 on the spoken digits, README 'Does it learn?')")
     p.add_argument("--log-floor", type=float, default=1e-4, help="floor of log / PCEN, relative to the front end's mean energy at init")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--out", default="results/accuracy")
