@@ -360,7 +360,8 @@ def _plot(runs, columns, rows, path, meta):
             errs.append(np.std(accs, ddof=1) if len(accs) > 1 else 0.0)
         ax.bar(np.arange(len(rows)) + j * width, means, width, yerr=errs, label=col, capsize=2)
     ax.set_xticks(np.arange(len(rows)) + 0.4 - width / 2)
-    ax.set_xticklabels([f"{h}\nlr {lr:g}" for h, lr in rows], fontsize=7)
+    # Head specs are long (nonlinear/pool_log/bn): slanted labels keep seven of them readable.
+    ax.set_xticklabels([f"{h}\nlr {lr:g}" for h, lr in rows], fontsize=7, rotation=30, ha="right")
     ax.set_ylabel("test accuracy (%)")
     ax.legend(fontsize=7)
     ax.set_title("accuracy per head and front end")
