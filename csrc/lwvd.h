@@ -91,4 +91,14 @@ inline void check_grad(const at::Tensor& grad, const at::Tensor& z, int64_t n_fi
                     z.device());
 }
 
+// The saved moments of lwvd_fwd_moments, as lwvd_bwd_moments takes them (CPU and CUDA): float64
+// (B, F, T, 6) on z's device.
+inline void check_moments(const at::Tensor& moments, const at::Tensor& z, int64_t n_filters, int64_t n_frames) {
+  TORCH_CHECK_VALUE(moments.scalar_type() == at::kDouble && moments.dim() == 4 && moments.size(0) == z.size(0) &&
+                        moments.size(1) == n_filters && moments.size(2) == n_frames && moments.size(3) == 6 &&
+                        moments.device() == z.device(),
+                    "lwvd_bwd_moments: moments must be the float64 (B, F, T, 6) tensor of lwvd_fwd_moments, got ",
+                    moments.scalar_type(), " ", moments.sizes(), " on ", moments.device());
+}
+
 }  // namespace lwvd

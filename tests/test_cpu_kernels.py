@@ -574,5 +574,6 @@ def test_saved_moments_op_rejects_wrong_moments():
     z, params = case.inputs(F64)
     k, mom = torch.ops.lwvd_cuda.lwvd_fwd_moments(z, *params, case.n_fft, case.hop, 4.0)
     assert mom.shape == (*k.shape, 6) and mom.dtype == F64
-    with pytest.raises(RuntimeError, match="moments"):
-        torch.ops.lwvd_cuda.lwvd_bwd_moments(torch.ones_like(k), z, *params, mom[..., :5], case.n_fft, case.hop, 4.0, True)
+    for bad in (mom[..., :5], mom.float(), mom[:, :1]):  # shape, dtype, filters
+        with pytest.raises(ValueError, match="moments must be the float64"):
+            torch.ops.lwvd_cuda.lwvd_bwd_moments(torch.ones_like(k), z, *params, bad, case.n_fft, case.hop, 4.0, True)

@@ -2115,11 +2115,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lwvd_bwd_
     double truncate, bool need_z) {
   check_args(z, center, sigma_t, sigma_nu, rho, n_fft, hop_length, truncate);
   check_grad(grad_out, z, center.size(0), hop_length);
-  TORCH_CHECK(moments.scalar_type() == at::kDouble && moments.dim() == 4 && moments.size(0) == z.size(0) &&
-                  moments.size(1) == center.size(0) && moments.size(2) == grad_out.size(2) && moments.size(3) == 6 &&
-                  moments.device() == z.device(),
-              "lwvd_bwd_moments: moments must be the float64 (B, F, T, 6) tensor of lwvd_fwd_moments, got ",
-              moments.scalar_type(), " ", moments.sizes());
+  check_moments(moments, z, center.size(0), grad_out.size(2));
   const at::Tensor m = moments.contiguous();
   if (z.scalar_type() == at::kComplexDouble)
     return backward_impl<double>(grad_out, z, center, sigma_t, sigma_nu, rho, n_fft, hop_length, truncate, m, need_z);

@@ -27,6 +27,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <array>
 #include <tuple>
 #include <utility>
 #include <vector>
@@ -91,6 +92,20 @@ void check_fft_size(int64_t n_fft) {
                     n_fft, "; lwvd_cuda.lwvd routes other sizes to the reference");
 }
 
+// The plan's problem of a backward call (lwvd_bwd and lwvd_bwd_moments): contiguous inputs z (B, N, 2) real
+// view, grad (B, F, T), the four parameters; outputs grad_z (B, N, 2) real view and the four gradients.
+template <typename scalar_t>
+BwdProblem<scalar_t> make_bwd_problem(const at::Tensor& grad, const at::Tensor& z, const std::array<at::Tensor, 4>& params,
+                                      const at::Tensor& grad_z, const std::array<at::Tensor, 4>& grads, int64_t n_fft,
+                                      int64_t hop_length, double truncate) {
+  return BwdProblem<scalar_t>{grad.const_data_ptr<scalar_t>(), z.const_data_ptr<scalar_t>(),
+                              params[0].const_data_ptr<scalar_t>(), params[1].const_data_ptr<scalar_t>(),
+                              params[2].const_data_ptr<scalar_t>(), params[3].const_data_ptr<scalar_t>(),
+                              grad_z.data_ptr<scalar_t>(), grads[0].data_ptr<scalar_t>(), grads[1].data_ptr<scalar_t>(),
+                              grads[2].data_ptr<scalar_t>(), grads[3].data_ptr<scalar_t>(),
+                              z.size(0), z.size(1), params[0].size(0), n_fft, hop_length, truncate};
+}
+
 at::Tensor lwvd_fwd_cuda(const at::Tensor& z_in, const at::Tensor& center, const at::Tensor& sigma_t,
                          const at::Tensor& sigma_nu, const at::Tensor& rho, int64_t n_fft, int64_t hop_length,
                          double truncate) {
@@ -132,10 +147,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lwvd_bwd_
              gr = at::empty({F}, c.options());
   AT_DISPATCH_FLOATING_TYPES(c.scalar_type(), "lwvd_bwd_cuda", [&] {
     CudaLauncher L(z);
-    BwdProblem<scalar_t> p{g.const_data_ptr<scalar_t>(),  z.const_data_ptr<scalar_t>(),  c.const_data_ptr<scalar_t>(),
-                           st.const_data_ptr<scalar_t>(), sn.const_data_ptr<scalar_t>(), r.const_data_ptr<scalar_t>(),
-                           grad_z_real.data_ptr<scalar_t>(), gc.data_ptr<scalar_t>(), gst.data_ptr<scalar_t>(),
-                           gsn.data_ptr<scalar_t>(), gr.data_ptr<scalar_t>(), B, N, F, n_fft, hop_length, truncate};
+    const BwdProblem<scalar_t> p = make_bwd_problem<scalar_t>(g, z, {c, st, sn, r}, grad_z_real, {gc, gst, gsn, gr},
+                                                               n_fft, hop_length, truncate);
     run_backward(L, p);
   });
   return {grad_z, gc, gst, gsn, gr};
@@ -177,11 +190,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lwvd_bwd_
   check_grad(grad_in, z_in, center.size(0), hop_length);
   check_fft_size(n_fft);
   TORCH_CHECK_VALUE(z_in.is_cuda(), "lwvd (CUDA): z must be a CUDA tensor");
-  TORCH_CHECK_VALUE(moments.scalar_type() == at::kDouble && moments.dim() == 4 && moments.size(0) == z_in.size(0) &&
-                        moments.size(1) == center.size(0) && moments.size(2) == grad_in.size(2) &&
-                        moments.size(3) == 6 && moments.device() == z_in.device(),
-                    "lwvd_bwd_moments: moments must be the float64 (B, F, T, 6) tensor of lwvd_fwd_moments, got ",
-                    moments.scalar_type(), " ", moments.sizes(), " on ", moments.device());
+  check_moments(moments, z_in, center.size(0), grad_in.size(2));
   const c10::cuda::CUDAGuard guard(z_in.device());
   const at::Tensor z = at::view_as_real(z_in.contiguous());
   const at::Tensor g = grad_in.contiguous(), m = moments.contiguous();
@@ -196,10 +205,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lwvd_bwd_
              gr = at::empty({F}, c.options());
   AT_DISPATCH_FLOATING_TYPES(c.scalar_type(), "lwvd_bwd_moments_cuda", [&] {
     CudaLauncher L(z);
-    BwdProblem<scalar_t> p{g.const_data_ptr<scalar_t>(),  z.const_data_ptr<scalar_t>(),  c.const_data_ptr<scalar_t>(),
-                           st.const_data_ptr<scalar_t>(), sn.const_data_ptr<scalar_t>(), r.const_data_ptr<scalar_t>(),
-                           grad_z_real.data_ptr<scalar_t>(), gc.data_ptr<scalar_t>(), gst.data_ptr<scalar_t>(),
-                           gsn.data_ptr<scalar_t>(), gr.data_ptr<scalar_t>(), B, N, F, n_fft, hop_length, truncate};
+    const BwdProblem<scalar_t> p = make_bwd_problem<scalar_t>(g, z, {c, st, sn, r}, grad_z_real, {gc, gst, gsn, gr},
+                                                               n_fft, hop_length, truncate);
     run_backward_moments(L, p, m.const_data_ptr<double>(), need_z);
   });
   return {grad_z, gc, gst, gsn, gr};
