@@ -1511,7 +1511,6 @@ __attribute__((noinline)) T sep_frame(const SepPlan<T>& sp, const T* __restrict_
 template <typename T>
 __attribute__((noinline)) void sep_scatter(const SepPlan<T>& sp, T coef, T* __restrict__ H, int64_t cs, int64_t d_lo,
                                            int64_t d_hi, int64_t base) {
-  using V = Vec<T>;
   for (int64_t i = d_lo + sp.R; i <= d_hi + sp.R;) {
     const int64_t e = std::min<int64_t>(sp.seg_end[i], d_hi + sp.R);
     const int32_t j = sp.jidx[i];
@@ -1533,7 +1532,6 @@ template <typename T>
 __attribute__((noinline)) void ring_scatter(const int32_t* __restrict__ ring_start, const int32_t* __restrict__ ring_k,
                                             const T* __restrict__ ring_p, int64_t J, T* __restrict__ H, int64_t cs,
                                             int64_t r0, int64_t r1, T* __restrict__ at) {
-  using V = Vec<T>;
   for (int64_t j = J - 2; j >= 0; --j)
     for (int64_t r = r0; r < r1; r += kLanes) vstore(H + j * cs + r, vload(H + j * cs + r) + vload(H + (j + 1) * cs + r));
   for (int64_t j = 0; j < J; ++j) {
