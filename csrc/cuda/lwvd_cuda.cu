@@ -92,66 +92,90 @@ void check_fft_size(int64_t n_fft) {
                     n_fft, "; lwvd_cuda.lwvd routes other sizes to the reference");
 }
 
-// The plan's problem of a backward call (lwvd_bwd and lwvd_bwd_moments): contiguous inputs z (B, N, 2) real
-// view, grad (B, F, T), the four parameters; outputs grad_z (B, N, 2) real view and the four gradients.
-template <typename scalar_t>
-BwdProblem<scalar_t> make_bwd_problem(const at::Tensor& grad, const at::Tensor& z, const std::array<at::Tensor, 4>& params,
-                                      const at::Tensor& grad_z, const std::array<at::Tensor, 4>& grads, int64_t n_fft,
-                                      int64_t hop_length, double truncate) {
-  return BwdProblem<scalar_t>{grad.const_data_ptr<scalar_t>(), z.const_data_ptr<scalar_t>(),
-                              params[0].const_data_ptr<scalar_t>(), params[1].const_data_ptr<scalar_t>(),
-                              params[2].const_data_ptr<scalar_t>(), params[3].const_data_ptr<scalar_t>(),
-                              grad_z.data_ptr<scalar_t>(), grads[0].data_ptr<scalar_t>(), grads[1].data_ptr<scalar_t>(),
-                              grads[2].data_ptr<scalar_t>(), grads[3].data_ptr<scalar_t>(),
-                              z.size(0), z.size(1), params[0].size(0), n_fft, hop_length, truncate};
+// What every op checks on the host before anything runs: shapes, dtypes and devices (lwvd.h; the
+// parameter VALUES are checked by the prepare kernel), n_fft, and that z is a CUDA tensor.
+void check_op_args(const at::Tensor& z, const at::Tensor& center, const at::Tensor& sigma_t, const at::Tensor& sigma_nu,
+                   const at::Tensor& rho, int64_t n_fft, int64_t hop_length, double truncate) {
+  check_shapes(z, center, sigma_t, sigma_nu, rho, n_fft, hop_length, truncate);
+  check_fft_size(n_fft);
+  TORCH_CHECK_VALUE(z.is_cuda(), "lwvd (CUDA): z must be a CUDA tensor");
 }
+
+// The inputs as the kernels read them, made under the op's device guard: z as the contiguous (B, N, 2)
+// real view and the four contiguous parameters; and the plans' problems over them.
+struct OpInputs {
+  OpInputs(const at::Tensor& z_in, const at::Tensor& center, const at::Tensor& sigma_t, const at::Tensor& sigma_nu,
+           const at::Tensor& rho, int64_t n_fft_, int64_t hop_, double truncate_)
+      : z(at::view_as_real(z_in.contiguous())),
+        params{center.contiguous(), sigma_t.contiguous(), sigma_nu.contiguous(), rho.contiguous()},
+        B(z_in.size(0)), N(z_in.size(1)), F(center.size(0)), T(num_frames(z_in.size(1), hop_)),
+        n_fft(n_fft_), hop(hop_), truncate(truncate_) {}
+
+  at::TensorOptions real_options() const { return params[0].options(); }
+
+  // The four (F,) parameter gradients, uninitialised (the kernels write every element).
+  std::array<at::Tensor, 4> empty_param_grads() const {
+    return {at::empty({F}, real_options()), at::empty({F}, real_options()), at::empty({F}, real_options()),
+            at::empty({F}, real_options())};
+  }
+
+  template <typename scalar_t>
+  FwdProblem<scalar_t> fwd_problem(const at::Tensor& out) const {
+    return FwdProblem<scalar_t>{z.const_data_ptr<scalar_t>(), params[0].const_data_ptr<scalar_t>(),
+                                params[1].const_data_ptr<scalar_t>(), params[2].const_data_ptr<scalar_t>(),
+                                params[3].const_data_ptr<scalar_t>(), out.data_ptr<scalar_t>(),
+                                B, N, F, n_fft, hop, truncate};
+  }
+
+  // grad (B, F, T) contiguous; grad_z the (B, N, 2) real view of the output.
+  template <typename scalar_t>
+  BwdProblem<scalar_t> bwd_problem(const at::Tensor& grad, const at::Tensor& grad_z,
+                                   const std::array<at::Tensor, 4>& grads) const {
+    return BwdProblem<scalar_t>{grad.const_data_ptr<scalar_t>(), z.const_data_ptr<scalar_t>(),
+                                params[0].const_data_ptr<scalar_t>(), params[1].const_data_ptr<scalar_t>(),
+                                params[2].const_data_ptr<scalar_t>(), params[3].const_data_ptr<scalar_t>(),
+                                grad_z.data_ptr<scalar_t>(), grads[0].data_ptr<scalar_t>(),
+                                grads[1].data_ptr<scalar_t>(), grads[2].data_ptr<scalar_t>(),
+                                grads[3].data_ptr<scalar_t>(), B, N, F, n_fft, hop, truncate};
+  }
+
+  at::Tensor z;
+  std::array<at::Tensor, 4> params;  // center, sigma_t, sigma_nu, rho
+  int64_t B, N, F, T, n_fft, hop;
+  double truncate;
+};
+
+using BwdResult = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
 at::Tensor lwvd_fwd_cuda(const at::Tensor& z_in, const at::Tensor& center, const at::Tensor& sigma_t,
                          const at::Tensor& sigma_nu, const at::Tensor& rho, int64_t n_fft, int64_t hop_length,
                          double truncate) {
-  check_shapes(z_in, center, sigma_t, sigma_nu, rho, n_fft, hop_length, truncate);  // values: on the device
-  check_fft_size(n_fft);
-  TORCH_CHECK_VALUE(z_in.is_cuda(), "lwvd (CUDA): z must be a CUDA tensor");
+  check_op_args(z_in, center, sigma_t, sigma_nu, rho, n_fft, hop_length, truncate);
   const c10::cuda::CUDAGuard guard(z_in.device());
-  const at::Tensor z = at::view_as_real(z_in.contiguous());
-  const at::Tensor c = center.contiguous(), st = sigma_t.contiguous(), sn = sigma_nu.contiguous(),
-                   r = rho.contiguous();
-  const int64_t B = z_in.size(0), N = z_in.size(1), F = center.size(0);
-  at::Tensor out = at::empty({B, F, num_frames(N, hop_length)}, c.options());
-  AT_DISPATCH_FLOATING_TYPES(c.scalar_type(), "lwvd_fwd_cuda", [&] {
-    CudaLauncher L(z);
-    FwdProblem<scalar_t> p{z.const_data_ptr<scalar_t>(), c.const_data_ptr<scalar_t>(), st.const_data_ptr<scalar_t>(),
-                           sn.const_data_ptr<scalar_t>(), r.const_data_ptr<scalar_t>(), out.data_ptr<scalar_t>(),
-                           B, N, F, n_fft, hop_length, truncate};
-    run_forward(L, p);
+  const OpInputs in(z_in, center, sigma_t, sigma_nu, rho, n_fft, hop_length, truncate);
+  at::Tensor out = at::empty({in.B, in.F, in.T}, in.real_options());
+  AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "lwvd_fwd_cuda", [&] {
+    CudaLauncher L(in.z);
+    run_forward(L, in.fwd_problem<scalar_t>(out));
   });
   return out;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lwvd_bwd_cuda(
-    const at::Tensor& grad_in, const at::Tensor& z_in, const at::Tensor& center, const at::Tensor& sigma_t,
-    const at::Tensor& sigma_nu, const at::Tensor& rho, int64_t n_fft, int64_t hop_length, double truncate) {
-  check_shapes(z_in, center, sigma_t, sigma_nu, rho, n_fft, hop_length, truncate);  // values: on the device
+BwdResult lwvd_bwd_cuda(const at::Tensor& grad_in, const at::Tensor& z_in, const at::Tensor& center,
+                        const at::Tensor& sigma_t, const at::Tensor& sigma_nu, const at::Tensor& rho, int64_t n_fft,
+                        int64_t hop_length, double truncate) {
+  check_op_args(z_in, center, sigma_t, sigma_nu, rho, n_fft, hop_length, truncate);
   check_grad(grad_in, z_in, center.size(0), hop_length);
-  check_fft_size(n_fft);
-  TORCH_CHECK_VALUE(z_in.is_cuda(), "lwvd (CUDA): z must be a CUDA tensor");
   const c10::cuda::CUDAGuard guard(z_in.device());
-  const at::Tensor z = at::view_as_real(z_in.contiguous());
+  const OpInputs in(z_in, center, sigma_t, sigma_nu, rho, n_fft, hop_length, truncate);
   const at::Tensor g = grad_in.contiguous();
-  const at::Tensor c = center.contiguous(), st = sigma_t.contiguous(), sn = sigma_nu.contiguous(),
-                   r = rho.contiguous();
-  const int64_t B = z_in.size(0), N = z_in.size(1), F = center.size(0);
-  at::Tensor grad_z = at::empty({B, N}, z_in.options().memory_format(at::MemoryFormat::Contiguous));
-  at::Tensor grad_z_real = at::view_as_real(grad_z);
-  at::Tensor gc = at::empty({F}, c.options()), gst = at::empty({F}, c.options()), gsn = at::empty({F}, c.options()),
-             gr = at::empty({F}, c.options());
-  AT_DISPATCH_FLOATING_TYPES(c.scalar_type(), "lwvd_bwd_cuda", [&] {
-    CudaLauncher L(z);
-    const BwdProblem<scalar_t> p = make_bwd_problem<scalar_t>(g, z, {c, st, sn, r}, grad_z_real, {gc, gst, gsn, gr},
-                                                               n_fft, hop_length, truncate);
-    run_backward(L, p);
+  at::Tensor grad_z = at::empty({in.B, in.N}, z_in.options().memory_format(at::MemoryFormat::Contiguous));
+  const std::array<at::Tensor, 4> grads = in.empty_param_grads();
+  AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "lwvd_bwd_cuda", [&] {
+    CudaLauncher L(in.z);
+    run_backward(L, in.bwd_problem<scalar_t>(g, at::view_as_real(grad_z), grads));
   });
-  return {grad_z, gc, gst, gsn, gr};
+  return {grad_z, grads[0], grads[1], grads[2], grads[3]};
 }
 
 // The training pair (lwvd.h): the forward that also keeps the six moments of every (item, filter,
@@ -162,54 +186,38 @@ std::tuple<at::Tensor, at::Tensor> lwvd_fwd_moments_cuda(const at::Tensor& z_in,
                                                          const at::Tensor& sigma_t, const at::Tensor& sigma_nu,
                                                          const at::Tensor& rho, int64_t n_fft, int64_t hop_length,
                                                          double truncate) {
-  check_shapes(z_in, center, sigma_t, sigma_nu, rho, n_fft, hop_length, truncate);  // values: on the device
-  check_fft_size(n_fft);
-  TORCH_CHECK_VALUE(z_in.is_cuda(), "lwvd (CUDA): z must be a CUDA tensor");
+  check_op_args(z_in, center, sigma_t, sigma_nu, rho, n_fft, hop_length, truncate);
   const c10::cuda::CUDAGuard guard(z_in.device());
-  const at::Tensor z = at::view_as_real(z_in.contiguous());
-  const at::Tensor c = center.contiguous(), st = sigma_t.contiguous(), sn = sigma_nu.contiguous(),
-                   r = rho.contiguous();
-  const int64_t B = z_in.size(0), N = z_in.size(1), F = center.size(0), T = num_frames(N, hop_length);
-  at::Tensor out = at::empty({B, F, T}, c.options());
-  at::Tensor mom = at::empty({B, F, T, 6}, c.options().dtype(at::kDouble));
-  AT_DISPATCH_FLOATING_TYPES(c.scalar_type(), "lwvd_fwd_moments_cuda", [&] {
-    CudaLauncher L(z);
-    FwdProblem<scalar_t> p{z.const_data_ptr<scalar_t>(), c.const_data_ptr<scalar_t>(), st.const_data_ptr<scalar_t>(),
-                           sn.const_data_ptr<scalar_t>(), r.const_data_ptr<scalar_t>(), out.data_ptr<scalar_t>(),
-                           B, N, F, n_fft, hop_length, truncate};
-    run_forward_moments(L, p, mom.data_ptr<double>());
+  const OpInputs in(z_in, center, sigma_t, sigma_nu, rho, n_fft, hop_length, truncate);
+  at::Tensor out = at::empty({in.B, in.F, in.T}, in.real_options());
+  at::Tensor mom = at::empty({in.B, in.F, in.T, 6}, in.real_options().dtype(at::kDouble));
+  AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "lwvd_fwd_moments_cuda", [&] {
+    CudaLauncher L(in.z);
+    run_forward_moments(L, in.fwd_problem<scalar_t>(out), mom.data_ptr<double>());
   });
   return {out, mom};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lwvd_bwd_moments_cuda(
-    const at::Tensor& grad_in, const at::Tensor& z_in, const at::Tensor& center, const at::Tensor& sigma_t,
-    const at::Tensor& sigma_nu, const at::Tensor& rho, const at::Tensor& moments, int64_t n_fft, int64_t hop_length,
-    double truncate, bool need_z) {
-  check_shapes(z_in, center, sigma_t, sigma_nu, rho, n_fft, hop_length, truncate);  // values: on the device
+BwdResult lwvd_bwd_moments_cuda(const at::Tensor& grad_in, const at::Tensor& z_in, const at::Tensor& center,
+                                const at::Tensor& sigma_t, const at::Tensor& sigma_nu, const at::Tensor& rho,
+                                const at::Tensor& moments, int64_t n_fft, int64_t hop_length, double truncate,
+                                bool need_z) {
+  check_op_args(z_in, center, sigma_t, sigma_nu, rho, n_fft, hop_length, truncate);
   check_grad(grad_in, z_in, center.size(0), hop_length);
-  check_fft_size(n_fft);
-  TORCH_CHECK_VALUE(z_in.is_cuda(), "lwvd (CUDA): z must be a CUDA tensor");
   check_moments(moments, z_in, center.size(0), grad_in.size(2));
   const c10::cuda::CUDAGuard guard(z_in.device());
-  const at::Tensor z = at::view_as_real(z_in.contiguous());
+  const OpInputs in(z_in, center, sigma_t, sigma_nu, rho, n_fft, hop_length, truncate);
   const at::Tensor g = grad_in.contiguous(), m = moments.contiguous();
-  const at::Tensor c = center.contiguous(), st = sigma_t.contiguous(), sn = sigma_nu.contiguous(),
-                   r = rho.contiguous();
-  const int64_t B = z_in.size(0), N = z_in.size(1), F = center.size(0);
   // Without need_z the kernels do not write grad_z: zeros (one fill), as the CPU op returns.
-  at::Tensor grad_z = need_z ? at::empty({B, N}, z_in.options().memory_format(at::MemoryFormat::Contiguous))
-                             : at::zeros({B, N}, z_in.options().memory_format(at::MemoryFormat::Contiguous));
-  at::Tensor grad_z_real = at::view_as_real(grad_z);
-  at::Tensor gc = at::empty({F}, c.options()), gst = at::empty({F}, c.options()), gsn = at::empty({F}, c.options()),
-             gr = at::empty({F}, c.options());
-  AT_DISPATCH_FLOATING_TYPES(c.scalar_type(), "lwvd_bwd_moments_cuda", [&] {
-    CudaLauncher L(z);
-    const BwdProblem<scalar_t> p = make_bwd_problem<scalar_t>(g, z, {c, st, sn, r}, grad_z_real, {gc, gst, gsn, gr},
-                                                               n_fft, hop_length, truncate);
-    run_backward_moments(L, p, m.const_data_ptr<double>(), need_z);
+  const auto opts = z_in.options().memory_format(at::MemoryFormat::Contiguous);
+  at::Tensor grad_z = need_z ? at::empty({in.B, in.N}, opts) : at::zeros({in.B, in.N}, opts);
+  const std::array<at::Tensor, 4> grads = in.empty_param_grads();
+  AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "lwvd_bwd_moments_cuda", [&] {
+    CudaLauncher L(in.z);
+    run_backward_moments(L, in.bwd_problem<scalar_t>(g, at::view_as_real(grad_z), grads), m.const_data_ptr<double>(),
+                         need_z);
   });
-  return {grad_z, gc, gst, gsn, gr};
+  return {grad_z, grads[0], grads[1], grads[2], grads[3]};
 }
 
 // The kInvalid* bits (1 non-finite, 2 sigma_t <= 0, 4 sigma_nu <= 0, 8 |rho| >= 1) of every call on
