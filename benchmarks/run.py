@@ -218,9 +218,9 @@ def environment(device: str, args) -> dict:
 
 
 def _cost_model_column():
-    """``predict`` of ``benchmarks/cost_model.py`` (written with the CUDA kernels: a roofline
-    PREDICTION of the CUDA kernels' time on an H100 from published peaks, never a measurement) when
-    it is in this checkout; returns (callable or None, note)."""
+    """``predict`` of ``benchmarks/cost_model.py`` (the CUDA kernels' time on an H100 PREDICTED from
+    emulator-checked counts weighted with the sm_90 SASS, never a measurement) when it is in this
+    checkout; returns (callable or None, note). fwd+bwd is the training pair CUDA autograd runs."""
     try:
         cm = importlib.import_module("benchmarks.cost_model")
         fn = cm.predict
