@@ -71,8 +71,14 @@ def effective_trunc2(truncate, scalar_bytes: int) -> float:
     return float(truncate) ** 2
 
 
-def complex_rows(cfg, n_fft, scalar_bytes):
-    return int(min(max(cfg["rows_smem_budget"] // (n_fft * 2 * scalar_bytes), 1), cfg["max_complex_rows"]))
+def complex_rows(cfg, n_fft, scalar_bytes, budget="rows_smem_budget"):
+    """launch_config.h complex_rows_per_pass (grad_z); budget="smooth_rows_smem_budget":
+    smooth_complex_rows_per_pass (the smoothing kernels)."""
+    return int(min(max(cfg[budget] // (n_fft * 2 * scalar_bytes), 1), cfg["max_complex_rows"]))
+
+
+def smooth_complex_rows(cfg, n_fft, scalar_bytes):
+    return complex_rows(cfg, n_fft, scalar_bytes, "smooth_rows_smem_budget")
 
 
 def _busiest(cfg, blocks, threads=None):
@@ -411,11 +417,29 @@ def _bitrev_pass_counts(p: Problem, cfg, cr, esize_c, threads=None):
     return sites
 
 
+def _lag_thread_map(total, threads):
+    """build_lag_rows' index -> thread map: thread tid takes the entries lag_first(tid) + k * threads,
+    lag_first swapping tid bits {2, 3, 4} with {5, 6, 7} when total is a multiple of threads (>= 256),
+    else the identity. Returns lag_first as an array over tid (an involution)."""
+    tid = np.arange(threads)
+    if threads < 256 or total % threads:
+        return tid
+    lo, hi = (tid >> 2) & 7, (tid >> 5) & 7
+    return (tid & ~np.int64(0xFC)) | (hi << 2) | (lo << 5)
+
+
+def _lag_groups(i, total, threads):
+    """Warp-instruction ids (trip * warps + warp) of the entries i of build_lag_rows."""
+    first = _lag_thread_map(total, threads)
+    tid = first[i % threads]  # the thread that takes entry i (lag_first is an involution)
+    return (i // threads) * (threads // WARP) + tid // WARP
+
+
 def _lag_store_counts(p: Problem, cfg, cr, esize_c):
     n, threads = p.n_fft, cfg["threads"]
     log2n = n.bit_length() - 1
     i = np.arange(cr * n)
-    group = (i // threads) * (threads // WARP) + (i % threads) // WARP
+    group = _lag_groups(i, cr * n, threads)
     c, j = i >> log2n, i & (n - 1)
     wf = group_smem_wavefronts(group, (c * n + _bitrev(j, log2n)) * esize_c, esize_c)
     return int(group.max()) + 1, len(i), wf
@@ -430,7 +454,7 @@ def _lag_gmem(p: Problem, cfg, cr, esize_c, b, passes_r0):
     m = np.where(j < n // 2, j, j - n)
     keep = j != n // 2
     i, c, m = i[keep], c[keep], m[keep]
-    wgroup = (i // threads) * (threads // WARP) + (i % threads) // WARP
+    wgroup = _lag_groups(i, cr * n, threads)
     ngroups = int(((cr * n - 1) // threads + 1) * (threads // WARP))
     out = np.zeros(3, dtype=np.int64)  # trips, lanes, sectors (same for zp and zq trips/lanes)
     sec_q = 0
@@ -461,7 +485,7 @@ def smooth_counts(p: Problem, cfg, geom: Geometry, moments: bool, keep: bool = F
     s_bytes = p.scalar_bytes
     esize_c, words_c = 2 * s_bytes, 2 * s_bytes // 4
     n, hop, N, T, F = p.n_fft, p.hop, p.n_samples, p.frames, p.f
-    cr = complex_rows(cfg, n, s_bytes)
+    cr = smooth_complex_rows(cfg, n, s_bytes)
     rp = 2 * cr
     tt = frames_per_block(cfg, n, hop, p.batch, T)
     tiles = -(-T // tt)
@@ -657,8 +681,11 @@ def _pair_table_terms(p: Problem, geom: Geometry, f_idx, c, n_a, n_b, r0, esize_
     tot = np.bincount(pr, weights=lens, minlength=len(nr)).astype(np.int64)
     trips_pp = -(-tot // WARP)
     lanes = int(tot.sum())
-    full = tot // WARP  # trips of 32 terms (no bounds test), then one partial trip with the rest
-    out["smooth.tterm"] = (int(full.sum()), int(full.sum()) * WARP, 0, 0)
+    full = tot // WARP  # chunks of 32 terms: trips of two (no bounds test), a single one when odd,
+    dbl = full // 2     # then one partial chunk with the rest (with the test)
+    out["smooth.tterm"] = (int(dbl.sum()), int(dbl.sum()) * WARP, 0, 0)
+    odd = int((full % 2).sum())
+    out["smooth.tterm1"] = (odd, odd * WARP, 0, 0)
     rest = tot % WARP
     out["smooth.ttail"] = (int((rest > 0).sum()), int(rest.sum()), 0, 0)
     if lanes == 0:

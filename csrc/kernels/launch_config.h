@@ -59,6 +59,24 @@ inline int complex_rows_per_pass(int64_t n_fft, std::size_t scalar_bytes) {
   return static_cast<int>(rows);
 }
 
+// The smoothing kernel (forward, moments, the training forward) has a budget of its own: 80 KiB.
+// Its per-(pair, pass) costs (pair tests, table offsets, the partial chunk, warp sums, output
+// read-modify-writes) are paid once per pass of 2 * CR rows, and a pair of configuration S reaches
+// ~380 rows: 20 complex rows per pass (n_fft = 512, float) instead of 12 cut them by 40 % (cost
+// model at S: forward 0.40 -> 0.37 ms predicted, benchmarks/cost_model.py). Above 48 KiB the launcher
+// opts in (csrc/cuda/lwvd_cuda.cu). Resident blocks per SM (+ 1 KiB the driver reserves per block):
+// sm_90 2 (228 KiB; 3 at 48 KiB, which grids of <= 2 blocks per SM at S do not use), sm_80 2 (164 KiB:
+// 2 x 81 KiB fits, 96 KiB would not), sm_86 / sm_89 / sm_120 1 (100 KiB; 2 at 48 KiB): there one
+// 8-warp block per SM hides latency worse. grad_z keeps complex_rows_per_pass (48 KiB).
+constexpr std::size_t kSmoothRowsSmemBudget = 80 * 1024;
+inline int smooth_complex_rows_per_pass(int64_t n_fft, std::size_t scalar_bytes) {
+  const std::size_t row_bytes = static_cast<std::size_t>(n_fft) * 2 * scalar_bytes;
+  std::size_t rows = kSmoothRowsSmemBudget / row_bytes;
+  if (rows < 1) rows = 1;
+  if (rows > static_cast<std::size_t>(kMaxComplexRows)) rows = kMaxComplexRows;
+  return static_cast<int>(rows);
+}
+
 inline std::size_t rows_smem_bytes(int complex_rows, int64_t n_fft, std::size_t scalar_bytes) {
   return static_cast<std::size_t>(complex_rows) * static_cast<std::size_t>(n_fft) * 2 * scalar_bytes;
 }

@@ -251,9 +251,22 @@ __device__ __forceinline__ void build_lag_rows(cplx<scalar_t>* rows, int complex
   // (lwvd_plan.cuh); unsigned compares test 0 <= p < N in one instruction.
   const unsigned n_s = static_cast<unsigned>(n_samples);
   const int r0i = static_cast<int>(r0);
+  // Thread -> entry map. The stores go to bit-reversed positions: 32 consecutive j of one warp land
+  // n/32 elements apart, all in one bank pair (32 wavefronts per float store at n = 512). Thread tid
+  // therefore takes the entries first + k * kBlockThreads with first = tid with its bits {2, 3, 4}
+  // and {5, 6, 7} swapped: a warp covers 8 runs of 4 consecutive j, 32 j apart, whose bit-reversed
+  // positions fall in 8 bank pairs (4 wavefronts at n = 512; the z reads stay runs of 4 elements,
+  // 32 B). A permutation of [0, kBlockThreads) that keeps the loop's stride, so the entries are the
+  // same when total is a multiple of kBlockThreads (n_fft >= 8 at the rows budgets of launch_config.h);
+  // otherwise the identity. The replay (benchmarks/kernel_counts.py _lag_thread_map) mirrors it.
+  static_assert((kBlockThreads & (kBlockThreads - 1)) == 0, "a power of two: the map swaps bits");
+  const int tid = static_cast<int>(threadIdx.x);
+  const int first = (kBlockThreads >= 256 && (total & (kBlockThreads - 1)) == 0)
+                        ? ((tid & ~0xFC) | (((tid >> 5) & 7) << 2) | (((tid >> 2) & 7) << 5))
+                        : tid;
   LWVD_NO_UNROLL
-  for (int i = static_cast<int>(threadIdx.x); i < total; i += kBlockThreads) {
-    [[maybe_unused]] const int trip = (i - static_cast<int>(threadIdx.x)) / kBlockThreads;  // profile key
+  for (int i = first; i < total; i += kBlockThreads) {
+    [[maybe_unused]] const int trip = (i - first) / kBlockThreads;  // profile key
     LWVD_PROF_TRIP("lag.entry", trip);
     const int c = i >> log2n;
     const int j = i & (n - 1);
@@ -385,72 +398,108 @@ struct SmoothArgs {
   int64_t terms_cap, rows_cap;
 };
 
-// The terms of one (filter, frame) pair over rows [n_a, n_b] of a pass from the filter's stencil table
-// (PrepareArgs, stencil_table_block): the rows' terms are entries [e_lo, e_hi) of the table, in the
-// order (d, k), and each warp trip takes 32 consecutive entries: no scan, no search, no bin_range, no
-// exp. Each lane adds W * E (forward) or the moment terms of W * E to its own `acc`; the caller doubles
-// the sums (W = 2 Re/Im X: scaling by 2 is exact, so the sums are bitwise those of the 2x terms).
-// One term of smooth_pair_table: entry ge of the table (32-bit index into the whole table).
+// One term of smooth_pair_table: the table entry's packed index idx = (d + R_f) << kStencilKBits | k
+// and weight E (and, for the moments, its c), read by the caller. The pass row of the entry is
+// r = row_base + d + R_f, its W the re (r even) or im (r odd) half of complex element (r >> 1) * n + k.
+// With S = log2 sizeof(scalar_t): u = (row_base << S) + (idx >> (kStencilKBits - S)) is r << S plus
+// k's top S bits (below bit S: no carry), so u & sizeof(scalar_t) is the half's byte offset and
+// u >> (S + 1) is r >> 1; one shift-add for r, no parity test and select.
 template <typename scalar_t, bool kMoments, int kAcc>
-__device__ __forceinline__ void smooth_table_term(scalar_t (&acc)[kAcc], const scalar_t* __restrict__ te,
-                                                  const scalar_t* __restrict__ tc, const int* __restrict__ ti,
-                                                  unsigned ge, const cplx<scalar_t>* rows, int log2n, int row_base,
-                                                  scalar_t inv_sigma_t, int radius) {
+__device__ __forceinline__ void smooth_table_term(scalar_t (&acc)[kAcc], int idx, scalar_t E,
+                                                  [[maybe_unused]] scalar_t qc, const cplx<scalar_t>* rows, int n,
+                                                  int row_base_s, [[maybe_unused]] scalar_t inv_sigma_t,
+                                                  [[maybe_unused]] int radius) {
   constexpr int kMask = (1 << config::kStencilKBits) - 1;
-  const int idx = ti[ge];
-  const scalar_t E = te[ge];
-  const int dr = idx >> config::kStencilKBits;  // d + R_f
-  const int r = row_base + dr;                  // row within the pass
-  const cplx<scalar_t>* x = rows + ((r >> 1) << log2n) + (idx & kMask);
-  const scalar_t w = (r & 1) != 0 ? x->im : x->re;
+  constexpr int kS = sizeof(scalar_t) == 8 ? 3 : 2;
+  static_assert(sizeof(scalar_t) == (1u << kS), "float or double");
+  const int u = row_base_s + (idx >> (config::kStencilKBits - kS));  // (r << S) | k >> (13 - S)
+  const int elem = (u >> (kS + 1)) * n + (idx & kMask);              // complex element (r >> 1) * n + k
+  const scalar_t w = *reinterpret_cast<const scalar_t*>(reinterpret_cast<const char*>(rows + elem) +
+                                                          (u & static_cast<int>(sizeof(scalar_t))));
   const scalar_t we = w * E;
   if constexpr (kMoments) {
+    const int dr = idx >> config::kStencilKBits;                                  // d + R_f
     const scalar_t qa = mul_rn(static_cast<scalar_t>(dr - radius), inv_sigma_t);  // quad_form's a
-    add_moment_term(acc, we, qa, tc[ge]);
+    add_moment_term(acc, we, qa, qc);
   } else {
     acc[0] += we;
   }
 }
 
-// The profile marks of one term (the emulator's counters; nothing under nvcc).
-#define LWVD_PROF_TABLE_TERM(trip)                                                                        \
+// The profile marks of the lane's entry at offset o of its pair (chunk j of 32 entries; the
+// emulator's counters, nothing under nvcc).
+#define LWVD_PROF_TABLE_TERM(o, j)                                                                        \
   do {                                                                                                    \
-    LWVD_PROF_GMEM("smooth.tidx", &ti[ge], ftrip, tt, trip);                                              \
-    LWVD_PROF_GMEM("smooth.te", &te[ge], ftrip, tt, trip);                                                \
+    LWVD_PROF_GMEM("smooth.tidx", &tip[o], ftrip, tt, j);                                                 \
+    LWVD_PROF_GMEM("smooth.te", &tep[o], ftrip, tt, j);                                                   \
     LWVD_PROF_SMEM("smooth.tldw",                                                                         \
-                   rows + (((row_base + (ti[ge] >> config::kStencilKBits)) >> 1) << log2n) +              \
-                       (ti[ge] & ((1 << config::kStencilKBits) - 1)),                                     \
-                   ftrip, tt, trip);                                                                      \
-    if constexpr (kMoments) LWVD_PROF_GMEM("smooth.tc", &tc[ge], ftrip, tt, trip);                        \
+                   rows + (((row_base + (tip[o] >> config::kStencilKBits)) >> 1) << log2n) +              \
+                       (tip[o] & ((1 << config::kStencilKBits) - 1)),                                     \
+                   ftrip, tt, j);                                                                         \
+    if constexpr (kMoments) LWVD_PROF_GMEM("smooth.tc", &tcp[o], ftrip, tt, j);                           \
   } while (0)
 
 // The terms of one (filter, frame) pair over rows [n_a, n_b] of a pass from the filter's stencil table
 // (PrepareArgs, stencil_table_block): the rows' terms are entries [e_lo, e_hi) of the table, in the
-// order (d, k), and each warp trip takes 32 consecutive entries: no scan, no search, no bin_range, no
-// exp; the full trips run without a bounds test, the last (partial) one with it. Each lane adds W * E
-// (forward) or the moment terms of W * E to its own `acc`; the caller doubles the sums (W = 2 Re/Im X:
-// scaling by 2 is exact, so the sums are bitwise those of the 2x terms). Entry indices are 32-bit into
-// the whole table (F * terms_cap < 2^31, launch_config.h): one wide multiply-add per address.
+// order (d, k), read in chunks of 32 consecutive entries (one per lane: coalesced): no scan, no search,
+// no bin_range, no exp. The warp trips take two chunks each (lane L: entries e_lo + 64 i + L and
+// + 32; the loop's counter, test and branch and the address arithmetic shared by the two), then one
+// single full chunk when their number is odd, both without a bounds test, and the last (partial)
+// chunk with it. The lane's pointers into the table are formed once per pair, before the trips. Each
+// lane adds W * E (forward) or the moment terms of W * E to its own `acc`, entry after entry (the
+// same order in the forward and the moments kernel: K is bitwise equal); the caller doubles the sums
+// (W = 2 Re/Im X: scaling by 2 is exact, so the sums are bitwise those of the 2x terms). Entry indices
+// are 32-bit into the whole table (F * terms_cap < 2^31, launch_config.h). n = n_fft from the
+// arguments, not 1 << log2n: a multiply-add forms (r >> 1) * n + k (a shift and an add otherwise).
 template <typename scalar_t, bool kMoments, int kAcc>
 __device__ __forceinline__ void smooth_pair_table(scalar_t (&acc)[kAcc], const scalar_t* __restrict__ te,
                                                   const scalar_t* __restrict__ tc, const int* __restrict__ ti,
                                                   unsigned toff, int e_lo, int e_hi, const cplx<scalar_t>* rows,
-                                                  int log2n, int row_base, scalar_t inv_sigma_t, int radius,
+                                                  [[maybe_unused]] int log2n, int n, int row_base,
+                                                  scalar_t inv_sigma_t, int radius,
                                                   int lane, [[maybe_unused]] int ftrip, [[maybe_unused]] int tt) {
   const unsigned g0 = toff + static_cast<unsigned>(e_lo + lane);
-  const int full = (e_hi - e_lo) / kWarpSize;  // trips with 32 terms
+  const int row_base_s = row_base * static_cast<int>(sizeof(scalar_t));  // smooth_table_term's u
+  const int cnt = e_hi - e_lo;
+  const int full = cnt / kWarpSize;  // chunks of 32 entries
+  const unsigned g_end = g0 + static_cast<unsigned>((full >> 1) * (2 * kWarpSize));  // after the trips of two
   LWVD_NO_UNROLL  // rolled: one trip is what the profile's SASS weight counts
-  for (int i = 0; i < full; ++i) {
+  for (unsigned ge = g0; ge < g_end; ge += 2 * kWarpSize) {
+    [[maybe_unused]] const int i = static_cast<int>((ge - g0) / (2 * kWarpSize));  // profile key
     LWVD_PROF_TRIP("smooth.tterm", ftrip, tt, i);
-    const unsigned ge = g0 + static_cast<unsigned>(i * kWarpSize);
-    LWVD_PROF_TABLE_TERM(i);
-    smooth_table_term<scalar_t, kMoments>(acc, te, tc, ti, ge, rows, log2n, row_base, inv_sigma_t, radius);
+    const int* __restrict__ tip = ti + ge;  // one wide address per table and trip, + 32 entries as an offset
+    const scalar_t* __restrict__ tep = te + ge;
+    [[maybe_unused]] const scalar_t* __restrict__ tcp = tc + ge;
+    LWVD_PROF_TABLE_TERM(0, 2 * i);
+    LWVD_PROF_TABLE_TERM(kWarpSize, 2 * i + 1);
+    const int idx0 = tip[0], idx1 = tip[kWarpSize];
+    const scalar_t e0 = tep[0], e1 = tep[kWarpSize];
+    scalar_t c0 = 0, c1 = 0;
+    if constexpr (kMoments) {
+      c0 = tcp[0];
+      c1 = tcp[kWarpSize];
+    }
+    smooth_table_term<scalar_t, kMoments>(acc, idx0, e0, c0, rows, n, row_base_s, inv_sigma_t, radius);
+    smooth_table_term<scalar_t, kMoments>(acc, idx1, e1, c1, rows, n, row_base_s, inv_sigma_t, radius);
   }
-  if (e_lo + full * kWarpSize + lane < e_hi) {
+  if (full & 1) {  // the single chunk
+    LWVD_PROF_TRIP("smooth.tterm1", ftrip, tt);
+    const int* __restrict__ tip = ti + g_end;
+    const scalar_t* __restrict__ tep = te + g_end;
+    [[maybe_unused]] const scalar_t* __restrict__ tcp = tc + g_end;
+    LWVD_PROF_TABLE_TERM(0, full - 1);
+    const scalar_t c0 = kMoments ? tcp[0] : scalar_t(0);
+    smooth_table_term<scalar_t, kMoments>(acc, tip[0], tep[0], c0, rows, n, row_base_s, inv_sigma_t, radius);
+  }
+  if (full * kWarpSize + lane < cnt) {  // the partial chunk
     LWVD_PROF_TRIP("smooth.ttail", ftrip, tt);
     const unsigned ge = g0 + static_cast<unsigned>(full * kWarpSize);
-    LWVD_PROF_TABLE_TERM(full);
-    smooth_table_term<scalar_t, kMoments>(acc, te, tc, ti, ge, rows, log2n, row_base, inv_sigma_t, radius);
+    const int* __restrict__ tip = ti + ge;
+    const scalar_t* __restrict__ tep = te + ge;
+    [[maybe_unused]] const scalar_t* __restrict__ tcp = tc + ge;
+    LWVD_PROF_TABLE_TERM(0, full);
+    const scalar_t c0 = kMoments ? tcp[0] : scalar_t(0);
+    smooth_table_term<scalar_t, kMoments>(acc, tip[0], tep[0], c0, rows, n, row_base_s, inv_sigma_t, radius);
   }
 }
 #undef LWVD_PROF_TABLE_TERM
@@ -557,7 +606,7 @@ __global__ void __launch_bounds__(config::kThreads, 2) lwvd_smooth_kernel(const 
           for (int i = 0; i < kAcc; ++i) acc[i] = 0;
           smooth_pair_table<scalar_t, kMoments>(acc, a.tab_e, a.tab_c, a.tab_idx,
                                                 static_cast<unsigned>(f) * static_cast<unsigned>(a.terms_cap),
-                                                e_lo, e_hi, rows, a.log2_fft,
+                                                e_lo, e_hi, rows, a.log2_fft, static_cast<int>(a.n_fft),
                                                 c - d_radius - r0i, g.inv_sigma_t, d_radius, lane, ftrip, tt);
           for (int i = 0; i < kAcc; ++i) acc[i] = scalar_t(2) * acc[i];  // W = 2 Re/Im X (exact)
         } else {

@@ -193,7 +193,7 @@ void smooth(Launcher& L, const Prepared<scalar_t>& pr, const scalar_t* z, const 
   a.frames_per_block = config::frames_per_block(n_fft, hop, batch, a.n_frames);
   a.tiles_per_item = ceil_div(a.n_frames, a.frames_per_block);
   a.log2_fft = ilog2(n_fft);
-  a.complex_rows = config::complex_rows_per_pass(n_fft, sizeof(scalar_t));
+  a.complex_rows = config::smooth_complex_rows_per_pass(n_fft, sizeof(scalar_t));  // grad_z: its own
   a.trunc2 = pr.trunc2;
   a.inv_two_m = 1.0 / (2.0 * static_cast<double>(n_fft));
   a.tab_rows = pr.tab_rows;
