@@ -90,11 +90,11 @@ def _busiest(cfg, blocks, threads=None):
 
 
 def frames_per_block(cfg, n_fft, hop, batch, frames):
-    """launch_config.h frames_per_block: minimise ceil(blocks / SMs) x (TT*hop + n_fft)."""
+    """launch_config.h frames_per_block: minimise busiest_sm_blocks(blocks of kSmoothThreads) x (TT*hop + n_fft)."""
     top = max(min(-(-4 * n_fft // hop), cfg["max_frames_per_block"]), 1)
     best, best_cost = 1, None
     for tt in range(1, top + 1):
-        cost = _busiest(cfg, batch * -(-frames // tt)) * (tt * hop + n_fft)
+        cost = _busiest(cfg, batch * -(-frames // tt), cfg["smooth_threads"]) * (tt * hop + n_fft)
         if best_cost is None or cost < best_cost:
             best, best_cost = tt, cost
     return best
@@ -436,7 +436,7 @@ def _lag_groups(i, total, threads):
 
 
 def _lag_store_counts(p: Problem, cfg, cr, esize_c):
-    n, threads = p.n_fft, cfg["threads"]
+    n, threads = p.n_fft, cfg["smooth_threads"]
     log2n = n.bit_length() - 1
     i = np.arange(cr * n)
     group = _lag_groups(i, cr * n, threads)
@@ -447,7 +447,7 @@ def _lag_store_counts(p: Problem, cfg, cr, esize_c):
 
 def _lag_gmem(p: Problem, cfg, cr, esize_c, b, passes_r0):
     """lag.zp / lag.zq warp trips, lanes, sectors for the passes starting at rows passes_r0."""
-    n, threads, N = p.n_fft, cfg["threads"], p.n_samples
+    n, threads, N = p.n_fft, cfg["smooth_threads"], p.n_samples
     log2n = n.bit_length() - 1
     i = np.arange(cr * n)
     c, j = i >> log2n, i & (n - 1)
@@ -493,7 +493,7 @@ def smooth_counts(p: Problem, cfg, geom: Geometry, moments: bool, keep: bool = F
     kacc = 6 if moments else 1
     sites = _counts()
     barriers = exchanges = 0
-    fft_sites, fft_bars = _fft_pass_counts(p, cfg, cr, esize_c)
+    fft_sites, fft_bars = _fft_pass_counts(p, cfg, cr, esize_c, cfg["smooth_threads"])
     ls_trips, ls_lanes, ls_wf = _lag_store_counts(p, cfg, cr, esize_c)
     memo = _SMOOTH_MEMO.setdefault((p, tuple(sorted(cfg.items()))), {})
     cap = 2 * (R + n + rp * 2 + tt * hop)
@@ -531,7 +531,7 @@ def smooth_counts(p: Problem, cfg, geom: Geometry, moments: bool, keep: bool = F
             barriers += npasses * (fft_bars + 2)
             exchanges += texch
     kernel = "fwd_moments" if keep else ("moments" if moments else "smooth")
-    return dict(kernel=kernel, blocks=p.batch * tiles, threads=cfg["threads"],
+    return dict(kernel=kernel, blocks=p.batch * tiles, threads=cfg["smooth_threads"],
                 smem=cr * n * esize_c, block_barriers=barriers, warp_exchanges=exchanges, sites=sites,
                 passes_per_block=None)
 
@@ -578,7 +578,7 @@ def _pair_terms(p: Problem, geom: Geometry, f_idx, c, n_a, n_b, r0, esize_c, wor
 
 
 def _smooth_tile(p, cfg, geom, b, t0, t_last, row_lo, row_hi, rp, tt, cr, esize_c, kacc, lag_store):
-    threads = cfg["threads"]
+    threads = cfg["smooth_threads"]
     nwarps = threads // WARP
     F, hop = p.f, p.hop
     words_c = esize_c // 4
@@ -598,11 +598,11 @@ def _smooth_tile(p, cfg, geom, b, t0, t_last, row_lo, row_hi, rp, tt, cr, esize_
     zp, sec_q = _lag_gmem(p, cfg, cr, esize_c, b, r0s)
     _add(sites, "lag.zp", zp[0], zp[1], 0, zp[2])
     _add(sites, "lag.zq", zp[0], zp[1], 0, sec_q)
-    # filters (one warp trip each per pass), then their frames in the tile (the loop stops at the last
-    # frame); pairs with no row of the pass in reach stop right after their trip
+    # filters (one warp trip each per pass), then the frames of the tile whose reach meets the pass
+    # rows (a per-filter range: c + R_f >= r0 and c - R_f <= pass_hi); a pair of that range with no
+    # row (only when the pass has none) stops right after its trip
     ntt = min(tt, p.frames - t0)
     _add(sites, "smooth.filter", F, F * WARP, times=npasses)
-    _add(sites, "smooth.pair", F * ntt, F * ntt * WARP, times=npasses)
     f_idx = np.repeat(np.arange(F), ntt)
     t = t0 + np.tile(np.arange(ntt), F)
     c = t * hop
@@ -612,6 +612,8 @@ def _smooth_tile(p, cfg, geom, b, t0, t_last, row_lo, row_hi, rp, tt, cr, esize_
     fwork = 0      # (filter, pass) with a pair with rows (moments: one warp_sum of the G-weighted sums)
     for r0 in r0s:
         pass_hi = min(row_hi, r0 + rp - 1)
+        in_range = int(((c + dr >= r0) & (c - dr <= pass_hi)).sum())
+        _add(sites, "smooth.pair", in_range, in_range * WARP)
         n_a = np.maximum(r0, c - dr)
         n_b = np.minimum(pass_hi, c + dr)
         has = n_b >= n_a

@@ -50,7 +50,7 @@ int main() {
       const int cr = std::strcmp(kind, "grad") == 0 ? lwvd::config::complex_rows_per_pass(n_fft, scalar_bytes)
                                                      : lwvd::config::smooth_complex_rows_per_pass(n_fft, scalar_bytes);
       dyn = lwvd::config::rows_smem_bytes(cr, n_fft, scalar_bytes);
-      if (std::strcmp(kind, "grad") == 0) threads = lwvd::config::kGradThreads;
+      threads = std::strcmp(kind, "grad") == 0 ? lwvd::config::kGradThreads : lwvd::config::kSmoothThreads;
     } else if (std::strcmp(kind, "prep") == 0) {
       threads = lwvd::config::kPrepThreads;
     } else {

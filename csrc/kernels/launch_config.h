@@ -18,6 +18,16 @@ namespace config {
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
 
+// Threads per block of the smoothing kernels (forward, moments, the training forward): 16 warps. A
+// block builds the lag rows of its TT frames plus a halo of ~n_fft rows; twice the warps per block
+// with twice the frames (configuration S: TT = 4, 104 blocks of 512 threads, one per SM, instead of
+// TT = 2, 204 blocks of 256, two on the busiest SM) builds 1018 rows per 4 frames instead of 2 x 698:
+// lag rows and FFTs 27 % fewer per frame (frames_per_block below; the per-(filter, frame) tests
+// became a per-filter frame range per pass, lwvd_fwd.cuh). A multiple of 256 (build_lag_rows' map).
+constexpr int kSmoothThreads = 512;
+constexpr int kSmoothWarps = kSmoothThreads / 32;
+static_assert(kSmoothThreads % 256 == 0, "build_lag_rows' thread map permutes [0, 256)");
+
 // One block prepares the per-filter geometry, the FFT twiddles and the largest time radius. F and
 // n_fft/2 are at most a few thousand: one block is enough and lets the max-radius reduction run in
 // shared memory without atomics.
@@ -105,8 +115,9 @@ inline int64_t busiest_sm_blocks(int64_t blocks, int64_t threads = kThreads) {
 // Frames per block TT of the forward / moments kernel: a block builds the rows of its frames plus a
 // halo of the largest filter radius R on each side, TT*hop + 2R rows; R is only known on the device
 // and filters that resolve bins have R up to about n_fft/2, so the rule takes 2R = n_fft. Candidates
-// TT = 1 .. min(64, ceil(4 n_fft / hop)); ties go to the smaller TT. At configuration S (B=4, T=101,
-// n_fft=512, hop=160): TT = 2, 204 blocks (at most 2 per SM).
+// TT = 1 .. min(64, ceil(4 n_fft / hop)); ties go to the smaller TT. Blocks have kSmoothThreads
+// (16 warps: one per SM is enough, kMinBlocksPerSm). At configuration S (B=4, T=101, n_fft=512,
+// hop=160): TT = 4, 104 blocks, one per SM (cost 1 x 1152 against 2 x 832 for TT = 2, 204 blocks).
 constexpr int64_t kMaxFramesPerBlock = 64;
 inline int64_t frames_per_block(int64_t n_fft, int64_t hop, int64_t batch, int64_t frames) {
   int64_t top = (4 * n_fft + hop - 1) / hop;
@@ -116,7 +127,7 @@ inline int64_t frames_per_block(int64_t n_fft, int64_t hop, int64_t batch, int64
   int64_t best_cost = -1;
   for (int64_t tt = 1; tt <= top; ++tt) {
     const int64_t blocks = batch * ((frames + tt - 1) / tt);
-    const int64_t cost = busiest_sm_blocks(blocks) * (tt * hop + n_fft);
+    const int64_t cost = busiest_sm_blocks(blocks, kSmoothThreads) * (tt * hop + n_fft);
     if (best_cost < 0 || cost < best_cost) { best = tt; best_cost = cost; }
   }
   return best;

@@ -14,7 +14,7 @@
 // largest filter radius) in passes of 2*CR rows. A pass builds CR complex lag rows
 // r_a[m] + i r_b[m] (two Hermitian rows per complex row) in shared memory, bit-reversed, FFTs them
 // (fft.cuh) and so holds W[a, k] = 2 Re X[k], W[b, k] = 2 Im X[k]. Then warp w takes filters
-// w, w + 8, ... and their frames in the tile, (filter, frame) pairs, and sums W * exp(-q/2) over the
+// w, w + 16, ... and their frames in the tile that reach the pass, (filter, frame) pairs, and sums W * exp(-q/2) over the
 // pair's ellipse rows in the pass with the lanes over (row, bin) (smooth_pair_rows: a warp scan of
 // the rows' bin counts, 32 consecutive terms per warp trip). The warp's sum is reduced by shuffles
 // in a fixed order and added by lane 0 to the pair's output (forward) or, G-weighted, to the
@@ -238,13 +238,44 @@ __global__ void __launch_bounds__(config::kPrepThreads) lwvd_prepare_kernel(cons
 // ---------------------------------------------------------------------------------------------
 // Building one pass of lag rows (shared by the forward and the moments kernel).
 
+// The pointer itself, hidden from the optimiser (nvcc only; the identity in the emulator): keeps a
+// per-block base pointer in registers instead of letting the compiler fold it into every access as
+// 64-bit base + (b * N + p) * 8 arithmetic, recomputed per trip.
+template <typename T>
+__device__ __forceinline__ const T* opaque_ptr(const T* p) {
+#if defined(__CUDA_ARCH__)
+  asm("" : "+l"(p));
+#endif
+  return p;
+}
+
+// A read-only load of one z element (ld.global.nc, as the compiler emits for zb[p] when it can see
+// that zb is global and unwritten; through opaque_ptr it cannot).
+__device__ __forceinline__ cplx<float> load_ro(const cplx<float>* p) {
+#if defined(__CUDA_ARCH__)
+  const float2 v = __ldg(reinterpret_cast<const float2*>(p));
+  return cplx<float>{v.x, v.y};
+#else
+  return *p;
+#endif
+}
+__device__ __forceinline__ cplx<double> load_ro(const cplx<double>* p) {
+#if defined(__CUDA_ARCH__)
+  const double2 v = __ldg(reinterpret_cast<const double2*>(p));
+  return cplx<double>{v.x, v.y};
+#else
+  return *p;
+#endif
+}
+
 // rows[c] (c < complex_rows) receives, bit-reversed, the lag row of samples a = r0 + 2c and b = a+1:
 //   x[m mod M] = r_a[m] + i r_b[m],  r_n[m] = z[n+m] conj(z[n-m]),  |m| <= M/2 - 1, x[M/2] = 0,
 // with z = 0 outside [0, N). Its DFT is R_a + i R_b with R_a, R_b real (Hermitian rows).
 template <int kBlockThreads, typename scalar_t>
 __device__ __forceinline__ void build_lag_rows(cplx<scalar_t>* rows, int complex_rows, int log2n,
-                                               const cplx<scalar_t>* __restrict__ zb, int64_t n_samples,
+                                               const cplx<scalar_t>* __restrict__ zb_in, int64_t n_samples,
                                                int64_t r0) {
+  const cplx<scalar_t>* __restrict__ zb = opaque_ptr(zb_in);
   const int n = 1 << log2n;
   const int total = complex_rows * n;
   // Sample indices in 32 bits: the plan bounds N (and so every row and lag index) below 2^31
@@ -273,20 +304,25 @@ __device__ __forceinline__ void build_lag_rows(cplx<scalar_t>* rows, int complex
     const int m = j < n / 2 ? j : j - n;  // j == n/2 is the unused lag M/2
     scalar_t re = 0, im = 0;
     if (j != n / 2) {
-      const int sa = r0i + 2 * c;
-      for (int h = 0; h < 2; ++h) {
-        const int s = sa + h;
-        const int p = s + m, q = s - m;
-        scalar_t pr = 0, pi = 0;
-        if (static_cast<unsigned>(p) < n_s && static_cast<unsigned>(q) < n_s) {
-          LWVD_PROF_GMEM("lag.zp", &zb[p], trip, h);
-          LWVD_PROF_GMEM("lag.zq", &zb[q], trip, h);
-          const cplx<scalar_t> zp = zb[p], zq = zb[q];
-          pr = zp.re * zq.re + zp.im * zq.im;  // z[p] * conj(z[q])
-          pi = zp.im * zq.re - zp.re * zq.im;
-        }
-        if (h == 0) { re += pr; im += pi; }   // + r_a
-        else { re -= pi; im += pr; }          // + i * r_b
+      // r_a = z[p] conj(z[q]) (h = 0), r_b = z[p + 1] conj(z[q + 1]) (h = 1); x = r_a + i r_b. The
+      // unsigned compares test 0 <= p < N in one instruction (p + 1 wraps correctly from p = -1); the
+      // addresses use the signed indices (z[p + 1] is z[p]'s address + one element).
+      const int s = r0i + 2 * c;
+      const int p = s + m, q = s - m;
+      const unsigned up = static_cast<unsigned>(p), uq = static_cast<unsigned>(q);
+      if (up < n_s && uq < n_s) {
+        LWVD_PROF_GMEM("lag.zp", &zb[p], trip, 0);
+        LWVD_PROF_GMEM("lag.zq", &zb[q], trip, 0);
+        const cplx<scalar_t> zp = load_ro(zb + p), zq = load_ro(zb + q);
+        re = zp.re * zq.re + zp.im * zq.im;  // z[p] * conj(z[q])
+        im = zp.im * zq.re - zp.re * zq.im;
+      }
+      if (up + 1 < n_s && uq + 1 < n_s) {
+        LWVD_PROF_GMEM("lag.zp", &zb[p + 1], trip, 1);
+        LWVD_PROF_GMEM("lag.zq", &zb[q + 1], trip, 1);
+        const cplx<scalar_t> zp = load_ro(zb + p + 1), zq = load_ro(zb + q + 1);
+        re -= zp.im * zq.re - zp.re * zq.im;  // + i * r_b
+        im += zp.re * zq.re + zp.im * zq.im;
       }
     }
     LWVD_PROF_SMEM("lag.store", &rows[c * n + bit_reverse(j, log2n)], trip);
@@ -375,6 +411,22 @@ __device__ __forceinline__ void smooth_pair_rows(scalar_t (&acc)[kAcc], const Fi
 // ---------------------------------------------------------------------------------------------
 // Forward (kMoments = false) and backward moments (kMoments = true).
 
+// The number of frames tt in [0, tt_n) with tt * hop <= x: 0 for x < 0, else min(tt_n, floor(x / hop)
+// + 1). The quotient matters only up to tt_n <= 64, so x is clamped to tt_n * hop (< 2^31, the plan
+// checks TT * hop) first: then a float estimate x * (1 / hop) is within one of floor(x / hop)
+// (relative error < 2^-22 on a quotient <= 64) and one integer correction each way makes it exact
+// (products <= 65 hop < 2^32 unsigned). No integer division (about 25 instructions each).
+__device__ __forceinline__ int frames_below(int x, unsigned hop, float inv_hop, int tt_n) {
+  if (x < 0) return 0;
+  const unsigned cap = static_cast<unsigned>(tt_n) * hop;
+  const unsigned xc = static_cast<unsigned>(x) < cap ? static_cast<unsigned>(x) : cap;
+  unsigned q = static_cast<unsigned>(static_cast<float>(xc) * inv_hop);
+  if (q * hop > xc) --q;
+  else if ((q + 1) * hop <= xc) ++q;
+  const int k = static_cast<int>(q) + 1;
+  return k < tt_n ? k : tt_n;
+}
+
 template <typename scalar_t>
 struct SmoothArgs {
   const cplx<scalar_t>* z;                   // (B, N)
@@ -391,6 +443,7 @@ struct SmoothArgs {
   int complex_rows;                          // CR: a pass covers 2*CR rows
   double trunc2;
   double inv_two_m;                          // 1 / (2 n_fft), exact (power of two), set on the host
+  double inv_hop;                            // 1 / hop (frames_below's estimate), set on the host
   const int* tab_rows;                       // stencil tables of the prepare launch (PrepareArgs)
   const scalar_t* tab_e;
   const scalar_t* tab_c;
@@ -504,18 +557,19 @@ __device__ __forceinline__ void smooth_pair_table(scalar_t (&acc)[kAcc], const s
 }
 #undef LWVD_PROF_TABLE_TERM
 
-// Min 2 blocks per SM (a 128-register budget): with the 32-bit pair arithmetic ptxas otherwise kept
-// smooth<float> at 48 registers and spilled 4 B on sm_90 around bin_range's slow-path calls of the
-// fallback path (and 8 B in smooth<double, moments> on sm_120 with a min of 3). It now takes 72-98
-// registers: on sm_80 / sm_90, 3 resident blocks per SM in float (4 before on sm_90) and 2 in double
-// (3-4 before); configuration S puts 2 on the busiest SM, and sm_86/89/120 hold 2 by shared memory.
+// kSmoothThreads = 512 threads, min 1 block per SM: a 128-register budget, as the former
+// (256 threads, min 2) that keeps ptxas from the 48-register allocation which spilled 4 B on sm_90
+// around bin_range's slow-path calls of the fallback path (and 8 B in smooth<double, moments> on sm_120
+// with a min of 3). 72-98 registers (tools/resource_report.py): one 512-thread block per SM on sm_80 /
+// sm_90 (registers; configuration S has 104 blocks, one per SM anyway) and on sm_86/89/120 (80 KiB of
+// rows, 100 KiB per SM).
 //
 // kKeep (with kMoments; lwvd_fwd_moments, the training forward): K as the forward writes it (from the
 // moments' S0, summed in the forward's order: bitwise the forward's K) and the six moments of every
 // (item, filter, frame) in float64 to frame_moments, for lwvd_bwd_moments (one pass over the W rows
 // per training step instead of two).
 template <typename scalar_t, bool kMoments, bool kKeep = false>
-__global__ void __launch_bounds__(config::kThreads, 2) lwvd_smooth_kernel(const SmoothArgs<scalar_t> a) {
+__global__ void __launch_bounds__(config::kSmoothThreads, 1) lwvd_smooth_kernel(const SmoothArgs<scalar_t> a) {
   static_assert(kMoments || !kKeep, "kKeep keeps the moments: it needs kMoments");
   LWVD_DYNAMIC_SMEM(cplx<scalar_t>, rows);
   constexpr int kAcc = kMoments ? config::kMoments : 1;
@@ -530,6 +584,9 @@ __global__ void __launch_bounds__(config::kThreads, 2) lwvd_smooth_kernel(const 
   const int64_t t_last = imin(a.n_frames - 1, t0 + tt_count - 1);
   const int t0i = static_cast<int>(t0), tt_n = static_cast<int>(t_last - t0) + 1;  // frames of the tile
   const int hop = static_cast<int>(a.hop);
+  const unsigned uhop = static_cast<unsigned>(hop);
+  const float inv_hop = static_cast<float>(a.inv_hop);
+  const int c0 = t0i * hop;  // the tile's first frame centre
   if (*a.invalid) {  // invalid parameters: this block's outputs are NaN (block-uniform: no barrier is skipped)
     if (kGrad) {
       const int64_t o = static_cast<int64_t>(blockIdx.x) * a.n_filters * kAcc;
@@ -551,7 +608,7 @@ __global__ void __launch_bounds__(config::kThreads, 2) lwvd_smooth_kernel(const 
   const int n = 1 << a.log2_fft;
   const int warp = static_cast<int>(threadIdx.x) / kWarpSize;
   const int lane = static_cast<int>(threadIdx.x) % kWarpSize;
-  const int nwarps = config::kWarps;  // blockDim.x == config::kThreads (the plan launches that)
+  const int nwarps = config::kSmoothWarps;  // blockDim.x == config::kSmoothThreads (the plan launches that)
   const scalar_t trunc2 = static_cast<scalar_t>(a.trunc2);
   // bin_frequency(k) = k / (2M); 2M is a power of two, so k * (1 / 2M) is the same number, bit for
   // bit, without a division in the innermost loop.
@@ -567,9 +624,9 @@ __global__ void __launch_bounds__(config::kThreads, 2) lwvd_smooth_kernel(const 
     const bool last = r0 + rows_per_pass > row_hi;
     const int64_t pass_hi = imin(row_hi, r0 + rows_per_pass - 1);
     const int r0i = static_cast<int>(r0), phi = static_cast<int>(pass_hi);
-    build_lag_rows<config::kThreads>(rows, a.complex_rows, a.log2_fft, zb, a.n_samples, r0);
+    build_lag_rows<config::kSmoothThreads>(rows, a.complex_rows, a.log2_fft, zb, a.n_samples, r0);
     __syncthreads();
-    block_fft_rows<config::kThreads>(rows, a.complex_rows, a.log2_fft, a.twiddles);  // ends with __syncthreads
+    block_fft_rows<config::kSmoothThreads>(rows, a.complex_rows, a.log2_fft, a.twiddles);  // ends with __syncthreads
 
     // Pairs (f, tt): warp w takes the filters f = w, w + nwarps, ... and each of their frames in the
     // tile, so one warp sees all of a filter's frames (the backward sums them, G-weighted, in
@@ -585,7 +642,13 @@ __global__ void __launch_bounds__(config::kThreads, 2) lwvd_smooth_kernel(const 
       scalar_t gacc[kAcc];
       for (int i = 0; i < kAcc; ++i) gacc[i] = 0;
       bool any_rows = false;  // warp-uniform: a pair of this filter had rows in this pass
-      for (int tt = 0; tt < tt_n; ++tt) {
+      // The frames whose reach [c - R_f, c + R_f] meets the pass rows [r0, phi] (c = (t0 + tt) hop):
+      // c + R_f >= r0 and c - R_f <= phi, a range [tt_lo, tt_end) computed per filter and pass
+      // (frames_in_reach) instead of a test per frame of the tile. (The pair's own test below stays:
+      // with no row in the pass at all, phi < r0, it skips.)
+      const int tt_lo = frames_below(r0i - d_radius - c0 - 1, uhop, inv_hop, tt_n);  // c + R_f < r0
+      const int tt_end = frames_below(phi + d_radius - c0, uhop, inv_hop, tt_n);     // c - R_f <= phi
+      for (int tt = tt_lo; tt < tt_end; ++tt) {
         LWVD_PROF_TRIP("smooth.pair", ftrip, tt);
         // 32-bit: frame centres, rows and c +- R stay below 2^31 (the plan checks
         // TT * hop + 2 * d_limit + 2 n_fft < 2^31)
