@@ -932,7 +932,8 @@ def test_profile_aborts_on_a_mis_keyed_site(builds, tmp_path):
     fft = kdir / "fft.cuh"
     fft.write_text(fft.read_text().replace('LWVD_PROF_TRIP("fft.bfly4", trip);', 'LWVD_PROF_TRIP("fft.bfly4");'))
     exe = builds.get("driver", kernel_dir=kdir, tag="miskeyed")
-    p = Problem(EmuCase(1, 40, 64, 8, 2), torch.float64, tmp_path / "run")  # 2 butterfly trips per stage
+    # n_fft 128: 32 complex rows x 32 radix-4 butterflies = 2 trips per stage of a 512-thread smooth block
+    p = Problem(EmuCase(1, 40, 128, 8, 2), torch.float64, tmp_path / "run")
     proc = p.run(exe, mode="fwd", part="profile plain", env={"LWVD_EMU_PROFILE": "1"})
     assert proc.returncode != 0 and "mis-keyed site" in proc.stderr, proc.stderr[-3000:]
 

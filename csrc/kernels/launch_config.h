@@ -69,16 +69,17 @@ inline int complex_rows_per_pass(int64_t n_fft, std::size_t scalar_bytes) {
   return static_cast<int>(rows);
 }
 
-// The smoothing kernel (forward, moments, the training forward) has a budget of its own: 80 KiB.
-// Its per-(pair, pass) costs (pair tests, table offsets, the partial chunk, warp sums, output
+// The smoothing kernel (forward, moments, the training forward) has a budget of its own: 96 KiB.
+// Its per-(pair, pass) costs (frame ranges, table offsets, the partial chunk, warp sums, output
 // read-modify-writes) are paid once per pass of 2 * CR rows, and a pair of configuration S reaches
-// ~380 rows: 20 complex rows per pass (n_fft = 512, float) instead of 12 cut them by 40 % (cost
-// model at S: forward 0.40 -> 0.37 ms predicted, benchmarks/cost_model.py). Above 48 KiB the launcher
-// opts in (csrc/cuda/lwvd_cuda.cu). Resident blocks per SM (+ 1 KiB the driver reserves per block):
-// sm_90 2 (228 KiB; 3 at 48 KiB, which grids of <= 2 blocks per SM at S do not use), sm_80 2 (164 KiB:
-// 2 x 81 KiB fits, 96 KiB would not), sm_86 / sm_89 / sm_120 1 (100 KiB; 2 at 48 KiB): there one
-// 8-warp block per SM hides latency worse. grad_z keeps complex_rows_per_pass (48 KiB).
-constexpr std::size_t kSmoothRowsSmemBudget = 80 * 1024;
+// ~380 rows: 24 complex rows per pass (n_fft = 512, float) instead of 12 (cost model at S, TT = 4:
+// forward smooth 0.304 ms at 48 KiB, 0.271 at 80 KiB, 0.259 at 96 KiB, 0.252 at 128 KiB predicted;
+// benchmarks/cost_model.py). 96 KiB is the most that every supported part allows per block (opt-in
+// maximum 99 KiB on sm_86 / sm_89 / sm_120); above 48 KiB the launcher opts in (csrc/cuda/lwvd_cuda.cu).
+// Resident blocks per SM (+ 1 KiB the driver reserves): 1 everywhere at n_fft = 512 (sm_80 / sm_90 by
+// registers of the 512-thread block, sm_86/89/120 by shared memory), i.e. 16 warps per SM, as the
+// 2 x 8 warps of the former 256-thread blocks. grad_z keeps complex_rows_per_pass (48 KiB).
+constexpr std::size_t kSmoothRowsSmemBudget = 96 * 1024;
 inline int smooth_complex_rows_per_pass(int64_t n_fft, std::size_t scalar_bytes) {
   const std::size_t row_bytes = static_cast<std::size_t>(n_fft) * 2 * scalar_bytes;
   std::size_t rows = kSmoothRowsSmemBudget / row_bytes;

@@ -561,7 +561,7 @@ __device__ __forceinline__ void smooth_pair_table(scalar_t (&acc)[kAcc], const s
 // (256 threads, min 2) that keeps ptxas from the 48-register allocation which spilled 4 B on sm_90
 // around bin_range's slow-path calls of the fallback path (and 8 B in smooth<double, moments> on sm_120
 // with a min of 3). 72-98 registers (tools/resource_report.py): one 512-thread block per SM on sm_80 /
-// sm_90 (registers; configuration S has 104 blocks, one per SM anyway) and on sm_86/89/120 (80 KiB of
+// sm_90 (registers; configuration S has 104 blocks, one per SM anyway) and on sm_86/89/120 (96 KiB of
 // rows, 100 KiB per SM).
 //
 // kKeep (with kMoments; lwvd_fwd_moments, the training forward): K as the forward writes it (from the
