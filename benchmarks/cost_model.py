@@ -77,7 +77,8 @@ def launch_config(path: str = LAUNCH_CONFIG) -> dict:
             raise ValueError(f"{name} not found in {path}")
         return int(eval(m.group(1).replace("std::size_t", ""), {}))  # e.g. "40 * 1024"
 
-    return dict(threads=const("kThreads"), grad_threads=const("kGradThreads"), rows_smem_budget=const("kRowsSmemBudget"),
+    return dict(threads=const("kThreads"), smooth_threads=const("kSmoothThreads"), grad_threads=const("kGradThreads"), rows_smem_budget=const("kRowsSmemBudget"),
+                smooth_rows_smem_budget=const("kSmoothRowsSmemBudget"),
                 max_complex_rows=const("kMaxComplexRows"), max_frames_per_block=const("kMaxFramesPerBlock"),
                 min_blocks=const("kSms"), min_blocks_per_sm=const("kMinBlocksPerSm"), min_grad_tile=const("kMinGradTile"),
                 prep_threads=const("kPrepThreads"), reduce_threads=const("kReduceThreads"),
@@ -209,7 +210,8 @@ def predict(
                device=device["name"], note=NOTE, counts=counts)
     geom = kc.Geometry(prob)
     s = prob.scalar_bytes
-    out["launch"] = dict(threads=cfg["threads"], complex_rows_per_pass=kc.complex_rows(cfg, n_fft, s),
+    out["launch"] = dict(threads=cfg["smooth_threads"], complex_rows_per_pass=kc.smooth_complex_rows(cfg, n_fft, s),
+                         grad_complex_rows_per_pass=kc.complex_rows(cfg, n_fft, s),
                          frames_per_block=kc.frames_per_block(cfg, n_fft, hop, batch, prob.frames),
                          grad_threads=cfg["grad_threads"], grad_tile=kc.grad_tile(cfg, n_fft, batch, n_samples),
                          max_radius=geom.max_radius)

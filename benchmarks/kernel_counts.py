@@ -71,8 +71,14 @@ def effective_trunc2(truncate, scalar_bytes: int) -> float:
     return float(truncate) ** 2
 
 
-def complex_rows(cfg, n_fft, scalar_bytes):
-    return int(min(max(cfg["rows_smem_budget"] // (n_fft * 2 * scalar_bytes), 1), cfg["max_complex_rows"]))
+def complex_rows(cfg, n_fft, scalar_bytes, budget="rows_smem_budget"):
+    """launch_config.h complex_rows_per_pass (grad_z); budget="smooth_rows_smem_budget":
+    smooth_complex_rows_per_pass (the smoothing kernels)."""
+    return int(min(max(cfg[budget] // (n_fft * 2 * scalar_bytes), 1), cfg["max_complex_rows"]))
+
+
+def smooth_complex_rows(cfg, n_fft, scalar_bytes):
+    return complex_rows(cfg, n_fft, scalar_bytes, "smooth_rows_smem_budget")
 
 
 def _busiest(cfg, blocks, threads=None):
@@ -84,11 +90,11 @@ def _busiest(cfg, blocks, threads=None):
 
 
 def frames_per_block(cfg, n_fft, hop, batch, frames):
-    """launch_config.h frames_per_block: minimise ceil(blocks / SMs) x (TT*hop + n_fft)."""
+    """launch_config.h frames_per_block: minimise busiest_sm_blocks(blocks of kSmoothThreads) x (TT*hop + n_fft)."""
     top = max(min(-(-4 * n_fft // hop), cfg["max_frames_per_block"]), 1)
     best, best_cost = 1, None
     for tt in range(1, top + 1):
-        cost = _busiest(cfg, batch * -(-frames // tt)) * (tt * hop + n_fft)
+        cost = _busiest(cfg, batch * -(-frames // tt), cfg["smooth_threads"]) * (tt * hop + n_fft)
         if best_cost is None or cost < best_cost:
             best, best_cost = tt, cost
     return best
@@ -411,11 +417,29 @@ def _bitrev_pass_counts(p: Problem, cfg, cr, esize_c, threads=None):
     return sites
 
 
+def _lag_thread_map(total, threads):
+    """build_lag_rows' index -> thread map: thread tid takes the entries lag_first(tid) + k * threads,
+    lag_first swapping tid bits {2, 3, 4} with {5, 6, 7} when total is a multiple of threads (>= 256),
+    else the identity. Returns lag_first as an array over tid (an involution)."""
+    tid = np.arange(threads)
+    if threads < 256 or total % threads:
+        return tid
+    lo, hi = (tid >> 2) & 7, (tid >> 5) & 7
+    return (tid & ~np.int64(0xFC)) | (hi << 2) | (lo << 5)
+
+
+def _lag_groups(i, total, threads):
+    """Warp-instruction ids (trip * warps + warp) of the entries i of build_lag_rows."""
+    first = _lag_thread_map(total, threads)
+    tid = first[i % threads]  # the thread that takes entry i (lag_first is an involution)
+    return (i // threads) * (threads // WARP) + tid // WARP
+
+
 def _lag_store_counts(p: Problem, cfg, cr, esize_c):
-    n, threads = p.n_fft, cfg["threads"]
+    n, threads = p.n_fft, cfg["smooth_threads"]
     log2n = n.bit_length() - 1
     i = np.arange(cr * n)
-    group = (i // threads) * (threads // WARP) + (i % threads) // WARP
+    group = _lag_groups(i, cr * n, threads)
     c, j = i >> log2n, i & (n - 1)
     wf = group_smem_wavefronts(group, (c * n + _bitrev(j, log2n)) * esize_c, esize_c)
     return int(group.max()) + 1, len(i), wf
@@ -423,14 +447,14 @@ def _lag_store_counts(p: Problem, cfg, cr, esize_c):
 
 def _lag_gmem(p: Problem, cfg, cr, esize_c, b, passes_r0):
     """lag.zp / lag.zq warp trips, lanes, sectors for the passes starting at rows passes_r0."""
-    n, threads, N = p.n_fft, cfg["threads"], p.n_samples
+    n, threads, N = p.n_fft, cfg["smooth_threads"], p.n_samples
     log2n = n.bit_length() - 1
     i = np.arange(cr * n)
     c, j = i >> log2n, i & (n - 1)
     m = np.where(j < n // 2, j, j - n)
     keep = j != n // 2
     i, c, m = i[keep], c[keep], m[keep]
-    wgroup = (i // threads) * (threads // WARP) + (i % threads) // WARP
+    wgroup = _lag_groups(i, cr * n, threads)
     ngroups = int(((cr * n - 1) // threads + 1) * (threads // WARP))
     out = np.zeros(3, dtype=np.int64)  # trips, lanes, sectors (same for zp and zq trips/lanes)
     sec_q = 0
@@ -461,7 +485,7 @@ def smooth_counts(p: Problem, cfg, geom: Geometry, moments: bool, keep: bool = F
     s_bytes = p.scalar_bytes
     esize_c, words_c = 2 * s_bytes, 2 * s_bytes // 4
     n, hop, N, T, F = p.n_fft, p.hop, p.n_samples, p.frames, p.f
-    cr = complex_rows(cfg, n, s_bytes)
+    cr = smooth_complex_rows(cfg, n, s_bytes)
     rp = 2 * cr
     tt = frames_per_block(cfg, n, hop, p.batch, T)
     tiles = -(-T // tt)
@@ -469,7 +493,7 @@ def smooth_counts(p: Problem, cfg, geom: Geometry, moments: bool, keep: bool = F
     kacc = 6 if moments else 1
     sites = _counts()
     barriers = exchanges = 0
-    fft_sites, fft_bars = _fft_pass_counts(p, cfg, cr, esize_c)
+    fft_sites, fft_bars = _fft_pass_counts(p, cfg, cr, esize_c, cfg["smooth_threads"])
     ls_trips, ls_lanes, ls_wf = _lag_store_counts(p, cfg, cr, esize_c)
     memo = _SMOOTH_MEMO.setdefault((p, tuple(sorted(cfg.items()))), {})
     cap = 2 * (R + n + rp * 2 + tt * hop)
@@ -507,7 +531,7 @@ def smooth_counts(p: Problem, cfg, geom: Geometry, moments: bool, keep: bool = F
             barriers += npasses * (fft_bars + 2)
             exchanges += texch
     kernel = "fwd_moments" if keep else ("moments" if moments else "smooth")
-    return dict(kernel=kernel, blocks=p.batch * tiles, threads=cfg["threads"],
+    return dict(kernel=kernel, blocks=p.batch * tiles, threads=cfg["smooth_threads"],
                 smem=cr * n * esize_c, block_barriers=barriers, warp_exchanges=exchanges, sites=sites,
                 passes_per_block=None)
 
@@ -554,7 +578,7 @@ def _pair_terms(p: Problem, geom: Geometry, f_idx, c, n_a, n_b, r0, esize_c, wor
 
 
 def _smooth_tile(p, cfg, geom, b, t0, t_last, row_lo, row_hi, rp, tt, cr, esize_c, kacc, lag_store):
-    threads = cfg["threads"]
+    threads = cfg["smooth_threads"]
     nwarps = threads // WARP
     F, hop = p.f, p.hop
     words_c = esize_c // 4
@@ -574,11 +598,11 @@ def _smooth_tile(p, cfg, geom, b, t0, t_last, row_lo, row_hi, rp, tt, cr, esize_
     zp, sec_q = _lag_gmem(p, cfg, cr, esize_c, b, r0s)
     _add(sites, "lag.zp", zp[0], zp[1], 0, zp[2])
     _add(sites, "lag.zq", zp[0], zp[1], 0, sec_q)
-    # filters (one warp trip each per pass), then their frames in the tile (the loop stops at the last
-    # frame); pairs with no row of the pass in reach stop right after their trip
+    # filters (one warp trip each per pass), then the frames of the tile whose reach meets the pass
+    # rows (a per-filter range: c + R_f >= r0 and c - R_f <= pass_hi); a pair of that range with no
+    # row (only when the pass has none) stops right after its trip
     ntt = min(tt, p.frames - t0)
     _add(sites, "smooth.filter", F, F * WARP, times=npasses)
-    _add(sites, "smooth.pair", F * ntt, F * ntt * WARP, times=npasses)
     f_idx = np.repeat(np.arange(F), ntt)
     t = t0 + np.tile(np.arange(ntt), F)
     c = t * hop
@@ -588,6 +612,8 @@ def _smooth_tile(p, cfg, geom, b, t0, t_last, row_lo, row_hi, rp, tt, cr, esize_
     fwork = 0      # (filter, pass) with a pair with rows (moments: one warp_sum of the G-weighted sums)
     for r0 in r0s:
         pass_hi = min(row_hi, r0 + rp - 1)
+        in_range = int(((c + dr >= r0) & (c - dr <= pass_hi)).sum())
+        _add(sites, "smooth.pair", in_range, in_range * WARP)
         n_a = np.maximum(r0, c - dr)
         n_b = np.minimum(pass_hi, c + dr)
         has = n_b >= n_a
@@ -657,8 +683,11 @@ def _pair_table_terms(p: Problem, geom: Geometry, f_idx, c, n_a, n_b, r0, esize_
     tot = np.bincount(pr, weights=lens, minlength=len(nr)).astype(np.int64)
     trips_pp = -(-tot // WARP)
     lanes = int(tot.sum())
-    full = tot // WARP  # trips of 32 terms (no bounds test), then one partial trip with the rest
-    out["smooth.tterm"] = (int(full.sum()), int(full.sum()) * WARP, 0, 0)
+    full = tot // WARP  # chunks of 32 terms: trips of two (no bounds test), a single one when odd,
+    dbl = full // 2     # then one partial chunk with the rest (with the test)
+    out["smooth.tterm"] = (int(dbl.sum()), int(dbl.sum()) * WARP, 0, 0)
+    odd = int((full % 2).sum())
+    out["smooth.tterm1"] = (odd, odd * WARP, 0, 0)
     rest = tot % WARP
     out["smooth.ttail"] = (int((rest > 0).sum()), int(rest.sum()), 0, 0)
     if lanes == 0:

@@ -122,7 +122,7 @@ def test_cost_model_counts_follow_launch_config():
     # at N-1); each fits in one pass of 2*cr rows, and a pass always computes all of its rows.
     p = cost_model.predict(1, 64, 16, 64, sigma_t=0.2, sigma_nu=0.01, rho=0.0, n_filters=1, truncate=4.0)
     cr = p["launch"]["complex_rows_per_pass"]
-    assert cr == min(cfg["rows_smem_budget"] // (16 * 2 * 4), cfg["max_complex_rows"])
+    assert cr == min(cfg["smooth_rows_smem_budget"] // (16 * 2 * 4), cfg["max_complex_rows"])
     assert p["launch"]["frames_per_block"] == 1
     assert p["launch"]["max_radius"] == 1
     rows = 2 * (2 * cr)

@@ -932,7 +932,8 @@ def test_profile_aborts_on_a_mis_keyed_site(builds, tmp_path):
     fft = kdir / "fft.cuh"
     fft.write_text(fft.read_text().replace('LWVD_PROF_TRIP("fft.bfly4", trip);', 'LWVD_PROF_TRIP("fft.bfly4");'))
     exe = builds.get("driver", kernel_dir=kdir, tag="miskeyed")
-    p = Problem(EmuCase(1, 40, 64, 8, 2), torch.float64, tmp_path / "run")  # 2 butterfly trips per stage
+    # n_fft 128: 32 complex rows x 32 radix-4 butterflies = 2 trips per stage of a 512-thread smooth block
+    p = Problem(EmuCase(1, 40, 128, 8, 2), torch.float64, tmp_path / "run")
     proc = p.run(exe, mode="fwd", part="profile plain", env={"LWVD_EMU_PROFILE": "1"})
     assert proc.returncode != 0 and "mis-keyed site" in proc.stderr, proc.stderr[-3000:]
 
@@ -989,8 +990,9 @@ def test_backward_workspace_is_per_block_not_per_frame(builds, tmp_path):
     moments block's TT frames (lwvd_fwd.cuh), so its workspace holds 6 * B * ceil(T / TT) * F
     scalars, not 6 * B * F * T. Measured as the bytes the plan asks the launcher for in the backward
     beyond the forward (which allocates the same geometry, twiddles and flags), on a problem whose
-    B * T = 402 frames make the wave rule of launch_config.h take TT = 2 (202 parts instead of 402
-    frames); the values are checked against the reference at the same time."""
+    B * T = 402 frames make the wave rule of launch_config.h take TT = 4 (102 parts instead of 402
+    frames: blocks of kSmoothThreads = 512); the values are checked against the reference at the same
+    time."""
     import sys
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -1005,7 +1007,7 @@ def test_backward_workspace_is_per_block_not_per_frame(builds, tmp_path):
     ws = {m.group(1): int(m.group(2)) for m in re.finditer(r"^WORKSPACE (forward|backward) (\d+)$", proc.stdout, re.M)}
     cfg = cost_model.launch_config()
     tt = kernel_counts.frames_per_block(cfg, case.n_fft, case.hop, case.b, p.t)
-    assert tt == 2, tt  # the case exists for its multi-frame tiles
+    assert tt == 4, tt  # the case exists for its multi-frame tiles
     parts = case.b * -(-p.t // tt)
     moments = 8 * 6 * parts * case.f
     assert ws["backward"] - ws["forward"] == -(-moments // 16) * 16, (ws, moments)

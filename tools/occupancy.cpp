@@ -47,9 +47,10 @@ int main() {
     int threads = lwvd::config::kThreads;
     std::size_t dyn = 0;
     if (std::strcmp(kind, "rows") == 0 || std::strcmp(kind, "grad") == 0) {
-      dyn = lwvd::config::rows_smem_bytes(lwvd::config::complex_rows_per_pass(n_fft, scalar_bytes), n_fft,
-                                          scalar_bytes);
-      if (std::strcmp(kind, "grad") == 0) threads = lwvd::config::kGradThreads;
+      const int cr = std::strcmp(kind, "grad") == 0 ? lwvd::config::complex_rows_per_pass(n_fft, scalar_bytes)
+                                                     : lwvd::config::smooth_complex_rows_per_pass(n_fft, scalar_bytes);
+      dyn = lwvd::config::rows_smem_bytes(cr, n_fft, scalar_bytes);
+      threads = std::strcmp(kind, "grad") == 0 ? lwvd::config::kGradThreads : lwvd::config::kSmoothThreads;
     } else if (std::strcmp(kind, "prep") == 0) {
       threads = lwvd::config::kPrepThreads;
     } else {

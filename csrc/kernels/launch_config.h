@@ -18,6 +18,16 @@ namespace config {
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
 
+// Threads per block of the smoothing kernels (forward, moments, the training forward): 16 warps. A
+// block builds the lag rows of its TT frames plus a halo of ~n_fft rows; twice the warps per block
+// with twice the frames (configuration S: TT = 4, 104 blocks of 512 threads, one per SM, instead of
+// TT = 2, 204 blocks of 256, two on the busiest SM) builds 1018 rows per 4 frames instead of 2 x 698:
+// lag rows and FFTs 27 % fewer per frame (frames_per_block below; the per-(filter, frame) tests
+// became a per-filter frame range per pass, lwvd_fwd.cuh). A multiple of 256 (build_lag_rows' map).
+constexpr int kSmoothThreads = 512;
+constexpr int kSmoothWarps = kSmoothThreads / 32;
+static_assert(kSmoothThreads % 256 == 0, "build_lag_rows' thread map permutes [0, 256)");
+
 // One block prepares the per-filter geometry, the FFT twiddles and the largest time radius. F and
 // n_fft/2 are at most a few thousand: one block is enough and lets the max-radius reduction run in
 // shared memory without atomics.
@@ -59,6 +69,25 @@ inline int complex_rows_per_pass(int64_t n_fft, std::size_t scalar_bytes) {
   return static_cast<int>(rows);
 }
 
+// The smoothing kernel (forward, moments, the training forward) has a budget of its own: 96 KiB.
+// Its per-(pair, pass) costs (frame ranges, table offsets, the partial chunk, warp sums, output
+// read-modify-writes) are paid once per pass of 2 * CR rows, and a pair of configuration S reaches
+// ~380 rows: 24 complex rows per pass (n_fft = 512, float) instead of 12 (cost model at S, TT = 4:
+// forward smooth 0.304 ms at 48 KiB, 0.271 at 80 KiB, 0.259 at 96 KiB, 0.252 at 128 KiB predicted;
+// benchmarks/cost_model.py). 96 KiB is the most that every supported part allows per block (opt-in
+// maximum 99 KiB on sm_86 / sm_89 / sm_120); above 48 KiB the launcher opts in (csrc/cuda/lwvd_cuda.cu).
+// Resident blocks per SM (+ 1 KiB the driver reserves): 1 everywhere at n_fft = 512 (sm_80 / sm_90 by
+// registers of the 512-thread block, sm_86/89/120 by shared memory), i.e. 16 warps per SM, as the
+// 2 x 8 warps of the former 256-thread blocks. grad_z keeps complex_rows_per_pass (48 KiB).
+constexpr std::size_t kSmoothRowsSmemBudget = 96 * 1024;
+inline int smooth_complex_rows_per_pass(int64_t n_fft, std::size_t scalar_bytes) {
+  const std::size_t row_bytes = static_cast<std::size_t>(n_fft) * 2 * scalar_bytes;
+  std::size_t rows = kSmoothRowsSmemBudget / row_bytes;
+  if (rows < 1) rows = 1;
+  if (rows > static_cast<std::size_t>(kMaxComplexRows)) rows = kMaxComplexRows;
+  return static_cast<int>(rows);
+}
+
 inline std::size_t rows_smem_bytes(int complex_rows, int64_t n_fft, std::size_t scalar_bytes) {
   return static_cast<std::size_t>(complex_rows) * static_cast<std::size_t>(n_fft) * 2 * scalar_bytes;
 }
@@ -87,8 +116,9 @@ inline int64_t busiest_sm_blocks(int64_t blocks, int64_t threads = kThreads) {
 // Frames per block TT of the forward / moments kernel: a block builds the rows of its frames plus a
 // halo of the largest filter radius R on each side, TT*hop + 2R rows; R is only known on the device
 // and filters that resolve bins have R up to about n_fft/2, so the rule takes 2R = n_fft. Candidates
-// TT = 1 .. min(64, ceil(4 n_fft / hop)); ties go to the smaller TT. At configuration S (B=4, T=101,
-// n_fft=512, hop=160): TT = 2, 204 blocks (at most 2 per SM).
+// TT = 1 .. min(64, ceil(4 n_fft / hop)); ties go to the smaller TT. Blocks have kSmoothThreads
+// (16 warps: one per SM is enough, kMinBlocksPerSm). At configuration S (B=4, T=101, n_fft=512,
+// hop=160): TT = 4, 104 blocks, one per SM (cost 1 x 1152 against 2 x 832 for TT = 2, 204 blocks).
 constexpr int64_t kMaxFramesPerBlock = 64;
 inline int64_t frames_per_block(int64_t n_fft, int64_t hop, int64_t batch, int64_t frames) {
   int64_t top = (4 * n_fft + hop - 1) / hop;
@@ -98,7 +128,7 @@ inline int64_t frames_per_block(int64_t n_fft, int64_t hop, int64_t batch, int64
   int64_t best_cost = -1;
   for (int64_t tt = 1; tt <= top; ++tt) {
     const int64_t blocks = batch * ((frames + tt - 1) / tt);
-    const int64_t cost = busiest_sm_blocks(blocks) * (tt * hop + n_fft);
+    const int64_t cost = busiest_sm_blocks(blocks, kSmoothThreads) * (tt * hop + n_fft);
     if (best_cost < 0 || cost < best_cost) { best = tt; best_cost = cost; }
   }
   return best;

@@ -14,7 +14,7 @@
 // largest filter radius) in passes of 2*CR rows. A pass builds CR complex lag rows
 // r_a[m] + i r_b[m] (two Hermitian rows per complex row) in shared memory, bit-reversed, FFTs them
 // (fft.cuh) and so holds W[a, k] = 2 Re X[k], W[b, k] = 2 Im X[k]. Then warp w takes filters
-// w, w + 8, ... and their frames in the tile, (filter, frame) pairs, and sums W * exp(-q/2) over the
+// w, w + 16, ... and their frames in the tile that reach the pass, (filter, frame) pairs, and sums W * exp(-q/2) over the
 // pair's ellipse rows in the pass with the lanes over (row, bin) (smooth_pair_rows: a warp scan of
 // the rows' bin counts, 32 consecutive terms per warp trip). The warp's sum is reduced by shuffles
 // in a fixed order and added by lane 0 to the pair's output (forward) or, G-weighted, to the
@@ -238,42 +238,91 @@ __global__ void __launch_bounds__(config::kPrepThreads) lwvd_prepare_kernel(cons
 // ---------------------------------------------------------------------------------------------
 // Building one pass of lag rows (shared by the forward and the moments kernel).
 
+// The pointer itself, hidden from the optimiser (nvcc only; the identity in the emulator): keeps a
+// per-block base pointer in registers instead of letting the compiler fold it into every access as
+// 64-bit base + (b * N + p) * 8 arithmetic, recomputed per trip.
+template <typename T>
+__device__ __forceinline__ const T* opaque_ptr(const T* p) {
+#if defined(__CUDA_ARCH__)
+  asm("" : "+l"(p));
+#endif
+  return p;
+}
+
+// A read-only load of one z element (ld.global.nc, as the compiler emits for zb[p] when it can see
+// that zb is global and unwritten; through opaque_ptr it cannot).
+__device__ __forceinline__ cplx<float> load_ro(const cplx<float>* p) {
+#if defined(__CUDA_ARCH__)
+  const float2 v = __ldg(reinterpret_cast<const float2*>(p));
+  return cplx<float>{v.x, v.y};
+#else
+  return *p;
+#endif
+}
+__device__ __forceinline__ cplx<double> load_ro(const cplx<double>* p) {
+#if defined(__CUDA_ARCH__)
+  const double2 v = __ldg(reinterpret_cast<const double2*>(p));
+  return cplx<double>{v.x, v.y};
+#else
+  return *p;
+#endif
+}
+
 // rows[c] (c < complex_rows) receives, bit-reversed, the lag row of samples a = r0 + 2c and b = a+1:
 //   x[m mod M] = r_a[m] + i r_b[m],  r_n[m] = z[n+m] conj(z[n-m]),  |m| <= M/2 - 1, x[M/2] = 0,
 // with z = 0 outside [0, N). Its DFT is R_a + i R_b with R_a, R_b real (Hermitian rows).
 template <int kBlockThreads, typename scalar_t>
 __device__ __forceinline__ void build_lag_rows(cplx<scalar_t>* rows, int complex_rows, int log2n,
-                                               const cplx<scalar_t>* __restrict__ zb, int64_t n_samples,
+                                               const cplx<scalar_t>* __restrict__ zb_in, int64_t n_samples,
                                                int64_t r0) {
+  const cplx<scalar_t>* __restrict__ zb = opaque_ptr(zb_in);
   const int n = 1 << log2n;
   const int total = complex_rows * n;
   // Sample indices in 32 bits: the plan bounds N (and so every row and lag index) below 2^31
   // (lwvd_plan.cuh); unsigned compares test 0 <= p < N in one instruction.
   const unsigned n_s = static_cast<unsigned>(n_samples);
   const int r0i = static_cast<int>(r0);
+  // Thread -> entry map. The stores go to bit-reversed positions: 32 consecutive j of one warp land
+  // n/32 elements apart, all in one bank pair (32 wavefronts per float store at n = 512). Thread tid
+  // therefore takes the entries first + k * kBlockThreads with first = tid with its bits {2, 3, 4}
+  // and {5, 6, 7} swapped: a warp covers 8 runs of 4 consecutive j, 32 j apart, whose bit-reversed
+  // positions fall in 8 bank pairs (4 wavefronts at n = 512; the z reads stay runs of 4 elements,
+  // 32 B). A permutation of [0, kBlockThreads) that keeps the loop's stride, so the entries are the
+  // same when total is a multiple of kBlockThreads (n_fft >= 8 at the rows budgets of launch_config.h);
+  // otherwise the identity. The replay (benchmarks/kernel_counts.py _lag_thread_map) mirrors it.
+  static_assert((kBlockThreads & (kBlockThreads - 1)) == 0, "a power of two: the map swaps bits");
+  const int tid = static_cast<int>(threadIdx.x);
+  const int first = (kBlockThreads >= 256 && (total & (kBlockThreads - 1)) == 0)
+                        ? ((tid & ~0xFC) | (((tid >> 5) & 7) << 2) | (((tid >> 2) & 7) << 5))
+                        : tid;
   LWVD_NO_UNROLL
-  for (int i = static_cast<int>(threadIdx.x); i < total; i += kBlockThreads) {
-    [[maybe_unused]] const int trip = (i - static_cast<int>(threadIdx.x)) / kBlockThreads;  // profile key
+  for (int i = first; i < total; i += kBlockThreads) {
+    [[maybe_unused]] const int trip = (i - first) / kBlockThreads;  // profile key
     LWVD_PROF_TRIP("lag.entry", trip);
     const int c = i >> log2n;
     const int j = i & (n - 1);
     const int m = j < n / 2 ? j : j - n;  // j == n/2 is the unused lag M/2
     scalar_t re = 0, im = 0;
     if (j != n / 2) {
-      const int sa = r0i + 2 * c;
-      for (int h = 0; h < 2; ++h) {
-        const int s = sa + h;
-        const int p = s + m, q = s - m;
-        scalar_t pr = 0, pi = 0;
-        if (static_cast<unsigned>(p) < n_s && static_cast<unsigned>(q) < n_s) {
-          LWVD_PROF_GMEM("lag.zp", &zb[p], trip, h);
-          LWVD_PROF_GMEM("lag.zq", &zb[q], trip, h);
-          const cplx<scalar_t> zp = zb[p], zq = zb[q];
-          pr = zp.re * zq.re + zp.im * zq.im;  // z[p] * conj(z[q])
-          pi = zp.im * zq.re - zp.re * zq.im;
-        }
-        if (h == 0) { re += pr; im += pi; }   // + r_a
-        else { re -= pi; im += pr; }          // + i * r_b
+      // r_a = z[p] conj(z[q]) (h = 0), r_b = z[p + 1] conj(z[q + 1]) (h = 1); x = r_a + i r_b. The
+      // unsigned compares test 0 <= p < N in one instruction (p + 1 wraps correctly from p = -1); the
+      // addresses use the signed indices (z[p + 1] is z[p]'s address + one element).
+      const int s = r0i + 2 * c;
+      const int p = s + m, q = s - m;
+      const unsigned up = static_cast<unsigned>(p), uq = static_cast<unsigned>(q);
+      if (up < n_s && uq < n_s) {
+        LWVD_PROF_GMEM("lag.zp", &zb[p], trip, 0);
+        LWVD_PROF_GMEM("lag.zq", &zb[q], trip, 0);
+        const cplx<scalar_t> zp = load_ro(zb + p), zq = load_ro(zb + q);
+        re = zp.re * zq.re + zp.im * zq.im;  // z[p] * conj(z[q])
+        im = zp.im * zq.re - zp.re * zq.im;
+      }
+      if (up + 1 < n_s && uq + 1 < n_s) {
+        LWVD_PROF_GMEM("lag.zp", &zb[p + 1], trip, 1);
+        LWVD_PROF_GMEM("lag.zq", &zb[q + 1], trip, 1);
+        const cplx<scalar_t> zp = load_ro(zb + p + 1), zq = load_ro(zb + q + 1);
+        re -= zp.im * zq.re - zp.re * zq.im;  // + i * r_b
+        im += zp.re * zq.re + zp.im * zq.im;
       }
     }
     LWVD_PROF_SMEM("lag.store", &rows[c * n + bit_reverse(j, log2n)], trip);
@@ -362,6 +411,22 @@ __device__ __forceinline__ void smooth_pair_rows(scalar_t (&acc)[kAcc], const Fi
 // ---------------------------------------------------------------------------------------------
 // Forward (kMoments = false) and backward moments (kMoments = true).
 
+// The number of frames tt in [0, tt_n) with tt * hop <= x: 0 for x < 0, else min(tt_n, floor(x / hop)
+// + 1). The quotient matters only up to tt_n <= 64, so x is clamped to tt_n * hop (< 2^31, the plan
+// checks TT * hop) first: then a float estimate x * (1 / hop) is within one of floor(x / hop)
+// (relative error < 2^-22 on a quotient <= 64) and one integer correction each way makes it exact
+// (products <= 65 hop < 2^32 unsigned). No integer division (about 25 instructions each).
+__device__ __forceinline__ int frames_below(int x, unsigned hop, float inv_hop, int tt_n) {
+  if (x < 0) return 0;
+  const unsigned cap = static_cast<unsigned>(tt_n) * hop;
+  const unsigned xc = static_cast<unsigned>(x) < cap ? static_cast<unsigned>(x) : cap;
+  unsigned q = static_cast<unsigned>(static_cast<float>(xc) * inv_hop);
+  if (q * hop > xc) --q;
+  else if ((q + 1) * hop <= xc) ++q;
+  const int k = static_cast<int>(q) + 1;
+  return k < tt_n ? k : tt_n;
+}
+
 template <typename scalar_t>
 struct SmoothArgs {
   const cplx<scalar_t>* z;                   // (B, N)
@@ -378,6 +443,7 @@ struct SmoothArgs {
   int complex_rows;                          // CR: a pass covers 2*CR rows
   double trunc2;
   double inv_two_m;                          // 1 / (2 n_fft), exact (power of two), set on the host
+  double inv_hop;                            // 1 / hop (frames_below's estimate), set on the host
   const int* tab_rows;                       // stencil tables of the prepare launch (PrepareArgs)
   const scalar_t* tab_e;
   const scalar_t* tab_c;
@@ -385,88 +451,125 @@ struct SmoothArgs {
   int64_t terms_cap, rows_cap;
 };
 
-// The terms of one (filter, frame) pair over rows [n_a, n_b] of a pass from the filter's stencil table
-// (PrepareArgs, stencil_table_block): the rows' terms are entries [e_lo, e_hi) of the table, in the
-// order (d, k), and each warp trip takes 32 consecutive entries: no scan, no search, no bin_range, no
-// exp. Each lane adds W * E (forward) or the moment terms of W * E to its own `acc`; the caller doubles
-// the sums (W = 2 Re/Im X: scaling by 2 is exact, so the sums are bitwise those of the 2x terms).
-// One term of smooth_pair_table: entry ge of the table (32-bit index into the whole table).
+// One term of smooth_pair_table: the table entry's packed index idx = (d + R_f) << kStencilKBits | k
+// and weight E (and, for the moments, its c), read by the caller. The pass row of the entry is
+// r = row_base + d + R_f, its W the re (r even) or im (r odd) half of complex element (r >> 1) * n + k.
+// With S = log2 sizeof(scalar_t): u = (row_base << S) + (idx >> (kStencilKBits - S)) is r << S plus
+// k's top S bits (below bit S: no carry), so u & sizeof(scalar_t) is the half's byte offset and
+// u >> (S + 1) is r >> 1; one shift-add for r, no parity test and select.
 template <typename scalar_t, bool kMoments, int kAcc>
-__device__ __forceinline__ void smooth_table_term(scalar_t (&acc)[kAcc], const scalar_t* __restrict__ te,
-                                                  const scalar_t* __restrict__ tc, const int* __restrict__ ti,
-                                                  unsigned ge, const cplx<scalar_t>* rows, int log2n, int row_base,
-                                                  scalar_t inv_sigma_t, int radius) {
+__device__ __forceinline__ void smooth_table_term(scalar_t (&acc)[kAcc], int idx, scalar_t E,
+                                                  [[maybe_unused]] scalar_t qc, const cplx<scalar_t>* rows, int n,
+                                                  int row_base_s, [[maybe_unused]] scalar_t inv_sigma_t,
+                                                  [[maybe_unused]] int radius) {
   constexpr int kMask = (1 << config::kStencilKBits) - 1;
-  const int idx = ti[ge];
-  const scalar_t E = te[ge];
-  const int dr = idx >> config::kStencilKBits;  // d + R_f
-  const int r = row_base + dr;                  // row within the pass
-  const cplx<scalar_t>* x = rows + ((r >> 1) << log2n) + (idx & kMask);
-  const scalar_t w = (r & 1) != 0 ? x->im : x->re;
+  constexpr int kS = sizeof(scalar_t) == 8 ? 3 : 2;
+  static_assert(sizeof(scalar_t) == (1u << kS), "float or double");
+  const int u = row_base_s + (idx >> (config::kStencilKBits - kS));  // (r << S) | k >> (13 - S)
+  const int elem = (u >> (kS + 1)) * n + (idx & kMask);              // complex element (r >> 1) * n + k
+  const scalar_t w = *reinterpret_cast<const scalar_t*>(reinterpret_cast<const char*>(rows + elem) +
+                                                          (u & static_cast<int>(sizeof(scalar_t))));
   const scalar_t we = w * E;
   if constexpr (kMoments) {
+    const int dr = idx >> config::kStencilKBits;                                  // d + R_f
     const scalar_t qa = mul_rn(static_cast<scalar_t>(dr - radius), inv_sigma_t);  // quad_form's a
-    add_moment_term(acc, we, qa, tc[ge]);
+    add_moment_term(acc, we, qa, qc);
   } else {
     acc[0] += we;
   }
 }
 
-// The profile marks of one term (the emulator's counters; nothing under nvcc).
-#define LWVD_PROF_TABLE_TERM(trip)                                                                        \
+// The profile marks of the lane's entry at offset o of its pair (chunk j of 32 entries; the
+// emulator's counters, nothing under nvcc).
+#define LWVD_PROF_TABLE_TERM(o, j)                                                                        \
   do {                                                                                                    \
-    LWVD_PROF_GMEM("smooth.tidx", &ti[ge], ftrip, tt, trip);                                              \
-    LWVD_PROF_GMEM("smooth.te", &te[ge], ftrip, tt, trip);                                                \
+    LWVD_PROF_GMEM("smooth.tidx", &tip[o], ftrip, tt, j);                                                 \
+    LWVD_PROF_GMEM("smooth.te", &tep[o], ftrip, tt, j);                                                   \
     LWVD_PROF_SMEM("smooth.tldw",                                                                         \
-                   rows + (((row_base + (ti[ge] >> config::kStencilKBits)) >> 1) << log2n) +              \
-                       (ti[ge] & ((1 << config::kStencilKBits) - 1)),                                     \
-                   ftrip, tt, trip);                                                                      \
-    if constexpr (kMoments) LWVD_PROF_GMEM("smooth.tc", &tc[ge], ftrip, tt, trip);                        \
+                   rows + (((row_base + (tip[o] >> config::kStencilKBits)) >> 1) << log2n) +              \
+                       (tip[o] & ((1 << config::kStencilKBits) - 1)),                                     \
+                   ftrip, tt, j);                                                                         \
+    if constexpr (kMoments) LWVD_PROF_GMEM("smooth.tc", &tcp[o], ftrip, tt, j);                           \
   } while (0)
 
 // The terms of one (filter, frame) pair over rows [n_a, n_b] of a pass from the filter's stencil table
 // (PrepareArgs, stencil_table_block): the rows' terms are entries [e_lo, e_hi) of the table, in the
-// order (d, k), and each warp trip takes 32 consecutive entries: no scan, no search, no bin_range, no
-// exp; the full trips run without a bounds test, the last (partial) one with it. Each lane adds W * E
-// (forward) or the moment terms of W * E to its own `acc`; the caller doubles the sums (W = 2 Re/Im X:
-// scaling by 2 is exact, so the sums are bitwise those of the 2x terms). Entry indices are 32-bit into
-// the whole table (F * terms_cap < 2^31, launch_config.h): one wide multiply-add per address.
+// order (d, k), read in chunks of 32 consecutive entries (one per lane: coalesced): no scan, no search,
+// no bin_range, no exp. The warp trips take two chunks each (lane L: entries e_lo + 64 i + L and
+// + 32; the loop's counter, test and branch and the address arithmetic shared by the two), then one
+// single full chunk when their number is odd, both without a bounds test, and the last (partial)
+// chunk with it. The lane's pointers into the table are formed once per pair, before the trips. Each
+// lane adds W * E (forward) or the moment terms of W * E to its own `acc`, entry after entry (the
+// same order in the forward and the moments kernel: K is bitwise equal); the caller doubles the sums
+// (W = 2 Re/Im X: scaling by 2 is exact, so the sums are bitwise those of the 2x terms). Entry indices
+// are 32-bit into the whole table (F * terms_cap < 2^31, launch_config.h). n = n_fft from the
+// arguments, not 1 << log2n: a multiply-add forms (r >> 1) * n + k (a shift and an add otherwise).
 template <typename scalar_t, bool kMoments, int kAcc>
 __device__ __forceinline__ void smooth_pair_table(scalar_t (&acc)[kAcc], const scalar_t* __restrict__ te,
                                                   const scalar_t* __restrict__ tc, const int* __restrict__ ti,
                                                   unsigned toff, int e_lo, int e_hi, const cplx<scalar_t>* rows,
-                                                  int log2n, int row_base, scalar_t inv_sigma_t, int radius,
+                                                  [[maybe_unused]] int log2n, int n, int row_base,
+                                                  scalar_t inv_sigma_t, int radius,
                                                   int lane, [[maybe_unused]] int ftrip, [[maybe_unused]] int tt) {
   const unsigned g0 = toff + static_cast<unsigned>(e_lo + lane);
-  const int full = (e_hi - e_lo) / kWarpSize;  // trips with 32 terms
+  const int row_base_s = row_base * static_cast<int>(sizeof(scalar_t));  // smooth_table_term's u
+  const int cnt = e_hi - e_lo;
+  const int full = cnt / kWarpSize;  // chunks of 32 entries
+  const unsigned g_end = g0 + static_cast<unsigned>((full >> 1) * (2 * kWarpSize));  // after the trips of two
   LWVD_NO_UNROLL  // rolled: one trip is what the profile's SASS weight counts
-  for (int i = 0; i < full; ++i) {
+  for (unsigned ge = g0; ge < g_end; ge += 2 * kWarpSize) {
+    [[maybe_unused]] const int i = static_cast<int>((ge - g0) / (2 * kWarpSize));  // profile key
     LWVD_PROF_TRIP("smooth.tterm", ftrip, tt, i);
-    const unsigned ge = g0 + static_cast<unsigned>(i * kWarpSize);
-    LWVD_PROF_TABLE_TERM(i);
-    smooth_table_term<scalar_t, kMoments>(acc, te, tc, ti, ge, rows, log2n, row_base, inv_sigma_t, radius);
+    const int* __restrict__ tip = ti + ge;  // one wide address per table and trip, + 32 entries as an offset
+    const scalar_t* __restrict__ tep = te + ge;
+    [[maybe_unused]] const scalar_t* __restrict__ tcp = tc + ge;
+    LWVD_PROF_TABLE_TERM(0, 2 * i);
+    LWVD_PROF_TABLE_TERM(kWarpSize, 2 * i + 1);
+    const int idx0 = tip[0], idx1 = tip[kWarpSize];
+    const scalar_t e0 = tep[0], e1 = tep[kWarpSize];
+    scalar_t c0 = 0, c1 = 0;
+    if constexpr (kMoments) {
+      c0 = tcp[0];
+      c1 = tcp[kWarpSize];
+    }
+    smooth_table_term<scalar_t, kMoments>(acc, idx0, e0, c0, rows, n, row_base_s, inv_sigma_t, radius);
+    smooth_table_term<scalar_t, kMoments>(acc, idx1, e1, c1, rows, n, row_base_s, inv_sigma_t, radius);
   }
-  if (e_lo + full * kWarpSize + lane < e_hi) {
+  if (full & 1) {  // the single chunk
+    LWVD_PROF_TRIP("smooth.tterm1", ftrip, tt);
+    const int* __restrict__ tip = ti + g_end;
+    const scalar_t* __restrict__ tep = te + g_end;
+    [[maybe_unused]] const scalar_t* __restrict__ tcp = tc + g_end;
+    LWVD_PROF_TABLE_TERM(0, full - 1);
+    const scalar_t c0 = kMoments ? tcp[0] : scalar_t(0);
+    smooth_table_term<scalar_t, kMoments>(acc, tip[0], tep[0], c0, rows, n, row_base_s, inv_sigma_t, radius);
+  }
+  if (full * kWarpSize + lane < cnt) {  // the partial chunk
     LWVD_PROF_TRIP("smooth.ttail", ftrip, tt);
     const unsigned ge = g0 + static_cast<unsigned>(full * kWarpSize);
-    LWVD_PROF_TABLE_TERM(full);
-    smooth_table_term<scalar_t, kMoments>(acc, te, tc, ti, ge, rows, log2n, row_base, inv_sigma_t, radius);
+    const int* __restrict__ tip = ti + ge;
+    const scalar_t* __restrict__ tep = te + ge;
+    [[maybe_unused]] const scalar_t* __restrict__ tcp = tc + ge;
+    LWVD_PROF_TABLE_TERM(0, full);
+    const scalar_t c0 = kMoments ? tcp[0] : scalar_t(0);
+    smooth_table_term<scalar_t, kMoments>(acc, tip[0], tep[0], c0, rows, n, row_base_s, inv_sigma_t, radius);
   }
 }
 #undef LWVD_PROF_TABLE_TERM
 
-// Min 2 blocks per SM (a 128-register budget): with the 32-bit pair arithmetic ptxas otherwise kept
-// smooth<float> at 48 registers and spilled 4 B on sm_90 around bin_range's slow-path calls of the
-// fallback path (and 8 B in smooth<double, moments> on sm_120 with a min of 3). It now takes 72-98
-// registers: on sm_80 / sm_90, 3 resident blocks per SM in float (4 before on sm_90) and 2 in double
-// (3-4 before); configuration S puts 2 on the busiest SM, and sm_86/89/120 hold 2 by shared memory.
+// kSmoothThreads = 512 threads, min 1 block per SM: a 128-register budget, as the former
+// (256 threads, min 2) that keeps ptxas from the 48-register allocation which spilled 4 B on sm_90
+// around bin_range's slow-path calls of the fallback path (and 8 B in smooth<double, moments> on sm_120
+// with a min of 3). 72-98 registers (tools/resource_report.py): one 512-thread block per SM on sm_80 /
+// sm_90 (registers; configuration S has 104 blocks, one per SM anyway) and on sm_86/89/120 (96 KiB of
+// rows, 100 KiB per SM).
 //
 // kKeep (with kMoments; lwvd_fwd_moments, the training forward): K as the forward writes it (from the
 // moments' S0, summed in the forward's order: bitwise the forward's K) and the six moments of every
 // (item, filter, frame) in float64 to frame_moments, for lwvd_bwd_moments (one pass over the W rows
 // per training step instead of two).
 template <typename scalar_t, bool kMoments, bool kKeep = false>
-__global__ void __launch_bounds__(config::kThreads, 2) lwvd_smooth_kernel(const SmoothArgs<scalar_t> a) {
+__global__ void __launch_bounds__(config::kSmoothThreads, 1) lwvd_smooth_kernel(const SmoothArgs<scalar_t> a) {
   static_assert(kMoments || !kKeep, "kKeep keeps the moments: it needs kMoments");
   LWVD_DYNAMIC_SMEM(cplx<scalar_t>, rows);
   constexpr int kAcc = kMoments ? config::kMoments : 1;
@@ -481,6 +584,9 @@ __global__ void __launch_bounds__(config::kThreads, 2) lwvd_smooth_kernel(const 
   const int64_t t_last = imin(a.n_frames - 1, t0 + tt_count - 1);
   const int t0i = static_cast<int>(t0), tt_n = static_cast<int>(t_last - t0) + 1;  // frames of the tile
   const int hop = static_cast<int>(a.hop);
+  const unsigned uhop = static_cast<unsigned>(hop);
+  const float inv_hop = static_cast<float>(a.inv_hop);
+  const int c0 = t0i * hop;  // the tile's first frame centre
   if (*a.invalid) {  // invalid parameters: this block's outputs are NaN (block-uniform: no barrier is skipped)
     if (kGrad) {
       const int64_t o = static_cast<int64_t>(blockIdx.x) * a.n_filters * kAcc;
@@ -502,7 +608,7 @@ __global__ void __launch_bounds__(config::kThreads, 2) lwvd_smooth_kernel(const 
   const int n = 1 << a.log2_fft;
   const int warp = static_cast<int>(threadIdx.x) / kWarpSize;
   const int lane = static_cast<int>(threadIdx.x) % kWarpSize;
-  const int nwarps = config::kWarps;  // blockDim.x == config::kThreads (the plan launches that)
+  const int nwarps = config::kSmoothWarps;  // blockDim.x == config::kSmoothThreads (the plan launches that)
   const scalar_t trunc2 = static_cast<scalar_t>(a.trunc2);
   // bin_frequency(k) = k / (2M); 2M is a power of two, so k * (1 / 2M) is the same number, bit for
   // bit, without a division in the innermost loop.
@@ -518,9 +624,9 @@ __global__ void __launch_bounds__(config::kThreads, 2) lwvd_smooth_kernel(const 
     const bool last = r0 + rows_per_pass > row_hi;
     const int64_t pass_hi = imin(row_hi, r0 + rows_per_pass - 1);
     const int r0i = static_cast<int>(r0), phi = static_cast<int>(pass_hi);
-    build_lag_rows<config::kThreads>(rows, a.complex_rows, a.log2_fft, zb, a.n_samples, r0);
+    build_lag_rows<config::kSmoothThreads>(rows, a.complex_rows, a.log2_fft, zb, a.n_samples, r0);
     __syncthreads();
-    block_fft_rows<config::kThreads>(rows, a.complex_rows, a.log2_fft, a.twiddles);  // ends with __syncthreads
+    block_fft_rows<config::kSmoothThreads>(rows, a.complex_rows, a.log2_fft, a.twiddles);  // ends with __syncthreads
 
     // Pairs (f, tt): warp w takes the filters f = w, w + nwarps, ... and each of their frames in the
     // tile, so one warp sees all of a filter's frames (the backward sums them, G-weighted, in
@@ -536,7 +642,13 @@ __global__ void __launch_bounds__(config::kThreads, 2) lwvd_smooth_kernel(const 
       scalar_t gacc[kAcc];
       for (int i = 0; i < kAcc; ++i) gacc[i] = 0;
       bool any_rows = false;  // warp-uniform: a pair of this filter had rows in this pass
-      for (int tt = 0; tt < tt_n; ++tt) {
+      // The frames whose reach [c - R_f, c + R_f] meets the pass rows [r0, phi] (c = (t0 + tt) hop):
+      // c + R_f >= r0 and c - R_f <= phi, a range [tt_lo, tt_end) computed per filter and pass
+      // (frames_in_reach) instead of a test per frame of the tile. (The pair's own test below stays:
+      // with no row in the pass at all, phi < r0, it skips.)
+      const int tt_lo = frames_below(r0i - d_radius - c0 - 1, uhop, inv_hop, tt_n);  // c + R_f < r0
+      const int tt_end = frames_below(phi + d_radius - c0, uhop, inv_hop, tt_n);     // c - R_f <= phi
+      for (int tt = tt_lo; tt < tt_end; ++tt) {
         LWVD_PROF_TRIP("smooth.pair", ftrip, tt);
         // 32-bit: frame centres, rows and c +- R stay below 2^31 (the plan checks
         // TT * hop + 2 * d_limit + 2 n_fft < 2^31)
@@ -557,7 +669,7 @@ __global__ void __launch_bounds__(config::kThreads, 2) lwvd_smooth_kernel(const 
           for (int i = 0; i < kAcc; ++i) acc[i] = 0;
           smooth_pair_table<scalar_t, kMoments>(acc, a.tab_e, a.tab_c, a.tab_idx,
                                                 static_cast<unsigned>(f) * static_cast<unsigned>(a.terms_cap),
-                                                e_lo, e_hi, rows, a.log2_fft,
+                                                e_lo, e_hi, rows, a.log2_fft, static_cast<int>(a.n_fft),
                                                 c - d_radius - r0i, g.inv_sigma_t, d_radius, lane, ftrip, tt);
           for (int i = 0; i < kAcc; ++i) acc[i] = scalar_t(2) * acc[i];  // W = 2 Re/Im X (exact)
         } else {

@@ -193,9 +193,10 @@ void smooth(Launcher& L, const Prepared<scalar_t>& pr, const scalar_t* z, const 
   a.frames_per_block = config::frames_per_block(n_fft, hop, batch, a.n_frames);
   a.tiles_per_item = ceil_div(a.n_frames, a.frames_per_block);
   a.log2_fft = ilog2(n_fft);
-  a.complex_rows = config::complex_rows_per_pass(n_fft, sizeof(scalar_t));
+  a.complex_rows = config::smooth_complex_rows_per_pass(n_fft, sizeof(scalar_t));  // grad_z: its own
   a.trunc2 = pr.trunc2;
   a.inv_two_m = 1.0 / (2.0 * static_cast<double>(n_fft));
+  a.inv_hop = 1.0 / static_cast<double>(hop);
   a.tab_rows = pr.tab_rows;
   a.tab_e = pr.tab_e;
   a.tab_c = pr.tab_c;
@@ -209,7 +210,7 @@ void smooth(Launcher& L, const Prepared<scalar_t>& pr, const scalar_t* z, const 
   const int64_t blocks = batch * a.tiles_per_item;
   if (blocks > INT32_MAX) throw std::invalid_argument("lwvd plan: too many blocks (B * tiles > 2^31 - 1)");
   const std::size_t smem = config::rows_smem_bytes(a.complex_rows, n_fft, sizeof(scalar_t));
-  L.launch(lwvd_smooth_kernel<scalar_t, kMoments, kKeep>, dim3(static_cast<unsigned>(blocks)), dim3(config::kThreads), smem,
+  L.launch(lwvd_smooth_kernel<scalar_t, kMoments, kKeep>, dim3(static_cast<unsigned>(blocks)), dim3(config::kSmoothThreads), smem,
            a);
 }
 
