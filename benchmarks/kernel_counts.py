@@ -1037,8 +1037,8 @@ def _grad_z_tile_windows(p, cfg, geom, win, wl, b, j0, j1, h, rp, cr, esize_c):
     it = np.arange(items)
     lw = nwin.bit_length() - 1
     wi = it // rp
-    r_it = it - wi * rp  # rows fastest, the window index rotated right by one bit
-    w_it = (wi >> 1) | ((wi & 1) << (lw - 1)) if lw > 0 else np.zeros_like(wi)
+    r_it = it - wi * rp  # rows fastest, bits 0 and 1 of the window index swapped
+    w_it = (wi & ~3) | ((wi & 1) << 1) | ((wi >> 1) & 1) if lw > 1 else wi
     g_it = (it // threads) * nwarps + (it % threads) // WARP
     # stores: every item, bins j < min(16, n), bit-reversed (identical every pass)
     log2n = n.bit_length() - 1

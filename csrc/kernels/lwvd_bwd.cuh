@@ -256,11 +256,12 @@ __device__ __forceinline__ void grad_z_block(const GradZArgs<scalar_t>& a, unsig
       for (int it = tid; it < items; it += nthreads) {
         [[maybe_unused]] const int itrip = (it - tid) / nthreads;  // profile key
         LWVD_PROF_TRIP("gzw.item", itrip);
-        // rows fastest (lanes of one window share its filter list, consecutive rows read consecutive lags),
-        // windows rotated by one bit: the two windows of a warp (at 2CR = 16 rows) are nwin/2 apart, so
-        // their bit-reversed stores fall in different banks
+        // Rows fastest: the lanes of one window share its filter list, consecutive rows read consecutive
+        // lags. Window index bits 0 and 1 swapped: the two windows of a warp (at 2CR = 16 rows) are w and
+        // w ^ 2, neighbours in frequency (lists of similar length: few idle lanes) whose bit-reversed
+        // stores fall in different banks (the bank of bin 16 w + j depends on bits 1.. of w, not on j).
         const int wi = it / rows_per_pass, r = it - wi * rows_per_pass;
-        const int w = log2_nwin > 0 ? (wi >> 1) | ((wi & 1) << (log2_nwin - 1)) : 0;
+        const int w = log2_nwin > 1 ? (wi & ~3) | ((wi & 1) << 1) | ((wi >> 1) & 1) : wi;
         const int s = r0i + r;
         // frames with |s - t*hop| <= radius (as the scatter path below, in 32 bits)
         int t_lo = 0, nt = 0, cnt = 0;
