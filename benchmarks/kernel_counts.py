@@ -976,7 +976,7 @@ def grad_z_counts(p: Problem, cfg, geom: Geometry):
                 sites[k] += v
             for k, v in fft_sites.items():
                 sites[k] += v * passes
-            barriers += 2  # the flag's initialisation, the window lists
+            barriers += 2  # the window lists, thread 0's flag
             if windows:
                 barriers += passes * (fft_bars + 2)  # A rows, FFT steps, end of pass
             else:
@@ -1000,6 +1000,7 @@ def _window_lists(p: Problem, cfg, win: Windows):
     tr, ln = _strided_trips(nwin, threads, threads)
     _add(sites, "gzw.list", tr, ln)
     _add(sites, "gzw.hull", tr * p.f, ln * p.f)
+    _add(sites, "gzw.flag", nwin, nwin)  # thread 0's pass over the list counts
     lo = np.array([h[0] for h in win.hull], dtype=np.int64)
     hi = np.array([h[1] for h in win.hull], dtype=np.int64)
     lists = [np.nonzero((lo <= w) & (w <= hi))[0] for w in range(nwin)]

@@ -203,19 +203,18 @@ __device__ __forceinline__ void grad_z_block(const GradZArgs<scalar_t>& a, unsig
   // window is covered by more than list_cap filters (block-uniform), else the scatter path below.
   // (Derived sizes are recomputed where used: values live across the pass loop cost registers.)
   constexpr int kWin = config::kWindow;
-  __shared__ int s_scatter;  // 1: the scatter path
-  if (tid == 0) s_scatter = 0;
-  __syncthreads();
+  __shared__ int s_scatter;  // 1: the scatter path (thread 0 alone writes it: no atomics)
   {
     const int nwin = (n + kWin - 1) / kWin;
     int* wcnt = reinterpret_cast<int*>(rows + a.complex_rows * n);
     int* wlist = wcnt + nwin;
     const int n_filters = static_cast<int>(a.n_filters);  // < 2^31 (the plan checks)
+    int none = 0;  // a filter without a window table (every window's thread sees every filter)
     LWVD_NO_UNROLL
     for (int w = tid; w < nwin; w += nthreads) {
       [[maybe_unused]] const int wtrip = (w - tid) / nthreads;  // profile key
       LWVD_PROF_TRIP("gzw.list", wtrip);
-      int cnt = 0, none = 0;
+      int cnt = 0;
       LWVD_NO_UNROLL
       for (int f = 0; f < n_filters; ++f) {
         LWVD_PROF_TRIP("gzw.hull", wtrip, f);
@@ -227,7 +226,15 @@ __device__ __forceinline__ void grad_z_block(const GradZArgs<scalar_t>& a, unsig
         }
       }
       wcnt[w] = cnt;
-      if (none || cnt > a.list_cap) atomicOr(&s_scatter, 1);
+    }
+    __syncthreads();
+    if (tid == 0) {  // thread 0 ran window 0's loop over every filter; the lists' overflow from wcnt
+      LWVD_NO_UNROLL
+      for (int w = 0; w < nwin; ++w) {
+        LWVD_PROF_TRIP("gzw.flag", w);
+        none |= wcnt[w] > a.list_cap;
+      }
+      s_scatter = none;
     }
   }
   __syncthreads();
