@@ -15,11 +15,14 @@
 // atomics) and maps the sums to dK/dtheta once (param_grads_from_moments: linear in the moments).
 //
 // grad_z: a block owns samples [j0, j0 + J) of one batch item (output-stationary) and walks the rows
-// n within h = M/2 - 1 of them in passes of 2*CR rows. A pass builds A[n, k] = sum_{f,t} G norm E
-// (two real rows per complex row and per warp, half a warp each; natural order, then permuted to
-// bit-reversed), FFTs it, recovers Ahat of both rows from X[m] and
-// X[-m], and each thread adds 4 * z[2n - j] * conj(Ahat[n, j - n]) to the samples j it owns. The
-// thread that owns j is the only writer of grad_z[j]: no atomics, bitwise reproducible.
+// n within h = M/2 - 1 of them in passes of 2*CR rows. A pass builds A[n, k] = sum_{f,t} G norm E,
+// FFTs it, recovers Ahat of both rows from X[m] and X[-m], and each thread adds
+// 4 * z[2n - j] * conj(Ahat[n, j - n]) to the samples j it owns. The thread that owns j is the only
+// writer of grad_z[j]: no atomics, bitwise reproducible. A is built on the window path (a thread per
+// (row, 16-bin window) item, summing in registers over the filters that cover its window, from the
+// prepare launch's window tables; stored bit-reversed) or, when some filter has no window table or a
+// window's filter list overflows, on the scatter path (two real rows per complex row and per warp,
+// half a warp each; natural order, then permuted to bit-reversed). docs/cuda_kernels.md, "grad_z".
 #pragma once
 
 #include "cuda_compat.cuh"

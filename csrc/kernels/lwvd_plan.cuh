@@ -275,7 +275,7 @@ void grad_launch(Launcher& L, const Prepared<scalar_t>& pr, const BwdProblem<sca
   a.rows_cap = pr.rows_cap;
   // the window path's 32-bit rows, frames and lags (lwvd_bwd.cuh grad_z_block), as the smooth launch
   const int64_t d_limit = p.n_samples - 1 + (frames - 1) * p.hop;
-  if (2 * d_limit + p.hop + 2 * p.n_fft > INT32_MAX || p.n_filters * frames > INT32_MAX)
+  if (with_z && (2 * d_limit + p.hop + 2 * p.n_fft > INT32_MAX || p.n_filters * frames > INT32_MAX))
     throw std::invalid_argument("lwvd plan: signal too long or too many filters for 32-bit grad_z indices");
   const int64_t gz_blocks = with_z ? p.batch * a.tiles_per_item : 0;
   const int64_t blocks = gz_blocks > p.n_filters ? gz_blocks : p.n_filters;
