@@ -82,14 +82,15 @@ def launch_config(path: str = LAUNCH_CONFIG) -> dict:
                 max_complex_rows=const("kMaxComplexRows"), max_frames_per_block=const("kMaxFramesPerBlock"),
                 min_blocks=const("kSms"), min_blocks_per_sm=const("kMinBlocksPerSm"), min_grad_tile=const("kMinGradTile"),
                 prep_threads=const("kPrepThreads"), reduce_threads=const("kReduceThreads"),
-                stencil_budget=stencil_budget(text))
+                stencil_budget=stencil_budget(text), window_budget=stencil_budget(text, "LWVD_WINDOW_BUDGET"),
+                window=const("kWindow"), win_list_bytes=const("kWinListBytes"), win_list_max=const("kWinListMax"))
 
 
-def stencil_budget(text: str) -> int:
-    """The default of LWVD_STENCIL_BUDGET in launch_config.h (bytes of the per-call stencil tables)."""
-    m = re.search(r"#define\s+LWVD_STENCIL_BUDGET\s+(.+)", text)
+def stencil_budget(text: str, macro: str = "LWVD_STENCIL_BUDGET") -> int:
+    """The default of LWVD_STENCIL_BUDGET (or LWVD_WINDOW_BUDGET) in launch_config.h (bytes per call)."""
+    m = re.search(r"#define\s+%s\s+(.+)" % macro, text)
     if not m:
-        raise ValueError("LWVD_STENCIL_BUDGET not found in launch_config.h")
+        raise ValueError(f"{macro} not found in launch_config.h")
     return int(eval(re.sub(r"(\d)u\b", r"\1", m.group(1)), {}))
 
 

@@ -81,6 +81,31 @@ def smooth_complex_rows(cfg, n_fft, scalar_bytes):
     return complex_rows(cfg, n_fft, scalar_bytes, "smooth_rows_smem_budget")
 
 
+def windows_per_row(n_fft, window=16):
+    return -(-n_fft // window)
+
+
+def grad_complex_rows(cfg, n_fft, scalar_bytes):
+    """launch_config.h grad_complex_rows_per_pass: the CR in [1, complex_rows] whose 2 CR n_fft/16
+    window items fill the grad_z block's threads best (items per thread trip), ties to the larger."""
+    top = complex_rows(cfg, n_fft, scalar_bytes)
+    nwin = windows_per_row(n_fft, cfg.get("window", 16))
+    gt = cfg.get("grad_threads", cfg["threads"])
+    best, bi, bt = top, 0, 1
+    for c in range(top, 0, -1):
+        items = 2 * c * nwin
+        trips = -(-items // gt)
+        if items * bt > bi * trips:
+            best, bi, bt = c, items, trips
+    return best
+
+
+def window_list_cap(cfg, n_fft):
+    """launch_config.h window_list_cap."""
+    nwin = windows_per_row(n_fft, cfg.get("window", 16))
+    return int(min(max(cfg.get("win_list_bytes", 8192) // (4 * nwin) - 1, 1), cfg.get("win_list_max", 32)))
+
+
 def _busiest(cfg, blocks, threads=None):
     """launch_config.h busiest_sm_blocks: max(ceil(blocks / kSms), kMinBlocksPerSm blocks of kThreads
     counted in blocks of `threads`)."""
@@ -231,6 +256,44 @@ class Stencil:
         self.fits = np.array(self.fits, dtype=bool)
 
 
+class Windows:
+    """grad_z's window tables (launch_config.h kWindow*, lwvd_fwd.cuh window_table_block): per filter
+    with a stencil table, per lag the windows w_lo .. w_lo + nw - 1 of its run of terms, their offsets
+    (the lags' windows in order), whether they fit win_cap, and the window hull."""
+
+    def __init__(self, p: Problem, cfg, st: Stencil):
+        self.window = W = cfg.get("window", 16)
+        self.win_cap = int(cfg.get("window_budget", 16 << 20) // (p.f * W * p.scalar_bytes))
+        self.nw, self.wlo, self.start, self.fits, self.hull, self.chunks = [], [], [], [], [], []
+        for f in range(p.f):
+            lens, k0 = st.lens[f], st.k0[f]
+            nw = np.where(lens > 0, (k0 + lens - 1) // W - k0 // W + 1, 0).astype(np.int64)
+            wlo = np.where(lens > 0, k0 // W, 0).astype(np.int64)
+            self.nw.append(nw)
+            self.wlo.append(wlo)
+            self.start.append(np.cumsum(nw) - nw)
+            ok = bool(st.fits[f])
+            chunks = []  # (chunk, written) of window_table_block's loop
+            if ok:
+                wrun = 0
+                for base in range(0, len(nw), STENCIL_THREADS):
+                    total = int(nw[base:base + STENCIL_THREADS].sum())
+                    chunks.append((base, wrun + total <= self.win_cap))
+                    wrun += total
+                    if wrun > self.win_cap:
+                        break
+                ok = wrun <= self.win_cap
+            self.chunks.append(chunks)
+            self.fits.append(ok)
+            if ok and (lens > 0).any():
+                self.hull.append((int(wlo[lens > 0].min()), int((wlo + nw - 1)[lens > 0].max())))
+            elif ok:
+                self.hull.append((0x7FFFFFFF, -1))
+            else:
+                self.hull.append((-1, -1))
+        self.fits = np.array(self.fits, dtype=bool)
+
+
 # --------------------------------------------------------------------------------------------
 # Counting helpers
 # --------------------------------------------------------------------------------------------
@@ -285,7 +348,7 @@ def _contig_wavefronts(lanes, words_per_lane):
 # --------------------------------------------------------------------------------------------
 # Kernels
 # --------------------------------------------------------------------------------------------
-def _stencil_block_counts(p: Problem, geom: Geometry, st: Stencil, sites):
+def _stencil_block_counts(p: Problem, geom: Geometry, st: Stencil, sites, windows: bool = True):
     """The table role of the prepare launch (lwvd_fwd.cuh stencil_table_block): blocks 1 .. min(F, 4096)
     take filters b - 1, + blocks, ...; returns (blocks, block barriers, warp exchanges)."""
     nb = min(p.f, STENCIL_MAX_BLOCKS)
@@ -317,10 +380,29 @@ def _stencil_block_counts(p: Problem, geom: Geometry, st: Stencil, sites):
             if running > st.terms_cap:
                 break
         _add(sites, "tab.end", 1, 1)
+        if not windows or running > st.terms_cap:
+            continue
+        # window_table_block: a barrier, per chunk a block scan (+ the window writes), the hull reduction
+        win = st.windows
+        bars += 1
+        for base, written in win.chunks[f]:
+            chunk = base // t
+            _add(sites, "win.chunk", nw, t)
+            exch += 5 * nw
+            bars += 2
+            if written:
+                c = np.zeros(t, dtype=np.int64)
+                seg = win.nw[f][base:base + t]
+                c[:len(seg)] = seg
+                _add(sites, "win.write", int(c.reshape(nw, WARP).max(axis=1).sum()), int(c.sum()))
+        exch += 10 * nw
+        bars += 1
+        _add(sites, "win.end", 1, 1)
     return nb, bars, exch
 
 
-def prepare_counts(p: Problem, cfg, geom: Geometry = None, st: Stencil = None):
+def prepare_counts(p: Problem, cfg, geom: Geometry = None, st: Stencil = None, windows: bool = True):
+    """The prepare launch; windows=False: a forward's (lwvd_plan.cuh: no window tables)."""
     sites = _counts()
     t = cfg["prep_threads"]
     tr, ln = _strided_trips(p.f, t, t)
@@ -333,8 +415,10 @@ def prepare_counts(p: Problem, cfg, geom: Geometry = None, st: Stencil = None):
         s //= 2
         levels += 1
     geom = geom or Geometry(p)
-    st = st or Stencil(p, cfg, geom)
-    nb, bars, exch = _stencil_block_counts(p, geom, st, sites)
+    if st is None:
+        st = Stencil(p, cfg, geom)
+        st.windows = Windows(p, cfg, st)
+    nb, bars, exch = _stencil_block_counts(p, geom, st, sites, windows)
     return dict(kernel="prepare", blocks=1 + nb, threads=t, smem=0, block_barriers=1 + levels + bars,
                 warp_exchanges=exch, sites=sites)
 
@@ -881,7 +965,7 @@ def grad_z_counts(p: Problem, cfg, geom: Geometry):
     n, hop, N, T, F = p.n_fft, p.hop, p.n_samples, p.frames, p.f
     threads = cfg.get("grad_threads", cfg["threads"])
     nwarps = threads // WARP
-    cr = complex_rows(cfg, n, s_bytes)
+    cr = grad_complex_rows(cfg, n, s_bytes)
     rp = 2 * cr
     J = grad_tile(cfg, n, p.batch, N)
     tiles = -(-N // J)
@@ -890,7 +974,11 @@ def grad_z_counts(p: Problem, cfg, geom: Geometry):
     sites = _counts()
     fft_sites, fft_bars = _fft_pass_counts(p, cfg, cr, esize_c, threads)
     bitrev_sites = _bitrev_pass_counts(p, cfg, cr, esize_c, threads)
-    scatter = _scatter_table(p, geom)
+    win = geom.stencil.windows
+    wl = _window_lists(p, cfg, win)
+    # grad_z_block's block-uniform choice: every filter has a window table, no window list overflows
+    windows = bool(win.fits.all()) and not wl["walk"].any()
+    scatter = None if windows else _scatter_table(p, geom)
     nchunks = -(-F // HALF)
     barriers = exchanges = 0
     memo = {}
@@ -905,19 +993,176 @@ def grad_z_counts(p: Problem, cfg, geom: Geometry):
             if key in memo:
                 tsites, passes, texch = memo[key]
             else:
-                tsites, passes, texch = _grad_z_tile(p, cfg, geom, b, j0, j1, h, rp, cr, esize_c, words_c,
-                                                     scatter, nchunks)
+                if windows:
+                    tsites, passes, texch = _grad_z_tile_windows(p, cfg, geom, win, wl, b, j0, j1, h, rp, cr,
+                                                                 esize_c)
+                else:
+                    tsites, passes, texch = _grad_z_tile(p, cfg, geom, b, j0, j1, h, rp, cr, esize_c, words_c,
+                                                         scatter, nchunks)
                 memo[key] = (tsites, passes, texch)
             for k, v in tsites.items():
                 sites[k] += v
+            for k, v in wl["sites"].items():
+                sites[k] += v
             for k, v in fft_sites.items():
                 sites[k] += v * passes
-            barriers += passes * (fft_bars + 4)  # row zero, A rows, bit reversal, FFT steps, end of pass
-            for k, v in bitrev_sites.items():
-                sites[k] += v * passes
+            barriers += 2  # the window lists, thread 0's flag
+            if windows:
+                barriers += passes * (fft_bars + 2)  # A rows, FFT steps, end of pass
+            else:
+                barriers += passes * (fft_bars + 4)  # row zero, A rows, bit reversal, FFT steps, end of pass
+                for k, v in bitrev_sites.items():
+                    sites[k] += v * passes
             exchanges += texch
-    return dict(kernel="grad_z", blocks=p.batch * tiles, threads=threads, smem=cr * n * esize_c,
+    smem = cr * n * esize_c + windows_per_row(n) * (1 + window_list_cap(cfg, n)) * 4
+    return dict(kernel="grad_z", blocks=p.batch * tiles, threads=threads, smem=smem,
                 block_barriers=barriers, warp_exchanges=exchanges, sites=sites)
+
+
+def _window_lists(p: Problem, cfg, win: Windows):
+    """grad_z_block's per-window filter lists (once per block: sites) and, per window, the covered
+    filters in order and whether the window walks all filters (more than list_cap)."""
+    n = p.n_fft
+    threads = cfg.get("grad_threads", cfg["threads"])
+    nwin = windows_per_row(n, win.window)
+    cap = window_list_cap(cfg, n)
+    sites = _counts()
+    tr, ln = _strided_trips(nwin, threads, threads)
+    _add(sites, "gzw.list", tr, ln)
+    _add(sites, "gzw.hull", tr * p.f, ln * p.f)
+    _add(sites, "gzw.flag", nwin, nwin)  # thread 0's pass over the list counts
+    lo = np.array([h[0] for h in win.hull], dtype=np.int64)
+    hi = np.array([h[1] for h in win.hull], dtype=np.int64)
+    lists = [np.nonzero((lo <= w) & (w <= hi))[0] for w in range(nwin)]
+    walk = np.array([len(x) > cap for x in lists], dtype=bool)
+    return dict(sites=sites, lists=lists, walk=walk, nwin=nwin, cap=cap, lo=lo, hi=hi)
+
+
+def _grad_z_tile_windows(p, cfg, geom, win, wl, b, j0, j1, h, rp, cr, esize_c):
+    """One grad_z tile on the window path (lwvd_bwd.cuh grad_z_block, `windows`)."""
+    n, hop, N, T, F = p.n_fft, p.hop, p.n_samples, p.frames, p.f
+    sb = p.scalar_bytes
+    threads = cfg.get("grad_threads", cfg["threads"])
+    nwarps = threads // WARP
+    R = geom.max_radius
+    W = win.window
+    nwin, cap = wl["nwin"], wl["cap"]
+    st = geom.stencil
+    rows_cap = st.rows_cap
+    sites = _counts()
+    row_lo, row_hi = max(0, j0 - h), min(N - 1, j1 + h)
+    passes = (row_hi - row_lo + rp) // rp
+    j, g = _owned_groups(j0, j1, j0, threads)
+    ng = len(np.unique(g))
+    _add(sites, "gz.zero", ng, len(j))
+    _add(sites, "gz.zero_st", ng, len(j), 0, group_gmem_sectors(g, (b * N + j) * esize_c, esize_c))
+    _add(sites, "gz.pass", nwarps, threads, times=passes)
+    items = rp * nwin
+    it_tr, it_ln = _strided_trips(items, threads, threads)
+    _add(sites, "gzw.item", it_tr, it_ln, times=passes)
+    halves = 2 if sb == 8 else 1  # double: the window in two halves of 8 bins
+    _add(sites, "gzw.half", it_tr * halves, it_ln * halves, times=passes)
+    if n < W:  # n_fft 4 or 8: the store of the bins j < n in a region of its own
+        _add(sites, "gzw.st_small", it_tr * halves, it_ln * halves, times=passes)
+    # per item: row slot, window, group (warp, item trip)
+    it = np.arange(items)
+    lw = nwin.bit_length() - 1
+    wi = it // rp
+    r_it = it - wi * rp  # rows fastest, bits 0 and 1 of the window index swapped
+    w_it = (wi & ~3) | ((wi & 1) << 1) | ((wi >> 1) & 1) if lw > 1 else wi
+    g_it = (it // threads) * nwarps + (it % threads) // WARP
+    # stores: every item, bins j < min(16, n), bit-reversed (identical every pass)
+    log2n = n.bit_length() - 1
+    nj = min(W, n)
+    jj = np.arange(nj)
+    kk = (w_it[:, None] * W + jj[None, :]).ravel()
+    kr = np.array([_bitrev(int(k), log2n) for k in range(n)], dtype=np.int64)[kk]
+    rr = np.repeat(r_it, nj)
+    addr = ((rr >> 1) * n + kr) * esize_c + (rr & 1) * sb
+    gst = np.repeat(g_it, nj) * W + np.tile(jj, items)
+    _add(sites, "gzw.st", len(np.unique(gst)), len(gst), group_smem_wavefronts(gst, addr, sb), times=passes)
+    cnt_base = cr * n * esize_c  # wcnt, then wlist, after the rows
+    list_base = cnt_base + 4 * nwin
+    lens = np.array([len(x) for x in wl["lists"]], dtype=np.int64)
+    walk = wl["walk"]
+    lo, hi = wl["lo"], wl["hi"]
+    radius = geom.d_radius.astype(np.int64)
+    for k in range(passes):
+        r0 = row_lo + k * rp
+        pass_hi = min(row_hi, r0 + rp - 1)
+        _window_pass(sites, p, geom, win, wl, r0, pass_hi, r_it, w_it, g_it, lens, radius, cnt_base, list_base)
+        _gather_pass(sites, p, threads, b, j0, j1, h, r0, pass_hi, esize_c)
+    return sites, passes, 0
+
+
+def _window_pass(sites, p, geom, win, wl, r0, pass_hi, r_it, w_it, g_it, lens, radius, cnt_base, list_base):
+    """The window items of one pass: their filters, frames, header reads and window reads."""
+    hop, T, F, sb = p.hop, p.frames, p.f, p.scalar_bytes
+    R = geom.max_radius
+    W = win.window
+    nwin, walk, lo, hi = wl["nwin"], wl["walk"], wl["lo"], wl["hi"]
+    rows_cap = geom.stencil.rows_cap
+    if True:
+        act = r0 + r_it <= pass_hi
+        if not act.any():
+            return
+        ia = np.nonzero(act)[0]
+        s_a = r0 + r_it[ia]
+        wa, ga = w_it[ia], g_it[ia]
+        _add(sites, "gzw.cnt", len(np.unique(ga)), len(ia), group_smem_wavefronts(ga, cnt_base + 4 * wa, 4))
+        halves = 2 if sb == 8 else 1  # the filter loop runs once per half (the same trips)
+        t_lo = np.where(s_a - R > 0, -(-(s_a - R) // hop), 0)
+        t_hi = np.minimum(T - 1, (s_a + R) // hop)
+        nt = np.maximum(0, t_hi - t_lo + 1)
+        nl = lens[wa]
+        # (item, li) pairs
+        rep = np.repeat(np.arange(len(ia)), nl)
+        li = np.arange(len(rep)) - np.repeat(np.cumsum(nl) - nl, nl)
+        gli = ga[rep] * (F + 1) + li
+        _add(sites, "gzw.filter", len(np.unique(gli)), len(rep), times=halves)
+        wr = wa[rep]
+        if len(rep):
+            _add(sites, "gzw.lst", len(np.unique(gli)), len(rep),
+                 group_smem_wavefronts(gli, list_base + 4 * (li * nwin + wr), 4), times=halves)
+        fl = np.empty(len(rep), dtype=np.int64)
+        for wv in np.unique(wr):
+            sel = wr == wv
+            fl[sel] = wl["lists"][wv][li[sel]]
+        # (item, li, frame) triples
+        ntr = nt[rep]
+        r2 = np.repeat(np.arange(len(rep)), ntr)
+        tt = np.arange(len(r2)) - np.repeat(np.cumsum(ntr) - ntr, ntr)
+        maxt = int(nt.max()) + 1 if len(nt) else 1
+        key = gli[r2] * maxt + tt
+        _add(sites, "gzw.frame", len(np.unique(key)), len(r2), times=halves)
+        f3 = fl[r2]
+        d = s_a[rep[r2]] - (t_lo[rep[r2]] + tt) * hop
+        ind = np.abs(d) <= radius[f3]
+        key, f3, d, w3 = key[ind], f3[ind], d[ind], wr[r2][ind]
+        if len(key) == 0:
+            return
+        hdr_addr = 8 * (f3 * rows_cap + radius[f3] + d)
+        _add(sites, "gzw.hdr", len(np.unique(key)), len(key), 0, group_gmem_sectors(key, hdr_addr, 8), times=halves)
+        dr = d + radius[f3]
+        wlo = np.empty(len(f3), dtype=np.int64)
+        nw = np.empty(len(f3), dtype=np.int64)
+        off = np.empty(len(f3), dtype=np.int64)
+        for fv in np.unique(f3):
+            sel = f3 == fv
+            wlo[sel] = win.wlo[fv][dr[sel]]
+            nw[sel] = win.nw[fv][dr[sel]]
+            off[sel] = win.start[fv][dr[sel]]
+        q = w3 - wlo
+        hit = (q >= 0) & (q < nw)
+        if not hit.any():
+            return
+        key, f3, q, off = key[hit], f3[hit], q[hit], off[hit]
+        _add(sites, "gzw.win", len(np.unique(key)), len(key), times=halves)
+        base = (f3 * win.win_cap * W + (off + q) * W) * sb
+        nv = W * sb // 16
+        kv = np.concatenate([key * 8 + c for c in range(nv)])
+        av = np.concatenate([base + 16 * c for c in range(nv)])
+        _add(sites, "gzw.wld", len(np.unique(kv)), len(kv), 0, group_gmem_sectors(kv, av, 16))
 
 
 def _owned_groups(j_lo, j_hi, j0, threads):
@@ -973,11 +1218,20 @@ def _grad_z_tile(p, cfg, geom, b, j0, j1, h, rp, cr, esize_c, words_c, tables, n
             d = ss - tt * hop + R + 1
             for site, arr in scatter.items():
                 _add(sites, site, *(int(x) for x in arr[d, cls].sum(axis=0)))
-        # gather
+        _gather_pass(sites, p, threads, b, j0, j1, h, r0, pass_hi, esize_c)
+    return sites, passes, exch
+
+
+def _gather_pass(sites, p, threads, b, j0, j1, h, r0, pass_hi, esize_c):
+    """The gather of one grad_z pass: the owned samples j reached by rows r0 .. pass_hi."""
+    n, N = p.n_fft, p.n_samples
+    rp_pass = pass_hi - r0 + 1
+    rp = rp_pass
+    if True:
         jw_lo, jw_hi = max(j0, r0 - h), min(j1, pass_hi + h)
         j, g = _owned_groups(jw_lo, jw_hi, j0, threads)
         if len(j) == 0:
-            continue
+            return
         ng = len(np.unique(g))
         _add(sites, "gz.gather_j", ng, len(j))
         sec = group_gmem_sectors(g, (b * N + j) * esize_c, esize_c)
@@ -1003,7 +1257,6 @@ def _grad_z_tile(p, cfg, geom, b, j0, j1, h, rp, cr, esize_c, words_c, tables, n
             _add(sites, "gz.xp", ng2, nl, wxp)
             _add(sites, "gz.xm", ng2, nl, wxm)
             _add(sites, "gz.z", ng2, nl, 0, group_gmem_sectors(gso, (b * N + zi[ok]) * esize_c, esize_c))
-    return sites, passes, exch
 
 
 # --------------------------------------------------------------------------------------------
@@ -1043,10 +1296,11 @@ def plan_counts(p: Problem, cfg) -> dict:
     warp_exchanges and sites {name: [trips, lanes, wavefronts, sectors]}."""
     geom = Geometry(p)
     st = Stencil(p, cfg, geom)
+    st.windows = Windows(p, cfg, st)
     geom.stencil = st
-    fwd = [prepare_counts(p, cfg, geom, st)]
+    fwd = [prepare_counts(p, cfg, geom, st, windows=False)]
     bwd = [prepare_counts(p, cfg, geom, st)]
-    tfwd = [prepare_counts(p, cfg, geom, st)] if p.batch > 0 else []
+    tfwd = [prepare_counts(p, cfg, geom, st, windows=False)] if p.batch > 0 else []
     tbwd = [prepare_counts(p, cfg, geom, st)]
     if p.batch > 0:
         fwd.append(smooth_counts(p, cfg, geom, moments=False))

@@ -4,7 +4,7 @@
 //   g++ -std=c++17 -I<toolkit>/include -Icsrc tools/occupancy.cpp -o occupancy
 //   echo "<sm> <regs> <static_smem> <kind> <scalar_bytes> <n_fft>" | ./occupancy
 // kind: rows (forward/moments: dynamic shared memory from launch_config.h), grad (grad_z + parameter
-// gradients: the same shared memory, kGradThreads threads), prep, reduce.
+// gradients: grad_complex_rows_per_pass rows + the window lists, kGradThreads threads), prep, reduce.
 // Prints: threads dyn_smem_bytes blocks_per_sm occupancy_percent limiter
 // limiter "exceeds-optin": the launch needs more shared memory per block than the device has at all
 // (the CUDA launcher raises a ValueError naming n_fft there); "unknown-arch": no limits below.
@@ -46,11 +46,15 @@ int main() {
   while (std::scanf("%d %d %ld %31s %ld %ld", &sm, &regs, &static_smem, kind, &scalar_bytes, &n_fft) == 6) {
     int threads = lwvd::config::kThreads;
     std::size_t dyn = 0;
-    if (std::strcmp(kind, "rows") == 0 || std::strcmp(kind, "grad") == 0) {
-      const int cr = std::strcmp(kind, "grad") == 0 ? lwvd::config::complex_rows_per_pass(n_fft, scalar_bytes)
-                                                     : lwvd::config::smooth_complex_rows_per_pass(n_fft, scalar_bytes);
-      dyn = lwvd::config::rows_smem_bytes(cr, n_fft, scalar_bytes);
-      threads = std::strcmp(kind, "grad") == 0 ? lwvd::config::kGradThreads : lwvd::config::kSmoothThreads;
+    if (std::strcmp(kind, "rows") == 0) {
+      dyn = lwvd::config::rows_smem_bytes(lwvd::config::smooth_complex_rows_per_pass(n_fft, scalar_bytes), n_fft,
+                                          scalar_bytes);
+      threads = lwvd::config::kSmoothThreads;
+    } else if (std::strcmp(kind, "grad") == 0) {  // lwvd_plan.cuh grad_launch: its rows + the window lists
+      dyn = lwvd::config::rows_smem_bytes(lwvd::config::grad_complex_rows_per_pass(n_fft, scalar_bytes), n_fft,
+                                          scalar_bytes) +
+            lwvd::config::window_list_bytes(n_fft);
+      threads = lwvd::config::kGradThreads;
     } else if (std::strcmp(kind, "prep") == 0) {
       threads = lwvd::config::kPrepThreads;
     } else {

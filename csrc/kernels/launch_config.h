@@ -190,6 +190,61 @@ inline int64_t stencil_rows_cap(int64_t terms_cap, int64_t d_limit) {
   return rows;
 }
 
+// Window tables of grad_z (lwvd_bwd.cuh grad_z_block, filled by the prepare launch's table role after
+// the filter's stencil table, lwvd_fwd.cuh stencil_table_block). Bins in windows of kWindow = 16
+// (w = k / 16); per filter and lag d the windows w_lo .. w_lo + nw - 1 that hold its run of stencil
+// terms, stored dense (the stencil table's E for the run's bins, exactly 0 for the other bins of those
+// windows: the same values, so grad_z's truncation set stays bitwise the kernels'), 16 scalars per
+// window (16-byte aligned: read with 16-byte vector loads); a header {first window, w_lo | nw << 16}
+// per lag and the filter's window hull [lo, hi] ({-1, -1}: no window table, e.g. no stencil table,
+// invalid parameters or more windows than win_cap). A host-chosen capacity like terms_cap: a total of
+// kWindowBudget bytes split evenly over the filters (win_cap windows per filter). grad_z takes the
+// window path in a block only when every filter has a window table, else the scatter path of before.
+// Memory: F * win_cap * 16 * sizeof(scalar) <= kWindowBudget, + F * rows_cap * 8 (headers) + F * 8
+// (hulls): <= 16 MiB + 2.9 MiB (float) per call. At configuration S (F = 80, float): 3276 windows per
+// filter (each filter needs 580: 377 lags with terms x 1.54 windows).
+#ifndef LWVD_WINDOW_BUDGET
+#define LWVD_WINDOW_BUDGET (16u << 20)
+#endif
+constexpr std::size_t kWindowBudget = LWVD_WINDOW_BUDGET;
+constexpr int kWindow = 16;             // bins per window (the registers of one grad_z item)
+constexpr int kWindowLog2 = 4;
+constexpr std::size_t kWinListBytes = 8192;  // grad_z's per-window filter lists (shared memory)
+constexpr int kWinListMax = 32;              // entries per window at most (more: walk all filters)
+static_assert(kWindowBudget / 4 < (std::size_t{1} << 31), "window entries are indexed in 32 bits");
+
+inline int64_t window_cap(int64_t n_filters, std::size_t scalar_bytes) {
+  return static_cast<int64_t>(kWindowBudget / (static_cast<std::size_t>(n_filters) * kWindow * scalar_bytes));
+}
+inline int windows_per_row(int64_t n_fft) { return static_cast<int>((n_fft + kWindow - 1) / kWindow); }
+// Filters a window's list holds (grad_z_block): kWinListBytes / (4 * windows) - 1, in [1, kWinListMax].
+inline int window_list_cap(int64_t n_fft) {
+  int64_t cap = static_cast<int64_t>(kWinListBytes) / (4 * windows_per_row(n_fft)) - 1;
+  if (cap > kWinListMax) cap = kWinListMax;
+  if (cap < 1) cap = 1;
+  return static_cast<int>(cap);
+}
+inline std::size_t window_list_bytes(int64_t n_fft) {
+  return static_cast<std::size_t>(windows_per_row(n_fft)) * (1 + window_list_cap(n_fft)) * 4;
+}
+
+// Complex rows per pass of grad_z (separate from the row kernels' complex_rows_per_pass): the window
+// path gives each thread one (real row of the pass, window) item, 2 CR * n_fft / 16 items per pass, so
+// CR is the one in [1, complex_rows_per_pass] whose items fill the kGradThreads threads best (items per
+// thread trip), ties to the larger. At configuration S (n_fft 512): float CR = 8 (512 items, one per
+// thread; 12 would be 768: two trips, the second half empty), double CR = 6.
+inline int grad_complex_rows_per_pass(int64_t n_fft, std::size_t scalar_bytes) {
+  const int top = complex_rows_per_pass(n_fft, scalar_bytes);
+  const int64_t nwin = windows_per_row(n_fft);
+  int best = top;
+  int64_t best_items = 0, best_trips = 1;
+  for (int c = top; c >= 1; --c) {
+    const int64_t items = 2 * c * nwin, trips = (items + kGradThreads - 1) / kGradThreads;
+    if (items * best_trips > best_items * trips) { best = c; best_items = items; best_trips = trips; }
+  }
+  return best;
+}
+
 // The six per-(b, f, t) moments S0, Sa, Sc, Saa, Sac, Scc of the backward (lwvd_math.cuh, docs/design.md).
 constexpr int kMoments = 6;
 

@@ -15,11 +15,14 @@
 // atomics) and maps the sums to dK/dtheta once (param_grads_from_moments: linear in the moments).
 //
 // grad_z: a block owns samples [j0, j0 + J) of one batch item (output-stationary) and walks the rows
-// n within h = M/2 - 1 of them in passes of 2*CR rows. A pass builds A[n, k] = sum_{f,t} G norm E
-// (two real rows per complex row and per warp, half a warp each; natural order, then permuted to
-// bit-reversed), FFTs it, recovers Ahat of both rows from X[m] and
-// X[-m], and each thread adds 4 * z[2n - j] * conj(Ahat[n, j - n]) to the samples j it owns. The
-// thread that owns j is the only writer of grad_z[j]: no atomics, bitwise reproducible.
+// n within h = M/2 - 1 of them in passes of 2*CR rows. A pass builds A[n, k] = sum_{f,t} G norm E,
+// FFTs it, recovers Ahat of both rows from X[m] and X[-m], and each thread adds
+// 4 * z[2n - j] * conj(Ahat[n, j - n]) to the samples j it owns. The thread that owns j is the only
+// writer of grad_z[j]: no atomics, bitwise reproducible. A is built on the window path (a thread per
+// (row, 16-bin window) item, summing in registers over the filters that cover its window, from the
+// prepare launch's window tables; stored bit-reversed) or, when some filter has no window table or a
+// window's filter list overflows, on the scatter path (two real rows per complex row and per warp,
+// half a warp each; natural order, then permuted to bit-reversed). docs/cuda_kernels.md, "grad_z".
 #pragma once
 
 #include "cuda_compat.cuh"
@@ -126,7 +129,42 @@ struct GradZArgs {
   const scalar_t* tab_e;
   const int* tab_idx;
   int64_t terms_cap, rows_cap;
+  const int2* win_hdr;                       // window tables (PrepareArgs, launch_config.h kWindow*)
+  const scalar_t* win_e;
+  const int2* win_hull;
+  int64_t win_cap;
+  int list_cap;                              // config::window_list_cap(n_fft)
 };
+
+// The window path's 16 multiply-adds of one (filter, frame, window): acc[j] += w * src[j], src read
+// with 16-byte vector loads (the window is 16-byte aligned: launch_config.h kWindow).
+template <typename scalar_t>
+struct Vec16B;
+template <>
+struct Vec16B<float> {
+  using type = float4;
+  static constexpr int n = 4;
+};
+template <>
+struct Vec16B<double> {
+  using type = double2;
+  static constexpr int n = 2;
+};
+__device__ __forceinline__ void vec_fma(float* acc, float w, const float4& v) {
+  acc[0] += w * v.x;
+  acc[1] += w * v.y;
+  acc[2] += w * v.z;
+  acc[3] += w * v.w;
+}
+__device__ __forceinline__ void vec_fma(double* acc, double w, const double2& v) {
+  acc[0] += w * v.x;
+  acc[1] += w * v.y;
+}
+
+// bit_reverse(j, 4) for the 16 bins of a window (constants after unrolling)
+__device__ __forceinline__ constexpr int brev4(int j) {
+  return ((j & 1) << 3) | ((j & 2) << 1) | ((j & 4) >> 1) | ((j & 8) >> 3);
+}
 
 // grad_z_block's marker of a filter without a stencil table (on-the-fly terms).
 constexpr int kNoTable = -2147483647 - 1;
@@ -137,7 +175,6 @@ __device__ __forceinline__ void grad_z_block(const GradZArgs<scalar_t>& a, unsig
   const unsigned tiles = static_cast<unsigned>(a.tiles_per_item);  // 32-bit: see lwvd_smooth_kernel
   const int64_t b = block / tiles;
   const int64_t j0 = static_cast<int64_t>(block % tiles) * a.tile;
-  const scalar_t inv_two_m = static_cast<scalar_t>(a.inv_two_m);  // k * (1/2M) == k / 2M: 2M = 2^k
   const int64_t j1 = imin(a.n_samples - 1, j0 + a.tile - 1);  // last owned sample
   const int64_t h = max_lag(a.n_fft);
   const int64_t row_lo = imax(0, j0 - h);
@@ -148,9 +185,7 @@ __device__ __forceinline__ void grad_z_block(const GradZArgs<scalar_t>& a, unsig
   const int n = 1 << a.log2_fft;
   const int tid = static_cast<int>(threadIdx.x);
   const int nthreads = config::kGradThreads;  // == blockDim.x (the plan launches that)
-  const int warp = tid / kWarpSize, lane = tid % kWarpSize, nwarps = nthreads / kWarpSize;
   const int64_t radius = *a.max_radius;
-  const scalar_t trunc2 = static_cast<scalar_t>(a.trunc2);
   const double inv_hop = a.inv_hop;
   const cplx<scalar_t>* zb = a.z + b * a.n_samples;
   cplx<scalar_t>* gz = a.grad_z + b * a.n_samples;
@@ -165,10 +200,164 @@ __device__ __forceinline__ void grad_z_block(const GradZArgs<scalar_t>& a, unsig
     gz[j] = cplx<scalar_t>{0, 0};
   }
 
+  // Window path (launch_config.h kWindow*): per window of 16 bins the filters whose window hull
+  // covers it, in shared memory after the rows: wcnt[w], then wlist[li * nwin + w] (consecutive
+  // windows in consecutive words). The path runs only when every filter has a window table and no
+  // window is covered by more than list_cap filters (block-uniform), else the scatter path below.
+  // (Derived sizes are recomputed where used: values live across the pass loop cost registers.)
+  constexpr int kWin = config::kWindow;
+  __shared__ int s_scatter;  // 1: the scatter path (thread 0 alone writes it: no atomics)
+  {
+    const int nwin = (n + kWin - 1) / kWin;
+    int* wcnt = reinterpret_cast<int*>(rows + a.complex_rows * n);
+    int* wlist = wcnt + nwin;
+    const int n_filters = static_cast<int>(a.n_filters);  // < 2^31 (the plan checks)
+    int none = 0;  // a filter without a window table (every window's thread sees every filter)
+    LWVD_NO_UNROLL
+    for (int w = tid; w < nwin; w += nthreads) {
+      [[maybe_unused]] const int wtrip = (w - tid) / nthreads;  // profile key
+      LWVD_PROF_TRIP("gzw.list", wtrip);
+      int cnt = 0;
+      LWVD_NO_UNROLL
+      for (int f = 0; f < n_filters; ++f) {
+        LWVD_PROF_TRIP("gzw.hull", wtrip, f);
+        const int2 hl = a.win_hull[f];
+        none |= hl.x < 0;
+        if (hl.x <= w && w <= hl.y) {
+          if (cnt < a.list_cap) wlist[cnt * nwin + w] = f;
+          ++cnt;
+        }
+      }
+      wcnt[w] = cnt;
+    }
+    __syncthreads();
+    if (tid == 0) {  // thread 0 ran window 0's loop over every filter; the lists' overflow from wcnt
+      LWVD_NO_UNROLL
+      for (int w = 0; w < nwin; ++w) {
+        LWVD_PROF_TRIP("gzw.flag", w);
+        none |= wcnt[w] > a.list_cap;
+      }
+      s_scatter = none;
+    }
+  }
+  __syncthreads();
+
   for (int64_t pass = 0; pass < passes; ++pass) {
     LWVD_PROF_TRIP("gz.pass");
     const int64_t r0 = row_lo + pass * rows_per_pass;
     const int64_t pass_hi = imin(row_hi, r0 + rows_per_pass - 1);
+    if (s_scatter == 0) {  // block-uniform; read per pass (a flag live across the passes cost a spill)
+      // Item i = (real row r = i / nwin of the pass, window w = i % nwin), one thread each: 16 bins of
+      // A[r0 + r] in registers, summed over the window's filters and their frames in a fixed (list,
+      // frame) order (bitwise reproducible, no atomics), then stored by their only writer at the
+      // bit-reversed positions of the FFT's input (re part for even r, im for odd): every element of
+      // the pass's rows is written (rows past pass_hi get zeros), so no zero fill and no permutation.
+      const int nwin = (n + kWin - 1) / kWin;
+      const int log2_nwin = a.log2_fft > config::kWindowLog2 ? a.log2_fft - config::kWindowLog2 : 0;
+      const int* wcnt = reinterpret_cast<const int*>(rows + a.complex_rows * n);
+      const int* wlist = wcnt + nwin;
+      const int items = rows_per_pass * nwin;
+      // 32-bit rows, frames and lags (the plan checks 2 d_limit + hop + 2 n_fft < 2^31) and 32-bit table
+      // indices (launch_config.h): few 64-bit values live next to the 16 accumulators.
+      const int hop = static_cast<int>(a.hop), rad = static_cast<int>(radius);
+      const int frames = static_cast<int>(a.n_frames);
+      const int r0i = static_cast<int>(r0), phi = static_cast<int>(pass_hi);
+      LWVD_NO_UNROLL
+      for (int it = tid; it < items; it += nthreads) {
+        [[maybe_unused]] const int itrip = (it - tid) / nthreads;  // profile key
+        LWVD_PROF_TRIP("gzw.item", itrip);
+        // Rows fastest: the lanes of one window share its filter list, consecutive rows read consecutive
+        // lags. Window index bits 0 and 1 swapped: the two windows of a warp (at 2CR = 16 rows) are w and
+        // w ^ 2, neighbours in frequency (lists of similar length: few idle lanes) whose bit-reversed
+        // stores fall in different banks (the bank of bin 16 w + j depends on bits 1.. of w, not on j).
+        const int wi = it / rows_per_pass, r = it - wi * rows_per_pass;
+        const int w = log2_nwin > 1 ? (wi & ~3) | ((wi & 1) << 1) | ((wi >> 1) & 1) : wi;
+        const int s = r0i + r;
+        // frames with |s - t*hop| <= radius (as the scatter path below, in 32 bits)
+        int t_lo = 0, nt = 0, cnt = 0;
+        if (s <= phi) {
+          if (s - rad > 0) {
+            t_lo = static_cast<int>(static_cast<double>(s - rad) * inv_hop);
+            while (t_lo * hop < s - rad) ++t_lo;
+            while (t_lo > 0 && (t_lo - 1) * hop >= s - rad) --t_lo;
+          }
+          int t_hi = static_cast<int>(static_cast<double>(s + rad) * inv_hop);
+          while ((t_hi + 1) * hop <= s + rad) ++t_hi;
+          while (t_hi > 0 && t_hi * hop > s + rad) --t_hi;
+          t_hi = t_hi < frames - 1 ? t_hi : frames - 1;
+          nt = t_hi - t_lo + 1;
+          LWVD_PROF_SMEM("gzw.cnt", &wcnt[w], itrip);
+          cnt = wcnt[w];
+        }
+        const int nl = s > phi ? 0 : cnt;
+        // double: the window in two halves of 8 bins (16 double accumulators would spill)
+        constexpr int kHalves = sizeof(scalar_t) == 8 ? 2 : 1;
+        constexpr int kBins = kWin / kHalves;
+        using V = typename Vec16B<scalar_t>::type;
+        constexpr int kv = Vec16B<scalar_t>::n;
+        LWVD_NO_UNROLL
+        for (int hv = 0; hv < kHalves; ++hv) {
+          LWVD_PROF_TRIP("gzw.half", itrip, hv);
+          scalar_t acc[kBins];
+#pragma unroll
+          for (int j = 0; j < kBins; ++j) acc[j] = 0;
+          LWVD_NO_UNROLL
+          for (int li = 0; li < nl; ++li) {
+            LWVD_PROF_TRIP("gzw.filter", itrip, li * kHalves + hv);
+            LWVD_PROF_SMEM("gzw.lst", &wlist[li * nwin + w], itrip, li * kHalves + hv);
+            const int f = wlist[li * nwin + w];
+            const int rf = static_cast<int>(a.geom[f].d_radius);
+            const int hbase = f * static_cast<int>(a.rows_cap) + rf;       // header of lag d: hbase + d
+            const int gbase = f * frames + t_lo;                          // G of frame t_lo + tt
+            int d = s - t_lo * hop;
+            LWVD_NO_UNROLL
+            for (int tt = 0; tt < nt; ++tt, d -= hop) {
+              LWVD_PROF_TRIP("gzw.frame", itrip, li * kHalves + hv, tt);
+              if (d > rf || -d > rf) continue;
+              LWVD_PROF_GMEM("gzw.hdr", &a.win_hdr[hbase + d], itrip, li * kHalves + hv, tt);
+              const int2 h = a.win_hdr[hbase + d];
+              if (static_cast<unsigned>(w - (h.y & 0xffff)) >= static_cast<unsigned>(h.y >> 16)) continue;
+              {
+                LWVD_PROF_TRIP("gzw.win", itrip, li * kHalves + hv, tt);
+                const scalar_t gw = Gb[gbase + tt];  // the table holds norm * E
+                const V* src = reinterpret_cast<const V*>(a.win_e + (h.x + w) * kWin + hv * kBins);
+#pragma unroll
+                for (int c = 0; c < kBins / kv; ++c) {
+                  LWVD_PROF_GMEM("gzw.wld", &src[c], itrip, li * kHalves + hv, tt, c);
+                  vec_fma(acc + c * kv, gw, src[c]);
+                }
+              }
+            }
+          }
+          // formed here, after the filter loop: nothing of the store stays live next to the accumulators.
+          // Bin 16 w + jj sits at bit_reverse(16 w + jj) = brev4(jj) << (log2 n - 4) | bit_reverse(w).
+          const int rs = s - r0i;  // the row slot r, from the row (r itself would be one more live register)
+          scalar_t* dst = reinterpret_cast<scalar_t*>(rows + (rs >> 1) * n) + (rs & 1);
+          if (a.log2_fft >= config::kWindowLog2) {
+            const int sl = a.log2_fft - config::kWindowLog2;
+            scalar_t* d0 = dst + 2 * (sl > 0 ? bit_reverse(w, sl) : 0);
+            const int stride = 2 << sl;  // scalars between brev4 steps
+#pragma unroll
+            for (int j = 0; j < kBins; ++j) {
+              const int jj = hv * kBins + j;  // bin of the window
+              LWVD_PROF_SMEM("gzw.st", &d0[brev4(jj) * stride], itrip, jj);
+              d0[brev4(jj) * stride] = acc[j];
+            }
+          } else {  // n_fft 4 or 8: one window, its bins jj < n (own region: only these sizes pay it)
+            LWVD_PROF_TRIP("gzw.st_small", itrip, hv);
+            const int sr = config::kWindowLog2 - a.log2_fft;
+#pragma unroll
+            for (int j = 0; j < kBins; ++j) {
+              const int jj = hv * kBins + j;
+              if (jj < n) {
+                LWVD_PROF_SMEM("gzw.st", &dst[2 * (brev4(jj) >> sr)], itrip, jj);
+                dst[2 * (brev4(jj) >> sr)] = acc[j];
+              }
+            }
+          }
+        }
+      }
+    } else {
     LWVD_NO_UNROLL
     for (int i = tid; i < a.complex_rows * n; i += nthreads) {
       LWVD_PROF_TRIP("gz.rowzero", (i - tid) / nthreads);
@@ -184,6 +373,10 @@ __device__ __forceinline__ void grad_z_block(const GradZArgs<scalar_t>& a, unsig
     // lanes busy instead of 32, both rows share the per-filter shuffles, and the halves' words
     // interleave (re, im): one warp access hits each bank once (float).
     constexpr int kHalf = kWarpSize / 2;
+    // (the scatter path's own values, formed here: live across the window path they cost registers)
+    const int warp = tid / kWarpSize, lane = tid % kWarpSize, nwarps = nthreads / kWarpSize;
+    const scalar_t trunc2 = static_cast<scalar_t>(a.trunc2);
+    const scalar_t inv_two_m = static_cast<scalar_t>(a.inv_two_m);  // k * (1/2M) == k / 2M: 2M = 2^k
     const int half = lane / kHalf, hl = lane % kHalf;
     for (int cr = warp; cr < a.complex_rows; cr += nwarps) {
       [[maybe_unused]] const int rtrip = (cr - warp) / nwarps;  // profile key
@@ -303,6 +496,7 @@ __device__ __forceinline__ void grad_z_block(const GradZArgs<scalar_t>& a, unsig
     }
     __syncthreads();
     block_bitrev_rows<config::kGradThreads>(rows, a.complex_rows, a.log2_fft);
+    }  // scatter path
     __syncthreads();
     block_fft_rows<config::kGradThreads>(rows, a.complex_rows, a.log2_fft, a.twiddles);  // ends with __syncthreads
 

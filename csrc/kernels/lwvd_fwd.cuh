@@ -82,7 +82,119 @@ struct PrepareArgs {
   int* tab_idx;                    // (F, terms_cap) out: (d + R_f) << kStencilKBits | k
   int64_t terms_cap, rows_cap;
   double inv_two_m;                // 1 / (2 n_fft), exact
+  // grad_z's window tables (launch_config.h kWindow*), after the stencil table of the same filter:
+  int2* win_hdr;                   // (F, rows_cap) out: {entry of window 0, w_lo | nw << 16} per lag d + R_f
+  scalar_t* win_e;                 // (F, win_cap, 16) out: dense norm * E of the lag's windows (0 off its run)
+  int2* win_hull;                  // (F,) out: {lowest, highest} window of any lag; {-1, -1}: no table
+                                   // (all window pointers null in a forward's prepare: no window tables)
+  int64_t win_cap;
 };
+
+// Exclusive block scan of v over config::kStencilThreads threads (warp scans, then the warps' totals
+// in `warp_total`; two barriers, 5 shuffles per warp). Returns the exclusive prefix; *total the sum.
+__device__ __forceinline__ int stencil_block_scan(int v, int* warp_total, int* total) {
+  constexpr int kW = config::kStencilThreads / kWarpSize;
+  const int tid = static_cast<int>(threadIdx.x);
+  const int lane = tid % kWarpSize, warp = tid / kWarpSize;
+  int incl = v;
+  for (int o = 1; o < kWarpSize; o <<= 1) {
+    const int y = __shfl_up_sync(kFullMask, incl, o);
+    if (lane >= o) incl += y;
+  }
+  if (lane == kWarpSize - 1) warp_total[warp] = incl;
+  __syncthreads();
+  int before = 0, sum = 0;
+  for (int w = 0; w < kW; ++w) {
+    const int t = warp_total[w];
+    before += w < warp ? t : 0;
+    sum += t;
+  }
+  __syncthreads();  // warp_total is rewritten by the next scan
+  *total = sum;
+  return before + incl - v;
+}
+
+// grad_z's window table of filter f (launch_config.h kWindow*), after its stencil table (which fits:
+// rows[] and the entries are complete). Thread i of a chunk takes lag i: its run of terms
+// [k_lo, k_lo + cnt) (consecutive bins) covers windows w_lo .. w_lo + nw - 1; a block scan of nw
+// places the windows in the order of the lags; each window is written whole (norm * E on the run, the
+// stencil table's E times the filter's norm rounded once; exactly 0 elsewhere: the same terms). Windows past win_cap: no window table ({-1, -1} hull: grad_z takes its scatter path).
+template <typename scalar_t>
+__device__ __forceinline__ void window_table_block(const PrepareArgs<scalar_t>& a, int64_t f, int nrows,
+                                                   int* warp_total, scalar_t norm) {
+  constexpr int kW = config::kStencilThreads / kWarpSize;
+  constexpr int kWin = config::kWindow;
+  constexpr int kMask = (1 << config::kStencilKBits) - 1;
+  __shared__ int warp_lo[kW], warp_hi[kW];
+  const int tid = static_cast<int>(threadIdx.x);
+  const int lane = tid % kWarpSize, warp = tid / kWarpSize;
+  __syncthreads();  // the stencil table of the other threads (global memory of this block) is complete
+  const int* rows = a.tab_rows + f * (a.rows_cap + 1);
+  const scalar_t* te = a.tab_e + f * a.terms_cap;
+  const int* ti = a.tab_idx + f * a.terms_cap;
+  int2* hdr = a.win_hdr + f * a.rows_cap;
+  scalar_t* we = a.win_e + f * a.win_cap * kWin;
+  const int wcap = static_cast<int>(a.win_cap);
+  int wrun = 0;                          // windows of the lags before this chunk (block-uniform)
+  int lo = 0x7fffffff, hi = -1;          // this thread's hull
+  LWVD_NO_UNROLL
+  for (int base = 0; base < nrows; base += config::kStencilThreads) {
+    [[maybe_unused]] const int chunk = base / config::kStencilThreads;  // profile key
+    LWVD_PROF_TRIP("win.chunk", chunk);
+    const int i = base + tid;
+    int e0 = 0, cnt = 0, k_lo = 0, w_lo = 0, nw = 0;
+    if (i < nrows) {
+      e0 = rows[i];
+      cnt = rows[i + 1] - e0;
+      if (cnt > 0) {
+        k_lo = ti[e0] & kMask;
+        w_lo = k_lo >> config::kWindowLog2;
+        nw = ((k_lo + cnt - 1) >> config::kWindowLog2) - w_lo + 1;
+      }
+    }
+    int total;
+    const int start = wrun + stencil_block_scan(nw, warp_total, &total);
+    if (wrun + total <= wcap) {  // block-uniform
+      // .x: the absolute index (in windows, 32 bits: launch_config.h) of the lag's window 0, so that window
+      // w of the lag is entry x + w (w_lo <= w < w_lo + nw)
+      if (i < nrows) hdr[i] = make_int2(static_cast<int>(f * a.win_cap) + start - w_lo, w_lo | (nw << 16));
+      if (nw > 0) {
+        lo = w_lo < lo ? w_lo : lo;
+        hi = w_lo + nw - 1 > hi ? w_lo + nw - 1 : hi;
+      }
+      LWVD_NO_UNROLL
+      for (int q = 0; q < nw; ++q) {
+        LWVD_PROF_TRIP("win.write", chunk, q);
+        scalar_t* dst = we + (start + q) * kWin;
+        const int k0 = (w_lo + q) * kWin - k_lo;  // run position of the window's first bin
+        for (int j = 0; j < kWin; ++j) {
+          const int e = k0 + j;
+          dst[j] = e >= 0 && e < cnt ? norm * te[e0 + e] : scalar_t(0);
+        }
+      }
+    }
+    wrun += total;
+    if (wrun > wcap) break;  // does not fit: no window table (block-uniform)
+  }
+  for (int o = kWarpSize / 2; o > 0; o >>= 1) {  // the block's hull: warp butterflies, then the warps
+    const int l2 = __shfl_xor_sync(kFullMask, lo, o), h2 = __shfl_xor_sync(kFullMask, hi, o);
+    lo = l2 < lo ? l2 : lo;
+    hi = h2 > hi ? h2 : hi;
+  }
+  if (lane == 0) {
+    warp_lo[warp] = lo;
+    warp_hi[warp] = hi;
+  }
+  __syncthreads();
+  if (tid == 0) {
+    LWVD_PROF_TRIP("win.end");
+    for (int w = 0; w < kW; ++w) {
+      lo = warp_lo[w] < lo ? warp_lo[w] : lo;
+      hi = warp_hi[w] > hi ? warp_hi[w] : hi;
+    }
+    a.win_hull[f] = wrun > wcap ? make_int2(-1, -1) : make_int2(lo, hi);
+  }
+}
 
 // One filter's stencil table, by one block of config::kStencilThreads threads (block-uniform control
 // flow). Thread i of a chunk of lags takes lag d = i - R_f: bin_range (the candidate bins of every
@@ -104,7 +216,10 @@ __device__ __forceinline__ void stencil_table_block(const PrepareArgs<scalar_t>&
   int* rows = a.tab_rows + f * (a.rows_cap + 1);
   const int64_t radius = g.d_radius;
   if (bad || 2 * radius + 1 > a.rows_cap) {  // block-uniform
-    if (tid == 0) rows[0] = -1;
+    if (tid == 0) {
+      rows[0] = -1;
+      if (a.win_hull != nullptr) a.win_hull[f] = make_int2(-1, -1);  // no window table either
+    }
     return;
   }
   const int R = static_cast<int>(radius), nrows = 2 * R + 1;
@@ -175,6 +290,12 @@ __device__ __forceinline__ void stencil_table_block(const PrepareArgs<scalar_t>&
     rows[nrows] = running;
     if (running > cap) rows[0] = -1;
   }
+  if (a.win_hull == nullptr) return;  // a forward's prepare: no grad_z reads window tables (lwvd_plan.cuh)
+  if (running > cap) {  // block-uniform: no stencil table, so no window table
+    if (tid == 0) a.win_hull[f] = make_int2(-1, -1);
+    return;
+  }
+  window_table_block(a, f, nrows, warp_total, g.norm);
 }
 
 template <typename scalar_t>

@@ -117,6 +117,11 @@ struct Prepared {
   scalar_t* tab_c;
   int* tab_idx;
   int64_t terms_cap, rows_cap;
+  // grad_z's window tables (launch_config.h kWindow*), filled by the same blocks
+  int2* win_hdr;
+  scalar_t* win_e;
+  int2* win_hull;
+  int64_t win_cap;
 };
 
 inline std::size_t align16(std::size_t x) { return (x + 15) & ~std::size_t{15}; }
@@ -134,7 +139,7 @@ unsigned* error_flags_of(L&, long) {
 template <class Launcher, typename scalar_t>
 Prepared<scalar_t> prepare(Launcher& L, const scalar_t* center, const scalar_t* sigma_t, const scalar_t* sigma_nu,
                            const scalar_t* rho, int64_t n_samples, int64_t n_filters, int64_t n_fft, int64_t hop,
-                           double truncate) {
+                           double truncate, bool windows) {
   Prepared<scalar_t> pr;
   pr.geom = static_cast<FilterGeometry<scalar_t>*>(
       L.workspace(align16(sizeof(FilterGeometry<scalar_t>) * static_cast<std::size_t>(n_filters))));
@@ -156,10 +161,22 @@ Prepared<scalar_t> prepare(Launcher& L, const scalar_t* center, const scalar_t* 
   pr.tab_e = static_cast<scalar_t*>(L.workspace(align16(sizeof(scalar_t) * terms)));
   pr.tab_c = static_cast<scalar_t*>(L.workspace(align16(sizeof(scalar_t) * terms)));
   pr.tab_idx = static_cast<int*>(L.workspace(align16(sizeof(int) * terms)));
+  // grad_z's window tables (up to LWVD_WINDOW_BUDGET + headers), only for the calls whose grad_z tiles
+  // read them: a forward's prepare neither allocates nor fills them (win_e == nullptr).
+  pr.win_cap = windows ? config::window_cap(n_filters, sizeof(scalar_t)) : 0;
+  pr.win_hdr = nullptr;
+  pr.win_e = nullptr;
+  pr.win_hull = nullptr;
+  if (windows) {
+    pr.win_hdr = static_cast<int2*>(L.workspace(align16(sizeof(int2) * nf * static_cast<std::size_t>(pr.rows_cap))));
+    pr.win_e = static_cast<scalar_t*>(L.workspace(
+        align16(sizeof(scalar_t) * config::kWindow * nf * static_cast<std::size_t>(pr.win_cap))));
+    pr.win_hull = static_cast<int2*>(L.workspace(align16(sizeof(int2) * nf)));
+  }
   PrepareArgs<scalar_t> a{center, sigma_t, sigma_nu, rho, pr.geom, pr.twiddles, pr.max_radius, pr.invalid,
                           error_flags_of(L, 0), n_filters, n_fft, d_limit, pr.trunc2,
                           pr.tab_rows, pr.tab_e, pr.tab_c, pr.tab_idx, pr.terms_cap, pr.rows_cap,
-                          1.0 / (2.0 * static_cast<double>(n_fft))};
+                          1.0 / (2.0 * static_cast<double>(n_fft)), pr.win_hdr, pr.win_e, pr.win_hull, pr.win_cap};
   const int64_t table_blocks = n_filters < config::kStencilMaxBlocks ? n_filters : config::kStencilMaxBlocks;
   L.launch(lwvd_prepare_kernel<scalar_t>, dim3(static_cast<unsigned>(1 + table_blocks)), dim3(config::kPrepThreads),
            0, a);
@@ -221,7 +238,7 @@ void run_forward(Launcher& L, const FwdProblem<scalar_t>& p) {
   check_problem(p.batch, p.n_samples, p.n_filters, p.n_fft, p.hop, p.truncate);
   if (p.batch == 0) return;  // a zero-block grid is not a valid launch; the output is empty
   const auto pr = detail::prepare(L, p.center, p.sigma_t, p.sigma_nu, p.rho, p.n_samples, p.n_filters, p.n_fft,
-                                  p.hop, p.truncate);
+                                  p.hop, p.truncate, false);
   detail::smooth<Launcher, scalar_t, false>(L, pr, p.z, nullptr, p.out, p.batch, p.n_samples, p.n_filters, p.n_fft,
                                             p.hop);
 }
@@ -250,19 +267,31 @@ void grad_launch(Launcher& L, const Prepared<scalar_t>& pr, const BwdProblem<sca
   a.tile = config::grad_tile(p.n_fft, p.batch, p.n_samples);
   a.tiles_per_item = ceil_div(p.n_samples, a.tile);
   a.log2_fft = ilog2(p.n_fft);
-  a.complex_rows = config::complex_rows_per_pass(p.n_fft, sizeof(scalar_t));
+  a.complex_rows = config::grad_complex_rows_per_pass(p.n_fft, sizeof(scalar_t));
   a.trunc2 = pr.trunc2;
   a.inv_two_m = 1.0 / (2.0 * static_cast<double>(p.n_fft));
   a.inv_hop = 1.0 / static_cast<double>(p.hop);
+  a.win_hdr = pr.win_hdr;
+  a.win_e = pr.win_e;
+  a.win_hull = pr.win_hull;
+  a.win_cap = pr.win_cap;
+  a.list_cap = config::window_list_cap(p.n_fft);
   a.tab_rows = pr.tab_rows;
   a.tab_e = pr.tab_e;
   a.tab_idx = pr.tab_idx;
   a.terms_cap = pr.terms_cap;
   a.rows_cap = pr.rows_cap;
+  // the window path's 32-bit rows, frames and lags (lwvd_bwd.cuh grad_z_block), as the smooth launch
+  const int64_t d_limit = p.n_samples - 1 + (frames - 1) * p.hop;
+  if (with_z && (2 * d_limit + p.hop + 2 * p.n_fft > INT32_MAX || p.n_filters * frames > INT32_MAX))
+    throw std::invalid_argument("lwvd plan: signal too long or too many filters for 32-bit grad_z indices");
   const int64_t gz_blocks = with_z ? p.batch * a.tiles_per_item : 0;
   const int64_t blocks = gz_blocks > p.n_filters ? gz_blocks : p.n_filters;
   if (blocks > INT32_MAX) throw std::invalid_argument("lwvd plan: too many blocks (B * tiles > 2^31 - 1)");
-  std::size_t smem = gz_blocks > 0 ? config::rows_smem_bytes(a.complex_rows, p.n_fft, sizeof(scalar_t)) : 0;
+  // the rows of a pass, then the per-window filter lists (grad_z_block)
+  std::size_t smem = gz_blocks > 0 ? config::rows_smem_bytes(a.complex_rows, p.n_fft, sizeof(scalar_t)) +
+                                         config::window_list_bytes(p.n_fft)
+                                   : 0;
   const std::size_t red = config::kMoments * config::kReduceThreads * sizeof(scalar_t);  // param_grad_block's tree
   if (smem < red) smem = red;
   L.launch(lwvd_grad_z_kernel<scalar_t, kFrameMoments>, dim3(static_cast<unsigned>(blocks)),
@@ -276,7 +305,7 @@ template <class Launcher, typename scalar_t>
 void run_backward(Launcher& L, const BwdProblem<scalar_t>& p) {
   check_problem(p.batch, p.n_samples, p.n_filters, p.n_fft, p.hop, p.truncate);
   const auto pr = detail::prepare(L, p.center, p.sigma_t, p.sigma_nu, p.rho, p.n_samples, p.n_filters, p.n_fft,
-                                  p.hop, p.truncate);
+                                  p.hop, p.truncate, true);
   // G-weighted moments per (moments block, filter): 6 * B * ceil(T / TT) * F scalars, TT times fewer
   // than per frame (issue 12 item 7: at F = 1e4, hop = 1, TT = 64 that is 0.09x the output's size).
   scalar_t* moments = nullptr;
@@ -304,7 +333,7 @@ void run_forward_moments(Launcher& L, const FwdProblem<scalar_t>& p, double* mom
   check_problem(p.batch, p.n_samples, p.n_filters, p.n_fft, p.hop, p.truncate);
   if (p.batch == 0) return;
   const auto pr = detail::prepare(L, p.center, p.sigma_t, p.sigma_nu, p.rho, p.n_samples, p.n_filters, p.n_fft,
-                                  p.hop, p.truncate);
+                                  p.hop, p.truncate, false);
   detail::smooth<Launcher, scalar_t, true, true>(L, pr, p.z, nullptr, p.out, p.batch, p.n_samples, p.n_filters,
                                                  p.n_fft, p.hop, moments);
 }
@@ -316,7 +345,7 @@ void run_backward_moments(Launcher& L, const BwdProblem<scalar_t>& p, const doub
   if (p.batch * frames > INT32_MAX || p.n_filters * frames > INT32_MAX)
     throw std::invalid_argument("lwvd plan: B * T or F * T too large for 32-bit pair indices");
   const auto pr = detail::prepare(L, p.center, p.sigma_t, p.sigma_nu, p.rho, p.n_samples, p.n_filters, p.n_fft,
-                                  p.hop, p.truncate);
+                                  p.hop, p.truncate, need_z);
   ParamGradArgs<scalar_t> g{nullptr, pr.geom, p.grad_center, p.grad_sigma_t, p.grad_sigma_nu, p.grad_rho, 0,
                             p.n_filters, moments, p.grad_out, p.batch, frames};
   detail::grad_launch<Launcher, scalar_t, true>(L, pr, p, g, need_z);
