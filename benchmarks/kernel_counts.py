@@ -1050,13 +1050,7 @@ def _grad_z_tile_windows(p, cfg, geom, win, wl, b, j0, j1, h, rp, cr, esize_c):
     st = geom.stencil
     rows_cap = st.rows_cap
     sites = _counts()
-    row_lo, row_hi = max(0, j0 - h), min(N - 1, j1 + h)
-    passes = (row_hi - row_lo + rp) // rp
-    j, g = _owned_groups(j0, j1, j0, threads)
-    ng = len(np.unique(g))
-    _add(sites, "gz.zero", ng, len(j))
-    _add(sites, "gz.zero_st", ng, len(j), 0, group_gmem_sectors(g, (b * N + j) * esize_c, esize_c))
-    _add(sites, "gz.pass", nwarps, threads, times=passes)
+    row_lo, row_hi, passes = _grad_tile_start(sites, N, b, j0, j1, h, rp, threads, esize_c)
     items = rp * nwin
     it_tr, it_ln = _strided_trips(items, threads, threads)
     _add(sites, "gzw.item", it_tr, it_ln, times=passes)
@@ -1178,6 +1172,19 @@ def _owned_groups(j_lo, j_hi, j0, threads):
     return j, group
 
 
+def _grad_tile_start(sites, N, b, j0, j1, h, rp, threads, esize_c):
+    """What every grad_z tile does first (lwvd_bwd.cuh grad_z_block, both paths): the zero-fill of its
+    owned samples and the pass loop's trips; returns (row_lo, row_hi, passes)."""
+    row_lo, row_hi = max(0, j0 - h), min(N - 1, j1 + h)
+    passes = (row_hi - row_lo + rp) // rp
+    j, g = _owned_groups(j0, j1, j0, threads)
+    ng = len(np.unique(g))
+    _add(sites, "gz.zero", ng, len(j))
+    _add(sites, "gz.zero_st", ng, len(j), 0, group_gmem_sectors(g, (b * N + j) * esize_c, esize_c))
+    _add(sites, "gz.pass", threads // WARP, threads, times=passes)
+    return row_lo, row_hi, passes
+
+
 def _grad_z_tile(p, cfg, geom, b, j0, j1, h, rp, cr, esize_c, words_c, tables, nchunks):
     scatter = tables
     n, hop, N, T, F = p.n_fft, p.hop, p.n_samples, p.frames, p.f
@@ -1185,14 +1192,7 @@ def _grad_z_tile(p, cfg, geom, b, j0, j1, h, rp, cr, esize_c, words_c, tables, n
     nwarps = threads // WARP
     R = geom.max_radius
     sites = _counts()
-    row_lo, row_hi = max(0, j0 - h), min(N - 1, j1 + h)
-    passes = (row_hi - row_lo + rp) // rp
-    # zero-fill of the owned samples
-    j, g = _owned_groups(j0, j1, j0, threads)
-    ng = len(np.unique(g))
-    _add(sites, "gz.zero", ng, len(j))
-    _add(sites, "gz.zero_st", ng, len(j), 0, group_gmem_sectors(g, (b * N + j) * esize_c, esize_c))
-    _add(sites, "gz.pass", nwarps, threads, times=passes)
+    row_lo, row_hi, passes = _grad_tile_start(sites, N, b, j0, j1, h, rp, threads, esize_c)
     rz_tr, rz_ln = _strided_trips(cr * n, threads, threads)
     _add(sites, "gz.rowzero", rz_tr, rz_ln, times=passes)
     _add(sites, "gz.rowzero_st", rz_tr, rz_ln, rz_tr * words_c, times=passes)

@@ -61,12 +61,15 @@ constexpr int kMaxComplexRows = 32;
 // Complex rows per pass for this n_fft and element size (bytes of one real scalar). At least 1:
 // for n_fft = 8192 a single complex row is 64 KiB (float) / 128 KiB (double), above the default
 // 48 KiB, so the launcher opts in to the larger dynamic shared memory (sm_80: 163 KiB, sm_90: 227 KiB).
-inline int complex_rows_per_pass(int64_t n_fft, std::size_t scalar_bytes) {
+inline int complex_rows_for_budget(std::size_t budget, int64_t n_fft, std::size_t scalar_bytes) {
   const std::size_t row_bytes = static_cast<std::size_t>(n_fft) * 2 * scalar_bytes;
-  std::size_t rows = kRowsSmemBudget / row_bytes;
+  std::size_t rows = budget / row_bytes;
   if (rows < 1) rows = 1;
   if (rows > static_cast<std::size_t>(kMaxComplexRows)) rows = kMaxComplexRows;
   return static_cast<int>(rows);
+}
+inline int complex_rows_per_pass(int64_t n_fft, std::size_t scalar_bytes) {
+  return complex_rows_for_budget(kRowsSmemBudget, n_fft, scalar_bytes);
 }
 
 // The smoothing kernel (forward, moments, the training forward) has a budget of its own: 96 KiB.
@@ -78,14 +81,11 @@ inline int complex_rows_per_pass(int64_t n_fft, std::size_t scalar_bytes) {
 // maximum 99 KiB on sm_86 / sm_89 / sm_120); above 48 KiB the launcher opts in (csrc/cuda/lwvd_cuda.cu).
 // Resident blocks per SM (+ 1 KiB the driver reserves): 1 everywhere at n_fft = 512 (sm_80 / sm_90 by
 // registers of the 512-thread block, sm_86/89/120 by shared memory), i.e. 16 warps per SM, as the
-// 2 x 8 warps of the former 256-thread blocks. grad_z keeps complex_rows_per_pass (48 KiB).
+// 2 x 8 warps of the former 256-thread blocks. grad_z stays within complex_rows_per_pass (48 KiB of
+// rows: grad_complex_rows_per_pass below).
 constexpr std::size_t kSmoothRowsSmemBudget = 96 * 1024;
 inline int smooth_complex_rows_per_pass(int64_t n_fft, std::size_t scalar_bytes) {
-  const std::size_t row_bytes = static_cast<std::size_t>(n_fft) * 2 * scalar_bytes;
-  std::size_t rows = kSmoothRowsSmemBudget / row_bytes;
-  if (rows < 1) rows = 1;
-  if (rows > static_cast<std::size_t>(kMaxComplexRows)) rows = kMaxComplexRows;
-  return static_cast<int>(rows);
+  return complex_rows_for_budget(kSmoothRowsSmemBudget, n_fft, scalar_bytes);
 }
 
 inline std::size_t rows_smem_bytes(int complex_rows, int64_t n_fft, std::size_t scalar_bytes) {
