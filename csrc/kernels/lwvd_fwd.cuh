@@ -208,7 +208,6 @@ __device__ __forceinline__ void stencil_table_block(const PrepareArgs<scalar_t>&
   constexpr int kW = config::kStencilThreads / kWarpSize;
   __shared__ int warp_total[kW];
   const int tid = static_cast<int>(threadIdx.x);
-  const int lane = tid % kWarpSize, warp = tid / kWarpSize;
   const double c = static_cast<double>(a.center[f]), st = static_cast<double>(a.sigma_t[f]);
   const double sn = static_cast<double>(a.sigma_nu[f]), r = static_cast<double>(a.rho[f]);
   const unsigned bad = invalid_bits<scalar_t>(c, st, sn, r);
@@ -250,21 +249,8 @@ __device__ __forceinline__ void stencil_table_block(const PrepareArgs<scalar_t>&
       const scalar_t v = static_cast<scalar_t>(k) * inv_two_m - g.center;
       cnt += quad_form(g, ds, v) <= trunc2 ? 1 : 0;
     }
-    int incl = cnt;  // block scan of the counts: warp scans, then the warps' totals
-    for (int o = 1; o < kWarpSize; o <<= 1) {
-      const int y = __shfl_up_sync(kFullMask, incl, o);
-      if (lane >= o) incl += y;
-    }
-    if (lane == kWarpSize - 1) warp_total[warp] = incl;
-    __syncthreads();
-    int before = 0, total = 0;
-    for (int w = 0; w < kW; ++w) {
-      const int t = warp_total[w];
-      before += w < warp ? t : 0;
-      total += t;
-    }
-    __syncthreads();  // warp_total is rewritten by the next chunk
-    const int start = running + before + incl - cnt;
+    int total;  // block scan of the counts (the window tables' scan too)
+    const int start = running + stencil_block_scan(cnt, warp_total, &total);
     if (i < nrows) rows[i] = start;
     if (running + total <= cap) {  // block-uniform
       int e = start;
