@@ -823,6 +823,7 @@ def replayed_profile(problem: Problem, parts=("forward", "backward")) -> list[di
 
 
 def _profile_mismatches(emu, rep) -> list:
+    """(launch, kernel, counter or site, emulator, replay) for every count where the two differ."""
     bad = []
     for i, (e, r) in enumerate(zip(emu, rep)):
         for k in ("block_barriers", "warp_exchanges"):
@@ -853,14 +854,7 @@ def test_profile_replay_matches_emulator(builds, tmp_path, case, dtype):
     emu = emulator_profile(proc)
     rep = replayed_profile(p)
     assert len(emu) == len(rep), (len(emu), [r["kernel"] for r in rep])
-    bad = []
-    for i, (e, r) in enumerate(zip(emu, rep)):
-        for k in ("block_barriers", "warp_exchanges"):
-            if e[k] != r[k]:
-                bad.append((i, r["kernel"], k, e[k], r[k]))
-        for site in sorted(set(e["sites"]) | set(r["sites"])):
-            if e["sites"].get(site) != r["sites"].get(site):
-                bad.append((i, r["kernel"], site, e["sites"].get(site), r["sites"].get(site)))
+    bad = _profile_mismatches(emu, rep)
     assert not bad, "emulator vs replay (launch, kernel, counter, emulator, replay):\n" + "\n".join(map(str, bad))
     assert any(e["sites"] for e in emu), "the profile counted nothing"
 
@@ -913,11 +907,7 @@ def test_stencil_tables_with_partial_fallback_match_reference_and_replay(builds,
     assert 0 < int(stencil.fits.sum()) < c.f, f"expected a mix of table and fallback filters: {stencil.fits}"
     counts = kernel_counts.plan_counts(kp, cfg)
     rep, emu = counts["forward"] + counts["backward"], emulator_profile(proc)
-    bad = [(i, r["kernel"], site, e["sites"].get(site), r["sites"].get(site))
-           for i, (e, r) in enumerate(zip(emu, rep)) for site in sorted(set(e["sites"]) | set(r["sites"]))
-           if e["sites"].get(site) != r["sites"].get(site)]
-    bad += [(i, r["kernel"], k, e[k], r[k]) for i, (e, r) in enumerate(zip(emu, rep))
-            for k in ("block_barriers", "warp_exchanges") if e[k] != r[k]]
+    bad = _profile_mismatches(emu, rep)
     assert len(emu) == len(rep) and not bad, "emulator vs replay:\n" + "\n".join(map(str, bad))
     for site in ("smooth.tterm", "smooth.term", "gz.tbin", "gz.bin"):  # both paths ran
         assert any(site in e["sites"] for e in emu), site

@@ -12,11 +12,10 @@
 namespace lwvd {
 namespace config {
 
-// Threads per block of the row kernels (forward, moments, grad_z): 8 warps. Enough warps to hide
-// shared-memory latency in the FFT stages, and small enough that 4 blocks (4 x 48 KiB of rows) fit
-// one SM of sm_80/sm_90 at the default budget below. Must be a multiple of 32 (full-warp shuffles).
+// The unit block of the wave rule below (kMinBlocksPerSm counts blocks of kThreads = 8 warps) and the
+// occupancy tool's default. No kernel launches it any more: the smoothing kernels have kSmoothThreads,
+// grad_z kGradThreads, prepare kPrepThreads (each with its reason where it is defined).
 constexpr int kThreads = 256;
-constexpr int kWarps = kThreads / 32;
 
 // Threads per block of the smoothing kernels (forward, moments, the training forward): 16 warps. A
 // block builds the lag rows of its TT frames plus a halo of ~n_fft rows; twice the warps per block
