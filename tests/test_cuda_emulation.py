@@ -540,15 +540,10 @@ NEAR_ONE_CASES = [(r, torch.float64) for r in (0.99, -0.99, 1 - 1e-4, -(1 - 1e-8
 NEAR_ONE_CASES += [(r, torch.float32) for r in (0.99, -(1 - 1e-4))]
 
 
-@needs_plan
-@pytest.mark.parametrize("rho, dtype", NEAR_ONE_CASES, ids=lambda x: repr(x) if isinstance(x, float) else str(x)[6:])
-def test_real_kernels_parameter_gradients_near_rho_one(builds, tmp_path, rho, dtype):
-    """Issue 12 item 6 on the CUDA source: the moments kernel accumulates (S0, Sa, Sc, Saa, Sac, Scc)
-    in q's own coordinates a = d / sigma_t, c = b - rho a, and param_grad applies the formulas of
-    lwvd_math.cuh (shared with the CPU kernels); against 50-digit mpmath (on the inputs rounded to
-    dtype) on the ridge geometry of tests/test_reference.py (testing.near_one_ridge). float64:
-    testing.near_one_tolerance (+1e-13 for the WVD's FFT rounding); float32: TOLERANCES. The (d, v)
-    moments were off in the rho gradient by 9e-9 at -(1 - 1e-8), 2e-4 at 1 - 1e-12 (float64)."""
+def _check_near_rho_one(builds, tmp_path, rho, dtype, mode: str = "both") -> None:
+    """K and the four parameter gradients of the ridge geometry (testing.near_one_ridge) at rho near
+    +-1 against 50-digit mpmath: float64 near_one_tolerance (+1e-13 for the WVD's FFT rounding),
+    float32 TOLERANCES. mode="train": the training pair (run_forward_moments / run_backward_moments)."""
     case = EmuCase(1, 10, 8, 3, 1, "mixed", None)
     p = Problem(case, dtype, tmp_path)
     p.z = make_signal((1,), case.n, seed=31).to(torch.complex128 if dtype == torch.float64 else torch.complex64)
@@ -556,7 +551,7 @@ def test_real_kernels_parameter_gradients_near_rho_one(builds, tmp_path, rho, dt
     torch.view_as_real(p.z).numpy().tofile(tmp_path / "z.bin")
     for name, v in zip(("center", "sigma_t", "sigma_nu", "rho"), p.params):
         v.numpy().tofile(tmp_path / f"{name}.bin")
-    driver_ok(p.run(builds.get("driver"), part="real kernels plain"))
+    driver_ok(p.run(builds.get("driver"), mode=mode, part="real kernels plain"))
     k, _, gp = p.outputs()
     k_ref, _, _ = p.expected()
     assert k_ref.abs().max() > 0
@@ -567,6 +562,18 @@ def test_real_kernels_parameter_gradients_near_rho_one(builds, tmp_path, rho, dt
     for name, got, e in zip(("center", "sigma_t", "sigma_nu", "rho"), gp, expected):
         assert e != 0
         assert_rel_close(got, torch.tensor([e], dtype=torch.float64), tol, f"grad {name} at rho = {rho!r}")
+
+
+@needs_plan
+@pytest.mark.parametrize("rho, dtype", NEAR_ONE_CASES, ids=lambda x: repr(x) if isinstance(x, float) else str(x)[6:])
+def test_real_kernels_parameter_gradients_near_rho_one(builds, tmp_path, rho, dtype):
+    """Issue 12 item 6 on the CUDA source: the moments kernel accumulates (S0, Sa, Sc, Saa, Sac, Scc)
+    in q's own coordinates a = d / sigma_t, c = b - rho a, and param_grad applies the formulas of
+    lwvd_math.cuh (shared with the CPU kernels); against 50-digit mpmath (on the inputs rounded to
+    dtype) on the ridge geometry of tests/test_reference.py (testing.near_one_ridge). float64:
+    testing.near_one_tolerance (+1e-13 for the WVD's FFT rounding); float32: TOLERANCES. The (d, v)
+    moments were off in the rho gradient by 9e-9 at -(1 - 1e-8), 2e-4 at 1 - 1e-12 (float64)."""
+    _check_near_rho_one(builds, tmp_path, rho, dtype)
 
 
 # --- the training pair: run_forward_moments / run_backward_moments (lwvd_fwd_moments / lwvd_bwd_moments) ---
@@ -641,23 +648,7 @@ def test_real_kernels_training_pair_without_z_gradient(builds, tmp_path):
 def test_real_kernels_training_pair_near_rho_one(builds, tmp_path, rho, dtype):
     """The moments kept by the forward give the parameter gradients at rho near +-1 as the moments
     kernel does (against 50-digit mpmath; the tolerances of test_real_kernels_parameter_gradients_near_rho_one)."""
-    case = EmuCase(1, 10, 8, 3, 1, "mixed", None)
-    p = Problem(case, dtype, tmp_path)
-    p.z = make_signal((1,), case.n, seed=31).to(torch.complex128 if dtype == torch.float64 else torch.complex64)
-    p.params = tuple(x.to(dtype) for x in near_one_ridge(rho, case.n_fft))
-    torch.view_as_real(p.z).numpy().tofile(tmp_path / "z.bin")
-    for name, v in zip(("center", "sigma_t", "sigma_nu", "rho"), p.params):
-        v.numpy().tofile(tmp_path / f"{name}.bin")
-    driver_ok(p.run(builds.get("driver"), mode="train", part="real kernels plain"))
-    k, _, gp = p.outputs()
-    k_ref, _, _ = p.expected()
-    tol = near_one_tolerance(rho) + 1e-13 if dtype == torch.float64 else TOLERANCES[dtype]
-    assert_rel_close(k, k_ref, tol, f"forward at rho = {rho!r}")
-    w = reference.wigner_ville(p.z[0].to(torch.complex128), case.n_fft)
-    expected = high_precision_param_grads(w, p.grad_out[0, 0].double(), *(x.double() for x in p.params), case.hop)
-    for name, got, e in zip(("center", "sigma_t", "sigma_nu", "rho"), gp, expected):
-        assert e != 0
-        assert_rel_close(got, torch.tensor([e], dtype=torch.float64), tol, f"grad {name} at rho = {rho!r}")
+    _check_near_rho_one(builds, tmp_path, rho, dtype, mode="train")
 
 
 @needs_plan
